@@ -1,0 +1,3 @@
+from mistwatch.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""The whole plugin contract of mistwatch.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose names are the hooks below.
+Every hook takes no arguments and yields frozen descriptors; the host picks the ones enabled in
+``config.yaml`` and calls them itself, one at a time, each guarded. The contract grows by adding
+fields with defaults to the descriptors, never by changing a hook's signature.
+
+Plugins are found in three places, in this order: the built-ins (``mistwatch.plugins``,
+``mistwatch.notifiers``), installed packages that declare an entry point in the ``mistwatch`` group::
+
+    [project.entry-points.mistwatch]
+    my_plugin = "mistwatch_my_plugin"
+
+and ``*.py`` files in the optional ``plugins_dir`` of ``config.yaml``. Import heavy modules inside
+your callables, not at module top: ``mistwatch --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pluggy
+
+from mistwatch.model import Delivery, Notification, Snapshot
+
+PROJECT = "mistwatch"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def _no_progress(stage: str, done: int, total: int | None) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectContext:
+    """What a collector is given each cycle.
+
+    ``settings`` is the collector's own config section (for the Mist collector: ``mist:``), already
+    validated against its ``settings_schema`` with ``${VAR}`` expanded. ``cursor`` is what the
+    collector returned in ``Snapshot.cursors[name]`` last cycle (empty on the first run).
+    ``progress(stage, done, total)`` drives the console progress bar; calling it is optional.
+    """
+
+    settings: Mapping[str, Any]
+    now: datetime
+    cursor: Mapping[str, Any] = field(default_factory=dict)
+    progress: Callable[[str, int, int | None], None] = _no_progress
+
+
+@dataclass(frozen=True, slots=True)
+class Collector:
+    """A source of entities, metrics and events.
+
+    ``collect(ctx)`` returns a :class:`~mistwatch.Snapshot`. It should not raise for a partial
+    failure: record a :class:`~mistwatch.CollectorError` in ``snapshot.errors`` naming what it
+    covers, so those entities become *unknown*. Raising marks everything the collector covers unknown.
+    ``metrics`` declares the metric names it produces (name -> description), so ``rules check``
+    can flag a rule that names a metric nobody collects. ``config_key`` is the top-level key of
+    ``config.yaml`` holding its settings, validated against ``settings_schema`` (a JSON Schema).
+    """
+
+    name: str
+    collect: Callable[[CollectContext], Snapshot]
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    config_key: str = ""
+    settings_schema: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Notifier:
+    """A way to deliver notifications (email, chat, webhook, console).
+
+    ``type`` is what ``config.yaml`` names in ``notifiers: [{name: ..., type: <type>}]``; the
+    entry's other keys are the settings, validated against ``settings_schema``.
+    ``send(settings, notifications)`` delivers a batch and returns one :class:`~mistwatch.Delivery`
+    per notification; mark ``permanent=True`` when retrying cannot help (e.g. SMTP 550).
+    Raising counts as a temporary failure of the whole batch: it stays in the outbox and is retried.
+    """
+
+    type: str
+    send: Callable[[Mapping[str, Any], list[Notification]], list[Delivery]]
+    settings_schema: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleKind:
+    """A kind of rule condition, named by the rule file's ``kind:`` key.
+
+    ``schema`` is the JSON Schema of the kind's own keys in a rule (merged into the rule file
+    schema, so ``rules check`` validates them). ``compile(rule_spec)`` is called once per rule and
+    returns the evaluator for it: a pure function of the evaluation context that yields results.
+    See ``mistwatch.rulekinds`` for the context and result types and the built-in kinds.
+    """
+
+    name: str
+    compile: Callable[[Mapping[str, Any]], Callable[..., Iterable[Any]]]
+    schema: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+class MistwatchSpec:
+    """Hook specifications. Each returns an iterable of descriptors; yield as many as you like."""
+
+    @hookspec
+    def mistwatch_collectors(self) -> Iterable[Collector]:
+        """Register collectors.
+
+        Example, a collector that reports one metric per site from a local file::
+
+            from mistwatch import hookimpl, Collector, Entity, Snapshot
+
+            def collect(ctx):
+                snap = Snapshot(taken_at=ctx.now)
+                snap.entities.append(Entity(
+                    key="site:lab", kind="site", labels={"site_id": "lab", "site_name": "Lab"},
+                    metrics={"lab.temperature": 21.5}))
+                return snap
+
+            @hookimpl
+            def mistwatch_collectors():
+                yield Collector(name="lab", collect=collect, metrics={"lab.temperature": "degC"})
+        """
+
+    @hookspec
+    def mistwatch_notifiers(self) -> Iterable[Notifier]:
+        """Register notifier types.
+
+        Example, a notifier that appends each notification's title to a file::
+
+            from mistwatch import hookimpl, Notifier, Delivery
+
+            def send(settings, notifications):
+                with open(settings["path"], "a", encoding="utf-8") as out:
+                    for n in notifications:
+                        out.write(n.title + "\\n")
+                return [Delivery(n.id, ok=True) for n in notifications]
+
+            @hookimpl
+            def mistwatch_notifiers():
+                yield Notifier(type="file", send=send, settings_schema={
+                    "type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}})
+        """
+
+    @hookspec
+    def mistwatch_rule_kinds(self) -> Iterable[RuleKind]:
+        """Register rule kinds. See ``mistwatch.rulekinds`` for a complete example."""

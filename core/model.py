@@ -1,0 +1,187 @@
+"""Plain dataclasses passed between the stages: collect -> store -> evaluate -> notify -> report.
+
+Everything here is data, not behaviour: no I/O, no plugin calls. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+#: Mist's own alarm levels, lowest first. Index order is severity order.
+SEVERITIES: tuple[str, ...] = ("info", "minor", "major", "critical")
+
+#: Labels that identify an entity; rule identity is the rule id plus these (never values).
+IDENTITY_LABELS: tuple[str, ...] = ("org_id", "site_id", "device_id")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info up to 3 for critical; unknown names rank lowest."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One monitored thing (the org, a site, a device, or what a plugin adds) at one point in time.
+
+    ``key`` is stable across runs: ``"org:<org_id>"``, ``"site:<site_id>"``, ``"device:<device_id>"``.
+    ``metrics`` hold numbers only (booleans as 1.0/0.0). ``unknown`` lists metric-name patterns
+    (``fnmatch``, ``"*"`` for all) whose source failed this cycle: they are neither up nor down.
+    """
+
+    key: str
+    kind: str
+    labels: Mapping[str, str]
+    metrics: Mapping[str, float]
+    unknown: frozenset[str] = frozenset()
+
+    @property
+    def name(self) -> str:
+        return self.labels.get(f"{self.kind}_name") or self.labels.get("name") or self.key
+
+    def is_unknown(self, metric: str) -> bool:
+        return any(fnmatch.fnmatchcase(metric, pattern) for pattern in self.unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened: a Mist alarm, a device event, a plugin's own event.
+
+    ``source`` says where it came from (``"mist.alarm"``, ``"mist.device_event"``); ``type`` is the
+    source's own type (``"device_down"``, ``"AP_DISCONNECTED"``); ``severity`` is one of SEVERITIES.
+    """
+
+    source: str
+    type: str
+    severity: str
+    timestamp: datetime
+    labels: Mapping[str, str]
+    text: str = ""
+    id: str = ""
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorError:
+    """A part of the collection that failed after its retries.
+
+    ``kinds`` are the entity kinds whose data is incomplete because of it (``"*"`` for all) and
+    ``metrics`` the metric patterns it leaves unknown. Rules treat what it covers as unknown:
+    never as down, never as healthy.
+    """
+
+    collector: str
+    endpoint: str
+    message: str
+    kinds: frozenset[str] = frozenset({"*"})
+    metrics: frozenset[str] = frozenset({"*"})
+
+    def covers(self, kind: str, metric: str = "*") -> bool:
+        kind_hit = "*" in self.kinds or kind in self.kinds
+        return kind_hit and any(fnmatch.fnmatchcase(metric, p) or p == "*" for p in self.metrics)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What one collection cycle saw. Several collectors' snapshots merge into one."""
+
+    taken_at: datetime
+    entities: list[Entity] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    errors: list[CollectorError] = field(default_factory=list)
+    api_calls: int = 0
+    #: What collectors want back next cycle (e.g. the time of the last event seen), by collector name.
+    cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def is_unknown(self, entity: Entity, metric: str) -> bool:
+        """True when this cycle cannot tell the metric's value for the entity."""
+        if entity.is_unknown(metric):
+            return True
+        return any(err.covers(entity.kind, metric) for err in self.errors)
+
+    def kind_unknown(self, kind: str) -> bool:
+        """True when a failure means entities of this kind may be missing altogether."""
+        return any(err.covers(kind) for err in self.errors)
+
+    def merge(self, other: Snapshot) -> None:
+        self.entities.extend(other.entities)
+        self.events.extend(other.events)
+        self.errors.extend(other.errors)
+        self.api_calls += other.api_calls
+        self.cursors.update(other.cursors)
+
+
+@dataclass(slots=True)
+class Alert:
+    """The persisted state of one alert instance: a rule applied to one entity (or joined group).
+
+    ``key`` is the rule id plus the identity labels, never values, so it is stable across runs.
+    ``state`` is one of ``inactive``, ``pending``, ``firing``, ``resolved``.
+    """
+
+    key: str
+    rule_id: str
+    labels: dict[str, str]
+    state: str
+    severity: str
+    value: float | None = None
+    threshold: float | None = None
+    baseline: float | None = None
+    summary: str = ""
+    description: str = ""
+    recommendation: str = ""
+    pending_since: datetime | None = None
+    firing_since: datetime | None = None
+    resolved_at: datetime | None = None
+    last_true_at: datetime | None = None
+    last_eval_at: datetime | None = None
+    true_count: int = 0
+    causes: tuple[str, ...] = ()
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def site_name(self) -> str:
+        return self.labels.get("site_name", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content: bytes
+    mimetype: str = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One message for one notifier, as written to the outbox before it is sent.
+
+    ``kind`` is ``"alerts"`` (firing and/or resolved alerts of one group), ``"test"`` or ``"digest"``.
+    ``title`` already says what it is (severity and site, RESOLVED, digest). ``thread_id`` is the id
+    of the first message of the same group, for mail threading; ``None`` on that first message.
+    """
+
+    id: str
+    notifier: str
+    kind: str
+    title: str
+    created_at: datetime
+    group: Mapping[str, str] = field(default_factory=dict)
+    alerts: tuple[Alert, ...] = ()
+    thread_id: str | None = None
+    text: str = ""
+    html: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of sending one notification. ``permanent`` failures are not retried."""
+
+    notification_id: str
+    ok: bool
+    error: str = ""
+    permanent: bool = False

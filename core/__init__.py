@@ -31,6 +31,7 @@ __all__ = [
     "Notification",
     "Notifier",
     "RuleKind",
+    "Snapshot",
     "__version__",
     "hookimpl",
 ]

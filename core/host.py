@@ -54,7 +54,7 @@ class PluginHost:
         for info in self.infos:
             plugin = self.pm.get_plugin(info.name)
             impl = getattr(plugin, hook, None) if plugin is not None else None
-            if impl is None or not info.status == "ok":
+            if impl is None or info.status != "ok":
                 continue
             try:
                 found.extend((info.name, item) for item in (impl() or ()))

@@ -1,0 +1,251 @@
+"""One cycle, as data flows: collect -> store -> evaluate -> report -> notify.
+
+The engine owns no policy: each stage is a module of its own (collectors are plugins; ``rules``,
+``lifecycle``, ``report``, ``notify`` are pure or I/O-at-the-edge functions). This module wires them,
+guards each plugin call, and records the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from mistwatch.errors import CollectionFailed
+from mistwatch.hookspecs import CollectContext
+from mistwatch.model import Attachment, CollectorError, Snapshot
+
+log = logging.getLogger("mistwatch.engine")
+
+MODES = ("monitor", "insights", "report", "all")
+#: Pruning thins history; it need not run every cycle.
+PRUNE_EVERY = timedelta(hours=1)
+
+
+@dataclass
+class App:
+    """Everything a cycle needs, built once; the daemon rebuilds it on reload."""
+
+    config: Any  # mistwatch.config.Config
+    host: Any  # mistwatch.host.PluginHost
+    store: Any  # mistwatch.store.Store
+    ruleset: Any  # mistwatch.rules.RuleSet
+    console: Any = None  # rich.console.Console
+
+
+@dataclass
+class CycleResult:
+    run_id: int | None
+    mode: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "ok"  # ok | partial | failed
+    snapshot: Snapshot | None = None
+    rules: Any = None  # mistwatch.lifecycle.RulesOutcome
+    health: Any = None  # mistwatch.health.HealthResult
+    notify: Any = None  # mistwatch.notify.NotifyResult
+    report: Any = None  # mistwatch.report.ReportPaths
+    errors: list[str] = field(default_factory=list)
+    api_calls: int = 0
+    duration_s: float = 0.0
+    digest_sent: bool = False
+    clock_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status == "failed" else 0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def open_app(config_path: str | Path, *, console: Any = None) -> App:
+    """Load config (ConfigError on any problem), plugins, the store and the rules."""
+    from mistwatch.config import load_config
+    from mistwatch.host import make_host
+    from mistwatch.rules import load_rules
+    from mistwatch.store import Store
+
+    host = make_host()
+    config = load_config(config_path, host)
+    if config.plugins_dir:
+        host = make_host(plugins_dir=config.plugins_dir)
+        config = load_config(config_path, host)
+    known = {m for c in host.collectors().values() for m in c.metrics}
+    ruleset = load_rules(config.rule_paths, host.rule_kinds(), known_metrics=known or None)
+    store = Store.open(config.state_dir)
+    return App(config=config, host=host, store=store, ruleset=ruleset, console=console)
+
+
+def close_app(app: App) -> None:
+    app.store.close()
+
+
+def enabled_collectors(app: App) -> list[Any]:
+    available = app.host.collectors()
+    names = app.config.data.get("collectors") or list(available)
+    return [available[name] for name in names if name in available]
+
+
+def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], None] | None = None) -> Snapshot:
+    """Run every enabled collector in config order, each guarded; merge their snapshots.
+
+    A collector that raises marks what it covers as unknown. If every collector failed, raise
+    CollectionFailed (exit 1): there is nothing to evaluate.
+    """
+    snapshot = Snapshot(taken_at=now)
+    collectors = enabled_collectors(app)
+    if not collectors:
+        raise CollectionFailed("no collector is enabled (check `collectors:` in the config)")
+    cursors = app.store.kv_get("cursors", {}) or {}
+    failures: list[str] = []
+    for collector in collectors:
+        settings = app.config.data.get(collector.config_key, {}) if collector.config_key else {}
+        ctx = CollectContext(settings=settings, now=now, cursor=cursors.get(collector.name, {}),
+                             **({"progress": progress} if progress else {}))
+        try:
+            part = collector.collect(ctx)
+        except Exception as exc:  # isolate the plugin; its data is unknown, not down
+            from mistwatch.secrets import redact
+
+            message = redact(str(exc)) or type(exc).__name__
+            failures.append(f"{collector.name}: {message}")
+            snapshot.errors.append(CollectorError(collector=collector.name, endpoint="*", message=message))
+            continue
+        snapshot.merge(part)
+        snapshot.taken_at = now
+    if len(failures) == len(collectors):
+        raise CollectionFailed("collection failed: " + "; ".join(failures))
+    return snapshot
+
+
+def run_cycle(app: App, *, mode: str = "all", now: datetime | None = None, dry_run: bool = False,
+              progress: Callable[[str, int, int | None], None] | None = None) -> CycleResult:
+    """Run one cycle in ``mode`` (monitor | insights | report | all). ``dry_run`` changes nothing:
+    no history, no alert state, no reports, no notifications; it shows what would happen."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    now = now or utcnow()
+    store = app.store
+    result = CycleResult(run_id=None, mode=mode, started_at=now)
+    if not dry_run:
+        result.run_id = store.start_run(now, mode)
+    try:
+        _cycle(app, result, now, dry_run, progress)
+    except CollectionFailed as exc:
+        result.status = "failed"
+        result.errors.append(str(exc))
+        if mode == "all" and not dry_run:  # the outbox still retries what earlier cycles left
+            result.notify = _send_outbox(app, now)
+    finally:
+        result.duration_s = time.perf_counter() - result.clock_start
+        result.finished_at = now + timedelta(seconds=result.duration_s)
+        if result.run_id is not None:
+            store.finish_run(result.run_id, finished_at=result.finished_at, status=result.status,
+                             api_calls=result.api_calls, errors=result.errors, summary=run_summary(result))
+    return result
+
+
+def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
+           progress: Callable[[str, int, int | None], None] | None) -> None:
+    store, mode = app.store, result.mode
+    snapshot = collect(app, now, progress)
+    result.snapshot = snapshot
+    result.api_calls = snapshot.api_calls
+    result.errors.extend(f"{e.collector} {e.endpoint}: {e.message}" for e in snapshot.errors)
+    if snapshot.errors:
+        result.status = "partial"
+    if not dry_run:
+        store.write_snapshot(result.run_id, snapshot)
+        store.kv_set("cursors", snapshot.cursors)
+
+    if mode in ("insights", "report", "all"):
+        from mistwatch.lifecycle import run_rules
+
+        result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
+
+    attachments: tuple[Attachment, ...] = ()
+    if mode in ("report", "all"):
+        attachments = _report(app, result, now, dry_run)
+
+    if mode == "all":
+        from mistwatch.notify import notify
+
+        result.notify = notify(app.config, app.host, store, result.rules.alerts, now,
+                               dry_run=dry_run, attachments=attachments)
+
+    if not dry_run:
+        _maybe_prune(app, now)
+
+
+def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tuple[Attachment, ...]:
+    from mistwatch.health import compute_health, health_metrics
+    from mistwatch.report import build_report, write_reports
+
+    store, config = app.store, app.config
+    alerts = result.rules.alerts if result.rules else []
+    weights = config.data.get("health", {}).get("weights") if isinstance(config.data.get("health"), dict) else None
+    result.health = compute_health(result.snapshot, alerts, weights)
+    if dry_run:
+        return ()
+    store.write_metrics(now, health_metrics(result.health))
+    run_meta = {"started_at": now, "duration_s": round(time.perf_counter() - result.clock_start, 3),
+                "api_calls": result.api_calls, "errors": list(result.errors), "mode": result.mode}
+    notes = result.rules.notes if result.rules else []
+    report = build_report(store, result.snapshot, result.health, alerts, notes, run_meta, now)
+    reports_cfg = config.data.get("reports", {})
+    result.report = write_reports(report, config.reports_dir, now, reports_cfg.get("retention_days", 7))
+
+    from mistwatch.digest import digest_due, send_digest
+
+    if digest_due(config, store, now):
+        result.digest_sent = send_digest(config, app.host, store, report, result.report, now)
+    attach = []
+    if any(n.get("attach_report") for n in config.notifiers):
+        attach = [Attachment("mistwatch-report.html", result.report.html.read_bytes(), "text/html")]
+    return tuple(attach)
+
+
+def _send_outbox(app: App, now: datetime) -> Any:
+    from mistwatch.notify import send_outbox
+
+    try:
+        return send_outbox(app.config, app.host, app.store, now)
+    except Exception as exc:  # never let a notifier problem hide the collection failure
+        log.warning("outbox retry failed: %s", exc)
+        return None
+
+
+def _maybe_prune(app: App, now: datetime) -> None:
+    last = app.store.kv_get("last_prune")
+    if last is not None and now.timestamp() - float(last) < PRUNE_EVERY.total_seconds():
+        return
+    history = app.config.data.get("history", {}) or {}
+    app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days") if k in history})
+    app.store.kv_set("last_prune", now.timestamp())
+
+
+def run_summary(result: CycleResult) -> dict[str, Any]:
+    """A small JSON-able record of the cycle, kept with the run in the store."""
+    summary: dict[str, Any] = {"duration_s": round(result.duration_s, 3)}
+    if result.snapshot is not None:
+        kinds: dict[str, int] = {}
+        for entity in result.snapshot.entities:
+            kinds[entity.kind] = kinds.get(entity.kind, 0) + 1
+        summary["entities"] = kinds
+    if result.rules is not None:
+        states: dict[str, int] = {}
+        for alert in result.rules.alerts:
+            states[alert.state] = states.get(alert.state, 0) + 1
+        summary["alerts"] = states
+    if result.notify is not None:
+        summary["notifications"] = {
+            "sent": len(getattr(result.notify, "sent", []) or []),
+            "failed": len(getattr(result.notify, "failed", []) or []),
+        }
+    return summary

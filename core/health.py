@@ -1,0 +1,211 @@
+"""Health scores, 0 to 100, per site and per device, explained component by component.
+
+A score starts at 100 and each component costs points in proportion to how bad it is:
+
+    points lost = effective weight x badness (0 = fine, 1 = as bad as it gets)
+
+Site components and their default weights (``health.weights`` in the config overrides any of them):
+
+==================  ======  ===================================================================
+component           weight  badness
+==================  ======  ===================================================================
+``availability``    40      share of the site's devices that are disconnected
+``sle.<family>.*``  30      1 - the SLE ratio, for each SLE the site reports; the 30 points are
+                            shared equally unless a weight names the SLE (``sle.wifi.coverage``)
+``mist_alarms``     10      open Mist alarms: each critical costs ``alarm.critical`` (1.0) of the
+                            component, each major ``alarm.major`` (0.5), others ``alarm.other``
+                            (0.2); capped at 1
+``alerts``          20      our firing alerts at the site (device alerts included): each costs
+                            ``alert.<severity>`` (critical 1.0, major 0.5, minor 0.25, info 0)
+==================  ======  ===================================================================
+
+Device components: ``device.connected`` (60; a disconnected device scores 0 outright),
+``device.cpu`` (10; badness rises from 0 at ``device.cpu_from`` = 80 % to 1 at 100 %),
+``device.memory`` (10; from ``device.memory_from`` = 85 %), ``device.alerts`` (20; as above, for
+alerts naming the device).
+
+Unknown data is never read as good or bad: a component whose source failed this cycle is skipped and
+listed in ``Score.unknown``, and the weights of the known components are scaled up to share the 100
+points, so ``sum(points lost) == 100 - score`` always holds. With no measured component known (only
+our alerts), the score is ``None``.
+A component that does not apply (a site without devices or SLEs) is left out silently.
+
+Everything here is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mistwatch.model import Alert, Entity, Snapshot, severity_rank
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "availability": 40.0,
+    "sle": 30.0,
+    "mist_alarms": 10.0,
+    "alerts": 20.0,
+    "alarm.critical": 1.0,
+    "alarm.major": 0.5,
+    "alarm.other": 0.2,
+    "alert.critical": 1.0,
+    "alert.major": 0.5,
+    "alert.minor": 0.25,
+    "alert.info": 0.0,
+    "device.connected": 60.0,
+    "device.cpu": 10.0,
+    "device.memory": 10.0,
+    "device.alerts": 20.0,
+    "device.cpu_from": 80.0,
+    "device.memory_from": 85.0,
+}
+
+SLE_FAMILIES = ("wifi", "wired", "wan")
+HEALTH_METRICS = ("site.health", "device.health")
+
+
+@dataclass
+class Score:
+    """One entity's score. ``components`` are ``(component, points_lost, detail)``, in a fixed order;
+    ``unknown`` names the components skipped because their data is unknown this cycle."""
+
+    key: str
+    name: str
+    score: float | None
+    components: list[tuple[str, float, str]] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    def worst(self) -> tuple[str, float, str] | None:
+        costly = [c for c in self.components if c[1] > 0]
+        return max(costly, key=lambda c: c[1]) if costly else None
+
+
+@dataclass
+class HealthResult:
+    sites: dict[str, Score] = field(default_factory=dict)
+    devices: dict[str, Score] = field(default_factory=dict)
+
+    @property
+    def org(self) -> float | None:
+        """The mean of the sites' known scores."""
+        known = [s.score for s in self.sites.values() if s.score is not None]
+        return round(sum(known) / len(known), 1) if known else None
+
+
+def _finish(key: str, name: str, parts: list[tuple[str, float, float, str]], unknown: list[str]) -> Score:
+    """``parts`` are (component, weight, badness, detail); scale the weights to share 100 points."""
+    total = sum(w for _, w, _, _ in parts)
+    measured = [p for p in parts if p[0] not in ("alerts", "device.alerts")]
+    if total <= 0 or (unknown and not measured):
+        # only our own alerts are left: a site we cannot see is unknown, not healthy
+        return Score(key, name, None, [], unknown)
+    components = []
+    for comp, weight, badness, detail in parts:
+        lost = round(weight * 100.0 / total * min(1.0, max(0.0, badness)), 1)
+        components.append((comp, lost, detail))
+    score = round(max(0.0, 100.0 - sum(c[1] for c in components)), 1)
+    return Score(key, name, score, components, unknown)
+
+
+def _alert_cost(alerts: Sequence[Alert], w: Mapping[str, float]) -> tuple[float, str]:
+    by_sev: dict[str, int] = {}
+    cost = 0.0
+    for a in alerts:
+        by_sev[a.severity] = by_sev.get(a.severity, 0) + 1
+        cost += w.get(f"alert.{a.severity}", w["alert.minor"])
+    if not by_sev:
+        return 0.0, "no firing alerts"
+    text = ", ".join(f"{by_sev[s]} {s}" for s in sorted(by_sev, key=lambda s: -severity_rank(s)))
+    return cost, f"{text} firing"
+
+
+def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float]) -> Score:
+    m = site.metrics
+    parts: list[tuple[str, float, float, str]] = []
+    unknown: list[str] = []
+
+    if snapshot.is_unknown(site, "site.devices_connected") or snapshot.is_unknown(site, "site.devices_total"):
+        unknown.append("availability")
+    elif m.get("site.devices_total", 0) > 0 and "site.devices_connected" in m:
+        total, up = m["site.devices_total"], min(m["site.devices_connected"], m["site.devices_total"])
+        down = int(total - up)
+        detail = (f"{down} of {int(total)} devices disconnected" if down
+                  else f"all {int(total)} devices connected")
+        parts.append(("availability", w["availability"], (total - up) / total, detail))
+
+    sles = sorted(k for k in m if k.startswith("sle.") and not snapshot.is_unknown(site, k))
+    for family in SLE_FAMILIES:
+        if snapshot.is_unknown(site, f"sle.{family}.*") and not any(k.startswith(f"sle.{family}.") for k in sles):
+            unknown.append(f"sle.{family}")
+    share = w["sle"] / len(sles) if sles else 0.0
+    for k in sles:
+        value = min(1.0, max(0.0, m[k]))
+        parts.append((k, w.get(k, share), 1.0 - value, f"{k.rsplit('.', 1)[1].replace('_', ' ')} {value:.0%}"))
+
+    if snapshot.is_unknown(site, "site.alarms_open"):
+        unknown.append("mist_alarms")
+    elif "site.alarms_open" in m:
+        n_open = int(m["site.alarms_open"])
+        crit, major = int(m.get("site.alarms_critical", 0)), int(m.get("site.alarms_major", 0))
+        other = max(0, n_open - crit - major)
+        cost = crit * w["alarm.critical"] + major * w["alarm.major"] + other * w["alarm.other"]
+        detail = f"{n_open} open Mist alarm{'s' if n_open != 1 else ''}" if n_open else "no open Mist alarms"
+        if crit or major:
+            detail += f" ({crit} critical, {major} major)"
+        parts.append(("mist_alarms", w["mist_alarms"], cost, detail))
+
+    cost, detail = _alert_cost(alerts, w)
+    parts.append(("alerts", w["alerts"], cost, detail))
+    return _finish(site.key, site.name, parts, unknown)
+
+
+def _device_score(dev: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float]) -> Score:
+    m = dev.metrics
+    if not snapshot.is_unknown(dev, "device.connected") and m.get("device.connected", 1.0) < 0.5:
+        return Score(dev.key, dev.name, 0.0, [("device.connected", 100.0, "disconnected")], [])
+    parts: list[tuple[str, float, float, str]] = []
+    unknown: list[str] = []
+    if snapshot.is_unknown(dev, "device.connected"):
+        unknown.append("device.connected")
+    elif "device.connected" in m:
+        parts.append(("device.connected", w["device.connected"], 0.0, "connected"))
+    for metric, start in (("device.cpu", w["device.cpu_from"]), ("device.memory", w["device.memory_from"])):
+        if snapshot.is_unknown(dev, metric):
+            unknown.append(metric)
+        elif metric in m:
+            value = m[metric]
+            badness = (value - start) / (100.0 - start) if start < 100 else 0.0
+            parts.append((metric, w[metric], badness, f"{metric.split('.')[1]} {value:.0f}%"))
+    cost, detail = _alert_cost(alerts, w)
+    parts.append(("device.alerts", w["device.alerts"], cost, detail))
+    return _finish(dev.key, dev.name, parts, unknown)
+
+
+def compute_health(snapshot: Snapshot, alerts: Sequence[Alert],
+                   weights: Mapping[str, float] | None = None) -> HealthResult:
+    """Score every site and device in ``snapshot``; only ``firing`` alerts cost points."""
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    firing = [a for a in alerts if a.state == "firing"]
+    by_site: dict[str, list[Alert]] = {}
+    by_device: dict[str, list[Alert]] = {}
+    for a in firing:
+        if a.labels.get("site_id"):
+            by_site.setdefault(a.labels["site_id"], []).append(a)
+        if a.labels.get("device_id"):
+            by_device.setdefault(a.labels["device_id"], []).append(a)
+    result = HealthResult()
+    for e in snapshot.entities:
+        if e.kind == "site":
+            result.sites[e.key] = _site_score(e, snapshot, by_site.get(e.labels.get("site_id", ""), []), w)
+        elif e.kind == "device":
+            result.devices[e.key] = _device_score(e, snapshot, by_device.get(e.labels.get("device_id", ""), []), w)
+    return result
+
+
+def health_metrics(health: HealthResult) -> dict[str, dict[str, float]]:
+    """The scores as history for ``Store.write_metrics``: ``site.health`` and ``device.health``.
+    Unknown scores are not written (a gap, not a zero)."""
+    return {
+        "site.health": {k: s.score for k, s in health.sites.items() if s.score is not None},
+        "device.health": {k: s.score for k, s in health.devices.items() if s.score is not None},
+    }

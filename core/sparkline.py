@@ -1,0 +1,94 @@
+"""Sparklines: unicode blocks for the console, inline SVG for the HTML report.
+
+Both take a sequence of numbers where ``None`` marks a gap (no sample that day): a gap is drawn as a
+gap, never as zero, so a collector outage does not look like a collapse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+_COLOR = re.compile(r"#[0-9a-fA-F]{3,8}")
+GAP = " "
+
+
+def _scale(values: Sequence[float | None], lo: float | None, hi: float | None) -> tuple[float, float]:
+    known = [v for v in values if v is not None]
+    low = min(known) if lo is None else lo
+    high = max(known) if hi is None else hi
+    return low, high
+
+
+def spark_unicode(values: Sequence[float | None], *, lo: float | None = None, hi: float | None = None) -> str:
+    """One block character per value, scaled between ``lo`` and ``hi`` (default: the values' range).
+
+    >>> spark_unicode([1, 2, None, 8])
+    '▁▂ █'
+    """
+    if not any(v is not None for v in values):
+        return GAP * len(values)
+    low, high = _scale(values, lo, hi)
+    span = high - low
+    out = []
+    for v in values:
+        if v is None:
+            out.append(GAP)
+        elif span <= 0:
+            out.append(BLOCKS[len(BLOCKS) // 2])  # flat line: mid height, not "all bad"
+        else:
+            frac = min(1.0, max(0.0, (v - low) / span))
+            out.append(BLOCKS[round(frac * (len(BLOCKS) - 1))])
+    return "".join(out)
+
+
+def spark_svg(values: Sequence[float | None], *, width: int = 96, height: int = 24,
+              lo: float | None = None, hi: float | None = None, label: str = "",
+              color: str = "#2563eb") -> str:
+    """A small inline ``<svg>`` polyline (gaps split the line), last point marked with a dot.
+
+    The result is markup built only from numbers and ``label``, which is escaped here, so the
+    template may mark it safe.
+    """
+    if not _COLOR.fullmatch(color):  # it goes into markup unescaped
+        raise ValueError(f"spark_svg color must be a hex colour like #2563eb, not {color!r}")
+    n = len(values)
+    title = f"<title>{_esc(label)}</title>" if label else ""
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(label or "trend")}">{title}')
+    if n == 0 or not any(v is not None for v in values):
+        return head + "</svg>"
+    low, high = _scale(values, lo, hi)
+    span = high - low
+    pad = 3.0
+    step = (width - 2 * pad) / max(1, n - 1)
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        frac = 0.5 if span <= 0 else min(1.0, max(0.0, (v - low) / span))
+        return pad + i * step, height - pad - frac * (height - 2 * pad)
+
+    segments: list[list[tuple[float, float]]] = [[]]
+    for i, v in enumerate(values):
+        if v is None:
+            if segments[-1]:
+                segments.append([])
+            continue
+        segments[-1].append(point(i, v))
+    parts = []
+    for seg in segments:
+        if len(seg) >= 2:
+            pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in seg)
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+        elif len(seg) == 1:
+            x, y = seg[0]
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.2" fill="{color}"/>')
+    last = next((i, v) for i, v in reversed(list(enumerate(values))) if v is not None)
+    x, y = point(*last)
+    parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2" fill="{color}"/>')
+    return head + "".join(parts) + "</svg>"
+
+
+def _esc(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("'", "&#39;"))

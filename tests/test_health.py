@@ -1,0 +1,123 @@
+"""Health score arithmetic: what each component costs, and how unknown data is treated."""
+
+from __future__ import annotations
+
+import pytest
+from fixtures_reports import T0, alert, device_entity, site_entity
+
+from mistwatch.health import compute_health, health_metrics
+from mistwatch.model import CollectorError, Snapshot
+
+
+def snap(*entities, errors=()):
+    return Snapshot(taken_at=T0, entities=list(entities), errors=list(errors))
+
+
+def parts(score):
+    return {name: lost for name, lost, _ in score.components}
+
+
+def test_a_perfect_site_scores_100_and_lists_its_components_at_zero_cost():
+    site = site_entity("s1", "Dublin", total=4, up=4, sles={"wifi.coverage": 1.0}, alarms=(0, 0, 0))
+    score = compute_health(snap(site), []).sites["site:s1"]
+    assert score.score == 100.0
+    assert parts(score) == {"availability": 0.0, "sle.wifi.coverage": 0.0, "mist_alarms": 0.0, "alerts": 0.0}
+    assert score.unknown == []
+
+
+def test_each_component_costs_its_weight_times_its_badness():
+    # 1 of 4 devices down: 40 * 0.25 = 10; two SLEs share 30: coverage 0.8 -> 15 * 0.2 = 3,
+    # capacity 0.6 -> 15 * 0.4 = 6; one major Mist alarm: 10 * 0.5 = 5; one minor alert: 20 * 0.25 = 5
+    site = site_entity("s1", "Dublin", total=4, up=3, sles={"wifi.coverage": 0.8, "wifi.capacity": 0.6},
+                       alarms=(1, 0, 1))
+    alerts = [alert("ap_down", "minor", "s1", "Dublin")]
+    score = compute_health(snap(site), alerts).sites["site:s1"]
+    assert parts(score) == {"availability": 10.0, "sle.wifi.capacity": 6.0, "sle.wifi.coverage": 3.0,
+                            "mist_alarms": 5.0, "alerts": 5.0}
+    assert score.score == 71.0
+    assert dict((c, d) for c, _, d in score.components)["availability"] == "1 of 4 devices disconnected"
+
+
+def test_costs_are_capped_at_the_whole_component():
+    site = site_entity("s1", "Dublin", sles={}, alarms=(5, 5, 0))
+    alerts = [alert(f"r{i}", "critical", "s1", "Dublin") for i in range(3)]
+    score = compute_health(snap(site), alerts).sites["site:s1"]
+    # weights 40 + 10 + 20 = 70 are scaled to 100: alarms 10/70*100 = 14.3, alerts 20/70*100 = 28.6
+    assert parts(score) == {"availability": 0.0, "mist_alarms": 14.3, "alerts": 28.6}
+    assert score.score == pytest.approx(57.1)
+
+
+def test_only_firing_alerts_cost_points():
+    site = site_entity("s1", "Dublin", sles={"wifi.coverage": 1.0})
+    alerts = [alert("a", "critical", "s1", "Dublin", state="pending"),
+              alert("b", "critical", "s1", "Dublin", state="resolved")]
+    assert compute_health(snap(site), alerts).sites["site:s1"].score == 100.0
+
+
+def test_configured_weights_replace_the_defaults():
+    site = site_entity("s1", "Dublin", total=2, up=1, sles={}, alarms=(0, 0, 0))
+    score = compute_health(snap(site), [], {"availability": 80, "mist_alarms": 0, "alerts": 20}).sites["site:s1"]
+    assert parts(score)["availability"] == 40.0  # 80 of 100 points, half the devices down
+    assert score.score == 60.0
+
+
+def test_a_named_sle_weight_overrides_its_equal_share():
+    site = site_entity("s1", "Dublin", sles={"wifi.coverage": 0.5, "wifi.capacity": 0.5})
+    score = compute_health(snap(site), [], {"sle.wifi.coverage": 0.0, "sle.wifi.capacity": 30.0}).sites["site:s1"]
+    assert parts(score)["sle.wifi.coverage"] == 0.0
+    assert parts(score)["sle.wifi.capacity"] == 15.0
+
+
+def test_unknown_availability_is_skipped_and_marked_not_counted_as_down():
+    site = site_entity("s1", "Dublin", total=4, up=0, sles={"wifi.coverage": 1.0},
+                       unknown=frozenset({"site.devices_*"}))
+    score = compute_health(snap(site), []).sites["site:s1"]
+    assert "availability" not in parts(score)
+    assert score.unknown == ["availability"]
+    assert score.score == 100.0
+
+
+def test_a_collector_error_marks_sles_unknown_for_every_site():
+    site = site_entity("s1", "Dublin", sles={})
+    err = CollectorError("mist", "insights/sites-sle", "HTTP 500", kinds=frozenset({"site"}),
+                         metrics=frozenset({"sle.*"}))
+    score = compute_health(snap(site, errors=[err]), []).sites["site:s1"]
+    assert score.unknown == ["sle.wifi", "sle.wired", "sle.wan"]
+    assert score.score == 100.0
+
+
+def test_a_site_with_only_unknown_data_has_no_score():
+    site = site_entity("s1", "Dublin", sles={}, unknown=frozenset({"*"}))
+    score = compute_health(snap(site), [alert("x", "major", "s1", "Dublin")]).sites["site:s1"]
+    assert score.score is None
+    assert "availability" in score.unknown
+
+
+def test_a_disconnected_device_scores_zero():
+    dev = device_entity("d1", "AP-1", "s1", "Dublin", connected=False)
+    score = compute_health(snap(dev), []).devices["device:d1"]
+    assert score.score == 0.0
+    assert score.components == [("device.connected", 100.0, "disconnected")]
+
+
+def test_device_cpu_costs_from_its_threshold_upwards():
+    dev = device_entity("d1", "AP-1", "s1", "Dublin", cpu=90, memory=10)
+    score = compute_health(snap(dev), [alert("hot", "major", "s1", "Dublin", device="d1")]).devices["device:d1"]
+    # weights 60 + 10 + 10 + 20 = 100: cpu (90-80)/20 = 0.5 -> 5; one major alert 20 * 0.5 = 10
+    assert parts(score) == {"device.connected": 0.0, "device.cpu": 5.0, "device.memory": 0.0, "device.alerts": 10.0}
+    assert score.score == 85.0
+
+
+def test_health_metrics_leave_unknown_scores_out():
+    known = site_entity("s1", "Dublin", sles={"wifi.coverage": 1.0})
+    blind = site_entity("s2", "Cork", sles={}, unknown=frozenset({"*"}))
+    metrics = health_metrics(compute_health(snap(known, blind), []))
+    assert metrics["site.health"] == {"site:s1": 100.0}
+
+
+def test_org_score_is_the_mean_of_known_site_scores():
+    a = site_entity("s1", "A", total=4, up=4, sles={}, alarms=(0, 0, 0))
+    b = site_entity("s2", "B", total=2, up=1, sles={}, alarms=(0, 0, 0))
+    result = compute_health(snap(a, b), [])
+    assert result.sites["site:s2"].score == pytest.approx(100 - 40 / 70 * 100 * 0.5, abs=0.1)
+    assert result.org == pytest.approx((100 + result.sites["site:s2"].score) / 2, abs=0.05)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pluggy
 
-from mistwatch import hookspecs
+from mistwatch import __version__, hookspecs
 from mistwatch.hookspecs import Collector, Notifier, RuleKind
 
 BUILTINS: tuple[str, ...] = (
@@ -44,44 +44,110 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
+_DESCRIPTORS: dict[str, tuple[type, str, str]] = {  # hook -> (descriptor type, unique attr, label)
+    "mistwatch_collectors": (Collector, "name", "collector"),
+    "mistwatch_notifiers": (Notifier, "type", "notifier type"),
+    "mistwatch_rule_kinds": (RuleKind, "name", "rule kind"),
+}
+
+
 @dataclass
 class PluginHost:
     pm: pluggy.PluginManager
     infos: list[PluginInfo]
+    _chosen: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
 
-    def _descriptors(self, hook: str) -> list[tuple[str, Any]]:
-        found = []
-        for info in self.infos:
-            plugin = self.pm.get_plugin(info.name)
-            impl = getattr(plugin, hook, None) if plugin is not None else None
-            if impl is None or info.status != "ok":
+    def _call(self, info: PluginInfo, hook: str) -> list[Any]:
+        """Call one plugin's registration hook (as marked with @hookimpl) and check what it yields."""
+        kind, _attr, _label = _DESCRIPTORS[hook]
+        items: list[Any] = []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin_name != info.name:
                 continue
+            result = impl.function()
+            if isinstance(result, kind):  # a lone descriptor returned instead of yielded
+                result = [result]
+            for item in result or ():
+                if not isinstance(item, kind):
+                    raise TypeError(f"{hook} yielded {type(item).__name__}, expected {kind.__name__}")
+                items.append(item)
+        return items
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        """Ask every loaded plugin for its descriptors, once, in load order.
+
+        A plugin that raises in any hook, yields something wrong, or reuses a name another plugin
+        already provides is marked failed and contributes nothing at all: a half-working plugin
+        is harder to diagnose than a missing one, and the result must not depend on call order.
+        """
+        if self._chosen is not None:
+            return self._chosen
+        chosen: dict[str, dict[str, Any]] = {hook: {} for hook in _DESCRIPTORS}
+        owner: dict[tuple[str, str], str] = {}
+        trace = bool(os.environ.get("MISTWATCH_TRACE_PLUGINS"))
+        for info in self.infos:
+            if info.status != "ok":
+                continue
+            mine: dict[str, list[Any]] = {}
             try:
-                found.extend((info.name, item) for item in (impl() or ()))
+                for hook in _DESCRIPTORS:
+                    mine[hook] = self._call(info, hook)
             except Exception as exc:  # a plugin that raises is reported, not fatal
                 info.status = f"failed: {hook}: {type(exc).__name__}: {exc}"
-        return found
-
-    def _unique(self, hook: str, attr: str) -> dict[str, Any]:
-        chosen: dict[str, Any] = {}
-        owner: dict[str, str] = {}
-        for plugin_name, item in self._descriptors(hook):
-            key = getattr(item, attr)
-            if key in chosen:
-                info = next(i for i in self.infos if i.name == plugin_name)
-                info.status = f"failed: {attr} {key!r} is already provided by {owner[key]}"
                 continue
-            chosen[key], owner[key] = item, plugin_name
+            clash = None
+            for hook, items in mine.items():
+                _kind, attr, label = _DESCRIPTORS[hook]
+                seen_here: set[str] = set()
+                for item in items:
+                    key = getattr(item, attr)
+                    first = owner.get((hook, key)) or (info.name if key in seen_here else None)
+                    if first is not None:
+                        clash = f"{label} {key!r} is provided by both {first!r} and {info.name!r}"
+                        break
+                    seen_here.add(key)
+                if clash:
+                    break
+            if clash:
+                info.status = f"failed: {clash}"
+                continue
+            for hook, items in mine.items():
+                attr = _DESCRIPTORS[hook][1]
+                for item in items:
+                    chosen[hook][getattr(item, attr)] = item
+                    owner[(hook, getattr(item, attr))] = info.name
+                if trace and items:
+                    sys.stderr.write(f"mistwatch: plugin {info.name}: {hook} -> "
+                                     f"{', '.join(getattr(i, attr) for i in items)}\n")
+        self._chosen = chosen
         return chosen
 
     def collectors(self) -> dict[str, Collector]:
-        return self._unique("mistwatch_collectors", "name")
+        return dict(self._load()["mistwatch_collectors"])
 
     def notifiers(self) -> dict[str, Notifier]:
-        return self._unique("mistwatch_notifiers", "type")
+        return dict(self._load()["mistwatch_notifiers"])
 
     def rule_kinds(self) -> dict[str, RuleKind]:
-        return self._unique("mistwatch_rule_kinds", "name")
+        return dict(self._load()["mistwatch_rule_kinds"])
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin with its final status (descriptors are loaded first, so hook failures show)."""
+        self._load()
+        return list(self.infos)
+
+    def unknown_hooks(self) -> list[tuple[str, str]]:
+        """``(plugin name, hook name)`` for every @hookimpl that matches no hook (a typo, usually).
+
+        ``pm.check_pending()`` raises on the first one; this lists them all.
+        """
+        found = []
+        for name in sorted(vars(self.pm.hook)):
+            caller = getattr(self.pm.hook, name)
+            if name.startswith("_") or caller.has_spec():
+                continue
+            found.extend((impl.plugin_name, name) for impl in caller.get_hookimpls() if not impl.optionalhook)
+        return found
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -91,8 +157,10 @@ def _env_list(name: str) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _hooks_of(module: Any) -> list[str]:
-    return [hook for hook in HOOKS if callable(getattr(module, hook, None))]
+def _hooks_of(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """The hooks a plugin implements, as pluggy registered them (typo'd names included)."""
+    names = {caller.name for caller in pm.get_hookcallers(plugin) or []}
+    return [h for h in HOOKS if h in names] + sorted(names - set(HOOKS))
 
 
 def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Any, infos: list[PluginInfo]) -> None:
@@ -100,7 +168,7 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Any, infos: list
     try:
         module = load()
         pm.register(module, name=info.name)
-        info.hooks = _hooks_of(module)
+        info.hooks = _hooks_of(pm, module)
     except Exception as exc:  # import errors and validation errors alike
         info.status = f"failed: {type(exc).__name__}: {exc}"
 
@@ -110,8 +178,12 @@ def _load_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)  # leave no half-initialised module behind
+        raise
     return module
 
 
@@ -141,8 +213,8 @@ def make_host(*, entry_points: bool = True, plugins_dir: str | Path | None = Non
             _register(pm, info, load, infos)
 
     for module_name in BUILTINS:
-        short = module_name.rsplit(".", 1)[1]
-        add(PluginInfo(short, "builtin"), lambda m=module_name: importlib.import_module(m))
+        short = module_name.rsplit(".", 1)[-1]
+        add(PluginInfo(short, "builtin", __version__), lambda m=module_name: importlib.import_module(m))
 
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -152,7 +224,7 @@ def make_host(*, entry_points: bool = True, plugins_dir: str | Path | None = Non
             if pm.has_plugin(ep.name) or any(i.name == ep.name for i in infos):
                 info.status = f"failed: name {ep.name!r} is already registered"
                 infos.append(info)
-            elif only is not None and ep.name not in only:
+            elif only is not None and ep.name not in only and (dist is None or dist.name not in only):
                 info.status = "disabled"
                 infos.append(info)
             else:

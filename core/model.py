@@ -179,9 +179,12 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """The outcome of sending one notification. ``permanent`` failures are not retried."""
+    """The outcome of sending one notification. ``permanent`` failures are not retried.
+
+    ``retry_after`` (seconds) asks the outbox not to retry sooner (an HTTP 429 ``Retry-After``)."""
 
     notification_id: str
     ok: bool
     error: str = ""
     permanent: bool = False
+    retry_after: float | None = None

@@ -252,6 +252,11 @@ def _describe(error: Any) -> tuple[str, tuple[Any, ...]]:
     if keyword == "dependentRequired":
         return f"{error.message.split(' is a dependency of ')[0]} is required here", ()
     if keyword in ("oneOf", "anyOf"):
+        branches = list(error.context or ())
+        if branches and all(b.validator == "required" and not b.relative_path for b in branches):
+            # e.g. anyOf: [{required: [cloud]}, {required: [base_url]}]
+            keys = [k for b in branches for k in b.validator_value]
+            return f"needs one of the keys: {', '.join(keys)}", ()
         return "does not match any of the allowed forms", ()
     if keyword == "not":
         return "is not allowed here", ()

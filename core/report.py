@@ -1,0 +1,441 @@
+"""The report: one JSON document per run (``report.schema.json``), rendered to one self-contained HTML file.
+
+``build_report`` turns a cycle (snapshot, health, alerts, notes) plus stored history into a plain dict;
+``render_html`` renders it (Jinja2, autoescape on, inline CSS and SVG, no JavaScript, no external
+assets); ``write_reports`` writes ``latest.json`` / ``latest.html`` atomically plus one dated copy per
+UTC day under ``history/`` (a later run the same day replaces that day's copy), and prunes copies
+older than ``retention_days``.
+
+Trends come from the store in one batch query per (metric, day): the value nearest to the same time
+1..7 days ago. Day-over-day and week-over-week deltas are ``None`` when history does not reach back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from mistwatch.health import HealthResult, Score
+from mistwatch.model import Alert, Snapshot, severity_rank
+
+SCHEMA_VERSION = "1.0"
+TREND_DAYS = 7
+#: HTML: sites beyond this many get a row in the overview table but no section of their own (the
+#: JSON always has every site). Sites with problems are detailed first.
+HTML_DETAIL_SITES = 200
+#: What counts as a change worth telling in "what changed since yesterday".
+CHANGE_HEALTH = 5.0
+CHANGE_SLE = 0.05
+CHANGE_CLIENTS = 0.25
+_HISTORY_NAME = re.compile(r"^report-(\d{4}-\d{2}-\d{2})\.(json|html)$")
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    json: Path
+    html: Path
+    history_json: Path
+    history_html: Path
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _r(value: float | None, ndigits: int = 3) -> float | None:
+    return None if value is None else round(float(value), ndigits)
+
+
+def _delta(now: float | None, then: float | None, ndigits: int = 3) -> float | None:
+    return None if now is None or then is None else round(now - then, ndigits)
+
+
+class _History:
+    """Past values of site metrics, fetched once per (metric, day offset) for every site."""
+
+    def __init__(self, store: Any, now: datetime) -> None:
+        self.store, self.now = store, now
+        self._cache: dict[tuple[str, int], dict[str, float]] = {}
+
+    def at(self, metric: str, days_ago: int) -> dict[str, float]:
+        key = (metric, days_ago)
+        if key not in self._cache:
+            self._cache[key] = self.store.values_at(metric, self.now - timedelta(days=days_ago))
+        return self._cache[key]
+
+    def trend(self, metric: str, entity_key: str, current: float | None) -> list[float | None]:
+        """Oldest first: TREND_DAYS days ago ... yesterday, then the current value."""
+        past = [self.at(metric, d).get(entity_key) for d in range(TREND_DAYS, 0, -1)]
+        return [*past, current]
+
+
+def _series(hist: _History, metric: str, key: str, current: float | None, ndigits: int = 3) -> dict[str, Any]:
+    trend = hist.trend(metric, key, current)
+    return {"value": _r(current, ndigits), "delta_1d": _delta(current, trend[-2], ndigits),
+            "delta_7d": _delta(current, trend[0], ndigits), "trend": [_r(v, ndigits) for v in trend]}
+
+
+def _score_dict(score: Score | None) -> dict[str, Any]:
+    if score is None:
+        return {"score": None, "components": [], "unknown": []}
+    return {"score": score.score,
+            "components": [{"name": n, "points_lost": p, "detail": d} for n, p, d in score.components],
+            "unknown": list(score.unknown)}
+
+
+def alert_dict(a: Alert) -> dict[str, Any]:
+    labels = a.labels
+    return {
+        "key": a.key, "rule_id": a.rule_id, "state": a.state, "severity": a.severity,
+        "summary": a.summary, "recommendation": a.recommendation,
+        "site_id": labels.get("site_id"), "site_name": labels.get("site_name"),
+        "device_id": labels.get("device_id"), "device_name": labels.get("device_name"),
+        "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
+        "pending_since": iso(a.pending_since), "firing_since": iso(a.firing_since),
+        "resolved_at": iso(a.resolved_at),
+    }
+
+
+def _recommendation_for(site: dict[str, Any]) -> str | None:
+    """A plain next step for a site's costliest component (our alerts carry their own)."""
+    comps = [c for c in site["health"]["components"] if c["points_lost"] > 0 and c["name"] != "alerts"]
+    if not comps:
+        return None
+    worst = max(comps, key=lambda c: c["points_lost"])
+    name, detail, where = worst["name"], worst["detail"], site["name"]
+    if name == "availability":
+        return f"{where}: {detail}; check their power, uplink ports and the Mist alarms for them."
+    if name == "mist_alarms":
+        return f"{where}: {detail}; review and clear them in the Mist portal."
+    if name == "sle.wifi.coverage":
+        return f"{where}: Wi-Fi {detail}; review AP placement and transmit power (RRM) in the weak areas."
+    if name == "sle.wifi.capacity":
+        return f"{where}: Wi-Fi {detail}; look for busy APs and channel utilisation, consider band steering."
+    if name.startswith("sle."):
+        return f"{where}: {name.split('.')[1]} SLE {detail}; open the SLE classifiers in Mist to find the cause."
+    return None
+
+
+def build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: Sequence[Alert],
+                 notes: Sequence[str], run: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The report as a JSON-able dict following ``schemas/report.schema.json``.
+
+    ``run`` holds ``started_at`` (datetime), ``duration_s``, ``api_calls``, ``errors``, ``mode``."""
+    hist = _History(store, now)
+    sites_e = [e for e in snapshot.entities if e.kind == "site"]
+    devices_e = [e for e in snapshot.entities if e.kind == "device"]
+    org_e = next((e for e in snapshot.entities if e.kind == "org"), None)
+    open_alerts = [a for a in alerts if a.state in ("firing", "pending")]
+    open_alerts.sort(key=lambda a: (-severity_rank(a.severity), a.state != "firing", a.site_name, a.summary))
+
+    by_site_devices: dict[str, list[dict[str, Any]]] = {}
+    devices = []
+    for e in devices_e:
+        score = health.devices.get(e.key)
+        connected = None if snapshot.is_unknown(e, "device.connected") else e.metrics.get("device.connected")
+        dev = {"key": e.key, "id": e.labels.get("device_id"), "name": e.name,
+               "type": e.labels.get("device_type"), "model": e.labels.get("model"),
+               "site_id": e.labels.get("site_id"), "site_name": e.labels.get("site_name"),
+               "connected": None if connected is None else connected >= 0.5,
+               "clients": _r(e.metrics.get("device.clients"), 1),
+               "health": _score_dict(score)}
+        devices.append(dev)
+        by_site_devices.setdefault(e.labels.get("site_id", ""), []).append(dev)
+
+    alerts_by_site: dict[str, list[dict[str, Any]]] = {}
+    for a in open_alerts:
+        alerts_by_site.setdefault(a.labels.get("site_id", ""), []).append(alert_dict(a))
+
+    sites = []
+    for e in sites_e:
+        sid = e.labels.get("site_id", "")
+        m = e.metrics
+        score = health.sites.get(e.key)
+        h = _series(hist, "site.health", e.key, score.score if score else None, 1)
+        h.update(_score_dict(score))
+        clients = None if snapshot.is_unknown(e, "site.clients") else m.get("site.clients")
+        sles = [{"name": k.removeprefix("sle."), **_series(hist, k, e.key, m[k])}
+                for k in sorted(m) if k.startswith("sle.") and not snapshot.is_unknown(e, k)]
+        site_devices = by_site_devices.get(sid, [])
+        unknown_devices = snapshot.is_unknown(e, "site.devices_total")
+        sites.append({
+            "key": e.key, "id": sid, "name": e.name, "timezone": e.labels.get("timezone"),
+            "health": h,
+            "devices": {"total": None if unknown_devices else _int(m.get("site.devices_total")),
+                        "connected": None if unknown_devices else _int(m.get("site.devices_connected")),
+                        "disconnected": sorted(d["name"] for d in site_devices if d["connected"] is False)},
+            "clients": _series(hist, "site.clients", e.key, clients, 1),
+            "sles": sles,
+            "alarms": {k: (None if snapshot.is_unknown(e, f"site.alarms_{k}") else _int(m.get(f"site.alarms_{k}")))
+                       for k in ("open", "critical", "major")},
+            "alerts": alerts_by_site.get(sid, []),
+            "changes": [],
+        })
+    sites.sort(key=lambda s: (s["health"]["score"] is None, s["health"]["score"] or 0, s["name"].lower()))
+
+    changes = _changes(sites, alerts, now)
+    recommendations = _recommendations(sites, open_alerts)
+    org = _org(snapshot, org_e, sites, devices, open_alerts, health, hist)
+    worst = [{"key": s["key"], "name": s["name"], "score": s["health"]["score"],
+              "delta_1d": s["health"]["delta_1d"],
+              "reason": _reason(s)} for s in sites if s["health"]["score"] is not None
+             and s["health"]["score"] < 100][:5]
+    unknown_sites = [s["name"] for s in sites if s["health"]["score"] is None]
+    critical = [alert_dict(a) for a in open_alerts if a.state == "firing" and a.severity == "critical"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": iso(now),
+        "run": {
+            "started_at": iso(run.get("started_at")) if isinstance(run.get("started_at"), datetime)
+            else run.get("started_at"),
+            "duration_s": _r(run.get("duration_s"), 3),
+            "api_calls": int(run.get("api_calls") or 0),
+            "mode": run.get("mode", "all"),
+            "errors": [str(x) for x in run.get("errors", ())],
+            "collector_errors": [{"collector": err.collector, "endpoint": err.endpoint, "message": err.message}
+                                 for err in snapshot.errors],
+        },
+        "trend_dates": [(now - timedelta(days=d)).date().isoformat() for d in range(TREND_DAYS, -1, -1)],
+        "org": org,
+        "summary": {"worst_sites": worst, "unknown_sites": unknown_sites, "changes": changes[:10],
+                    "critical_alerts": critical, "recommendations": [r["text"] for r in recommendations[:5]]},
+        "sites": sites,
+        "devices": devices,
+        "alerts": [alert_dict(a) for a in open_alerts],
+        "insights": [str(n) for n in notes],
+        "recommendations": recommendations,
+    }
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _reason(site: dict[str, Any]) -> str:
+    comps = sorted((c for c in site["health"]["components"] if c["points_lost"] > 0),
+                   key=lambda c: -c["points_lost"])
+    return "; ".join(f"{c['detail']} (-{c['points_lost']:g})" for c in comps[:2])
+
+
+def _org(snapshot: Snapshot, org_e: Any, sites: list[dict[str, Any]], devices: list[dict[str, Any]],
+         open_alerts: list[Alert], health: HealthResult, hist: _History) -> dict[str, Any]:
+    by_sev = {s: 0 for s in ("critical", "major", "minor", "info")}
+    for a in open_alerts:
+        if a.state == "firing":
+            by_sev[a.severity] = by_sev.get(a.severity, 0) + 1
+    clients = [s["clients"]["value"] for s in sites if s["clients"]["value"] is not None]
+    org_health = health.org
+    past = [_mean(hist.at("site.health", d).values()) for d in range(TREND_DAYS, 0, -1)]
+    trend = [*past, org_health]
+    labels = org_e.labels if org_e is not None else {}
+    return {
+        "id": labels.get("org_id"), "name": labels.get("org_name") or labels.get("org_id") or "",
+        "sites": len(sites), "devices": len(devices),
+        "devices_connected": sum(1 for d in devices if d["connected"]),
+        "devices_unknown": sum(1 for d in devices if d["connected"] is None),
+        "clients": round(sum(clients)) if clients else None,
+        "health": {"value": org_health, "delta_1d": _delta(org_health, trend[-2], 1),
+                   "delta_7d": _delta(org_health, trend[0], 1), "trend": [_r(v, 1) for v in trend]},
+        "alerts_firing": by_sev,
+        "alerts_pending": sum(1 for a in open_alerts if a.state == "pending"),
+    }
+
+
+def _mean(values: Any) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def _changes(sites: list[dict[str, Any]], alerts: Sequence[Alert], now: datetime) -> list[dict[str, Any]]:
+    """What changed since yesterday, biggest first; each site also keeps its own list."""
+    out: list[dict[str, Any]] = []
+
+    def add(site: dict[str, Any], what: str, before: Any, after: Any, weight: float, text: str) -> None:
+        item = {"site_key": site["key"], "site_name": site["name"], "what": what, "before": before,
+                "after": after, "text": text, "_w": weight}
+        site["changes"].append(item)
+        out.append(item)
+
+    for s in sites:
+        h = s["health"]
+        if h["delta_1d"] is not None and abs(h["delta_1d"]) >= CHANGE_HEALTH:
+            before = round(h["value"] - h["delta_1d"], 1)
+            add(s, "health", before, h["value"], abs(h["delta_1d"]),
+                f"health {before:g} → {h['value']:g} ({h['delta_1d']:+g})")
+        for sle in s["sles"]:
+            if sle["delta_1d"] is not None and abs(sle["delta_1d"]) >= CHANGE_SLE:
+                before = round(sle["value"] - sle["delta_1d"], 3)
+                add(s, f"sle.{sle['name']}", before, sle["value"], abs(sle["delta_1d"]) * 100,
+                    f"{sle['name']} SLE {before:.0%} → {sle['value']:.0%}")
+        c = s["clients"]
+        if c["delta_1d"] is not None and c["value"] is not None:
+            before = c["value"] - c["delta_1d"]
+            if before > 0 and abs(c["delta_1d"]) / before >= CHANGE_CLIENTS and abs(c["delta_1d"]) >= 5:
+                add(s, "clients", before, c["value"], abs(c["delta_1d"]) / before * 20,
+                    f"clients {before:g} → {c['value']:g} ({c['delta_1d'] / before:+.0%})")
+    by_key = {s["id"]: s for s in sites}
+    day_ago = now - timedelta(days=1)
+    for a in alerts:
+        site = by_key.get(a.labels.get("site_id", ""))
+        if site is None:
+            continue
+        where = f" ({a.labels['device_name']})" if a.labels.get("device_name") else ""
+        if a.state == "firing" and a.firing_since and a.firing_since > day_ago:
+            add(site, "alert", None, a.severity, 10 + 5 * severity_rank(a.severity),
+                f"new {a.severity} alert: {a.summary or a.rule_id}{where}")
+        elif a.state == "resolved" and a.resolved_at and a.resolved_at > day_ago:
+            add(site, "alert", a.severity, "resolved", 5, f"resolved: {a.summary or a.rule_id}{where}")
+    out.sort(key=lambda c: -c["_w"])
+    for item in out:
+        item.pop("_w", None)
+    return out
+
+
+def _recommendations(sites: list[dict[str, Any]], open_alerts: list[Alert]) -> list[dict[str, Any]]:
+    """Our alerts' recommendations grouped by text (most severe, then most sites, first), then one per
+    unhealthy site from its costliest component."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for a in open_alerts:
+        if a.state != "firing" or not a.recommendation:
+            continue
+        g = grouped.setdefault(a.recommendation, {"text": a.recommendation, "severity": a.severity,
+                                                  "sites": [], "count": 0, "source": "alerts"})
+        g["count"] += 1
+        if severity_rank(a.severity) > severity_rank(g["severity"]):
+            g["severity"] = a.severity
+        if a.site_name and a.site_name not in g["sites"]:
+            g["sites"].append(a.site_name)
+    recs = sorted(grouped.values(), key=lambda g: (-severity_rank(g["severity"]), -len(g["sites"]), g["text"]))
+    for s in sites:
+        if s["health"]["score"] is None or s["health"]["score"] >= 90:
+            continue
+        text = _recommendation_for(s)
+        if text:
+            sev = "major" if s["health"]["score"] < 70 else "minor"
+            recs.append({"text": text, "severity": sev, "sites": [s["name"]], "count": 1, "source": "health"})
+    return recs
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+
+_ENV: Any = None
+
+
+def _env() -> Any:
+    global _ENV
+    if _ENV is None:
+        import jinja2
+        from markupsafe import Markup
+
+        from mistwatch.sparkline import spark_svg
+
+        env = jinja2.Environment(loader=jinja2.PackageLoader("mistwatch", "templates"),
+                                 autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                 undefined=jinja2.StrictUndefined)
+
+        def spark(values: Sequence[float | None], label: str = "", lo: float | None = None,
+                  hi: float | None = None, color: str = "#2563eb") -> Markup:
+            # spark_svg builds markup from numbers and escapes the label itself
+            return Markup(spark_svg(values, lo=lo, hi=hi, label=label, color=color))
+
+        env.filters["spark"] = spark
+        env.filters["pct"] = lambda v: "–" if v is None else f"{v:.0%}"
+        env.filters["num"] = lambda v, nd=0: "–" if v is None else f"{v:,.{nd}f}"
+        env.filters["signed"] = _signed
+        env.filters["score_class"] = _score_class
+        _ENV = env
+    return _ENV
+
+
+def _signed(value: float | None, kind: str = "num") -> str:
+    if value is None:
+        return ""
+    if kind == "pct":
+        return f"{value * 100:+.1f} pts" if value else "±0"
+    return f"{value:+,.1f}".replace(".0", "") if value else "±0"
+
+
+def _score_class(score: float | None) -> str:
+    if score is None:
+        return "unknown"
+    return "good" if score >= 90 else "warn" if score >= 70 else "bad"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole report as one self-contained HTML page (autoescaped)."""
+    sites = report["sites"]
+    # sites with problems get their section first; sites stay in report order (worst first)
+    troubled = [s["key"] for s in sites
+                if s["health"]["score"] is None or s["health"]["score"] < 100 or s["alerts"]]
+    seen = set(troubled)
+    rest = [s["key"] for s in sites if s["key"] not in seen]
+    detailed = set((troubled + rest)[:HTML_DETAIL_SITES])
+    weak: dict[str, list[dict[str, Any]]] = {}
+    for d in report["devices"]:
+        if d["connected"] is not False and (d["health"]["score"] is None or d["health"]["score"] < 100):
+            weak.setdefault(d["site_id"], []).append(d)
+    for devs in weak.values():
+        devs.sort(key=lambda d: (d["health"]["score"] is not None, d["health"]["score"] or 0, d["name"]))
+    return _env().get_template("report.html.j2").render(
+        r=report, detailed=detailed, hidden=len(sites) - len(detailed), weak=weak, summary_only=False)
+
+
+def summary_html(report: dict[str, Any]) -> str:
+    """Only the executive summary, as a self-contained HTML fragment page (the digest's body)."""
+    return _env().get_template("report.html.j2").render(
+        r=report, detailed=set(), hidden=0, weak={}, summary_only=True)
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_reports(report: dict[str, Any], reports_dir: Path, now: datetime, retention_days: int = 7) -> ReportPaths:
+    """Write latest.json/.html and today's dated copy under history/, then prune old copies."""
+    reports_dir = Path(reports_dir)
+    history = reports_dir / "history"
+    history.mkdir(parents=True, exist_ok=True)
+    day = now.astimezone(timezone.utc).date().isoformat()
+    paths = ReportPaths(json=reports_dir / "latest.json", html=reports_dir / "latest.html",
+                        history_json=history / f"report-{day}.json", history_html=history / f"report-{day}.html")
+    data_json = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    data_html = render_html(report).encode("utf-8")
+    for path, data in ((paths.json, data_json), (paths.html, data_html),
+                       (paths.history_json, data_json), (paths.history_html, data_html)):
+        _atomic_write(path, data)
+    prune_history(history, now.astimezone(timezone.utc).date(), retention_days)
+    return paths
+
+
+def prune_history(history: Path, today: date, retention_days: int) -> list[Path]:
+    """Delete dated copies from ``retention_days`` or more days before ``today`` (today's copy and the
+    ``retention_days - 1`` before it stay). Files not named by us are left alone."""
+    cutoff = today - timedelta(days=max(1, int(retention_days)))
+    removed = []
+    for path in history.iterdir():
+        match = _HISTORY_NAME.match(path.name)
+        if match and date.fromisoformat(match.group(1)) <= cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

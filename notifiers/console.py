@@ -1,0 +1,68 @@
+"""Console notifier: prints each notification as a rich panel with a severity-coloured table (stdout)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mistwatch.hookspecs import Notifier, hookimpl
+from mistwatch.model import Delivery, Notification
+from mistwatch.secrets import redact
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"const": "console"},
+        "send_resolved": {"type": "boolean", "description": "Show resolved messages (default true)."},
+        "width": {"type": "integer", "minimum": 40, "description": "Fixed width (default: the terminal's)."},
+    },
+}
+
+_STYLES = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "blue", "resolved": "green"}
+
+
+def render(n: Notification) -> Any:
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from mistwatch.notify import alert_rows
+
+    rows = alert_rows(n)
+    style = _STYLES.get(str(n.data.get("severity", "info")), "blue")
+    if not rows:
+        return Panel(Text(redact(n.text)), title=Text(redact(n.title)), border_style=style)
+    table = Table(expand=True, show_lines=False)
+    for column in ("State", "Alert", "Site", "Device", "Value", "Threshold / baseline", "Since"):
+        table.add_column(column)
+    for r in rows:
+        state = "RESOLVED" if r.state == "resolved" else r.severity.upper()
+        summary = Text(redact(r.summary))
+        if r.recommendation and r.state == "firing":
+            summary.append("\n" + redact(r.recommendation), style="dim")
+        table.add_row(Text(state, style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, "")),
+                      summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
+                      Text(r.reference), Text(f"{r.since}\n{r.duration}".strip()))
+    return Panel(table, title=Text(redact(n.title)), border_style=style)
+
+
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+    from rich.console import Console
+
+    console = Console(width=settings.get("width"), highlight=False)
+    results = []
+    for n in notifications:
+        try:
+            console.print(render(n))
+            results.append(Delivery(n.id, ok=True))
+        except OSError as exc:  # stdout closed or broken pipe
+            results.append(Delivery(n.id, ok=False, error=f"cannot write to the console: {exc}"))
+    return results
+
+
+@hookimpl
+def mistwatch_notifiers():
+    yield Notifier(type="console", send=send, settings_schema=SETTINGS_SCHEMA,
+                   description="Print notifications to the terminal (rich).")

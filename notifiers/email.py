@@ -1,0 +1,226 @@
+"""Email notifier: smtplib through a plain relay (no auth, as corporate relays are), STARTTLS or
+implicit TLS, with an optional login. Each message is multipart text + HTML rendered from Jinja2
+templates (sandboxed; HTML autoescaped, CSS inline so mail clients render it). Users can override
+``email.txt`` / ``email.html`` with a ``templates_dir`` setting.
+
+Threading: the Message-ID is derived from the notification id, and a message of a group that already
+had one carries In-Reply-To/References to the group's first message, so a resolved mail threads under
+its firing mail. SMTP 5xx answers (e.g. 550) are permanent failures, 4xx and connection problems are
+temporary and retried by the outbox.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+from mistwatch.hookspecs import Notifier, hookimpl
+from mistwatch.model import Delivery, Notification
+from mistwatch.secrets import redact, register
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["smtp_host", "from", "to"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"const": "email"},
+        "smtp_host": {"type": "string", "minLength": 1, "description": "SMTP relay host name."},
+        "smtp_port": {"type": "integer", "minimum": 1, "maximum": 65535,
+                      "description": "Default 465 with ssl, 587 with starttls, else 25."},
+        "from": {"type": "string", "pattern": "@", "x-message": "must be an email address"},
+        "to": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "@"},
+               "x-message": "must be a list of email addresses"},
+        "cc": {"type": "array", "items": {"type": "string", "pattern": "@"}},
+        "starttls": {"type": "boolean", "description": "Upgrade with STARTTLS after connecting."},
+        "ssl": {"type": "boolean", "description": "Implicit TLS from the first byte (usually port 465)."},
+        "ca_file": {"type": "string", "description": "PEM file of CA certificates to trust for TLS."},
+        "username": {"type": "string"},
+        "password": {"type": "string", "description": "Use ${VAR}; it is kept out of every output."},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds (default 30)."},
+        "subject_prefix": {"type": "string", "description": "Default [mistwatch]."},
+        "templates_dir": {"type": "string", "description": "Folder with email.txt / email.html overrides."},
+        "attach_report": {"type": "boolean", "description": "Attach the latest HTML report."},
+        "send_resolved": {"type": "boolean", "description": "Send resolved messages (default true)."},
+    },
+}
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _environment(templates_dir: str | None) -> Any:
+    from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2.sandbox import SandboxedEnvironment
+
+    loaders = [FileSystemLoader(str(templates_dir))] if templates_dir else []
+    loaders.append(FileSystemLoader(str(TEMPLATES)))
+    return SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined,
+                                autoescape=select_autoescape(enabled_extensions=("html",),
+                                                             default_for_string=False),
+                                trim_blocks=True, lstrip_blocks=True)
+
+
+def render(settings: Mapping[str, Any], n: Notification) -> tuple[str, str]:
+    """(text, html) bodies of a notification, redacted."""
+    from mistwatch.notify import SEVERITY_COLORS, alert_rows
+
+    env = _environment(settings.get("templates_dir"))
+    rows = alert_rows(n)
+    context = {
+        "n": n, "title": n.title, "headline": n.data.get("headline", n.title), "kind": n.kind,
+        "firing": [r for r in rows if r.state == "firing"], "resolved": [r for r in rows if r.state == "resolved"],
+        "reminder": bool(n.data.get("reminder")), "colors": SEVERITY_COLORS, "group": dict(n.group),
+        "severity": n.data.get("severity", "info"), "text": n.text,
+        "color": SEVERITY_COLORS.get(str(n.data.get("severity", "info")), SEVERITY_COLORS["info"]),
+    }
+    text = env.get_template("email.txt").render(context)
+    html = env.get_template("email.html").render(context)
+    return redact(text), redact(html)
+
+
+def _domain(address: str) -> str:
+    domain = address.rsplit("@", 1)[-1].strip().strip(">") if "@" in address else ""
+    return domain or "mistwatch.invalid"
+
+
+def message_id(notification_id: str, sender: str) -> str:
+    return f"<{notification_id}@{_domain(sender)}>"
+
+
+def build_message(settings: Mapping[str, Any], n: Notification) -> EmailMessage:
+    sender = str(settings["from"])
+    prefix = str(settings.get("subject_prefix", "[mistwatch]")).strip()
+    headline = str(n.data.get("headline") or n.title)
+    msg = EmailMessage()
+    msg["Subject"] = redact(f"{prefix} {headline}".strip())
+    msg["From"] = sender
+    msg["To"] = ", ".join(settings["to"])
+    if settings.get("cc"):
+        msg["Cc"] = ", ".join(settings["cc"])
+    msg["Date"] = format_datetime(n.created_at)
+    msg["Message-ID"] = message_id(n.id, sender) if n.id else make_msgid(domain=_domain(sender))
+    if n.thread_id:
+        msg["In-Reply-To"] = message_id(n.thread_id, sender)
+        msg["References"] = message_id(n.thread_id, sender)
+    msg["X-Mistwatch-Kind"] = n.kind
+    msg["Auto-Submitted"] = "auto-generated"
+    text, html = render(settings, n)
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    for att in n.attachments:
+        maintype, _, subtype = att.mimetype.partition("/")
+        msg.add_attachment(att.content, maintype=maintype or "application",
+                           subtype=subtype or "octet-stream", filename=att.filename)
+    return msg
+
+
+def _tls_context(settings: Mapping[str, Any]) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.get("ca_file"):
+        context.load_verify_locations(cafile=str(settings["ca_file"]))
+    return context
+
+
+def _connect(settings: Mapping[str, Any]) -> smtplib.SMTP:
+    host = str(settings["smtp_host"])
+    use_ssl, starttls = bool(settings.get("ssl")), bool(settings.get("starttls"))
+    port = int(settings.get("smtp_port") or (465 if use_ssl else 587 if starttls else 25))
+    timeout = float(settings.get("timeout", 30))
+    if use_ssl:
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=_tls_context(settings))
+    else:
+        smtp = smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        smtp.ehlo()
+        if starttls:
+            smtp.starttls(context=_tls_context(settings))
+            smtp.ehlo()
+        if settings.get("username"):
+            smtp.login(str(settings["username"]), str(settings.get("password") or ""))
+    except BaseException:
+        _close(smtp)
+        raise
+    return smtp
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except Exception:
+        try:
+            smtp.close()
+        except Exception:
+            pass
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(error message, permanent) for an exception from smtplib or the socket."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        detail = "; ".join(f"{rcpt}: {code} {_text(msg)}" for rcpt, (code, msg) in exc.recipients.items())
+        return f"recipients refused: {detail}", bool(codes) and all(500 <= c < 600 for c in codes)
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return f"SMTP login refused: {exc.smtp_code} {_text(exc.smtp_error)}", True
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"SMTP {exc.smtp_code} {_text(exc.smtp_error)}", 500 <= exc.smtp_code < 600
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return f"the SMTP server does not support this: {exc}", True
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return f"SMTP server disconnected: {exc}", False
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc}", False
+    if isinstance(exc, OSError):
+        return f"cannot reach the SMTP server: {exc.strerror or exc}", False
+    return f"{type(exc).__name__}: {exc}", False
+
+
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+    register(settings.get("password"))
+    where = f"{settings.get('smtp_host')}:{settings.get('smtp_port', '')}".rstrip(":")
+    try:
+        smtp = _connect(settings)
+    except Exception as exc:
+        error, permanent = classify(exc)
+        return [Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
+                for n in notifications]
+    results: list[Delivery] = []
+    recipients = [*settings["to"], *(settings.get("cc") or [])]
+    try:
+        for i, n in enumerate(notifications):
+            try:
+                msg = build_message(settings, n)
+            except Exception as exc:  # a broken user template: report it, keep the message for a retry
+                results.append(Delivery(n.id, ok=False, error=redact(f"template error: {type(exc).__name__}: {exc}")))
+                continue
+            try:
+                smtp.send_message(msg, from_addr=str(settings["from"]), to_addrs=recipients)
+                results.append(Delivery(n.id, ok=True))
+            except Exception as exc:
+                error, permanent = classify(exc)
+                results.append(Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent))
+                if isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException):
+                    results += [Delivery(m.id, ok=False, error=redact(f"{where}: connection lost"))
+                                for m in notifications[i + 1:]]
+                    break
+    finally:
+        _close(smtp)
+    return results
+
+
+@hookimpl
+def mistwatch_notifiers():
+    yield Notifier(type="email", send=send, settings_schema=SETTINGS_SCHEMA,
+                   description="Email through an SMTP relay (plain, STARTTLS or TLS; optional login).")

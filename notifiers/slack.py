@@ -1,0 +1,83 @@
+"""Slack notifier: an incoming webhook, one Block Kit message per notification.
+
+The webhook URL is a secret (its path is the key): it is registered with mistwatch.secrets and never
+appears in errors. Delivery (timeout, 429 Retry-After) is shared with the webhook notifier.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mistwatch.hookspecs import Notifier, hookimpl
+from mistwatch.model import Delivery, Notification
+from mistwatch.notifiers.webhook import HTTP_SETTINGS, post
+from mistwatch.secrets import redact, register
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"const": "slack"},
+        "url": {"type": "string", "pattern": "^https?://", "x-message": "must be the incoming webhook URL"},
+        **HTTP_SETTINGS,
+    },
+}
+
+#: Slack allows 50 blocks per message; keep room for the header, context and the "more" line.
+MAX_ALERT_BLOCKS = 40
+_MARKS = {"critical": ":red_circle:", "major": ":large_orange_circle:", "minor": ":large_yellow_circle:",
+          "info": ":large_blue_circle:", "resolved": ":white_check_mark:"}
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def payload(n: Notification) -> dict[str, Any]:
+    from mistwatch.notify import alert_rows
+
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": n.title[:150], "emoji": True}}]
+    rows = alert_rows(n)
+    if not rows:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(n.text)[:3000]}})
+    for r in rows[:MAX_ALERT_BLOCKS]:
+        state = "resolved" if r.state == "resolved" else r.severity
+        lines = [f"{_MARKS.get(state, '')} *{escape(state.upper())}* {escape(r.summary)}"]
+        where = ", ".join(x for x in (r.site, r.device) if x)
+        if where:
+            lines.append(f"*Where:* {escape(where)}")
+        if r.value:
+            label = "Value at resolution" if r.state == "resolved" else "Value"
+            ref = f" ({escape(r.reference)})" if r.reference else ""
+            lines.append(f"*{label}:* {escape(r.value)}{ref}")
+        if r.since:
+            lines.append(f"*Since:* {escape(r.since)}" + (f", {escape(r.duration)}" if r.duration else ""))
+        if r.recommendation and r.state == "firing":
+            lines.append(f"_{escape(r.recommendation)}_")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}})
+    if len(rows) > MAX_ALERT_BLOCKS:
+        more = len(rows) - MAX_ALERT_BLOCKS
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"... and {more} more"}})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "Sent by mistwatch"}]})
+    return {"text": n.title, "blocks": blocks}
+
+
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+    register(settings.get("url"))
+    results = []
+    for n in notifications:
+        body = redact(json.dumps(payload(n), ensure_ascii=False)).encode("utf-8")
+        results.append(post(settings, n.id, body, {"Content-Type": "application/json; charset=utf-8"}))
+    return results
+
+
+@hookimpl
+def mistwatch_notifiers():
+    yield Notifier(type="slack", send=send, settings_schema=SETTINGS_SCHEMA,
+                   description="Slack incoming webhook (Block Kit).")

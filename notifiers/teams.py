@@ -1,0 +1,80 @@
+"""Microsoft Teams notifier: a Workflows ("When a Teams webhook request is received") webhook, one
+Adaptive Card per notification. The URL carries a signature, so it is treated as a secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mistwatch.hookspecs import Notifier, hookimpl
+from mistwatch.model import Delivery, Notification
+from mistwatch.notifiers.webhook import HTTP_SETTINGS, post
+from mistwatch.secrets import redact, register
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"const": "teams"},
+        "url": {"type": "string", "pattern": "^https?://", "x-message": "must be the Workflows webhook URL"},
+        **HTTP_SETTINGS,
+    },
+}
+
+ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
+MAX_ALERTS = 40
+#: Adaptive Card colours and container styles per severity.
+_COLOR = {"critical": "Attention", "major": "Attention", "minor": "Warning", "info": "Accent", "resolved": "Good"}
+_STYLE = {"critical": "attention", "major": "attention", "minor": "warning", "info": "accent", "resolved": "good"}
+
+
+def card(n: Notification) -> dict[str, Any]:
+    from mistwatch.notify import alert_rows
+
+    severity = str(n.data.get("severity", "info"))
+    body: list[dict[str, Any]] = [{"type": "TextBlock", "text": n.title, "weight": "Bolder", "size": "Medium",
+                                   "wrap": True, "color": _COLOR.get(severity, "Default")}]
+    rows = alert_rows(n)
+    if not rows:
+        body.append({"type": "TextBlock", "text": n.text, "wrap": True})
+    for r in rows[:MAX_ALERTS]:
+        state = "resolved" if r.state == "resolved" else r.severity
+        facts = [{"title": "Site", "value": r.site}, {"title": "Device", "value": r.device}]
+        if r.value:
+            facts.append({"title": "Value at resolution" if r.state == "resolved" else "Value",
+                          "value": r.value + (f" ({r.reference})" if r.reference else "")})
+        if r.since:
+            facts.append({"title": "Since", "value": r.since + (f", {r.duration}" if r.duration else "")})
+        if r.recommendation and r.state == "firing":
+            facts.append({"title": "Recommendation", "value": r.recommendation})
+        body.append({"type": "Container", "style": _STYLE.get(state, "default"), "items": [
+            {"type": "TextBlock", "text": f"{state.upper()}: {r.summary}", "weight": "Bolder", "wrap": True},
+            {"type": "FactSet", "facts": [f for f in facts if f["value"]]},
+        ]})
+    if len(rows) > MAX_ALERTS:
+        body.append({"type": "TextBlock", "text": f"... and {len(rows) - MAX_ALERTS} more", "wrap": True})
+    return {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
+            "version": "1.4", "msteams": {"width": "Full"}, "body": body}
+
+
+def payload(n: Notification) -> dict[str, Any]:
+    return {"type": "message", "attachments": [{"contentType": ADAPTIVE_CARD, "contentUrl": None,
+                                                "content": card(n)}]}
+
+
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+    register(settings.get("url"))
+    results = []
+    for n in notifications:
+        body = redact(json.dumps(payload(n), ensure_ascii=False)).encode("utf-8")
+        results.append(post(settings, n.id, body, {"Content-Type": "application/json; charset=utf-8"}))
+    return results
+
+
+@hookimpl
+def mistwatch_notifiers():
+    yield Notifier(type="teams", send=send, settings_schema=SETTINGS_SCHEMA,
+                   description="Microsoft Teams Workflows webhook (Adaptive Card).")

@@ -1,0 +1,161 @@
+"""Webhook notifier: POSTs each notification as JSON with a documented, versioned schema
+(``docs/webhook.md``), optionally signed with HMAC-SHA256 in ``X-Mistwatch-Signature: sha256=<hex>``.
+
+Also home of :func:`post`, the HTTP delivery shared with the Slack and Teams notifiers: a timeout,
+HTTP 429 (and 503) ``Retry-After`` honoured up to a bound, 4xx other than 429 permanent, and error
+messages that never carry the URL (its path is often the secret).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from mistwatch.hookspecs import Notifier, hookimpl
+from mistwatch.model import Delivery, Notification
+from mistwatch.secrets import redact, register
+
+SCHEMA_NAME = "mistwatch.notification"
+SCHEMA_VERSION = 1
+SIGNATURE_HEADER = "X-Mistwatch-Signature"
+DEFAULT_TIMEOUT = 10.0
+#: The longest Retry-After we wait for inside one cycle; longer ones become the outbox retry time.
+DEFAULT_MAX_RETRY_AFTER = 30.0
+
+HTTP_SETTINGS: dict[str, Any] = {
+    "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds per request (default 10)."},
+    "max_retry_after": {"type": "number", "minimum": 0,
+                        "description": "Longest 429 Retry-After to wait within a cycle, seconds (default 30)."},
+    "send_resolved": {"type": "boolean", "description": "Send resolved messages (default true)."},
+}
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"const": "webhook"},
+        "url": {"type": "string", "pattern": "^https?://", "x-message": "must be an http(s) URL"},
+        "secret": {"type": "string", "description": "HMAC-SHA256 key for the X-Mistwatch-Signature header."},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Extra request headers (e.g. Authorization: ${TOKEN})."},
+        **HTTP_SETTINGS,
+    },
+}
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - (now or datetime.now(timezone.utc))).total_seconds(), 0.0)
+
+
+def post(settings: Mapping[str, Any], notification_id: str, body: bytes, headers: Mapping[str, str], *,
+         ok_statuses: tuple[int, ...] = ()) -> Delivery:
+    """POST ``body`` to ``settings["url"]``; one Delivery. Waits out a bounded Retry-After and tries again."""
+    import requests
+
+    url = str(settings["url"])
+    register(url)
+    host = urlsplit(url).netloc or "?"
+    timeout = float(settings.get("timeout", DEFAULT_TIMEOUT))
+    max_wait = float(settings.get("max_retry_after", DEFAULT_MAX_RETRY_AFTER))
+    waited = 0.0
+    while True:
+        try:
+            response = requests.post(url, data=body, headers=dict(headers), timeout=timeout)
+        except requests.Timeout:
+            return Delivery(notification_id, ok=False, error=f"{host}: no answer within {timeout:g}s")
+        except requests.RequestException as exc:
+            return Delivery(notification_id, ok=False, error=f"{host}: cannot connect ({type(exc).__name__})")
+        status = response.status_code
+        if 200 <= status < 300 or status in ok_statuses:
+            return Delivery(notification_id, ok=True)
+        detail = redact(f"{host}: HTTP {status} {response.reason or ''}: {response.text[:200]}".strip())
+        if status in (429, 503):
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is not None and waited + wait <= max_wait:
+                time.sleep(wait)
+                waited += wait
+                continue
+            return Delivery(notification_id, ok=False, error=detail, retry_after=wait)
+        return Delivery(notification_id, ok=False, error=detail, permanent=400 <= status < 500)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def payload(n: Notification) -> dict[str, Any]:
+    """The JSON document of docs/webhook.md (version 1)."""
+    alerts = []
+    for a in n.alerts:
+        start = a.firing_since or a.pending_since
+        end = a.resolved_at if a.state == "resolved" else None
+        alerts.append({
+            "key": a.key, "rule_id": a.rule_id, "state": a.state, "severity": a.severity,
+            "summary": a.summary, "description": a.description, "recommendation": a.recommendation,
+            "labels": dict(a.labels), "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
+            "firing_since": _iso(a.firing_since), "resolved_at": _iso(a.resolved_at),
+            "duration_seconds": round((end - start).total_seconds()) if (start and end) else None,
+        })
+    firing = sum(1 for a in n.alerts if a.state == "firing")
+    if n.kind == "test":
+        status = "test"
+    else:
+        status = "firing" if firing else "resolved"
+    return {
+        "schema": SCHEMA_NAME, "version": SCHEMA_VERSION, "id": n.id, "kind": n.kind, "status": status,
+        "title": n.title, "headline": n.data.get("headline", n.title), "severity": n.data.get("severity"),
+        "reminder": bool(n.data.get("reminder")), "created_at": _iso(n.created_at),
+        "group": dict(n.group), "group_key": n.data.get("group_key", ""), "thread_id": n.thread_id,
+        "counts": {"firing": firing, "resolved": len(n.alerts) - firing},
+        "alerts": alerts, "text": n.text,
+    }
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-Mistwatch-Signature value: ``sha256=`` + hex HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+    secret = settings.get("secret")
+    register(secret)
+    for value in (settings.get("headers") or {}).values():
+        register(value)
+    results = []
+    for n in notifications:
+        body = redact(json.dumps(payload(n), ensure_ascii=False, sort_keys=True)).encode("utf-8")
+        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "mistwatch",
+                   "X-Mistwatch-Notification": n.id, **(settings.get("headers") or {})}
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(str(secret), body)
+        results.append(post(settings, n.id, body, headers))
+    return results
+
+
+@hookimpl
+def mistwatch_notifiers():
+    yield Notifier(type="webhook", send=send, settings_schema=SETTINGS_SCHEMA,
+                   description="POST JSON (docs/webhook.md) to a URL, optionally HMAC-signed.")

@@ -283,6 +283,7 @@ class Store:
         self._max_entity_id = 0
         self._metric_ids: dict[str, int] = {}
         self._busy_timeout: float | None = None
+        self._closed = False
 
     # opening ----------------------------------------------------------------------------------
     @classmethod
@@ -389,14 +390,15 @@ class Store:
             return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
-        db, self.db = self.db, None  # type: ignore[assignment]
-        if db is None:
+        """Close the connection (idempotent). Using the store afterwards raises MistwatchError."""
+        if self._closed:
             return
+        self._closed = True
         try:
-            db.execute("PRAGMA optimize")
+            self.db.execute("PRAGMA optimize")
         except sqlite3.Error:
             pass  # only a planner hint; never fail a close over it
-        db.close()
+        self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -419,7 +421,7 @@ class Store:
         Nested use becomes a SAVEPOINT, so a caller can wrap several store calls (say
         ``save_alerts`` and an outbox write) in one transaction. sqlite3 errors come out as
         ``MistwatchError``; any other exception is re-raised unchanged after the rollback."""
-        if self.db is None:
+        if self._closed:
             raise MistwatchError(f"{self.path}: the state database is closed")
         db = self.db
         self._depth += 1
@@ -593,35 +595,30 @@ class Store:
 
     @staticmethod
     def _group_values(snapshot: Snapshot, ids: dict[str, int]) -> dict[str, dict[int, float]]:
-        """{metric: {entity id: value}} for every known, numeric metric of the snapshot."""
-        # is_unknown() depends only on (kind, the entity's unknown patterns, metric); fnmatch for
-        # every one of ~700k values would dominate the write, so answers are memoised per group.
-        memo: dict[tuple[str, frozenset[str]], dict[str, bool] | None] = {}
-        errors_by_kind: dict[str, bool] = {}
+        """{metric: {entity id: value}} for every known, non-NaN metric of the snapshot."""
         groups: dict[str, dict[int, float]] = {}
+        # is_unknown() depends only on (kind, the entity's unknown patterns, metric): calling it
+        # (fnmatch) for each of ~550k values would dominate the write, so each (kind, patterns)
+        # group keeps metric -> target dict, or None when the metric is unknown for the group.
+        targets_by_group: dict[tuple[str, frozenset[str]], dict[str, dict[int, float] | None]] = {}
         for entity in snapshot.entities:
             group_key = (entity.kind, entity.unknown)
-            if group_key not in memo:
-                kind_hit = errors_by_kind.get(entity.kind)
-                if kind_hit is None:
-                    kind_hit = errors_by_kind[entity.kind] = any(
-                        "*" in err.kinds or entity.kind in err.kinds for err in snapshot.errors)
-                memo[group_key] = {} if (kind_hit or entity.unknown) else None
-            unknown_memo = memo[group_key]
+            targets = targets_by_group.get(group_key)
+            if targets is None:
+                targets = targets_by_group[group_key] = {}
             eid = ids[entity.key]
             for metric, value in entity.metrics.items():
-                if value is None or value != value:  # NaN: no value
+                if value != value:  # NaN: no value
                     continue
-                if unknown_memo is not None:
-                    hidden = unknown_memo.get(metric)
-                    if hidden is None:
-                        hidden = unknown_memo[metric] = snapshot.is_unknown(entity, metric)
-                    if hidden:
+                target = targets.get(metric)
+                if target is None:
+                    if metric in targets:  # unknown this cycle
                         continue
-                group = groups.get(metric)
-                if group is None:
-                    group = groups[metric] = {}
-                group[eid] = value
+                    if snapshot.is_unknown(entity, metric):
+                        targets[metric] = None
+                        continue
+                    target = targets[metric] = groups.setdefault(metric, {})
+                target[eid] = value
         return groups
 
     def _write_samples(self, run_id: int | None, ts: int, groups: dict[str, dict[int, float]]) -> None:
@@ -630,13 +627,18 @@ class Store:
         for metric, values in groups.items():
             if not values:
                 continue
-            metric_id = self._metric_id(metric, create=True)
             try:
                 vals_blob = _pack("d", values.values())
             except TypeError:
-                bad = next(k for k, v in values.items() if not isinstance(v, (int, float)))
-                raise MistwatchError(f"metric {metric} of {self._entity_keys.get(bad, bad)} is not a "
-                                     f"number: {values[bad]!r}") from None
+                values = {k: v for k, v in values.items() if v is not None}  # None: no value
+                bad = next((k for k, v in values.items() if not isinstance(v, (int, float))), None)
+                if bad is not None:
+                    raise MistwatchError(f"metric {metric} of {self._entity_keys.get(bad, bad)} is not "
+                                         f"a number: {values[bad]!r}") from None
+                if not values:
+                    continue
+                vals_blob = _pack("d", values.values())
+            metric_id = self._metric_id(metric, create=True)
             cur = db.execute(
                 "INSERT INTO samples (run_id, ts, metric_id, entity_ids, vals) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (metric_id, ts) DO NOTHING",
@@ -677,7 +679,10 @@ class Store:
             self._write_samples(None, _sample_ts(at), groups)
 
     def _decode(self, ids_blob: bytes, vals_blob: bytes) -> tuple[array, array]:
-        ids, vals = _unpack("i", ids_blob), _unpack("d", vals_blob)
+        try:
+            ids, vals = _unpack("i", ids_blob), _unpack("d", vals_blob)
+        except (ValueError, TypeError):  # a blob of the wrong length or type
+            raise MistwatchError(f"{self.path} is damaged: a history row cannot be decoded") from None
         if len(ids) != len(vals):
             raise MistwatchError(f"{self.path} is damaged: a history row holds {len(ids)} entities "
                                  f"but {len(vals)} values")

@@ -146,6 +146,33 @@ def test_a_write_lock_held_beyond_the_busy_timeout_is_reported(tmp_path):
         assert s.kv_get("k") == 2
 
 
+def test_a_full_disk_is_reported_and_the_write_rolled_back(store):
+    write_clients(store, T0, s1=1)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk full"
+    big = [Entity(f"site:x{n}", "site", {"site_name": "x" * 200}, {"site.clients": n}) for n in range(2000)]
+    with pytest.raises(MistwatchError, match="disk full"):
+        write(store, T0 + timedelta(minutes=5), *big)
+    assert [e.key for e in store.entities()] == ["site:s1"]
+
+
+def test_using_a_closed_store_is_a_clear_error(tmp_path):
+    s = Store.open(tmp_path)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(MistwatchError, match="closed"):
+        s.kv_get("k")
+    with pytest.raises(MistwatchError, match="closed"):
+        s.kv_set("k", 1)
+
+
+def test_a_damaged_history_row_is_reported(store):
+    write_clients(store, T0, s1=1, s2=2)
+    store.db.execute("UPDATE samples SET vals = x'0102'")
+    with pytest.raises(MistwatchError, match="is damaged"):
+        store.values_at("site.clients", T0)
+
+
 # transactions --------------------------------------------------------------------------------------
 def test_an_exception_inside_a_transaction_leaves_nothing_written(store):
     store.kv_set("kept", 1)
@@ -248,8 +275,9 @@ def test_unknown_metrics_are_not_written(store):
     assert {e.key for e in store.entities()} == {"site:s1", "device:d1", "device:d2"}
 
 
-def test_nan_values_are_not_written(store):
-    write(store, T0, site(1, **{"site.clients": math.nan}), site(2, **{"site.clients": 5}))
+def test_nan_and_none_values_are_not_written(store):
+    write(store, T0, site(1, **{"site.clients": math.nan}), site(2, **{"site.clients": 5}),
+          site(3, **{"site.clients": None}))  # type: ignore[arg-type]
     assert store.values_at("site.clients", T0) == {"site:s2": 5}
 
 

@@ -410,6 +410,9 @@ def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
     schema = _top_schema(host)
     _properties, defaults, _notifier_props = _fragments()
     _merge_defaults(data, defaults)
+    # Credentials default to environment variables. They are expanded after the schema check, so
+    # a typo in the file is reported before a missing variable the file never mentions.
+    env_defaults: list[tuple[str, str]] = []
     sections = _collector_sections(host)
     enabled = data.get("collectors") if isinstance(data.get("collectors"), list) else None
     for collector in host.collectors().values():
@@ -418,21 +421,19 @@ def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
             continue
         if data.get(key) is None:
             data[key] = {}
-        section = data[key]
-        if not isinstance(section, dict):
-            continue  # the schema reports the wrong type
-        if key == "mist":
-            for name, default in MIST_DEFAULTS.items():
-                if name not in section:
-                    section[name] = _interpolate(default, file, lines, (key, name), expanded)
-        _apply_property_defaults(section, sections.get(key, {}))
-    if isinstance(data.get("mist"), dict) and "mist" not in sections:
-        # no Mist collector loaded: still default the credentials the same way
+        _apply_property_defaults(data[key], sections.get(key, {}))
+    if isinstance(data.get("mist"), dict):
         for name, default in MIST_DEFAULTS.items():
-            data["mist"].setdefault(name, _interpolate(default, file, lines, ("mist", name), expanded))
-    data = _register_secrets(data)
+            if name not in data["mist"]:
+                data["mist"][name] = default
+                env_defaults.append(("mist", name))
 
     _check(data, schema, file=file, lines=lines, expanded=expanded)
+    for key, name in env_defaults:
+        data[key][name] = _interpolate(data[key][name], file, lines, (key, name), expanded)
+    if env_defaults:
+        data = _register_secrets(data)
+        _check(data, schema, file=file, lines=lines, expanded=expanded)
     _check_collectors(data, host, file=file, lines=lines)
     _check_notifiers(data, host, file=file, lines=lines, expanded=expanded)
     config = Config(path=Path(path), base_dir=base_dir, data=data)

@@ -54,6 +54,8 @@ class LineMap:
             child = children.get(part)
             if child is None:
                 child = children.get(str(part))
+            if child is None and isinstance(part, str) and part.isdigit():
+                child = children.get(int(part))
             if child is None:
                 break
             entry = child

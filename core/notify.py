@@ -35,7 +35,7 @@ SEVERITY_COLORS: dict[str, str] = {
     "critical": "#b91c1c", "major": "#c2410c", "minor": "#a16207", "info": "#1d4ed8", "resolved": "#15803d",
 }
 #: Secret-bearing settings of notifier entries: registered with mistwatch.secrets when read.
-SECRET_SETTINGS = ("password", "secret", "url", "token")
+SECRET_SETTINGS = ("password", "secret", "webhook_url", "token")
 
 
 # -- matchers -------------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from mistwatch.secrets import redact, register
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["url"],
+    "required": ["webhook_url"],
     "additionalProperties": False,
     "properties": {
         "name": {"type": "string"},
         "type": {"const": "slack"},
-        "url": {"type": "string", "pattern": "^https?://", "x-message": "must be the incoming webhook URL"},
+        "webhook_url": {"type": "string", "pattern": "^https?://", "x-message": "must be the incoming webhook URL"},
         **HTTP_SETTINGS,
     },
 }
@@ -69,11 +69,12 @@ def payload(n: Notification) -> dict[str, Any]:
 
 
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
-    register(settings.get("url"))
+    register(settings.get("webhook_url"))
     results = []
     for n in notifications:
         body = redact(json.dumps(payload(n), ensure_ascii=False)).encode("utf-8")
-        results.append(post(settings, n.id, body, {"Content-Type": "application/json; charset=utf-8"}))
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        results.append(post(settings, str(settings["webhook_url"]), n.id, body, headers))
     return results
 
 

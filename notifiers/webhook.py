@@ -70,12 +70,13 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max((when - (now or datetime.now(timezone.utc))).total_seconds(), 0.0)
 
 
-def post(settings: Mapping[str, Any], notification_id: str, body: bytes, headers: Mapping[str, str], *,
-         ok_statuses: tuple[int, ...] = ()) -> Delivery:
-    """POST ``body`` to ``settings["url"]``; one Delivery. Waits out a bounded Retry-After and tries again."""
+def post(settings: Mapping[str, Any], url: str, notification_id: str, body: bytes, headers: Mapping[str, str],
+         *, ok_statuses: tuple[int, ...] = ()) -> Delivery:
+    """POST ``body`` to ``url``; one Delivery. Waits out a bounded Retry-After and tries again.
+    ``settings`` gives ``timeout`` and ``max_retry_after``."""
     import requests
 
-    url = str(settings["url"])
+    url = str(url)
     register(url)
     host = urlsplit(url).netloc or "?"
     timeout = float(settings.get("timeout", DEFAULT_TIMEOUT))
@@ -151,7 +152,7 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
                    "X-Mistwatch-Notification": n.id, **(settings.get("headers") or {})}
         if secret:
             headers[SIGNATURE_HEADER] = sign(str(secret), body)
-        results.append(post(settings, n.id, body, headers))
+        results.append(post(settings, str(settings["url"]), n.id, body, headers))
     return results
 
 

@@ -1,0 +1,250 @@
+"""Email delivery through real SMTP servers on loopback, and the outbox guarantees around it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fixtures_notify import T0, make_alert, resolved
+
+from mistwatch import secrets
+
+
+def _html(message) -> str:
+    return message.get_body(preferencelist=("html",)).get_content()
+
+
+def _text(message) -> str:
+    return message.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_plain_relay_without_auth_gets_multipart_text_and_html(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    result = notify_env.notify([make_alert()], T0)
+    assert [item.notifier for item in result.sent] == ["mail"]
+    (message,) = smtp_sink.messages
+    assert message["Subject"] == "[mistwatch] CRITICAL: 1 firing at Dublin HQ"
+    assert message.get_content_type() == "multipart/alternative"
+    assert "AP-01 is offline" in _text(message)
+    assert "AP-01 is offline" in _html(message)
+    assert smtp_sink.envelopes[0]["to"] == ["noc@example.com"]
+
+
+def test_starttls_with_a_test_certificate_and_login(notify_env, make_smtp_sink):
+    sink = make_smtp_sink(starttls=True, login=("relay-user", "relay-pass-123"))
+    notify_env.configure([sink.settings()])
+    result = notify_env.notify([make_alert()], T0)
+    assert len(result.sent) == 1 and not result.failed
+    assert len(sink.messages) == 1
+    assert sink.logins == ["relay-user"]
+
+
+def test_implicit_tls(notify_env, make_smtp_sink):
+    sink = make_smtp_sink(implicit_tls=True)
+    notify_env.configure([sink.settings()])
+    result = notify_env.notify([make_alert()], T0)
+    assert len(result.sent) == 1
+    assert len(sink.messages) == 1
+
+
+def test_wrong_password_is_a_permanent_failure_that_does_not_show_the_password(notify_env, make_smtp_sink):
+    sink = make_smtp_sink(starttls=True, login=("relay-user", "right-pass-123"))
+    notify_env.configure([sink.settings(password="wrong-pass-456")])
+    result = notify_env.notify([make_alert()], T0)
+    (failure,) = result.permanent_failures
+    assert "535" in failure.last_error
+    assert "wrong-pass-456" not in failure.last_error
+    assert sink.messages == []
+
+
+def test_smtp_down_then_up_delivers_exactly_once(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    alert = make_alert()
+    smtp_sink.stop()
+    first = notify_env.notify([alert], T0)
+    assert first.sent == [] and len(first.failed) == 1
+    assert first.pending == 1
+    smtp_sink.start()
+    # the next cycles: the retry goes out once, the unchanged alert adds nothing
+    notify_env.notify([alert], T0 + timedelta(minutes=5))
+    notify_env.notify([alert], T0 + timedelta(minutes=10))
+    assert len(smtp_sink.messages) == 1
+    assert notify_env.outbox_rows() == [("mail", "sent", 2, 0, "")]
+
+
+def test_a_failed_message_waits_for_its_backoff_before_the_retry(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    smtp_sink.stop()
+    notify_env.notify([make_alert()], T0)
+    smtp_sink.start()
+    early = notify_env.send_outbox(T0 + timedelta(seconds=30))
+    assert early.sent == [] and smtp_sink.messages == []
+    later = notify_env.send_outbox(T0 + timedelta(minutes=1))
+    assert len(later.sent) == 1
+
+
+def test_451_is_retried_until_delivered(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    smtp_sink.fail = "451"
+    result = notify_env.notify([make_alert()], T0)
+    (failed,) = result.failed
+    assert "451" in failed.last_error and not failed.permanent
+    smtp_sink.fail = None
+    retry = notify_env.send_outbox(T0 + timedelta(minutes=2))
+    assert len(retry.sent) == 1
+    assert len(smtp_sink.messages) == 1
+
+
+def test_550_is_recorded_as_a_permanent_failure_and_shown(notify_env, smtp_sink):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from mistwatch.notify import print_notify_summary
+
+    notify_env.configure([smtp_sink.settings()])
+    smtp_sink.fail = "550"
+    result = notify_env.notify([make_alert()], T0)
+    (failure,) = result.permanent_failures
+    assert "550" in failure.last_error
+    assert notify_env.outbox_rows()[0][:4] == ("mail", "failed", 1, 1)
+    smtp_sink.fail = None
+    assert notify_env.send_outbox(T0 + timedelta(hours=2)).sent == []  # never retried
+    out = StringIO()
+    print_notify_summary(Console(file=out, width=200), result)
+    assert "FAILED permanently" in out.getvalue() and "550" in out.getvalue()
+
+
+def test_a_crash_between_writing_and_sending_sends_after_restart(notify_env, smtp_sink):
+    from mistwatch import outbox
+    from mistwatch.notify import load_settings, plan
+
+    notify_env.configure([smtp_sink.settings()])
+    alert = make_alert()
+    # the cycle writes the outbox and the log, then "crashes" before sending
+    p = plan(load_settings(notify_env.config), [alert], outbox.load_log(notify_env.store), [], T0)
+    with notify_env.store.transaction() as db:
+        outbox.insert_notifications(db, p.notifications, T0)
+        outbox.save_log(db, p.log)
+    notify_env.reopen()
+    assert smtp_sink.messages == []
+    notify_env.notify([alert], T0 + timedelta(minutes=15))
+    notify_env.notify([alert], T0 + timedelta(minutes=30))
+    assert len(smtp_sink.messages) == 1
+
+
+def test_the_same_alert_over_five_cycles_then_the_repeat_interval_then_resolved(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()], routes=[{"notifiers": ["mail"], "repeat_interval": "4h"}])
+    alert = make_alert()
+    for cycle in range(5):
+        notify_env.notify([alert], T0 + timedelta(minutes=15 * cycle))
+    assert len(smtp_sink.messages) == 1
+    notify_env.notify([alert], T0 + timedelta(hours=4))
+    assert len(smtp_sink.messages) == 2
+    assert smtp_sink.messages[1]["Subject"] == "[mistwatch] CRITICAL: 1 firing at Dublin HQ (reminder)"
+    done = resolved(alert, T0 + timedelta(hours=4, minutes=20), value=1.0)
+    notify_env.notify([done], T0 + timedelta(hours=4, minutes=30))
+    notify_env.notify([done], T0 + timedelta(hours=4, minutes=45))  # still listed as resolved: no repeat
+    assert len(smtp_sink.messages) == 3
+    first, _reminder, last = smtp_sink.messages
+    assert last["Subject"] == "[mistwatch] RESOLVED: 1 alert at Dublin HQ"
+    assert last["In-Reply-To"] == first["Message-ID"]
+    assert last["References"] == first["Message-ID"]
+    assert "value at resolution: 1 (threshold 1)" in _text(last)
+    assert "lasted 4h20m" in _text(last)
+
+
+def test_a_new_alert_in_the_group_sends_the_whole_group_and_names_both_counts(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    a = make_alert()
+    b = make_alert("switch_port_errors", device="SW-1", device_id="dev-2", severity="major")
+    notify_env.notify([a], T0)
+    notify_env.notify([resolved(a, T0 + timedelta(minutes=10)), b], T0 + timedelta(minutes=15))
+    assert smtp_sink.messages[1]["Subject"] == "[mistwatch] MAJOR: 1 firing, 1 resolved at Dublin HQ"
+
+
+def test_one_email_per_site_and_none_naming_another_site(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    notify_env.notify([make_alert(), make_alert(site="Cork", site_id="site-2", device_id="dev-9")], T0)
+    subjects = sorted(m["Subject"] for m in smtp_sink.messages)
+    assert subjects == ["[mistwatch] CRITICAL: 1 firing at Cork", "[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+    for message in smtp_sink.messages:
+        other = "Cork" if "Dublin" in message["Subject"] else "Dublin"
+        assert other not in _html(message) and other not in _text(message)
+
+
+def test_site_name_with_markup_is_escaped_in_html(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    notify_env.notify([make_alert(site='<b>Dublin</b> & "HQ"', summary='<script>x</script> down')], T0)
+    html = _html(smtp_sink.messages[0])
+    assert "<b>Dublin</b>" not in html and "<script>" not in html
+    assert "&lt;b&gt;Dublin&lt;/b&gt; &amp; &#34;HQ&#34;" in html
+    assert "&lt;script&gt;" in html
+
+
+def test_severity_colours_the_html_table(notify_env, smtp_sink):
+    from mistwatch.notify import SEVERITY_COLORS
+
+    notify_env.configure([smtp_sink.settings()])
+    notify_env.notify([make_alert(severity="critical"), make_alert("x", device_id="d2", severity="minor")], T0)
+    html = _html(smtp_sink.messages[0])
+    assert f"border-left:4px solid {SEVERITY_COLORS['critical']}" in html
+    assert f"border-left:4px solid {SEVERITY_COLORS['minor']}" in html
+
+
+def test_a_registered_token_appears_in_no_message(notify_env, smtp_sink, http_receiver):
+    token = "fake-mist-token-0123456789abcdef"
+    secrets.register(token)
+    notify_env.configure([smtp_sink.settings(),
+                          {"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    alert = make_alert(description=f"GET failed with Authorization: Token {token}",
+                       recommendation=f"token was {token}")
+    notify_env.notify([alert], T0)
+    raw = smtp_sink.envelopes[0]["raw"]
+    assert token.encode() not in raw
+    assert b"***" in raw or b"=2A=2A=2A" in raw
+    assert token.encode() not in http_receiver.requests[0].body
+    payloads = notify_env.store.db.execute("SELECT payload FROM outbox").fetchall()
+    assert all(token not in p for (p,) in payloads)
+
+
+def test_the_latest_report_is_attached_when_configured(notify_env, smtp_sink):
+    from mistwatch.model import Attachment
+
+    notify_env.configure([smtp_sink.settings(attach_report=True)])
+    report = Attachment("mistwatch-report.html", b"<html>report</html>", "text/html")
+    notify_env.notify([make_alert()], T0, attachments=(report,))
+    message = smtp_sink.messages[0]
+    (part,) = list(message.iter_attachments())
+    assert part.get_filename() == "mistwatch-report.html"
+    assert part.get_content() == "<html>report</html>"
+
+
+def test_no_attachment_without_attach_report(notify_env, smtp_sink):
+    from mistwatch.model import Attachment
+
+    notify_env.configure([smtp_sink.settings()])
+    notify_env.notify([make_alert()], T0, attachments=(Attachment("r.html", b"x", "text/html"),))
+    assert list(smtp_sink.messages[0].iter_attachments()) == []
+
+
+def test_users_can_override_the_templates(notify_env, smtp_sink, tmp_path):
+    templates = tmp_path / "my-templates"
+    templates.mkdir()
+    (templates / "email.txt").write_text("Custom: {{ headline }} / {{ firing|length }}\n", encoding="utf-8")
+    notify_env.configure([smtp_sink.settings(templates_dir=str(templates), subject_prefix="[NOC]")])
+    notify_env.notify([make_alert()], T0)
+    message = smtp_sink.messages[0]
+    assert message["Subject"] == "[NOC] CRITICAL: 1 firing at Dublin HQ"
+    assert _text(message).strip() == "Custom: CRITICAL: 1 firing at Dublin HQ / 1"
+    assert "AP-01 is offline" in _html(message)  # the HTML template falls back to the shipped one
+
+
+def test_send_resolved_false_sends_no_resolved_mail(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings(send_resolved=False)])
+    alert = make_alert()
+    notify_env.notify([alert], T0)
+    notify_env.notify([resolved(alert, T0 + timedelta(minutes=10))], T0 + timedelta(minutes=15))
+    assert len(smtp_sink.messages) == 1
+    # and the group is closed: the same alert firing again is news again
+    notify_env.notify([alert], T0 + timedelta(minutes=30))
+    assert len(smtp_sink.messages) == 2

@@ -92,16 +92,60 @@ class Notifier:
 class RuleKind:
     """A kind of rule condition, named by the rule file's ``kind:`` key.
 
-    ``schema`` is the JSON Schema of the kind's own keys in a rule (merged into the rule file
-    schema, so ``rules check`` validates them). ``compile(rule_spec)`` is called once per rule and
-    returns the evaluator for it: a pure function of the evaluation context that yields results.
-    See ``mistwatch.rulekinds`` for the context and result types and the built-in kinds.
+    ``compile(spec)`` is called once per rule, when the rule files load, with the rule as a dict
+    (``spec["tiers"]`` is always a list of ``{severity, <condition keys>}``, highest severity first,
+    built from ``severity:`` and the top-level condition keys when the rule has no ``tiers:``).
+    Raise ``mistwatch.rules.RuleSpecError(message, key=...)`` for a rule you cannot accept. It returns
+    ``check(ctx)``, a pure function called every cycle with a :class:`mistwatch.evaluator.RuleContext`
+    (the snapshot, batched history queries, the previous alerts) that yields
+    :class:`mistwatch.evaluator.Result` objects: one per subject whose condition holds
+    (``severity`` set), and, only when ``ctx.wants(key)``, inactive (``severity=None``) or
+    ``unknown=True`` ones, so existing alerts can resolve or freeze.
+
+    ``schema`` is the JSON Schema of the kind's own keys (merged into the rule file schema, so
+    ``rules check`` validates them; list required keys in ``required``). ``condition_keys`` are the
+    keys that may also appear in each ``tiers`` entry and in ``recover_when``; ``recover_schema``
+    adds keys only ``recover_when`` may use. ``references(spec)`` returns the ids of other rules the
+    rule reads (checked to exist; the rule is evaluated after them). ``default_scope`` is used when
+    a rule gives no ``scope:``. ``metric:`` in a rule names the metric it reads (checked against
+    what the collectors declare).
+
+    Example, a kind that fires when a metric is exactly zero::
+
+        from mistwatch import hookimpl, RuleKind
+        from mistwatch.evaluator import Result
+
+        def compile_zero(spec):
+            metric = spec["metric"]
+            severity = spec["tiers"][0]["severity"]
+
+            def check(ctx):
+                for entity in ctx.entities():
+                    value = entity.metrics.get(metric)
+                    if value == 0:
+                        yield Result(entity.key, entity.labels, severity, value=value, metrics=entity.metrics)
+                    elif ctx.wants(entity.key):
+                        yield Result(entity.key, entity.labels, None, value=value,
+                                     unknown=ctx.snapshot.is_unknown(entity, metric))
+            return check
+
+        @hookimpl
+        def mistwatch_rule_kinds():
+            yield RuleKind(name="zero", compile=compile_zero, default_scope="site", schema={
+                "required": ["metric", "scope"], "properties": {"metric": {"type": "string"}}})
+
+    The built-in kinds (threshold, change, absence, event, correlation, expression) are in
+    ``mistwatch.plugins.rulekinds``.
     """
 
     name: str
     compile: Callable[[Mapping[str, Any]], Callable[..., Iterable[Any]]]
     schema: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    condition_keys: tuple[str, ...] = ()
+    recover_schema: Mapping[str, Any] = field(default_factory=dict)
+    references: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
+    default_scope: str = ""
 
 
 class MistwatchSpec:
@@ -149,4 +193,4 @@ class MistwatchSpec:
 
     @hookspec
     def mistwatch_rule_kinds(self) -> Iterable[RuleKind]:
-        """Register rule kinds. See ``mistwatch.rulekinds`` for a complete example."""
+        """Register rule kinds. See :class:`RuleKind` for a complete example."""

@@ -559,15 +559,18 @@ class Store:
         with self._errors("reading entities"):
             ids = self._load_entity_ids()
         digests = self._digests
-        changed, unchanged, new_digests = [], [], {}
+        unchanged: list[int] = []
+        new_digests: dict[str, bytes] = {}
         for key, lab in labels.items():
             digest = _labels_digest(kinds[key], lab)
             entity_id = ids.get(key)
             if entity_id is not None and digests.get(entity_id) == digest:
                 unchanged.append(entity_id)
             else:
-                changed.append((key, kinds[key], _labels_json(key, lab), seen, seen, digest))
                 new_digests[key] = digest
+        # A generator, so the JSON of 70,000 entities (first run) is never all in memory at once.
+        changed = ((key, kinds[key], _labels_json(key, labels[key]), seen, seen, digest)
+                   for key, digest in new_digests.items())
 
         with self.transaction() as db:
             db.executemany(_ENTITY_UPSERT, changed)

@@ -196,6 +196,13 @@ def test_a_snapshot_that_fails_half_way_is_rolled_back_entirely(store):
     assert store.values_at("site.clients", T0) == {"site:s1": 4}
 
 
+def test_labels_that_cannot_be_stored_are_named_and_nothing_is_written(store):
+    bad = Entity("site:s9", "site", {"site_name": object()}, {"site.clients": 1})  # type: ignore[dict-item]
+    with pytest.raises(MistwatchError, match="cannot store labels of site:s9"):
+        write(store, T0, site(1, **{"site.clients": 3}), bad)
+    assert store.entities() == []
+
+
 def test_nested_transactions_roll_back_only_the_inner_part(store):
     with store.transaction():
         store.kv_set("outer", 1)

@@ -1,0 +1,288 @@
+"""The pipeline's decisions: routing, grouping, dedup, inhibition, silences, maintenance windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fixtures_notify import T0, make_alert, resolved
+
+from mistwatch import outbox
+from mistwatch.errors import ConfigError
+from mistwatch.notify import load_settings, parse_matcher, plan
+
+CONSOLE = {"name": "console", "type": "console"}
+EMAIL = {"name": "mail", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": 25,
+         "from": "mistwatch@example.com", "to": ["noc@example.com"]}
+SHIPPED_ROUTES = [{"matchers": ["severity=~critical|major"], "notifiers": ["mail"], "continue": True},
+                  {"notifiers": ["console"]}]
+
+
+def _plan(env, alerts, now=T0, log=None, silences=()):
+    return plan(load_settings(env.config), alerts, log or {}, list(silences), now)
+
+
+def _by_notifier(p):
+    return sorted((n.notifier, n.title) for n in p.notifications)
+
+
+# -- matchers and routing -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "labels", "expected"), [
+    ("severity=critical", {"severity": "critical"}, True),
+    ("severity=critical", {"severity": "major"}, False),
+    ("site_name!=Lab", {"site_name": "Dublin"}, True),
+    ("site_name!=Lab", {"site_name": "Lab"}, False),
+    ("severity=~critical|major", {"severity": "major"}, True),
+    ("severity=~crit", {"severity": "critical"}, False),  # regexes match the whole value
+    ("device_type!~ap|switch", {"device_type": "gateway"}, True),
+    ("device_id!=", {}, False),  # a missing label is the empty string
+    ('site_name="Dublin HQ"', {"site_name": "Dublin HQ"}, True),
+])
+def test_matchers(text, labels, expected):
+    assert parse_matcher(text).matches(labels) is expected
+
+
+def test_critical_and_major_go_to_email_and_everything_to_the_console(notify_env):
+    notify_env.configure([EMAIL, CONSOLE], routes=SHIPPED_ROUTES)
+    p = _plan(notify_env, [make_alert(severity="critical"),
+                           make_alert("slow_dhcp", site="Cork", site_id="site-2", severity="minor")])
+    assert _by_notifier(p) == [("console", "[mistwatch] CRITICAL: 1 firing at Dublin HQ"),
+                               ("console", "[mistwatch] MINOR: 1 firing at Cork"),
+                               ("mail", "[mistwatch] CRITICAL: 1 firing at Dublin HQ")]
+
+
+def test_the_first_matching_route_wins_without_continue(notify_env):
+    notify_env.configure([EMAIL, CONSOLE], routes=[
+        {"matchers": ["site_name=Dublin HQ"], "notifiers": ["mail"]}, {"notifiers": ["console"]}])
+    p = _plan(notify_env, [make_alert()])
+    assert [n.notifier for n in p.notifications] == ["mail"]
+
+
+def test_an_alert_no_route_matches_is_reported_as_suppressed(notify_env):
+    notify_env.configure([EMAIL], routes=[{"matchers": ["severity=critical"], "notifiers": ["mail"]}])
+    p = _plan(notify_env, [make_alert(severity="info")])
+    assert p.notifications == []
+    assert [s.reason for s in p.suppressed] == ["no route matches"]
+
+
+def test_without_routes_every_notifier_gets_every_alert(notify_env):
+    notify_env.configure([EMAIL, CONSOLE])
+    assert [n.notifier for n in _plan(notify_env, [make_alert()]).notifications] == ["console", "mail"]
+
+
+def test_grouping_by_site_by_rule_or_not_at_all(notify_env):
+    alerts = [make_alert(), make_alert(site="Cork", site_id="site-2", device_id="dev-2"),
+              make_alert("slow_dhcp", device_id="dev-3", device_type="switch")]
+    for group_by, expected in (([], 1), (["rule_id"], 2), (["site_id"], 2), (["site_id", "rule_id"], 3)):
+        notify_env.configure([EMAIL], routes=[{"notifiers": ["mail"], "group_by": group_by}])
+        assert len(_plan(notify_env, alerts).notifications) == expected, group_by
+    notify_env.configure([EMAIL], routes=[{"notifiers": ["mail"], "group_by": []}])
+    assert _plan(notify_env, alerts).notifications[0].title == "[mistwatch] CRITICAL: 3 firing at 2 sites"
+
+
+def test_pending_alerts_send_nothing(notify_env):
+    notify_env.configure([EMAIL])
+    assert _plan(notify_env, [make_alert(state="pending")]).notifications == []
+
+
+# -- dedup -----------------------------------------------------------------------------------------
+
+def _cycle(env, alerts, now):
+    """Plan and record as sent (what notify does, minus delivery)."""
+    p = plan(load_settings(env.config), alerts, outbox.load_log(env.store), [], now)
+    with env.store.transaction() as db:
+        outbox.save_log(db, p.log)
+    return p.notifications
+
+
+def test_a_raised_severity_sends_and_a_lowered_one_does_not(notify_env):
+    notify_env.configure([EMAIL])
+    _cycle(notify_env, [make_alert(severity="major")], T0)
+    raised = _cycle(notify_env, [make_alert(severity="critical")], T0 + timedelta(minutes=15))
+    assert [n.title for n in raised] == ["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+    assert _cycle(notify_env, [make_alert(severity="major")], T0 + timedelta(minutes=30)) == []
+    assert len(_cycle(notify_env, [make_alert(severity="critical")], T0 + timedelta(minutes=45))) == 1
+
+
+def test_the_repeat_interval_is_per_route(notify_env):
+    notify_env.configure([EMAIL], routes=[{"notifiers": ["mail"], "repeat_interval": "1h"}])
+    alert = make_alert()
+    assert len(_cycle(notify_env, [alert], T0)) == 1
+    assert _cycle(notify_env, [alert], T0 + timedelta(minutes=59)) == []
+    (reminder,) = _cycle(notify_env, [alert], T0 + timedelta(hours=1))
+    assert reminder.data["reminder"] is True
+    assert reminder.thread_id is not None
+
+
+def test_a_resolved_alert_nobody_was_told_about_sends_nothing(notify_env):
+    notify_env.configure([EMAIL])
+    assert _cycle(notify_env, [resolved(make_alert(), T0)], T0) == []
+
+
+def test_resolved_message_carries_the_value_at_resolution_and_duration(notify_env):
+    from mistwatch.notify import alert_rows
+
+    notify_env.configure([EMAIL])
+    alert = make_alert(value=12.0, threshold=50.0, firing_since=T0)
+    _cycle(notify_env, [alert], T0)
+    (n,) = _cycle(notify_env, [resolved(alert, T0 + timedelta(hours=1, minutes=30), value=87.5)],
+                  T0 + timedelta(hours=2))
+    (row,) = alert_rows(n)
+    assert (row.state, row.value, row.reference, row.duration) == ("resolved", "87.5", "threshold 50",
+                                                                    "lasted 1h30m")
+
+
+def test_dry_run_returns_the_plan_and_changes_nothing(notify_env):
+    notify_env.configure([EMAIL])
+    result = notify_env.notify([make_alert()], T0, dry_run=True)
+    assert [n.title for n in result.planned] == ["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+    assert notify_env.outbox_rows() == []
+    assert outbox.load_log(notify_env.store) == {}
+
+
+# -- inhibition ------------------------------------------------------------------------------------
+
+def test_a_sites_gateway_down_alert_mutes_that_sites_device_alerts_by_default(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])  # the shipped default inhibit rule
+    gateway = make_alert("gateway_down", device="GW-1", device_id="gw-1", device_type="gateway")
+    ap_same_site = make_alert("ap_offline", device="AP-01", device_id="ap-1")
+    ap_other_site = make_alert("ap_offline", site="Cork", site_id="site-2", device="AP-09", device_id="ap-9")
+    result = notify_env.notify([gateway, ap_same_site, ap_other_site], T0)
+    assert [(s.alert_key, s.reason.split(" (")[0]) for s in result.suppressed] == [
+        (ap_same_site.key, "inhibited by gateway_down")]
+    bodies = {m["Subject"]: m.get_body(preferencelist=("plain",)).get_content() for m in smtp_sink.messages}
+    assert set(bodies) == {"[mistwatch] CRITICAL: 1 firing at Dublin HQ", "[mistwatch] CRITICAL: 1 firing at Cork"}
+    assert "GW-1" in bodies["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+    assert "AP-01" not in bodies["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+
+
+def test_when_the_gateway_recovers_the_muted_device_alert_is_sent(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    gateway = make_alert("gateway_down", device="GW-1", device_id="gw-1", device_type="gateway")
+    ap = make_alert("ap_offline", device="AP-01", device_id="ap-1")
+    notify_env.notify([gateway, ap], T0)
+    notify_env.notify([resolved(gateway, T0 + timedelta(minutes=10)), ap], T0 + timedelta(minutes=15))
+    last = smtp_sink.messages[-1]
+    assert last["Subject"] == "[mistwatch] CRITICAL: 1 firing, 1 resolved at Dublin HQ"
+    assert "AP-01" in last.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_custom_inhibit_rules_and_equal_labels(notify_env):
+    notify_env.configure([EMAIL], inhibit=[{"source": ["severity=critical"], "target": ["severity=minor"],
+                                            "equal": ["site_id"]}])
+    crit = make_alert(severity="critical")
+    minor_same = make_alert("slow_dhcp", device_id="d2", severity="minor")
+    minor_other = make_alert("slow_dhcp", site="Cork", site_id="site-2", device_id="d3", severity="minor")
+    p = _plan(notify_env, [crit, minor_same, minor_other])
+    assert [s.alert_key for s in p.suppressed] == [minor_same.key]
+
+
+def test_two_alerts_matching_both_sides_do_not_mute_each_other(notify_env):
+    notify_env.configure([EMAIL])
+    gw1 = make_alert("gateway_down", device_id="gw-1", device_type="gateway")
+    gw2 = make_alert("gateway_down", device_id="gw-2", device_type="gateway")
+    assert _plan(notify_env, [gw1, gw2]).suppressed == []
+
+
+# -- silences --------------------------------------------------------------------------------------
+
+def test_a_silence_mutes_matching_alerts_until_it_ends(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    outbox.add_silence(notify_env.store, ["site_name=Dublin HQ"], starts_at=T0, ends_at=T0 + timedelta(hours=2),
+                       reason="fibre work", author="ana", now=T0)
+    dublin, cork = make_alert(), make_alert(site="Cork", site_id="site-2", device_id="dev-2")
+    result = notify_env.notify([dublin, cork], T0 + timedelta(minutes=5))
+    assert [m["Subject"] for m in smtp_sink.messages] == ["[mistwatch] CRITICAL: 1 firing at Cork"]
+    assert result.suppressed[0].alert_key == dublin.key
+    assert "fibre work" in result.suppressed[0].reason
+    notify_env.notify([dublin, cork], T0 + timedelta(hours=2))
+    assert smtp_sink.messages[-1]["Subject"] == "[mistwatch] CRITICAL: 1 firing at Dublin HQ"
+
+
+def test_an_expired_silence_mutes_nothing(notify_env):
+    notify_env.configure([EMAIL])
+    silence = outbox.add_silence(notify_env.store, ["severity=critical"], starts_at=T0,
+                                 ends_at=T0 + timedelta(days=1), reason="r", author="a", now=T0)
+    assert outbox.expire_silence(notify_env.store, silence.id, T0 + timedelta(minutes=1)).id == silence.id
+    result = notify_env.notify([make_alert()], T0 + timedelta(minutes=2), dry_run=True)
+    assert result.suppressed == [] and len(result.planned) == 1
+
+
+# -- maintenance windows ---------------------------------------------------------------------------
+
+NY_WEEKEND_NIGHT = {"name": "sat-night", "timezone": "America/New_York", "days": ["sat"],
+                    "start": "22:00", "end": "02:00", "matchers": ["site_name=Dublin HQ"]}
+SAT = datetime(2026, 11, 28, tzinfo=timezone.utc)  # a Saturday; New York is UTC-5 in November
+
+
+@pytest.mark.parametrize(("utc_time", "muted"), [
+    (SAT + timedelta(hours=23), False),            # Sat 18:00 in New York
+    (SAT + timedelta(days=1, hours=3), True),      # Sat 22:00 New York: the window opens
+    (SAT + timedelta(days=1, hours=6, minutes=30), True),  # Sun 01:30 New York: across midnight
+    (SAT + timedelta(days=1, hours=7), False),     # Sun 02:00 New York: closed
+    (SAT + timedelta(days=8, hours=4), True),      # a week later
+])
+def test_a_weekly_window_in_new_york_time(notify_env, utc_time, muted):
+    notify_env.configure([EMAIL], maintenance=[NY_WEEKEND_NIGHT])
+    p = _plan(notify_env, [make_alert(firing_since=utc_time)], now=utc_time)
+    assert bool(p.suppressed) is muted
+    assert len(p.notifications) == (0 if muted else 1)
+
+
+def test_a_window_only_covers_alerts_its_matchers_select(notify_env):
+    notify_env.configure([EMAIL], maintenance=[NY_WEEKEND_NIGHT])
+    now = SAT + timedelta(days=1, hours=4)
+    p = _plan(notify_env, [make_alert(site="Cork", site_id="site-2")], now=now)
+    assert len(p.notifications) == 1
+
+
+def test_a_problem_that_began_and_ended_inside_a_window_sends_nothing_at_all(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()], maintenance=[NY_WEEKEND_NIGHT])
+    start = SAT + timedelta(days=1, hours=3, minutes=30)
+    alert = make_alert(firing_since=start)
+    notify_env.notify([alert], start)
+    notify_env.notify([resolved(alert, start + timedelta(hours=1))], start + timedelta(hours=1))
+    # still listed as resolved after the window closed: no recovery mail either
+    notify_env.notify([resolved(alert, start + timedelta(hours=1))], SAT + timedelta(days=1, hours=8))
+    assert smtp_sink.messages == []
+
+
+def test_a_problem_still_firing_when_the_window_closes_is_announced_then(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()], maintenance=[NY_WEEKEND_NIGHT])
+    start = SAT + timedelta(days=1, hours=6)
+    alert = make_alert(firing_since=start)
+    notify_env.notify([alert], start)
+    assert smtp_sink.messages == []
+    notify_env.notify([alert], SAT + timedelta(days=1, hours=7))
+    assert [m["Subject"] for m in smtp_sink.messages] == ["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+
+
+def test_a_one_off_window_with_dates(notify_env):
+    notify_env.configure([EMAIL], maintenance=[{"name": "fibre", "timezone": "Europe/Berlin",
+                                                "from": "2026-11-23T10:00", "to": "2026-11-23T12:00"}])
+    assert _plan(notify_env, [make_alert()], now=T0 + timedelta(hours=1)).suppressed  # 11:00 Berlin
+    assert not _plan(notify_env, [make_alert()], now=T0 + timedelta(hours=3)).suppressed  # 13:00 Berlin
+
+
+# -- configuration errors --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("sections", "key", "words"), [
+    ({"routes": [{"matchers": ["severity=~(critical"], "notifiers": ["mail"]}]}, "routes[0].matchers[0]",
+     "bad regular expression"),
+    ({"routes": [{"notifiers": ["pager"]}]}, "routes[0].notifiers[0]", "unknown notifier 'pager'"),
+    ({"routes": [{"notifiers": ["mail"], "repeat_interval": "often"}]}, "routes[0].repeat_interval",
+     "not a duration"),
+    ({"maintenance": [{"name": "w", "timezone": "Mars/Olympus", "start": "22:00", "end": "23:00"}]},
+     "maintenance[0].timezone", "unknown time zone"),
+    ({"maintenance": [{"name": "w", "days": ["someday"], "start": "22:00", "end": "23:00"}]},
+     "maintenance[0].days", "unknown day"),
+])
+def test_bad_notification_settings_are_one_clear_config_error(notify_env, sections, key, words):
+    notify_env.configure([EMAIL])
+    notify_env.config.data.update(sections)
+    with pytest.raises(ConfigError) as info:
+        load_settings(notify_env.config)
+    assert info.value.key == key
+    assert words in info.value.message
+    assert info.value.file.endswith("config.yaml")

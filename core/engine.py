@@ -66,16 +66,12 @@ def utcnow() -> datetime:
 
 def open_app(config_path: str | Path, *, console: Any = None) -> App:
     """Load config (ConfigError on any problem), plugins, the store and the rules."""
-    from mistwatch.config import load_config
-    from mistwatch.host import make_host
+    from mistwatch.config import host_for_config, load_config
     from mistwatch.rules import load_rules
     from mistwatch.store import Store
 
-    host = make_host()
+    host = host_for_config(config_path)
     config = load_config(config_path, host)
-    if config.plugins_dir:
-        host = make_host(plugins_dir=config.plugins_dir)
-        config = load_config(config_path, host)
     known = {m for c in host.collectors().values() for m in c.metrics}
     ruleset = load_rules(config.rule_paths, host.rule_kinds(), known_metrics=known or None)
     store = Store.open(config.state_dir)

@@ -153,7 +153,7 @@ def write_demo_config(out: Path, server: Any) -> Path:
 
     import yaml
 
-    rules_dir = Path(str(files("mistwatch.rules")))
+    rules_dir = Path(str(files("mistwatch.rulepack")))
     config = {
         "mist": {"base_url": server.url, "token": server.token, "org_id": server.org.org_id},
         "state_dir": "var",

@@ -265,6 +265,9 @@ class SimulatedOrg:
         if value is not None and (value.tzinfo is None or value.utcoffset() is None):
             raise ValueError("SimulatedOrg.now must be timezone-aware")
         self._now = value
+        if value is not None and hasattr(self, "_boot_ref") and value.timestamp() < self._boot_ref:
+            # a replay that starts before the org was built: devices booted before that start
+            self._boot_ref = value.timestamp()
         state = getattr(self, "state", None)
         if state is not None and state.anchor > self.now.timestamp():
             # the clock went back before the incident: re-anchor so no event lies in the future
@@ -347,6 +350,7 @@ class SimulatedOrg:
                 state.sle[(1, "wifi")] = {"ap-availability": 0.25}
             return state
         # recovered: everything back; the incident stays in the history
+        state.sle, state.client_factor = {}, {}
         recovered = max(t - 120, incident + 60)
         state.recovered_ts = recovered
         for g, ts in sorted(down.items()):

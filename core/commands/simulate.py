@@ -46,8 +46,8 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        click.echo(f"Mist API simulator: {sites} sites, scenario {scenario}, at {server.url}")
-        click.echo(f"  org_id: {org.org_id}  ({org.org_name})")
+        click.echo(f"Mist API simulator: {org.org_name}, {sites} sites, scenario {scenario}, at {server.url}")
+        click.echo(f"  org_id: {org.org_id}")
         click.echo(f"  token:  {token}")
         affected = org.affected_sites()
         for site_id, reason in affected.items():

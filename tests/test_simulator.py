@@ -1,0 +1,613 @@
+"""The Mist API simulator: real HTTP over loopback, checked against the Mist OpenAPI subset."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from mistwatch.simulator import SCENARIOS, SimulatedOrg, serve
+
+SHARED_API = Path(__file__).resolve().parents[2] / "shared" / "mist-api"
+DAY1 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday, 09:00 UTC
+
+
+def api(server, path: str, token: str | None = None, **params):
+    """GET <server>/api/v1/<path with {org}>; returns the requests.Response."""
+    headers = {"Authorization": f"Token {token or server.token}"}
+    url = f"{server.url}/api/v1/{path.format(org=server.org.org_id)}"
+    return requests.get(url, params=params, headers=headers, timeout=10)
+
+
+def get_json(server, path: str, **params):
+    response = api(server, path, **params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def follow(server, first: dict) -> list[dict]:
+    """All results of a cursor search: follow the relative ``next`` URL until it is absent."""
+    results, body = list(first["results"]), first
+    while "next" in body:
+        assert body["next"].startswith("/api/v1/")
+        response = requests.get(server.url + body["next"], headers={"Authorization": f"Token {server.token}"},
+                                timeout=10)
+        assert response.status_code == 200
+        body = response.json()
+        results.extend(body["results"])
+    return results
+
+
+# --- the spec ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def spec():
+    """(validator module, relaxed spec document) from shared/mist-api, relaxed as validate_examples.py does."""
+    script = SHARED_API / "validate_examples.py"
+    if not script.is_file() or not (SHARED_API / "monitoring-subset.json").is_file():
+        pytest.skip(f"shared Mist API folder not found beside the repository ({SHARED_API.parent.name}/mist-api)")
+    module_spec = importlib.util.spec_from_file_location("mist_validate_examples", script)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    doc = json.loads((SHARED_API / "monitoring-subset.json").read_text())
+    return module, module.relax(copy.deepcopy(doc))
+
+
+def assert_valid(spec, spec_path: str, payload) -> None:
+    module, doc = spec
+    name = module.response_schema_name(doc, spec_path)
+    errors = list(module.build_validator(doc, name).iter_errors(payload))
+    messages = []
+    for err in errors[:3]:
+        if err.context:
+            err = module.best_match(err.context)
+        messages.append(f"{'/'.join(map(str, err.absolute_path))}: {err.message[:200]}")
+    assert not errors, f"{spec_path} vs {name}: {messages}"
+
+
+# (spec path, request path, params) for every endpoint the collector uses, plus drill-down
+PAGED = [
+    ("/api/v1/orgs/{org_id}/sites", "orgs/{org}/sites", {}),
+    ("/api/v1/orgs/{org_id}/stats/sites", "orgs/{org}/stats/sites", {}),
+    ("/api/v1/orgs/{org_id}/stats/devices", "orgs/{org}/stats/devices", {"type": "all"}),
+    ("/api/v1/orgs/{org_id}/stats/devices", "orgs/{org}/stats/devices", {}),
+    ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wifi"}),
+    ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wired"}),
+    ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wan"}),
+    ("/api/v1/orgs/{org_id}/clients/count", "orgs/{org}/clients/count", {"distinct": "site_id"}),
+]
+SEARCHES = [
+    ("/api/v1/orgs/{org_id}/alarms/search", "orgs/{org}/alarms/search", {"duration": "7d"}),
+    ("/api/v1/orgs/{org_id}/alarms/search", "orgs/{org}/alarms/search", {"status": "open"}),
+    ("/api/v1/orgs/{org_id}/devices/events/search", "orgs/{org}/devices/events/search",
+     {"device_type": "all", "duration": "2d"}),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_endpoint_matches_the_spec_in_every_scenario(spec, make_simulator, scenario):
+    server = make_simulator(sites=12, now=DAY1)
+    server.org.now = DAY1 + timedelta(days=1)
+    server.org.set_scenario(scenario)
+    assert_valid(spec, "/api/v1/self", get_json(server, "self"))
+    assert_valid(spec, "/api/v1/orgs/{org_id}/stats", get_json(server, "orgs/{org}/stats"))
+    for spec_path, path, params in PAGED:
+        for page in (1, 2, 3):
+            body = get_json(server, path, limit=5, page=page, **params)
+            assert_valid(spec, spec_path, body)
+    for spec_path, path, params in SEARCHES:
+        body = get_json(server, path, limit=3, **params)
+        assert_valid(spec, spec_path, body)
+        assert_valid(spec, spec_path, {**body, "results": follow(server, body)})
+    for site_id in server.org.site_ids()[:6]:
+        assert_valid(spec, "/api/v1/sites/{site_id}/stats", get_json(server, f"sites/{site_id}/stats"))
+        assert_valid(spec, "/api/v1/sites/{site_id}/stats/devices",
+                     get_json(server, f"sites/{site_id}/stats/devices", type="all"))
+
+
+def test_disconnected_devices_match_the_spec(spec, make_simulator):
+    server = make_simulator(sites=6, scenario="degraded")
+    body = get_json(server, "orgs/{org}/stats/devices", type="all", status="disconnected")
+    assert {d["type"] for d in body} == {"ap", "switch", "gateway"}
+    assert_valid(spec, "/api/v1/orgs/{org_id}/stats/devices", body)
+
+
+# --- pagination ---------------------------------------------------------------------------------------
+
+def test_device_stats_2500_devices_come_in_3_pages_of_at_most_1000(make_simulator):
+    server = make_simulator(sites=500, devices_per_site=5)
+    ids, sizes = set(), []
+    for page in (1, 2, 3, 4):
+        response = api(server, "orgs/{org}/stats/devices", type="all", limit=1000, page=page)
+        assert response.headers["X-Page-Total"] == "2500"
+        assert response.headers["X-Page-Limit"] == "1000"
+        assert response.headers["X-Page-Page"] == str(page)
+        sizes.append(len(response.json()))
+        ids.update(d["id"] for d in response.json())
+    assert sizes == [1000, 1000, 500, 0]
+    assert len(ids) == 2500
+
+
+def test_page_limit_defaults_to_100_and_is_capped_at_1000(make_simulator):
+    server = make_simulator(sites=1200)
+    default = api(server, "orgs/{org}/sites")
+    assert len(default.json()) == 100 and default.headers["X-Page-Limit"] == "100"
+    capped = api(server, "orgs/{org}/stats/sites", limit=5000)
+    assert len(capped.json()) == 1000 and capped.headers["X-Page-Limit"] == "1000"
+    assert capped.headers["X-Page-Total"] == "1200"
+
+
+def test_sites_sle_echoes_limit_page_total_in_body_and_headers(make_simulator):
+    server = make_simulator(sites=7)
+    response = api(server, "orgs/{org}/insights/sites-sle", sle="wired", limit=3, page=3)
+    body = response.json()
+    assert (body["limit"], body["page"], body["total"]) == (3, 3, 7)
+    assert len(body["results"]) == 1
+    assert response.headers["X-Page-Total"] == "7" and response.headers["X-Page-Page"] == "3"
+
+
+def test_clients_count_pages_by_limit_and_page(simulator):
+    pages = [get_json(simulator, "orgs/{org}/clients/count", distinct="site_id", limit=5, page=p)
+             for p in (1, 2, 3)]
+    assert [len(p["results"]) for p in pages] == [5, 5, 2]
+    assert all(p["total"] == 12 and p["distinct"] == "site_id" for p in pages)
+    assert [r["property"] for p in pages for r in p["results"]] == simulator.org.site_ids()
+
+
+def test_alarm_search_next_is_relative_and_absent_on_the_last_page(make_simulator):
+    server = make_simulator(sites=200, now=DAY1)
+    everything = get_json(server, "orgs/{org}/alarms/search", duration="3d", limit=1000)
+    assert "next" not in everything
+    assert everything["total"] == len(everything["results"]) > 5
+    first = get_json(server, "orgs/{org}/alarms/search", duration="3d", limit=2)
+    assert first["total"] == everything["total"]
+    query = parse_qs(urlsplit(first["next"]).query)
+    assert urlsplit(first["next"]).path == f"/api/v1/orgs/{server.org.org_id}/alarms/search"
+    assert "search_after" in query and query["limit"] == ["2"]
+    assert [a["id"] for a in follow(server, first)] == [a["id"] for a in everything["results"]]
+
+
+def test_search_next_keeps_the_filters_of_the_first_request(make_simulator):
+    server = make_simulator(sites=400, now=DAY1)
+    first = get_json(server, "orgs/{org}/devices/events/search", device_type="switch", duration="2d", limit=2)
+    assert "device_type=switch" in first["next"]
+    results = follow(server, first)
+    assert len(results) == first["total"] > 2
+    assert {e["device_type"] for e in results} == {"switch"}
+
+
+def test_search_window_takes_epoch_start_and_end(make_simulator):
+    server = make_simulator(sites=400, now=DAY1)
+    start, end = int(DAY1.timestamp()) - 6 * 3600, int(DAY1.timestamp()) - 3600
+    body = get_json(server, "orgs/{org}/devices/events/search", device_type="all", start=start, end=end,
+                    limit=1000)
+    assert (body["start"], body["end"]) == (start, end)
+    assert body["results"] and all(start <= e["timestamp"] <= end for e in body["results"])
+
+
+def test_search_window_defaults_to_the_last_day_before_now(simulator):
+    simulator.org.now = DAY1
+    body = get_json(simulator, "orgs/{org}/alarms/search")
+    assert body["end"] == int(DAY1.timestamp()) and body["end"] - body["start"] == 86400
+
+
+# --- filters ------------------------------------------------------------------------------------------
+
+def test_device_stats_type_defaults_to_ap_like_the_real_api(simulator):
+    devices = get_json(simulator, "orgs/{org}/stats/devices", limit=1000)
+    assert len(devices) == 12 * 4 and {d["type"] for d in devices} == {"ap"}
+
+
+@pytest.mark.parametrize(("type_", "expected"), [
+    ("all", {"ap": 48, "switch": 12, "gateway": 12}),
+    ("switch", {"switch": 12}),
+    ("switch,gateway", {"switch": 12, "gateway": 12}),
+])
+def test_device_stats_type_filter(simulator, type_, expected):
+    devices = get_json(simulator, "orgs/{org}/stats/devices", type=type_, limit=1000)
+    counts: dict[str, int] = {}
+    for d in devices:
+        counts[d["type"]] = counts.get(d["type"], 0) + 1
+    assert counts == expected
+
+
+def test_device_stats_status_filter(make_simulator):
+    server = make_simulator(sites=12, scenario="degraded")
+    down = get_json(server, "orgs/{org}/stats/devices", type="all", status="disconnected")
+    up = get_json(server, "orgs/{org}/stats/devices", type="all", status="connected", limit=1000)
+    assert len(down) == 5 and {d["status"] for d in down} == {"disconnected"}
+    assert len(up) == 72 - 5 and {d["status"] for d in up} == {"connected"}
+
+
+def test_device_ids_and_macs_agree_across_endpoints(make_simulator):
+    server = make_simulator(sites=12, scenario="degraded")
+    devices = {d["mac"]: d for d in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)}
+    for d in devices.values():
+        assert d["id"] == "00000000-0000-0000-1000-" + d["mac"]
+    events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
+    for event in events:
+        assert devices[event["mac"]]["name"] == event["device_name"]
+        assert devices[event["mac"]]["site_id"] == event["site_id"]
+    site_id = server.org.site_ids()[1]
+    drill = get_json(server, f"sites/{site_id}/stats/devices", type="all")
+    assert drill == [d for d in devices.values() if d["site_id"] == site_id]
+    assert get_json(server, "orgs/{org}/stats/devices", mac=drill[0]["mac"]) == [drill[0]]
+
+
+def test_site_stats_counts_agree_with_device_stats(make_simulator):
+    server = make_simulator(sites=12, scenario="degraded")
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    clients = {r["property"]: r["count"]
+               for r in get_json(server, "orgs/{org}/clients/count", distinct="site_id")["results"]}
+    for site in get_json(server, "orgs/{org}/stats/sites"):
+        mine = [d for d in devices if d["site_id"] == site["id"]]
+        assert site["num_ap"] == sum(d["type"] == "ap" for d in mine)
+        assert site["num_ap_connected"] == sum(d["type"] == "ap" and d["status"] == "connected" for d in mine)
+        assert site["num_devices_connected"] == sum(d["status"] == "connected" for d in mine)
+        assert site["num_clients"] == clients[site["id"]] == sum(d.get("num_clients", 0) for d in mine)
+
+
+# --- auth and errors ----------------------------------------------------------------------------------
+
+def test_missing_or_wrong_token_gets_401(simulator):
+    missing = requests.get(f"{simulator.url}/api/v1/self", timeout=5)
+    wrong = api(simulator, "self", token="not-the-token")
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Authentication credentials were not provided."}
+
+
+def test_self_lists_the_org_in_the_token_privileges(simulator):
+    body = get_json(simulator, "self")
+    assert body["privileges"] == [{"scope": "org", "role": "read", "org_id": simulator.org.org_id,
+                                   "name": "Acme Retail"}]
+
+
+def test_org_outside_the_token_privileges_gets_403(simulator):
+    response = api(simulator, "orgs/9f3c2a1e-5b7d-4c8e-a1f2-3d4e5f6a7b8c/stats/devices")
+    assert response.status_code == 403
+    assert response.json() == {"detail": "You do not have permission to perform this action."}
+    assert api(simulator, "sites/9f3c2a1e-5b7d-4c8e-a1f2-3d4e5f6a7b8c/stats").status_code == 403
+
+
+def test_unknown_path_gets_404(simulator):
+    assert api(simulator, "orgs/{org}/no-such-thing").status_code == 404
+    assert api(simulator, "nothing").status_code == 404
+
+
+def test_bad_parameters_get_400(simulator):
+    assert api(simulator, "orgs/{org}/insights/sites-sle").status_code == 400
+    assert api(simulator, "orgs/{org}/stats/devices", type="router").status_code == 400
+    assert api(simulator, "orgs/{org}/alarms/search", duration="forever").status_code == 400
+    assert api(simulator, "orgs/{org}/sites", page="0").status_code == 400
+
+
+def test_unused_query_parameters_are_ignored(simulator):
+    plain = get_json(simulator, "orgs/{org}/stats/sites")
+    assert get_json(simulator, "orgs/{org}/stats/sites", fields="*", evpn_unused="true") == plain
+
+
+def test_serve_refuses_non_loopback_addresses():
+    org = SimulatedOrg(sites=1)
+    for host in ("0.0.0.0", "192.0.2.10", "example.com"):
+        with pytest.raises(ValueError, match="loopback"):
+            serve(org, host=host)
+
+
+# --- faults and counters ------------------------------------------------------------------------------
+
+def test_429_fault_with_retry_after_then_normal_again(simulator):
+    simulator.inject("*/stats/devices", 429, count=2, retry_after=7)
+    for _ in range(2):
+        response = api(simulator, "orgs/{org}/stats/devices")
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "7"
+        assert "5000 API Calls per hour" in response.json()["detail"]
+    assert api(simulator, "orgs/{org}/stats/devices").status_code == 200
+
+
+def test_429_fault_without_retry_after_sends_no_header(simulator):
+    simulator.inject("/api/v1/self", "429")
+    response = api(simulator, "self")
+    assert response.status_code == 429 and "Retry-After" not in response.headers
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_error_faults(simulator, status):
+    simulator.inject("*/sites", status)
+    assert api(simulator, "orgs/{org}/sites").status_code == status
+    assert api(simulator, "orgs/{org}/sites").status_code == 200
+
+
+def test_fault_applies_only_to_matching_paths(simulator):
+    simulator.inject("*/alarms/search", 503)
+    assert api(simulator, "orgs/{org}/sites").status_code == 200
+    assert api(simulator, "orgs/{org}/alarms/search").status_code == 503
+
+
+def test_slow_fault_delays_the_answer(simulator):
+    simulator.inject("*/stats/sites", "slow", delay=0.3)
+    started = time.monotonic()
+    response = api(simulator, "orgs/{org}/stats/sites")
+    assert response.status_code == 200 and time.monotonic() - started >= 0.3
+    with pytest.raises(requests.Timeout):
+        simulator.inject("*/stats/sites", "slow", delay=1.0)
+        requests.get(f"{simulator.url}/api/v1/orgs/{simulator.org.org_id}/stats/sites", timeout=0.2,
+                     headers={"Authorization": f"Token {simulator.token}"})
+
+
+def test_malformed_fault_sends_cut_json_with_status_200(simulator):
+    simulator.inject("*/stats/devices", "malformed")
+    response = api(simulator, "orgs/{org}/stats/devices")
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        response.json()
+
+
+def test_drop_fault_closes_the_connection_without_a_response(simulator):
+    simulator.inject("*/stats/devices", "drop")
+    with pytest.raises(requests.ConnectionError):
+        api(simulator, "orgs/{org}/stats/devices")
+    assert api(simulator, "orgs/{org}/stats/devices").status_code == 200
+
+
+def test_clear_faults_removes_pending_faults(simulator):
+    simulator.inject("*", 500, count=10)
+    simulator.clear_faults()
+    assert api(simulator, "self").status_code == 200
+
+
+def test_unknown_fault_kind_is_refused(simulator):
+    with pytest.raises(ValueError):
+        simulator.inject("*", "teapot")
+
+
+def test_calls_are_counted_by_path_without_query(simulator):
+    api(simulator, "self")
+    api(simulator, "orgs/{org}/sites", page=1)
+    api(simulator, "orgs/{org}/sites", page=2)
+    assert simulator.calls == 3
+    assert simulator.calls_by_path[f"/api/v1/orgs/{simulator.org.org_id}/sites"] == 2
+    assert simulator.requests[-1] == ("GET", f"/api/v1/orgs/{simulator.org.org_id}/sites", {"page": "2"})
+    simulator.reset_counters()
+    assert simulator.calls == 0 and not simulator.calls_by_path and not simulator.requests
+
+
+# --- scenarios ----------------------------------------------------------------------------------------
+
+def per_site_view(server) -> dict[str, dict]:
+    """Everything the collector reads, keyed by site id (one full pass over every endpoint)."""
+    view: dict[str, dict] = {sid: {"devices": [], "alarms": [], "events": []} for sid in server.org.site_ids()}
+    for site in get_json(server, "orgs/{org}/stats/sites"):
+        view[site["id"]]["stats"] = site
+    for kind in ("wifi", "wired", "wan"):
+        for row in get_json(server, "orgs/{org}/insights/sites-sle", sle=kind)["results"]:
+            view[row["site_id"]][kind] = row
+    for row in get_json(server, "orgs/{org}/clients/count", distinct="site_id")["results"]:
+        view[row["property"]]["clients"] = row["count"]
+    for device in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000):
+        view[device["site_id"]]["devices"].append(device)
+    for alarm in get_json(server, "orgs/{org}/alarms/search", duration="2d", limit=1000)["results"]:
+        view[alarm["site_id"]]["alarms"].append(alarm)
+    for event in get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="2d",
+                          limit=1000)["results"]:
+        view[event["site_id"]]["events"].append(event)
+    return view
+
+
+@pytest.mark.parametrize("scenario", ["degraded", "recovered"])
+def test_a_scenario_changes_exactly_its_documented_sites(make_simulator, scenario):
+    healthy = make_simulator(sites=30, now=DAY1)
+    other = make_simulator(sites=30, now=DAY1)
+    other.org.set_scenario(scenario)
+    before, after = per_site_view(healthy), per_site_view(other)
+    changed = {sid for sid in before if before[sid] != after[sid]}
+    assert changed == set(other.org.affected_sites())
+    assert set(other.org.affected_sites(scenario)) == set(healthy.org.affected_sites(scenario))
+
+
+def test_affected_sites_of_degraded_are_sites_1_to_4():
+    org = SimulatedOrg(sites=12)
+    ids = org.site_ids()
+    assert list(org.affected_sites("degraded")) == ids[1:5]
+    assert org.affected_sites("healthy") == {} and org.affected_sites() == {}
+
+
+def test_healthy_org_is_connected_with_high_sles_and_no_open_alarms(simulator):
+    devices = get_json(simulator, "orgs/{org}/stats/devices", type="all", limit=1000)
+    assert {d["status"] for d in devices} == {"connected"}
+    for kind, keys in (("wifi", 8), ("wired", 3), ("wan", 3)):
+        for row in get_json(simulator, "orgs/{org}/insights/sites-sle", sle=kind)["results"]:
+            values = [v for k, v in row.items() if k != "site_id" and not k.startswith("num_")]
+            assert len(values) == keys and all(0.9 <= v <= 1.0 for v in values)
+    assert get_json(simulator, "orgs/{org}/alarms/search", status="open")["total"] == 0
+
+
+def test_degraded_site_1_has_3_of_4_aps_disconnected_with_events(make_simulator):
+    server = make_simulator(sites=12, scenario="degraded")
+    site_id = server.org.site_ids()[1]
+    aps = get_json(server, f"sites/{site_id}/stats/devices")
+    assert sorted(d["status"] for d in aps) == ["connected"] + ["disconnected"] * 3
+    events = get_json(server, "orgs/{org}/devices/events/search", site_id=site_id, duration="1h")["results"]
+    assert sorted(e["mac"] for e in events if e["type"] == "AP_DISCONNECTED") == sorted(
+        d["mac"] for d in aps if d["status"] == "disconnected")
+
+
+def test_degraded_site_2_has_a_wifi_sle_collapse_and_60_percent_fewer_clients(make_simulator):
+    healthy = make_simulator(sites=12, now=DAY1)
+    degraded = make_simulator(sites=12, now=DAY1, scenario="degraded")
+    site_id = degraded.org.site_ids()[2]
+    row = next(r for r in get_json(degraded, "orgs/{org}/insights/sites-sle", sle="wifi")["results"]
+               if r["site_id"] == site_id)
+    assert all(0.5 <= row[k] <= 0.6 for k in ("coverage", "capacity", "time-to-connect"))
+
+    def clients(server):
+        rows = get_json(server, "orgs/{org}/clients/count", distinct="site_id")["results"]
+        return next(r["count"] for r in rows if r["property"] == site_id)
+
+    assert clients(degraded) == pytest.approx(0.4 * clients(healthy), abs=1)
+
+
+def test_degraded_site_3_has_open_critical_and_major_alarms(make_simulator):
+    server = make_simulator(sites=12, scenario="degraded")
+    alarms = get_json(server, "orgs/{org}/alarms/search", status="open")["results"]
+    assert {a["site_id"] for a in alarms} == {server.org.site_ids()[3]}
+    assert sorted(a["severity"] for a in alarms) == ["critical", "major"]
+
+
+def test_degraded_site_4_has_gateway_and_switch_disconnected_with_events(make_simulator):
+    server = make_simulator(sites=12, scenario="degraded")
+    site_id = server.org.site_ids()[4]
+    devices = get_json(server, f"sites/{site_id}/stats/devices", type="switch,gateway")
+    assert {d["status"] for d in devices} == {"disconnected"} and len(devices) == 2
+    events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", site_id=site_id,
+                      duration="1h")["results"]
+    assert sorted(e["type"] for e in events) == ["GW_DISCONNECTED", "SW_DISCONNECTED"]
+
+
+def test_recovered_closes_alarms_and_brings_devices_back_with_fresh_uptime(make_simulator):
+    server = make_simulator(sites=12, now=DAY1, scenario="degraded")
+    server.org.now = DAY1 + timedelta(hours=3)
+    server.org.set_scenario("recovered")
+    assert get_json(server, "orgs/{org}/alarms/search", status="open")["total"] == 0
+    resolved = get_json(server, "orgs/{org}/alarms/search", status="resolved", duration="6h")["results"]
+    assert sorted(a["severity"] for a in resolved if a["site_id"] == server.org.site_ids()[3]) == [
+        "critical", "major"]
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    assert {d["status"] for d in devices} == {"connected"}
+    site4 = [d for d in devices if d["site_id"] == server.org.site_ids()[4] and d["type"] != "ap"]
+    assert all(d["uptime"] < 600 for d in site4)
+    events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
+    assert sorted(e["type"] for e in events) == ["AP_CONNECTED"] * 3 + ["GW_CONNECTED", "SW_CONNECTED"]
+
+
+def test_unknown_scenario_is_refused():
+    with pytest.raises(ValueError, match="unknown scenario"):
+        SimulatedOrg(sites=2, scenario="on-fire")
+    with pytest.raises(ValueError):
+        SimulatedOrg(sites=2).set_scenario("on-fire")
+
+
+# --- time ---------------------------------------------------------------------------------------------
+
+def test_clock_replays_days_uptime_and_last_seen_follow_now(simulator):
+    simulator.org.now = DAY1
+    day1 = get_json(simulator, "orgs/{org}/stats/devices", type="all", limit=1000)
+    simulator.org.now = DAY1 + timedelta(days=1)
+    day2 = get_json(simulator, "orgs/{org}/stats/devices", type="all", limit=1000)
+    for a, b in zip(day1, day2, strict=True):
+        assert a["id"] == b["id"] and b["uptime"] - a["uptime"] == 86400
+        assert 0 <= DAY1.timestamp() + 86400 - b["last_seen"] < 60
+
+
+def test_degraded_incident_stays_at_its_time_when_the_clock_moves_on(make_simulator):
+    server = make_simulator(sites=12, now=DAY1, scenario="degraded")
+    server.org.now = DAY1 + timedelta(days=1)
+    site_id = server.org.site_ids()[1]
+    down = get_json(server, f"sites/{site_id}/stats/devices", status="disconnected")
+    assert all(DAY1.timestamp() - 600 <= d["last_seen"] <= DAY1.timestamp() for d in down)
+    recent = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
+    assert not [e for e in recent if e["type"].endswith("_DISCONNECTED")]
+    assert get_json(server, "orgs/{org}/alarms/search", status="open")["total"] == 2
+
+
+def test_now_must_be_timezone_aware():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        SimulatedOrg(sites=1, now=datetime(2026, 1, 1, 9, 0))
+
+
+# --- generation ---------------------------------------------------------------------------------------
+
+def test_same_seed_same_org_and_other_seed_other_org(make_simulator):
+    a, b = make_simulator(sites=12, now=DAY1), make_simulator(sites=12, now=DAY1)
+    c = make_simulator(sites=12, now=DAY1, seed=8)
+    assert a.org.org_id == b.org.org_id != c.org.org_id
+    for path, params in (("orgs/{org}/stats/sites", {}), ("orgs/{org}/insights/sites-sle", {"sle": "wifi"})):
+        assert json.dumps(get_json(a, path, **params)).replace(a.org.org_id, "ORG") == json.dumps(
+            get_json(b, path, **params)).replace(b.org.org_id, "ORG")
+    assert a.org.site_ids() != c.org.site_ids()
+    assert [s["name"] for s in get_json(a, "orgs/{org}/sites")] != [s["name"] for s in get_json(c, "orgs/{org}/sites")]
+
+
+def test_site_names_are_unique_city_and_role():
+    org = SimulatedOrg(sites=3000)
+    names = [org.site_name(sid) for sid in org.site_ids()]
+    assert len(set(names)) == len(names)
+    assert names[0].endswith(" HQ")
+    roles = {"HQ", "Branch", "Store", "Office", "Warehouse", "DC"}
+    assert all(any(f" {role}" in name for role in roles) for name in names)
+
+
+def test_a_small_org_is_a_prefix_of_a_large_one():
+    small, large = SimulatedOrg(sites=12), SimulatedOrg(sites=500)
+    assert small.site_ids() == large.site_ids()[:12]
+    assert [small.site_name(s) for s in small.site_ids()] == [large.site_name(s) for s in large.site_ids()[:12]]
+
+
+def test_generating_10000_sites_is_fast(capsys):
+    started = time.perf_counter()
+    org = SimulatedOrg(sites=10_000)
+    elapsed = time.perf_counter() - started
+    with serve(org) as server:
+        started = time.perf_counter()
+        page = api(server, "orgs/{org}/stats/devices", type="all", limit=1000, page=30)
+        served = time.perf_counter() - started
+    assert len(page.json()) == 1000 and page.headers["X-Page-Total"] == "60000"
+    with capsys.disabled():
+        print(f"\n[simulator] 10,000 sites x 6 devices built in {elapsed:.3f} s; "
+              f"one page of 1,000 devices served in {served:.3f} s")
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def test_simulate_help_lists_the_options():
+    from mistwatch.commands.simulate import simulate
+
+    result = CliRunner().invoke(simulate, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--port", "--sites", "--scenario", "--token", "--seed"):
+        assert option in result.output
+
+
+def test_simulate_with_an_unknown_scenario_is_a_usage_error():
+    from mistwatch.commands.simulate import simulate
+
+    result = CliRunner().invoke(simulate, ["--scenario", "on-fire"])
+    assert result.exit_code == 2 and "on-fire" in result.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_simulate_serves_until_a_signal_then_exits_0(sig):
+    proc = subprocess.Popen([sys.executable, "-m", "mistwatch", "simulate", "--port", "0", "--sites", "3",
+                             "--token", "cli-token"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        while not any(line.startswith("Serving") for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"simulate ended early: {proc.stderr.read()}"
+            lines.append(line)
+        base_url = next(line.split()[-1] for line in lines if line.strip().startswith("base_url:"))
+        org_id = next(line.split()[-1] for line in lines if line.strip().startswith("org_id:"))
+        response = requests.get(f"{base_url}/api/v1/orgs/{org_id}/sites",
+                                headers={"Authorization": "Token cli-token"}, timeout=5)
+        assert response.status_code == 200 and len(response.json()) == 3
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

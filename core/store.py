@@ -349,7 +349,9 @@ class Store:
         applied_now: list[int] = []
         with self._errors("migrating"):
             self._refuse_newer(known)
-            for version in sorted(known):
+            # Only pending versions take the write lock, so opening an up-to-date database never
+            # waits for a busy writer.
+            for version in sorted(known.keys() - self._applied_versions()):
                 with self.transaction() as db:
                     # Re-read inside the write lock: another process may have just migrated.
                     if version in self._applied_versions():
@@ -394,10 +396,6 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        try:
-            self.db.execute("PRAGMA optimize")
-        except sqlite3.Error:
-            pass  # only a planner hint; never fail a close over it
         self.db.close()
 
     def __enter__(self) -> Store:

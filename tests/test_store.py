@@ -173,6 +173,19 @@ def test_a_damaged_history_row_is_reported(store):
         store.values_at("site.clients", T0)
 
 
+def test_opening_an_up_to_date_database_does_not_wait_for_a_writer(tmp_path):
+    with Store.open(tmp_path):
+        pass
+    writer = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with Store.open(tmp_path, busy_timeout=0.2) as reader:
+            assert reader.kv_get("anything") is None
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 # transactions --------------------------------------------------------------------------------------
 def test_an_exception_inside_a_transaction_leaves_nothing_written(store):
     store.kv_set("kept", 1)

@@ -80,7 +80,7 @@ def http_receiver():
     server.daemon_threads = True
     receiver = HttpReceiver(server)
     ref.append(receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield receiver
     server.shutdown()

@@ -1,0 +1,133 @@
+"""Slack, Teams and webhook notifiers against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import timedelta
+
+from fixtures_notify import T0, make_alert, resolved
+
+
+def test_webhook_body_follows_the_documented_version_1_schema(notify_env, http_receiver):
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url("/in")}])
+    alert = make_alert(value=0.0, threshold=1.0)
+    notify_env.notify([alert], T0)
+    notify_env.notify([resolved(alert, T0 + timedelta(minutes=45), value=1.0)], T0 + timedelta(hours=1))
+    first, second = (r.json() for r in http_receiver.requests)
+    assert http_receiver.requests[0].path == "/in"
+    assert http_receiver.requests[0].headers["Content-Type"].startswith("application/json")
+    assert (first["schema"], first["version"], first["kind"], first["status"]) == (
+        "mistwatch.notification", 1, "alerts", "firing")
+    assert first["title"] == "[mistwatch] CRITICAL: 1 firing at Dublin HQ"
+    assert first["counts"] == {"firing": 1, "resolved": 0}
+    assert first["group"] == {"site_id": "site-1"}
+    (a,) = first["alerts"]
+    assert {k: a[k] for k in ("key", "rule_id", "state", "severity", "value", "threshold", "firing_since")} == {
+        "key": alert.key, "rule_id": "ap_offline", "state": "firing", "severity": "critical", "value": 0.0,
+        "threshold": 1.0, "firing_since": "2026-11-23T09:00:00Z"}
+    assert a["labels"]["site_name"] == "Dublin HQ"
+    assert second["status"] == "resolved" and second["thread_id"] == first["id"]
+    assert second["alerts"][0]["duration_seconds"] == 45 * 60
+    assert second["alerts"][0]["value"] == 1.0
+
+
+def test_webhook_hmac_signature_is_verifiable(notify_env, http_receiver):
+    secret = "hook-signing-secret-42"
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url(), "secret": secret}])
+    notify_env.notify([make_alert()], T0)
+    (request,) = http_receiver.requests
+    expected = "sha256=" + hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+    assert request.headers["X-Mistwatch-Signature"] == expected
+    assert secret.encode() not in request.body
+
+
+def test_webhook_without_secret_sends_no_signature(notify_env, http_receiver):
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    notify_env.notify([make_alert()], T0)
+    assert "X-Mistwatch-Signature" not in http_receiver.requests[0].headers
+
+
+def test_slack_gets_a_block_kit_message(notify_env, http_receiver):
+    notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": http_receiver.url("/services/T0/B0/x")}])
+    notify_env.notify([make_alert(site="R&D <lab>")], T0)
+    body = http_receiver.requests[0].json()
+    assert body["text"] == "[mistwatch] CRITICAL: 1 firing at R&D <lab>"
+    header, section, context = body["blocks"]
+    assert header == {"type": "header", "text": {"type": "plain_text", "emoji": True,
+                                                 "text": "[mistwatch] CRITICAL: 1 firing at R&D <lab>"}}
+    assert section["type"] == "section" and section["text"]["type"] == "mrkdwn"
+    assert "*CRITICAL* AP-01 is offline" in section["text"]["text"]
+    assert "R&amp;D &lt;lab&gt;" in section["text"]["text"]  # mrkdwn control characters escaped
+    assert context["type"] == "context"
+
+
+def test_teams_gets_an_adaptive_card_in_a_message(notify_env, http_receiver):
+    http_receiver.respond(202)  # Workflows webhooks answer 202 Accepted
+    notify_env.configure([{"name": "teams", "type": "teams", "webhook_url": http_receiver.url("/workflows/x")}])
+    result = notify_env.notify([make_alert(severity="major")], T0)
+    assert len(result.sent) == 1
+    body = http_receiver.requests[0].json()
+    assert body["type"] == "message"
+    (attachment,) = body["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert (card["type"], card["version"]) == ("AdaptiveCard", "1.4")
+    title, container = card["body"]
+    assert title["text"] == "[mistwatch] MAJOR: 1 firing at Dublin HQ"
+    assert container["type"] == "Container" and container["style"] == "attention"
+    facts = {f["title"]: f["value"] for f in container["items"][1]["facts"]}
+    assert facts["Site"] == "Dublin HQ" and facts["Device"] == "AP-01 (ap)"
+
+
+def test_429_with_retry_after_is_waited_out_and_retried(notify_env, http_receiver):
+    http_receiver.respond(429, headers={"Retry-After": "1"})
+    notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": http_receiver.url()}])
+    result = notify_env.notify([make_alert()], T0)
+    assert len(result.sent) == 1
+    first, second = http_receiver.requests
+    assert second.at - first.at >= 0.95
+
+
+def test_a_retry_after_beyond_the_bound_is_left_to_the_outbox(notify_env, http_receiver):
+    http_receiver.respond(429, headers={"Retry-After": "600"})
+    notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": http_receiver.url(),
+                           "max_retry_after": 5}])
+    result = notify_env.notify([make_alert()], T0)
+    (failed,) = result.failed
+    assert "HTTP 429" in failed.last_error
+    assert failed.next_attempt_at == T0 + timedelta(seconds=600)
+    assert len(http_receiver.requests) == 1
+    assert notify_env.send_outbox(T0 + timedelta(seconds=599)).sent == []
+    assert len(notify_env.send_outbox(T0 + timedelta(seconds=600)).sent) == 1
+
+
+def test_a_4xx_answer_is_a_permanent_failure_and_the_url_stays_secret(notify_env, http_receiver):
+    http_receiver.respond(404, body="no_service")
+    url = http_receiver.url("/services/T0/B0/secret-key-in-the-path")
+    notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": url}])
+    result = notify_env.notify([make_alert()], T0)
+    (failure,) = result.permanent_failures
+    assert "HTTP 404" in failure.last_error and "no_service" in failure.last_error
+    assert "secret-key-in-the-path" not in failure.last_error
+
+
+def test_a_5xx_answer_is_retried(notify_env, http_receiver):
+    http_receiver.respond(500)
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    result = notify_env.notify([make_alert()], T0)
+    assert len(result.failed) == 1 and not result.permanent_failures
+    assert len(notify_env.send_outbox(T0 + timedelta(minutes=1)).sent) == 1
+
+
+def test_an_unreachable_endpoint_times_out_as_a_temporary_failure(notify_env):
+    import socket
+
+    with socket.socket() as listener:  # accepts connections but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        notify_env.configure([{"name": "hook", "type": "webhook", "url": url, "timeout": 0.3}])
+        result = notify_env.notify([make_alert()], T0)
+    (failed,) = result.failed
+    assert "no answer within 0.3s" in failed.last_error

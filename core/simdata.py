@@ -30,6 +30,7 @@ Scenarios (``SCENARIOS``):
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -250,6 +251,7 @@ class SimulatedOrg:
         self._boot_ref = self.now.timestamp()
         self._tz_cache: dict[tuple[str, int], int] = {}
         self._history: OrderedDict[tuple[str, int], list[dict]] = OrderedDict()
+        self._history_lock = threading.Lock()
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         self.state = ScenarioState("healthy", self.now.timestamp())
@@ -493,10 +495,11 @@ class SimulatedOrg:
     def background(self, what: str, day: int) -> list[dict]:
         """Deterministic benign history of one UTC day: ``what`` is "alarms" or "events"."""
         key = (what, day)
-        cached = self._history.get(key)
-        if cached is not None:
-            self._history.move_to_end(key)
-            return cached
+        with self._history_lock:  # server threads share this cache
+            cached = self._history.get(key)
+            if cached is not None:
+                self._history.move_to_end(key)
+                return cached
         rng = random.Random(mix(self.seed, day, 1 if what == "events" else 2))
         n_sites = len(self._sites)
         items: list[dict] = []
@@ -517,9 +520,10 @@ class SimulatedOrg:
                               "count": 1 + rng.randrange(3), "timestamp": ts, "last_seen": resolved,
                               "resolved_time": resolved, "acked": False})
         items.sort(key=lambda x: x["timestamp"])
-        self._history[key] = items
-        if len(self._history) > 64:
-            self._history.popitem(last=False)
+        with self._history_lock:
+            self._history[key] = items
+            if len(self._history) > 64:
+                self._history.popitem(last=False)
         return items
 
 

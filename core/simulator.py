@@ -39,7 +39,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -603,11 +602,3 @@ def serve(org: SimulatedOrg, *, host: str = "127.0.0.1", port: int = 0, token: s
     if host == "localhost":
         host = "127.0.0.1"
     return SimulatorServer(org, host, port, token)
-
-
-def at(day: int, hour: int = 9, minute: int = 0, *, base: datetime | None = None) -> datetime:
-    """Convenience for replays: ``base`` (default 2026-01-05 00:00 UTC, a Monday) + days + hh:mm."""
-    from datetime import timedelta, timezone
-
-    start = base or datetime(2026, 1, 5, tzinfo=timezone.utc)
-    return start + timedelta(days=day - 1, hours=hour, minutes=minute)

@@ -611,3 +611,15 @@ def test_simulate_serves_until_a_signal_then_exits_0(sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_close_stops_serving_even_with_an_idle_keep_alive_connection():
+    server = serve(SimulatedOrg(sites=1))
+    session = requests.Session()
+    url = f"{server.url}/api/v1/self"
+    assert session.get(url, headers={"Authorization": f"Token {server.token}"}, timeout=5).status_code == 200
+    server.close()
+    with pytest.raises(requests.ConnectionError):
+        session.get(url, headers={"Authorization": f"Token {server.token}"}, timeout=5)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=5)

@@ -15,7 +15,9 @@ A database holding a migration this code does not know was written by a newer mi
 
 Threads: the connection is opened with ``check_same_thread=False`` so a daemon may hand the store
 from one thread to another, but a ``Store`` must be used by one thread at a time (it keeps
-in-memory caches and one connection; there is no locking here).
+in-memory caches and one connection; there is no locking here). Readers in other processes are
+fine (WAL); writes assume one writing process per state_dir (the state-directory lock), since the
+entity caches are only refreshed for rows added elsewhere, not for rows changed or pruned elsewhere.
 
 Times are stored as UTC epoch seconds (REAL; samples use INTEGER seconds) and returned as
 timezone-aware UTC datetimes. Naive datetimes passed in are taken as UTC.

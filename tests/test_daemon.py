@@ -5,12 +5,19 @@ config, a concurrent `run` refused by the lock."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+import yaml
 
 from mistwatch.daemon import Daemon, SystemClock
 from mistwatch.errors import ConfigError, LockHeld
@@ -243,3 +250,152 @@ def test_the_log_file_rotates_and_never_holds_a_secret(tmp_path):
     assert files == ["mw.log", "mw.log.1", "mw.log.2"]
     text = "".join((tmp_path / "logs" / f).read_text(encoding="utf-8") for f in files)
     assert "tok-SECRET" not in text and "***" in text
+
+
+# -- the real process -----------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SLOW_DAEMON = """
+import sys, time
+from datetime import timedelta
+from pathlib import Path
+from mistwatch.daemon import Daemon, install_signal_handlers
+from mistwatch.logsetup import setup_logging
+
+setup_logging({"level": "info"})
+marks = Path(sys.argv[1])
+
+def cycle(now):
+    with marks.open("a") as fh:
+        fh.write("start\\n")
+    time.sleep(2.0)
+    with marks.open("a") as fh:
+        fh.write("end\\n")
+
+d = Daemon(cycle, timedelta(hours=1))
+install_signal_handlers(d)
+sys.exit(d.run())
+"""
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses SIGBREAK")
+def test_sigterm_during_a_slow_cycle_finishes_it_and_exits_0(tmp_path):
+    marks = tmp_path / "marks"
+    script = tmp_path / "slow_daemon.py"
+    script.write_text(SLOW_DAEMON, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script), str(marks)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: marks.exists() and "start" in marks.read_text(), what="the cycle to start")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert time.monotonic() - t0 < 5
+    assert marks.read_text().split() == ["start", "end"]  # the cycle finished, no new one began
+    assert "SIGTERM received: finishing the current cycle" in err
+
+
+def write_config(folder: Path, simulator, **extra) -> Path:
+    config = {
+        "mist": {"base_url": simulator.url, "token": "${MIST_API_TOKEN}", "org_id": simulator.org.org_id},
+        "state_dir": "var",
+        "reports": {"dir": "reports"},
+        "rules": [str(REPO / "rules")],
+        "notifiers": [{"name": "console", "type": "console"}],
+        **extra,
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def start_daemon(folder: Path, simulator, *args: str) -> tuple[subprocess.Popen, Path]:
+    log = folder / "daemon.log"
+    env = {**os.environ, "MIST_API_TOKEN": simulator.token, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "mistwatch", "daemon", "--config", "config.yaml", *args],
+                            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    return proc, log
+
+
+def mistwatch_cli(folder: Path, simulator, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MIST_API_TOKEN": simulator.token, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "mistwatch", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def finished_runs(folder: Path) -> int:
+    from mistwatch.store import Store
+
+    if not (folder / "var" / "mistwatch.db").exists():
+        return 0
+    with Store.open(folder / "var") as store:
+        return sum(1 for r in store.runs(100) if r.finished_at is not None)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM/SIGHUP are POSIX")
+def test_the_daemon_stops_mid_cycle_on_sigterm_after_finishing_it(tmp_path, simulator):
+    write_config(tmp_path, simulator)
+    simulator.inject("*/stats/devices*", "slow", count=1, delay=2.0)
+    proc, log = start_daemon(tmp_path, simulator, "--interval", "1h")
+    try:
+        wait_for(lambda: simulator.calls >= 3, what="the first cycle to be collecting")
+        t0 = time.monotonic()
+        code = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, log.read_text()
+    assert time.monotonic() - t0 < 10
+    assert finished_runs(tmp_path) == 1  # the interrupted cycle completed and was recorded
+    assert (tmp_path / "reports" / "latest.html").exists()
+    assert "daemon stopped (SIGTERM) after 1 cycle(s)" in log.read_text()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX")
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_run_meanwhile_is_refused(tmp_path, simulator):
+    config = write_config(tmp_path, simulator)
+    proc, log = start_daemon(tmp_path, simulator, "--interval", "2s")
+    try:
+        wait_for(lambda: finished_runs(tmp_path) >= 1, what="the first cycle")
+        config.write_text(config.read_text(encoding="utf-8") + "notifers: []\n", encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed, keeping the previous configuration" in log.read_text(),
+                 what="the reload to fail")
+        before = finished_runs(tmp_path)
+        wait_for(lambda: finished_runs(tmp_path) > before, what="a cycle after the failed reload")
+        assert proc.poll() is None
+
+        config.write_text(config.read_text(encoding="utf-8").replace("notifers: []\n", ""), encoding="utf-8")
+        concurrent = mistwatch_cli(tmp_path, simulator, "run", "--config", "config.yaml")
+        assert concurrent.returncode == 1
+        assert "is in use by a mistwatch daemon (pid " in concurrent.stderr
+        assert "Traceback" not in concurrent.stderr
+        status = mistwatch_cli(tmp_path, simulator, "status", "--config", "config.yaml", "--json")
+        data = json.loads(status.stdout)
+        assert data["running"]["purpose"] == "daemon"
+        assert data["last_successful_run"]["status"] == "ok"
+    finally:
+        code = stop(proc)
+    assert code == 0
+    assert "notifers" in log.read_text()  # the reload error names the bad key

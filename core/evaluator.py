@@ -324,6 +324,7 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
     found: list[Finding] = []
     template_errors: set[str] = set()
     expression_failed = False
+    metric_extra = {"metric": rule.spec["metric"]} if isinstance(rule.spec.get("metric"), str) else {}
     for r in results:
         active = r.severity is not None and not r.unknown
         variables: dict[str, Any] | None = None
@@ -371,7 +372,7 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
             key=alert_key(rule.id, identity), rule_id=rule.id, labels=all_labels, severity=r.severity,
             value=r.value, threshold=r.threshold, baseline=r.baseline, summary=summary,
             description=description, recommendation=recommendation, unknown=r.unknown,
-            recovered=recovered, causes=r.causes, subject=r.key, extra=dict(r.extra)))
+            recovered=recovered, causes=r.causes, subject=r.key, extra={**r.extra, **metric_extra}))
     if ctx.unknown_count:
         evaluation.notes.append(_note(rule.id, "unknown",
                                       f"{ctx.unknown_count} {rule.scope}(s) with unknown data "

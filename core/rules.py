@@ -53,11 +53,15 @@ class RuleSpecError(ValueError):
 
 # --- schema ------------------------------------------------------------------------------------
 
-def _duration_schema(description: str) -> dict[str, Any]:
+DURATION_MESSAGE = "must be a duration like 90s, 10m, 2h, 1d (or a number of seconds)"
+
+
+def duration_schema(description: str = "") -> dict[str, Any]:
+    """A duration: ``"90s"``, ``"10m"``, ``"1h30m"``, ``"7d"``, or a number of seconds."""
     return {"description": description, "oneOf": [
-        {"type": "string", "pattern": DURATION_PATTERN},
-        {"type": "number", "minimum": 0},
-    ], "x-message": "must be a duration like 90s, 10m, 2h, 1d (or a number of seconds)"}
+        {"type": "string", "pattern": DURATION_PATTERN, "x-message": DURATION_MESSAGE},
+        {"type": "number", "minimum": 0, "x-message": DURATION_MESSAGE},
+    ], "x-message": DURATION_MESSAGE}
 
 
 _MATCHER_VALUE: dict[str, Any] = {"oneOf": [
@@ -89,11 +93,12 @@ def common_properties() -> dict[str, Any]:
         "severity": {"enum": list(SEVERITIES)},
         "tiers": {"type": "array", "minItems": 1},
         "for": {"description": "how long the condition must hold before the alert fires",
-                "oneOf": [*_duration_schema("")["oneOf"],
+                "oneOf": [*(dict(alt, **{"x-message": "must be a duration like 10m, or {cycles: N}"})
+                            for alt in duration_schema()["oneOf"]),
                           {"type": "object", "additionalProperties": False, "required": ["cycles"],
                            "properties": {"cycles": {"type": "integer", "minimum": 1}}}],
                 "x-message": "must be a duration like 10m, or {cycles: N}"},
-        "keep_firing_for": _duration_schema("stay firing this long after the condition clears"),
+        "keep_firing_for": duration_schema("stay firing this long after the condition clears"),
         "recover_when": {"description": "the alert resolves only once this holds (hysteresis)"},
         "when": {"type": "string", "minLength": 1},
         "labels": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
@@ -474,9 +479,10 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
                 for metric in sorted(rule.metrics):
                     if metric not in known_metrics:
                         close = _close(metric, known_metrics)
+                        where = (*prefix, "metric" if raw.get("metric") == metric else "when")
                         raise ConfigError(
                             f"unknown metric '{metric}' (no collector declares it{close})",
-                            file=file, line=rule.line, key=format_key_path(prefix) or rule.id)
+                            file=file, line=lines.line(where), key=format_key_path(where))
             seen[rule.id] = rule
     ruleset.rules = _ordered(list(seen.values()))
     return ruleset

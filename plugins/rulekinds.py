@@ -28,12 +28,11 @@ from mistwatch.durations import format_duration, parse_duration
 from mistwatch.evaluator import Result, RuleContext, identity_of
 from mistwatch.hookspecs import RuleKind, hookimpl
 from mistwatch.model import SEVERITIES, Entity, severity_rank
-from mistwatch.rules import DURATION_PATTERN, RuleSpecError
+from mistwatch.rules import RuleSpecError, duration_schema
 
 Check = Callable[[RuleContext], Iterator[Result]]
 
-_DURATION = {"oneOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0}],
-             "x-message": "must be a duration like 90s, 10m, 2h, 1d"}
+_DURATION = duration_schema()
 _NUMBER = {"type": "number"}
 _RANGE = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2,
           "x-message": "must be a range [low, high]"}
@@ -199,7 +198,8 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
     sticky = bool(spec.get("recover_to_baseline", True))
     recover = spec.get("recover_when") if isinstance(spec.get("recover_when"), Mapping) else {}
     within = float(next((recover[k] for k in ("within", "drop", "rise") if k in recover), smallest / 2))
-    since = f"averaged over {format_duration(window)}" if window else f"from {format_duration(offset)} ago"
+    since = f"the {format_duration(window)} average" if window else f"{format_duration(offset)} ago"
+    reference = f"the {format_duration(window)} average" if window else f"a sample from {format_duration(offset)} ago"
 
     def score_of(value: float, base: float) -> float | None:
         if not percent:
@@ -220,7 +220,7 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
             refs = ctx.values_at(metric, reference_at, tolerance) if sufficient else {}
         if not sufficient:
             have = f"history starts {start.isoformat()}" if start else "no history yet"
-            ctx.note(f"insufficient history for {metric}: needs a reference {since} ({have}); not evaluated",
+            ctx.note(f"insufficient history for {metric}: needs {reference} ({have}); not evaluated",
                      "insufficient_history")
         all_unknown = ctx.metric_unknown(scope, metric)
         no_reference = 0
@@ -266,7 +266,7 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
                     yield Result(key, entity.labels, None, value=value, threshold=smallest, baseline=base,
                                  score=score, metrics=entity.metrics, recovered=recovered, extra=extra)
         if no_reference:
-            ctx.note(f"{no_reference} {scope}(s) have no {metric} sample {since} (new, or not collected "
+            ctx.note(f"{no_reference} {scope}(s) without {reference} for {metric} (new, or not collected "
                      "then): not evaluated", "insufficient_history")
 
     return check

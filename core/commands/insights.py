@@ -1,0 +1,105 @@
+"""The insights view of ``run --mode insights|all``: alerts by severity and site, then notes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from mistwatch.durations import format_duration
+from mistwatch.model import Alert, severity_rank
+
+_SEVERITY_STYLE = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "cyan"}
+_STATE_STYLE = {"firing": "bold", "pending": "dim", "resolved": "green"}
+
+
+def _fmt(value: float | None, alert: Alert) -> str:
+    if value is None:
+        return "n/a"
+    metric = str(alert.annotations.get("metric") or "")
+    if metric.startswith("sle.") or metric.endswith("_ratio"):  # ratios 0..1
+        return f"{value * 100:.1f}%"
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def _since(alert: Alert) -> datetime | None:
+    if alert.state == "resolved":
+        return alert.resolved_at
+    if alert.state == "firing":
+        return alert.firing_since
+    return alert.pending_since
+
+
+def _order(alert: Alert) -> tuple[Any, ...]:
+    state_rank = {"firing": 0, "pending": 1, "resolved": 2}.get(alert.state, 3)
+    return (state_rank, -severity_rank(alert.severity), alert.labels.get("site_name", ""),
+            alert.rule_id, alert.labels.get("device_name", ""))
+
+
+def versus(alert: Alert) -> str:
+    """``value vs threshold/baseline`` as one short cell."""
+    value = _fmt(alert.value, alert)
+    if alert.baseline is not None:
+        return f"{value} (was {_fmt(alert.baseline, alert)})"
+    if alert.threshold is not None:
+        return f"{value} / {_fmt(alert.threshold, alert)}"
+    return value
+
+
+def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
+    """A rich table of alerts (firing, pending, resolved) by severity and site, then the notes."""
+    from rich.table import Table
+
+    alerts = sorted(outcome.alerts, key=_order)
+    if not alerts:
+        console.print("[green]No findings: every rule is quiet.[/green]")
+    else:
+        table = Table(title=f"Insights ({len(alerts)} alert(s))", show_lines=False, expand=False)
+        for column, options in (("severity", {}), ("rule", {}), ("site", {}), ("device", {}),
+                                ("value vs threshold/baseline", {"justify": "right"}), ("state", {}),
+                                ("since", {}), ("summary / recommendation", {"ratio": 1})):
+            table.add_column(column, **options)
+        for alert in alerts:
+            since = _since(alert)
+            ago = f"{format_duration(now - since)} ago" if since is not None and now >= since else ""
+            text = alert.summary
+            if alert.recommendation and alert.state != "resolved":
+                text += f"\n[dim]{alert.recommendation}[/dim]"
+            if alert.causes:
+                text += f"\n[dim]causes: {', '.join(alert.causes)}[/dim]"
+            table.add_row(
+                f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]",
+                alert.rule_id, alert.labels.get("site_name", ""), alert.labels.get("device_name", ""),
+                versus(alert), f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", ago, text)
+        console.print(table)
+    notes = list(outcome.notes)
+    if notes:
+        console.print(f"[bold]Notes[/bold] ({len(notes)})")
+        for note in notes:
+            console.print(f"  [dim]{note.kind}[/dim] {note.rule_id}: {note.text}", highlight=False)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def insights_json(outcome: Any) -> dict[str, Any]:
+    """The same as JSON: alerts (sorted like the table), counts by state and severity, notes."""
+    alerts = sorted(outcome.alerts, key=_order)
+    by_state: dict[str, int] = {}
+    by_severity: dict[str, int] = {}
+    for alert in alerts:
+        by_state[alert.state] = by_state.get(alert.state, 0) + 1
+        if alert.state != "resolved":
+            by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
+    return {
+        "counts": {"by_state": by_state, "by_severity": by_severity},
+        "alerts": [{
+            "key": a.key, "rule": a.rule_id, "state": a.state, "severity": a.severity,
+            "site": a.labels.get("site_name", ""), "device": a.labels.get("device_name", ""),
+            "labels": dict(a.labels), "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
+            "summary": a.summary, "description": a.description, "recommendation": a.recommendation,
+            "pending_since": _iso(a.pending_since), "firing_since": _iso(a.firing_since),
+            "resolved_at": _iso(a.resolved_at), "causes": list(a.causes),
+        } for a in alerts],
+        "notes": [{"rule": n.rule_id, "kind": n.kind, "text": n.text} for n in outcome.notes],
+    }

@@ -1,0 +1,123 @@
+"""`mistwatch silence ...` and `mistwatch notifiers test NAME`, through the real command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fixtures_notify import make_alert
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from mistwatch.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def cli_env(notify_env, smtp_sink, monkeypatch):
+    monkeypatch.setenv("USER", "ana")
+    notify_env.configure([smtp_sink.settings(), {"name": "console", "type": "console"}])
+    notify_env.config_path = str(notify_env.dir / "config.yaml")
+    notify_env.smtp = smtp_sink
+    return notify_env
+
+
+def _silences(capsys, env, *extra: str) -> list[dict]:
+    code, out, _ = run_cli(capsys, "silence", "list", "--json", "--config", env.config_path, *extra)
+    assert code == 0
+    return json.loads(out)
+
+
+def test_silence_add_records_matchers_expiry_reason_and_author(cli_env, capsys):
+    code, out, _ = run_cli(capsys, "silence", "add", "--match", "site_name=Dublin HQ", "--match",
+                           "severity=~critical|major", "--for", "2h", "--reason", "fibre work",
+                           "--config", cli_env.config_path)
+    assert code == 0 and "added" in out
+    (s,) = _silences(capsys, cli_env)
+    assert s["matchers"] == ["site_name=Dublin HQ", "severity=~critical|major"]
+    assert (s["reason"], s["author"], s["status"]) == ("fibre work", "ana", "active")
+    length = datetime.fromisoformat(s["ends_at"]) - datetime.fromisoformat(s["starts_at"])
+    assert length == timedelta(hours=2)
+
+
+def test_silence_add_requires_an_expiry(cli_env, capsys):
+    code, _, err = run_cli(capsys, "silence", "add", "--match", "site_name=Lab", "--reason", "x",
+                           "--config", cli_env.config_path)
+    assert code == 2 and "must expire" in err
+    assert _silences(capsys, cli_env) == []
+
+
+def test_silence_add_accepts_until(cli_env, capsys):
+    until = (datetime.now(timezone.utc) + timedelta(days=1)).replace(microsecond=0)
+    code, _, _ = run_cli(capsys, "silence", "add", "-m", "site_name=Lab", "--until", until.isoformat(),
+                         "--reason", "lab move", "--config", cli_env.config_path)
+    assert code == 0
+    assert datetime.fromisoformat(_silences(capsys, cli_env)[0]["ends_at"]) == until
+
+
+def test_silence_add_rejects_a_bad_matcher(cli_env, capsys):
+    code, _, err = run_cli(capsys, "silence", "add", "-m", "site_name", "--for", "1h", "--reason", "x",
+                           "--config", cli_env.config_path)
+    assert code == 2 and "not a matcher" in err
+
+
+def test_silence_expire_ends_it_and_list_all_still_shows_it(cli_env, capsys):
+    run_cli(capsys, "silence", "add", "-m", "site_name=Lab", "--for", "1h", "--reason", "x",
+            "--config", cli_env.config_path)
+    (s,) = _silences(capsys, cli_env)
+    code, out, _ = run_cli(capsys, "silence", "expire", s["id"][:4], "--config", cli_env.config_path)
+    assert code == 0 and s["id"] in out
+    assert _silences(capsys, cli_env) == []
+    assert [x["status"] for x in _silences(capsys, cli_env, "--all")] == ["expired"]
+
+
+def test_silence_expire_of_an_unknown_id_is_a_usage_error(cli_env, capsys):
+    code, _, err = run_cli(capsys, "silence", "expire", "deadbeef", "--config", cli_env.config_path)
+    assert code == 2 and "no silence with id" in err
+
+
+def test_a_silence_added_on_the_command_line_mutes_the_pipeline(cli_env, capsys):
+    run_cli(capsys, "silence", "add", "-m", "site_name=Dublin HQ", "--for", "1h", "--reason", "works",
+            "--config", cli_env.config_path)
+    cli_env.reopen()
+    result = cli_env.notify([make_alert()], datetime.now(timezone.utc))
+    assert result.sent == [] and cli_env.smtp.messages == []
+    assert "works" in result.suppressed[0].reason
+
+
+def test_silence_list_table_shows_the_silence(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    run_cli(capsys, "silence", "add", "-m", "site_name=Lab", "--for", "1h", "--reason", "lab move",
+            "--config", cli_env.config_path)
+    code, out, _ = run_cli(capsys, "silence", "list", "--config", cli_env.config_path)
+    assert code == 0 and "site_name=Lab" in out and "lab move" in out and "ana" in out
+
+
+def test_notifiers_test_sends_through_the_outbox(cli_env, capsys):
+    code, out, _ = run_cli(capsys, "notifiers", "test", "mail", "--config", cli_env.config_path)
+    assert code == 0 and "sent" in out
+    (message,) = cli_env.smtp.messages
+    assert message["Subject"] == "[mistwatch] TEST: notifier mail works"
+    assert cli_env.outbox_rows() == [("mail", "sent", 1, 0, "")]
+
+
+def test_notifiers_test_reports_a_failure_and_leaves_nothing_to_retry(cli_env, capsys):
+    cli_env.smtp.stop()
+    code, _, err = run_cli(capsys, "notifiers", "test", "mail", "--config", cli_env.config_path)
+    assert code == 1 and "cannot reach the SMTP server" in err
+    cli_env.smtp.start()
+    assert cli_env.send_outbox(datetime.now(timezone.utc) + timedelta(hours=1)).sent == []
+    assert cli_env.smtp.messages == []
+
+
+def test_notifiers_test_of_an_unknown_name_is_a_usage_error(cli_env, capsys):
+    code, _, err = run_cli(capsys, "notifiers", "test", "pager", "--config", cli_env.config_path)
+    assert code == 2 and "no notifier named 'pager'" in err and "mail" in err

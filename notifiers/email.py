@@ -73,6 +73,9 @@ def render(settings: Mapping[str, Any], n: Notification) -> tuple[str, str]:
     """(text, html) bodies of a notification, redacted."""
     from mistwatch.notify import SEVERITY_COLORS, alert_rows
 
+    if n.kind == "digest" and n.html:
+        # the digest comes fully rendered: mistwatch.report's autoescaped executive summary
+        return redact(n.text or n.title), redact(n.html)
     env = _environment(settings.get("templates_dir"))
     rows = alert_rows(n)
     context = {

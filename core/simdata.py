@@ -7,8 +7,10 @@ names and counts. Only what a scenario changes is kept as state (a few overrides
 
 Time: ``org.now`` is a settable, timezone-aware clock (default: the real time). Uptimes, ``last_seen``,
 search windows and the small hourly jitter of SLE values and client counts follow it, so a test or the
-demo can replay days. Set ``now`` *before* calling ``set_scenario``: a scenario's incident is anchored
-at the ``now`` of that call (the incident happened 5 minutes before it).
+demo can replay days. A scenario's incident happened 5 minutes before the clock at which it starts:
+the constructor's ``now`` for the constructor's scenario, else the clock of the first request (or
+``state`` read) after ``set_scenario`` - so ``set_scenario`` and setting ``now`` may come in either
+order. Setting the current scenario again keeps its incident and its times.
 
 Scenarios (``SCENARIOS``):
 
@@ -254,8 +256,11 @@ class SimulatedOrg:
         self._history_lock = threading.Lock()
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
-        self.state = ScenarioState("healthy", self.now.timestamp())
-        self.set_scenario(scenario)
+        self._scenario = scenario
+        self._previous: ScenarioState | None = None
+        self._state_lock = threading.Lock()
+        # built now: the constructor's scenario starts at the constructor's clock; later ones lazily
+        self._state: ScenarioState | None = self._build_state(scenario, None)
 
     # --- clock -----------------------------------------------------------------------------------
     @property
@@ -270,20 +275,39 @@ class SimulatedOrg:
         if value is not None and hasattr(self, "_boot_ref") and value.timestamp() < self._boot_ref:
             # a replay that starts before the org was built: devices booted before that start
             self._boot_ref = value.timestamp()
-        state = getattr(self, "state", None)
+        state = getattr(self, "_state", None)
         if state is not None and state.anchor > self.now.timestamp():
             # the clock went back before the incident: re-anchor so no event lies in the future
-            self.state = self._build_state(state.name, None)
+            self._state, self._previous = None, None
 
     # --- public queries ----------------------------------------------------------------------------
     @property
     def scenario(self) -> str:
-        return self.state.name
+        return self._scenario
 
     def set_scenario(self, name: str) -> None:
+        """Switch scenario. Setting the current one again keeps its incident (and its times)."""
         if name not in SCENARIOS:
             raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-        self.state = self._build_state(name, self.state)
+        if name == self._scenario:
+            return
+        with self._state_lock:
+            if self._state is not None:
+                self._previous = self._state
+            self._scenario = name
+            self._state = None
+
+    @property
+    def state(self) -> ScenarioState:
+        """The current scenario's state, anchored at the clock of its first use after ``set_scenario``
+        (so ``set_scenario`` and setting ``now`` may come in either order)."""
+        state = self._state
+        if state is None:
+            with self._state_lock:
+                if self._state is None:
+                    self._state = self._build_state(self._scenario, self._previous)
+                state = self._state
+        return state
 
     def affected_sites(self, scenario: str | None = None) -> dict[str, str]:
         """Site id -> what differs from healthy, for ``scenario`` (default: the current one)."""

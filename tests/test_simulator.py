@@ -523,6 +523,24 @@ def test_degraded_incident_stays_at_its_time_when_the_clock_moves_on(make_simula
     assert get_json(server, "orgs/{org}/alarms/search", status="open")["total"] == 2
 
 
+def test_scenario_set_before_the_clock_moves_starts_at_the_new_time(make_simulator):
+    server = make_simulator(sites=12, now=DAY1)
+    get_json(server, "orgs/{org}/stats/sites")  # a healthy cycle on day 1
+    server.org.set_scenario("degraded")
+    server.org.now = DAY1 + timedelta(days=1)
+    events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="15m")["results"]
+    assert len([e for e in events if e["type"].endswith("_DISCONNECTED")]) == 5
+
+
+def test_setting_the_same_scenario_again_keeps_its_incident(make_simulator):
+    server = make_simulator(sites=12, now=DAY1, scenario="degraded")
+    first = get_json(server, "orgs/{org}/alarms/search", status="open")["results"]
+    server.org.now = DAY1 + timedelta(minutes=30)
+    server.org.set_scenario("degraded")
+    again = get_json(server, "orgs/{org}/alarms/search", status="open")["results"]
+    assert [(a["id"], a["timestamp"]) for a in again] == [(a["id"], a["timestamp"]) for a in first]
+
+
 def test_now_must_be_timezone_aware():
     with pytest.raises(ValueError, match="timezone-aware"):
         SimulatedOrg(sites=1, now=datetime(2026, 1, 1, 9, 0))

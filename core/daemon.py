@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ log = logging.getLogger("mistwatch.daemon")
 
 #: Longest single wait: the loop re-reads the clock at least this often, so a wall-clock jump
 #: (suspend, NTP step) delays a cycle by at most this much. One wake-up a minute costs nothing.
-MAX_WAIT_S = 60.0
+#: On Windows a signal cannot interrupt a wait (CPython runs handlers only when it returns), so
+#: waits there are short enough for Ctrl+C / Ctrl+Break to take effect within a second.
+MAX_WAIT_S = 1.0 if sys.platform == "win32" else 60.0
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK")  # SIGBREAK exists on Windows only
 RELOAD_SIGNALS = ("SIGHUP",)  # POSIX only
 

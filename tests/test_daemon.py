@@ -307,6 +307,24 @@ def test_sigterm_during_a_slow_cycle_finishes_it_and_exits_0(tmp_path):
     assert "SIGTERM received: finishing the current cycle" in err
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses SIGBREAK")
+def test_sigterm_while_idle_between_cycles_exits_0_at_once(tmp_path):
+    marks = tmp_path / "marks"
+    script = tmp_path / "slow_daemon.py"
+    script.write_text(SLOW_DAEMON, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script), str(marks)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: marks.exists() and "end" in marks.read_text(), what="the first cycle to end")
+        time.sleep(0.3)  # now waiting for the next slot, an hour away
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - t0 < 2
+
+
 def write_config(folder: Path, simulator, **extra) -> Path:
     config = {
         "mist": {"base_url": simulator.url, "token": "${MIST_API_TOKEN}", "org_id": simulator.org.org_id},

@@ -171,10 +171,12 @@ def _defaults() -> dict[str, Any]:
 def _error(config: Any, key: str, message: str) -> ConfigError:
     path = getattr(config, "path", None)
     line = None
-    locate = getattr(config, "line", None)
-    if callable(locate):
-        try:
-            line = locate(key)
+    if path:
+        try:  # errors are rare: read the file again for the line number
+            from mistwatch.yamlfile import load_yaml
+
+            parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key)]
+            line = load_yaml(path)[1].line(parts)
         except Exception:  # a line number is a nicety; never fail on it
             line = None
     return ConfigError(message, file=str(path) if path else None, line=line, key=key)

@@ -131,3 +131,17 @@ def test_an_unreachable_endpoint_times_out_as_a_temporary_failure(notify_env):
         result = notify_env.notify([make_alert()], T0)
     (failed,) = result.failed
     assert "no answer within 0.3s" in failed.last_error
+
+
+def test_docs_webhook_md_documents_exactly_the_fields_sent(notify_env, http_receiver):
+    import json
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "webhook.md").read_text(encoding="utf-8")
+    example = json.loads(re.search(r"```json\n(.*?)```", doc, re.DOTALL).group(1))
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    notify_env.notify([make_alert()], T0)
+    sent = http_receiver.requests[0].json()
+    assert set(sent) == set(example)
+    assert set(sent["alerts"][0]) == set(example["alerts"][0])

@@ -143,23 +143,31 @@ def test_dry_run_returns_the_plan_and_changes_nothing(notify_env):
 
 # -- inhibition ------------------------------------------------------------------------------------
 
-def test_a_sites_gateway_down_alert_mutes_that_sites_device_alerts_by_default(notify_env, smtp_sink):
+def _site_alert(rule_id, **kwargs):
+    return make_alert(rule_id, device=None, device_id=None, summary=f"Dublin HQ: {rule_id}", **kwargs)
+
+
+@pytest.mark.parametrize("source", ["site-gateway-down", "site-degraded"])
+def test_a_sites_gateway_down_or_degraded_alert_mutes_that_sites_device_alerts_by_default(
+        notify_env, smtp_sink, source):
     notify_env.configure([smtp_sink.settings()])  # the shipped default inhibit rule
-    gateway = make_alert("gateway_down", device="GW-1", device_id="gw-1", device_type="gateway")
-    ap_same_site = make_alert("ap_offline", device="AP-01", device_id="ap-1")
-    ap_other_site = make_alert("ap_offline", site="Cork", site_id="site-2", device="AP-09", device_id="ap-9")
-    result = notify_env.notify([gateway, ap_same_site, ap_other_site], T0)
-    assert [(s.alert_key, s.reason.split(" (")[0]) for s in result.suppressed] == [
-        (ap_same_site.key, "inhibited by gateway_down")]
+    site = _site_alert(source)
+    gw_same_site = make_alert("gateway-offline", device="GW-1", device_id="gw-1", device_type="gateway")
+    ap_same_site = make_alert("ap-offline", device="AP-01", device_id="ap-1")
+    ap_other_site = make_alert("ap-offline", site="Cork", site_id="site-2", device="AP-09", device_id="ap-9")
+    result = notify_env.notify([site, gw_same_site, ap_same_site, ap_other_site], T0)
+    assert sorted((s.alert_key, s.reason.split(" (")[0]) for s in result.suppressed) == sorted([
+        (gw_same_site.key, f"inhibited by {source}"), (ap_same_site.key, f"inhibited by {source}")])
     bodies = {m["Subject"]: m.get_body(preferencelist=("plain",)).get_content() for m in smtp_sink.messages}
     assert set(bodies) == {"[mistwatch] CRITICAL: 1 firing at Dublin HQ", "[mistwatch] CRITICAL: 1 firing at Cork"}
-    assert "GW-1" in bodies["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+    assert source in bodies["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
     assert "AP-01" not in bodies["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+    assert "GW-1" not in bodies["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
 
 
 def test_when_the_gateway_recovers_the_muted_device_alert_is_sent(notify_env, smtp_sink):
     notify_env.configure([smtp_sink.settings()])
-    gateway = make_alert("gateway_down", device="GW-1", device_id="gw-1", device_type="gateway")
+    gateway = _site_alert("site-gateway-down")
     ap = make_alert("ap_offline", device="AP-01", device_id="ap-1")
     notify_env.notify([gateway, ap], T0)
     notify_env.notify([resolved(gateway, T0 + timedelta(minutes=10)), ap], T0 + timedelta(minutes=15))
@@ -179,10 +187,11 @@ def test_custom_inhibit_rules_and_equal_labels(notify_env):
 
 
 def test_two_alerts_matching_both_sides_do_not_mute_each_other(notify_env):
-    notify_env.configure([EMAIL])
-    gw1 = make_alert("gateway_down", device_id="gw-1", device_type="gateway")
-    gw2 = make_alert("gateway_down", device_id="gw-2", device_type="gateway")
-    assert _plan(notify_env, [gw1, gw2]).suppressed == []
+    notify_env.configure([EMAIL], inhibit=[{"source": ["device_type=gateway"], "target": ["device_id!="]}])
+    gw1 = make_alert("gateway-offline", device_id="gw-1", device_type="gateway")
+    gw2 = make_alert("gateway-offline", device_id="gw-2", device_type="gateway")
+    ap = make_alert("ap-offline", device_id="ap-1")
+    assert [s.alert_key for s in _plan(notify_env, [gw1, gw2, ap]).suppressed] == [ap.key]
 
 
 # -- silences --------------------------------------------------------------------------------------
@@ -286,3 +295,17 @@ def test_bad_notification_settings_are_one_clear_config_error(notify_env, sectio
     assert info.value.key == key
     assert words in info.value.message
     assert info.value.file.endswith("config.yaml")
+
+
+def test_a_bad_matcher_in_the_file_is_reported_with_its_line(notify_env):
+    from mistwatch.config import load_config
+
+    notify_env.configure([EMAIL])
+    path = notify_env.dir / "config.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + "routes:\n- notifiers: [mail]\n  matchers:\n"
+                    "  - severity=critical\n  - site_name=~(unclosed\n", encoding="utf-8")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    with pytest.raises(ConfigError) as info:
+        load_settings(load_config(path, notify_env.host))
+    assert info.value.key == "routes[0].matchers[1]"
+    assert lines[info.value.line - 1].strip() == "- site_name=~(unclosed"

@@ -182,7 +182,7 @@ class MistApi:
             ("devices/events/search", self.events_search),
             ("clients/count", self.clients_count),
         ]
-        self.org_routes = {suffix: fn for suffix, fn in org_routes}
+        self.org_routes = dict(org_routes)
         self.site_routes = {"stats": self.site_stats, "stats/devices": self.site_devices}
 
     def handle(self, path: str, query: dict[str, str], authorization: str | None) -> Response:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -128,7 +128,10 @@ class Expression:
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         """The value; raises ExpressionError on an undefined name or a sandbox violation."""
         try:
-            return self._fn(**variables)
+            value = self._fn(**variables)
+            if isinstance(value, Undefined):
+                str(value)  # StrictUndefined raises here, with the sandbox's reason
+            return value
         except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise ExpressionError(_error_text(exc)) from None
 

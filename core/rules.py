@@ -463,6 +463,7 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
             continue  # an empty file is allowed: no rules
         if not isinstance(data, Mapping):
             raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
+        _check_kinds(data, kinds, file, lines)
         validate(data, schema, file=file, lines=lines)
         if "rules" in data:
             items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
@@ -486,6 +487,24 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
             seen[rule.id] = rule
     ruleset.rules = _ordered(list(seen.values()))
     return ruleset
+
+
+def _check_kinds(data: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:
+    """An unknown kind first, with a suggestion: otherwise the schema would complain about every
+    key that kind would have allowed."""
+    from mistwatch.yamlfile import format_key_path
+
+    rules = data.get("rules") if "rules" in data else [data]
+    if not isinstance(rules, list):
+        return
+    prefix: tuple[str | int, ...]
+    for index, rule in enumerate(rules):
+        prefix = ("rules", index) if "rules" in data else ()
+        if isinstance(rule, Mapping) and isinstance(rule.get("kind"), str) and rule["kind"] not in kinds:
+            where = (*prefix, "kind")
+            raise ConfigError(f"unknown rule kind '{rule['kind']}'{_close(rule['kind'], kinds)} "
+                              f"(kinds: {', '.join(sorted(kinds))})",
+                              file=file, line=lines.line(where), key=format_key_path(where))
 
 
 def _close(name: str, known: Collection[str]) -> str:

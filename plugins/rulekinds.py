@@ -208,11 +208,15 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
 
     def check(ctx: RuleContext) -> Iterator[Result]:
         now = ctx.now
+        if not ctx.entities() and not ctx.tracked():
+            return  # nothing in scope (no sites of this kind, say): nothing to say either
         start = ctx.history_start(metric)
         if window is not None:
             reference_at = now - end_offset - window
             sufficient = start is not None and start <= reference_at + tolerance
-            refs_raw = ctx.window_mean(metric, reference_at, now - end_offset) if sufficient else {}
+            # the window ends before the current sample (already stored by the time rules run)
+            window_end = now - max(end_offset, timedelta(seconds=1))
+            refs_raw = ctx.window_mean(metric, reference_at, window_end) if sufficient else {}
             refs = {k: mean for k, (mean, count) in refs_raw.items() if count >= min_samples}
         else:
             reference_at = now - offset
@@ -390,6 +394,12 @@ def compile_event(spec: Mapping[str, Any]) -> Check:
             return False
         return ctx.matches(event.labels)
 
+    def source_unknown(ctx: RuleContext) -> bool:
+        """Did the collection of these events fail this cycle? (Then no news is not good news.)"""
+        if ctx.kind_unknown("event"):
+            return True
+        return any(ctx.metric_unknown("event", source) for source in sources)
+
     def check(ctx: RuleContext) -> Iterator[Result]:
         groups: dict[str, list[Any]] = {}
         for event in ctx.snapshot.events:
@@ -409,12 +419,13 @@ def compile_event(spec: Mapping[str, Any]) -> Check:
                          extra={"text": latest.text, "event_id": latest.id, "count": count,
                                 "first_at": min(e.timestamp for e in events).isoformat(),
                                 "last_at": latest.timestamp.isoformat()})
+        unknown = source_unknown(ctx)
         for subject, alert in ctx.tracked().items():
-            if subject not in groups:
+            if subject not in groups:  # gone: resolved, unless its source failed this cycle
                 yield Result(subject, alert.labels, None, value=0.0,
                              identity={**identity_of(alert.labels),
                                        "event_type": alert.labels.get("event_type", "")},
-                             unknown=ctx.kind_unknown())
+                             unknown=unknown)
 
     return check
 

@@ -1,0 +1,179 @@
+"""`mistwatch rules check|test|schema` through the command line entry point."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from fixtures_rules import REPO
+
+from mistwatch.cli import main
+from mistwatch.plugins.rulekinds import builtin_kinds
+from mistwatch.rules import file_schema
+
+GOOD = "id: ok\nkind: threshold\nmetric: device.cpu\nscope: device\nabove: 90\n"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = int(main(args) or 0)  # click returns ctx.exit codes in non-standalone mode
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# (file text, expected line, expected fragment of the message)
+MALFORMED = {
+    "yaml-syntax": ("rules:\n  - id: a\n    kind: [threshold\n", 4, "YAML syntax error"),
+    "duplicate-key": ("rules:\n  - id: a\n    kind: threshold\n    metric: device.cpu\n    above: 1\n"
+                      "    above: 2\n", 6, "duplicate key 'above'"),
+    "unknown-key": ("rules:\n  - id: a\n    kind: threshold\n    metirc: device.cpu\n", 4, "rules[0].metirc: unknown key"),
+    "bad-duration": (GOOD + "for: 10 minutes\n", 6, "for: must be a duration"),
+    "unknown-kind": ("id: a\nkind: thresold\nmetric: device.cpu\n", 2, "unknown rule kind 'thresold'; did you mean 'threshold'?"),
+    "missing-id": ("rules:\n  - kind: threshold\n    metric: device.cpu\n    above: 1\n", 2, "missing required key 'id'"),
+    "bad-severity": (GOOD + "severity: high\n", 6, "severity: must be one of"),
+    "no-condition": ("rules:\n  - id: a\n    kind: threshold\n    metric: device.cpu\n", 2,
+                     "needs a condition: one of above, below, inside, outside"),
+    "bad-regex": (GOOD + "match:\n  site_name: {regex: '(unclosed'}\n", 7, "match.site_name: invalid regular expression"),
+    "template-undefined": (GOOD + "summary: '{{ labls.site_name }}'\n", 6, "summary: template error in a test render"),
+    "template-syntax": (GOOD + "summary: '{{ value | pct }'\n", 6, "summary: invalid template"),
+    "unknown-metric": ("id: a\nkind: threshold\nmetric: device.cpux\nabove: 1\n", 3, "unknown metric 'device.cpux'"),
+    "unknown-reference": ("id: a\nkind: correlation\nall_of: [nope]\n", 1, "unknown rule 'nope'"),
+    "self-reference": ("id: a\nkind: correlation\nall_of: [a]\n", 3, "cannot reference itself"),
+    "dunder-when": (GOOD + "when: \"labels.__class__\"\n", 6, "when: invalid expression"),
+    "tier-range": ("id: a\nkind: threshold\nmetric: device.cpu\ntiers:\n  - {severity: major, inside: [5, 1]}\n", 5,
+                   "tiers[0].inside: range [5.0, 1.0] has low > high"),
+    "offset-and-baseline": ("id: a\nkind: change\nmetric: device.cpu\ndrop: 1\noffset: 1d\nbaseline: {window: 7d}\n",
+                            6, "baseline: use offset or baseline, not both"),
+    "rules-not-a-list": ("rules: {id: a}\n", 1, "rules: expected array"),
+    "for-cycles-zero": (GOOD + "for: {cycles: 0}\n", 6, "for"),
+    "unknown-name-in-when": (GOOD + "when: \"valeu > 3\"\n", 6, "when: unknown name 'valeu'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_rule_files_exit_2_with_file_line_and_key(case, tmp_path, monkeypatch, capsys):
+    text, line, fragment = MALFORMED[case]
+    monkeypatch.chdir(tmp_path)
+    Path("bad.yaml").write_text(text, encoding="utf-8")
+    code, out, err = run_cli(["rules", "check", "bad.yaml"], capsys)
+    assert code == 2, (out, err)
+    assert re.match(rf"mistwatch: bad\.yaml:{line}[ :]", err), err
+    assert fragment in err
+    assert "Traceback" not in err + out and err.count("\n") == 1
+
+
+def test_duplicate_ids_across_files_name_both_places(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("rules").mkdir()
+    Path("rules/a.yaml").write_text(GOOD, encoding="utf-8")
+    Path("rules/b.yaml").write_text("# second\n" + GOOD, encoding="utf-8")
+    code, _, err = run_cli(["rules", "check", "rules"], capsys)
+    assert code == 2
+    assert err.strip() == ("mistwatch: rules/b.yaml:2 id: duplicate rule id 'ok' "
+                           "(first defined at rules/a.yaml:1)")
+
+
+def test_circular_correlations_are_reported(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("c.yaml").write_text("rules:\n  - {id: a, kind: correlation, all_of: [b]}\n"
+                              "  - {id: b, kind: correlation, all_of: [a]}\n", encoding="utf-8")
+    code, _, err = run_cli(["rules", "check", "c.yaml"], capsys)
+    assert code == 2 and "circular rule references: a -> b -> a" in err
+
+
+def test_check_the_default_pack_prints_a_table_of_rules(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(["rules", "check"], capsys)
+    assert code == 0, err
+    assert "rule(s) in 4 file(s): OK" in out
+    assert "site-degraded" in out and "wifi-coverage-drop" in out
+
+
+def test_check_takes_rule_paths_from_config_yaml(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("mine").mkdir()
+    Path("mine/r.yaml").write_text(GOOD, encoding="utf-8")
+    Path("config.yaml").write_text("rules: [mine/]\nmist: {token: '${NOT_SET_ANYWHERE}'}\n", encoding="utf-8")
+    code, out, err = run_cli(["rules", "check"], capsys)
+    assert code == 0, err
+    assert "1 rule(s) in 1 file(s): OK" in out
+
+
+def test_default_pack_has_at_least_30_rules_each_with_description_and_recommendation():
+    from mistwatch.rules import load_rules
+
+    ruleset = load_rules([REPO / "rules"], builtin_kinds())
+    assert len(ruleset.rules) >= 30
+    for rule in ruleset.rules:
+        assert rule.description and rule.recommendation is not None, rule.id
+
+
+def test_schema_command_prints_the_schema_with_every_kind(capsys):
+    code, out, _ = run_cli(["rules", "schema"], capsys)
+    schema = json.loads(out)
+    assert code == 0
+    assert set(schema["$defs"]["rule"]["properties"]["kind"]["enum"]) >= {
+        "threshold", "change", "absence", "event", "correlation", "expression"}
+
+
+def test_shipped_schema_file_matches_the_built_in_kinds():
+    shipped = json.loads((REPO / "core" / "schemas" / "rules.schema.json").read_text(encoding="utf-8"))
+    # regenerate with: mistwatch rules schema > core/schemas/rules.schema.json
+    assert shipped == json.loads(json.dumps(file_schema(builtin_kinds())))
+
+
+def test_default_pack_rule_tests_pass(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "rules" / "tests").glob("*.yaml"))
+    assert len(files) >= 3
+    code, out, err = run_cli(["rules", "test", *files], capsys)
+    assert code == 0, out + err
+    assert " 0 failed" in out
+
+
+RULE_TEST = """
+rule_files: [r.yaml]
+tests:
+  - name: cpu
+    entities:
+      - kind: device
+        labels: {device_id: d1, device_name: sw-1, site_name: Dublin}
+        series: {device.cpu: "50 95"}
+    expect:
+      - at: 5m
+        alerts: [{rule: ok, state: firing, severity: SEVERITY}]
+"""
+
+
+def test_a_failing_rule_test_exits_1_with_a_diff(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text(GOOD, encoding="utf-8")
+    Path("t.yaml").write_text(RULE_TEST.replace("SEVERITY", "critical"), encoding="utf-8")
+    code, out, _ = run_cli(["rules", "test", "t.yaml"], capsys)
+    assert code == 1
+    assert "FAIL  t.yaml: cpu" in out
+    assert "severity: expected 'critical', got 'major'" in out
+    Path("t.yaml").write_text(RULE_TEST.replace("SEVERITY", "major"), encoding="utf-8")
+    assert run_cli(["rules", "test", "t.yaml"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("rule_files: [r.yaml]\ntests:\n  - name: x\n    expect: [{at: 7m}]\n", 4),  # not a whole interval
+    ("rule_files: [missing.yaml]\ntests: [{name: x, expect: [{at: 0m}]}]\n", 1),
+    ("rule_files: [r.yaml]\ntests:\n  - name: x\n    entities: [{kind: site, labels: {}, series: {a: '1 z'}}]\n"
+     "    expect: [{at: 0m}]\n", 4),
+    ("rule_files: [r.yaml]\ntests:\n  - name: x\n    expect: [{at: 0m, alerts: [{rule: nope}]}]\n", 4),
+    ("rule_files: [r.yaml]\ntests:\n  - nme: x\n", 3),
+])
+def test_a_malformed_rule_test_file_exits_2(text, line, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text(GOOD, encoding="utf-8")
+    Path("t.yaml").write_text(text, encoding="utf-8")
+    code, out, err = run_cli(["rules", "test", "t.yaml"], capsys)
+    assert code == 2, out + err
+    assert err.startswith(f"mistwatch: t.yaml:{line}"), err
+    assert "Traceback" not in err

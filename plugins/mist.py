@@ -13,6 +13,7 @@ it feeds, so those metrics are *unknown* this cycle; everything else is still re
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import time
@@ -123,10 +124,14 @@ def epoch(value: Any) -> float | None:
 
 
 def _num(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
+    """A finite number from a JSON value (numbers, numeric strings); None otherwise. Hot path: 500k calls."""
+    kind = type(value)
+    if kind is int:
+        return float(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if value is None or kind is bool or kind is dict or kind is list:
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -143,10 +148,12 @@ class _Interner(dict):
 
 
 def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, (dict, list)):
+    """A non-empty label string from a JSON scalar; None for null, empty, objects and arrays."""
+    if type(value) is str:
+        return value or None
+    if value is None or isinstance(value, (dict, list, bool)):
         return None
-    text = str(value)
-    return text or None
+    return str(value)
 
 
 def device_metrics(row: Mapping[str, Any], now_ts: float) -> dict[str, float]:
@@ -207,15 +214,22 @@ def site_counter_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
+_SLE_NAMES: dict[tuple[str, str], str] = {}
+
+
 def sle_metrics(sle: str, row: Mapping[str, Any]) -> dict[str, float]:
     """sle.<sle>.* of one sites-sle result; keys are read generically (new SLEs appear as they come)."""
     metrics: dict[str, float] = {}
     for key, value in row.items():
-        if key == "site_id" or key.startswith("num_") or isinstance(value, bool):
+        kind = type(value)
+        if kind is not float and kind is not int:  # also skips site_id and bools
             continue
-        number = _num(value) if isinstance(value, (int, float)) else None
-        if number is not None:
-            metrics[f"sle.{sle}.{key.replace('-', '_')}"] = number
+        if key.startswith("num_") or not math.isfinite(value):
+            continue
+        name = _SLE_NAMES.get((sle, key))
+        if name is None:
+            name = _SLE_NAMES[(sle, key)] = f"sle.{sle}.{key.replace('-', '_')}"
+        metrics[name] = float(value)
     return metrics
 
 
@@ -342,6 +356,10 @@ class MistCollector:
         snap = Snapshot(taken_at=ctx.now)
         base = f"/api/v1/orgs/{org_id}"
 
+        # Parsing 60k devices allocates millions of small objects, none of them cyclic garbage: pausing
+        # the cyclic GC for the cycle saves about a fifth of the CPU. Reference counting still frees.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             self._collect_sites(client, cycle, base, ctx, key, settings)
             devices = self._collect_devices(client, cycle, base, ctx)
@@ -353,6 +371,9 @@ class MistCollector:
         except CollectionFailed:
             self._validated.pop(key, None)  # a refused token is checked again next cycle
             raise
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         if cycle.failed and cycle.failed == cycle.attempted:
             if cycle.refused and len(cycle.refused) == cycle.failed:
                 raise CollectionFailed(f"the Mist API token has no rights on org {org_id}: {cycle.refused[0]}")
@@ -471,33 +492,35 @@ class MistCollector:
         return site_list
 
     def _collect_devices(self, client: Any, cycle: _Cycle, base: str, ctx: CollectContext) -> list[Entity]:
-        names, now_ts, org_id = cycle.names, cycle.now_ts, cycle.org_id
+        names, now_ts, org_id, by_mac = cycle.names, cycle.now_ts, cycle.org_id, cycle.devices_by_mac
+        site_names = {site_id: labels["site_name"] for site_id, labels in cycle.sites.items()
+                      if "site_name" in labels}
         entities: list[Entity] = []
 
         def handle(row: Mapping[str, Any]) -> None:
-            mac = _text(row.get("mac"))
-            device_id = _text(row.get("id")) or mac
+            get = row.get
+            mac = _text(get("mac"))
+            device_id = _text(get("id")) or mac
             if device_id is None:
                 return
             labels = {"org_id": org_id, "device_id": device_id}
-            site_id = _text(row.get("site_id"))
+            site_id = _text(get("site_id"))
             if site_id is not None:
-                site_labels = cycle.sites.get(site_id)
-                labels["site_id"] = names[site_id]
-                if site_labels and "site_name" in site_labels:
-                    labels["site_name"] = site_labels["site_name"]
-            name = _text(row.get("name")) or _text(row.get("hostname")) or mac
+                site_id = labels["site_id"] = names[site_id]
+                site_name = site_names.get(site_id)
+                if site_name is not None:
+                    labels["site_name"] = site_name
+            name = _text(get("name")) or _text(get("hostname")) or mac
             if name is not None:
                 labels["device_name"] = name
-            for label in ("type", "model", "version"):
-                value = _text(row.get(label))
+            for label, source in (("device_type", "type"), ("model", "model"), ("version", "version")):
+                value = _text(get(source))
                 if value is not None:
-                    labels["device_type" if label == "type" else label] = names[value]
+                    labels[label] = names[value]
             if mac is not None:
                 labels["mac"] = mac
-                cycle.devices_by_mac[mac] = labels
-            entities.append(Entity(key=f"device:{device_id}", kind="device", labels=labels,
-                                   metrics=device_metrics(row, now_ts)))
+                by_mac[mac] = labels
+            entities.append(Entity(f"device:{device_id}", "device", labels, device_metrics(row, now_ts)))
 
         ok = self._call(cycle, "stats/devices", {"device"}, ["*"], lambda: self._pages(
             client.iter_pages(f"{base}/stats/devices", {"type": "all"}), ctx, "devices", handle))
@@ -560,7 +583,7 @@ class MistCollector:
                 labels["macs"] = ",".join(macs)
             if hostnames:
                 labels["hostnames"] = ",".join(hostnames)
-            ts = epoch(row.get("last_seen")) or epoch(row.get("timestamp")) or cycle.now_ts
+            ts = epoch(row.get("timestamp")) or epoch(row.get("last_seen")) or cycle.now_ts
             alarm_type = str(row.get("type") or "alarm")
             text = alarm_type.replace("_", " ")
             if hostnames:
@@ -620,15 +643,21 @@ class MistCollector:
         counts: dict[str, float] = {}
 
         def fetch() -> bool:
-            body = client.get(f"{base}/clients/count", {"distinct": "site_id", "duration": "1h",
-                                                        "limit": client.page_limit})
-            rows = body.get("results") if isinstance(body, dict) else None
-            for row in rows or []:
-                if isinstance(row, dict) and row.get("property") is not None:
+            first_seen: set[str] = set()
+            for rows, done, total in client.iter_pages(f"{base}/clients/count",
+                                                       {"distinct": "site_id", "duration": "1h"}):
+                rows = [r for r in rows if isinstance(r, dict) and r.get("property") is not None]
+                # Paging of count endpoints is not documented: if a server ignores ``page`` it repeats
+                # the first page, so stop there (sites left out fall back below).
+                if rows and str(rows[0]["property"]) in first_seen:
+                    break
+                if rows:
+                    first_seen.add(str(rows[0]["property"]))
+                for row in rows:
                     count = _num(row.get("count"))
                     if count is not None:
                         counts[str(row["property"])] = count
-            ctx.progress("clients", len(counts), len(counts))
+                ctx.progress("clients", done, total)
             return True
 
         ok = self._call(cycle, "clients/count?distinct=site_id", {"site", "org"},

@@ -49,7 +49,8 @@ def test_a_pending_alert_that_clears_goes_back_to_inactive_without_a_resolution(
     cycles = Cycles(rules_from(tmp_path, DOWN + "for: 10m\n"))
     cycles.run(_down(0))
     assert cycles.step(_down(1)) == {}
-    assert [(t.from_state, t.to_state) for t in cycles.transitions] == [("inactive", "pending"), ("pending", "inactive")]
+    assert [(t.from_state, t.to_state) for t in cycles.transitions] == [
+        ("inactive", "pending"), ("pending", "inactive")]
 
 
 def test_keep_firing_for_holds_a_cleared_alert(tmp_path):
@@ -177,7 +178,7 @@ def test_state_persists_across_runs_in_a_real_store(tmp_path):
     with Store.open(state) as store:
         assert [(t.from_state, t.to_state, t.value) for t in store.transitions()] == [
             ("inactive", "pending", 0.0), ("pending", "firing", 0.0), ("firing", "resolved", 1.0)]
-        assert list(store.load_alerts().values())[0].state == "resolved"
+        assert next(iter(store.load_alerts().values())).state == "resolved"
 
 
 def test_dry_run_computes_but_saves_nothing(tmp_path):

@@ -46,31 +46,53 @@ def versus(alert: Alert) -> str:
 
 
 def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
-    """A rich table of alerts (firing, pending, resolved) by severity and site, then the notes."""
+    """A rich table of alerts (firing, pending, resolved) by severity and site, then what to do
+    (each rule's recommendation once) and the notes (insufficient history, unknown data).
+
+    On a wide console (>= 140 columns) summary and recommendation are a column of the table."""
     from rich.table import Table
 
     alerts = sorted(outcome.alerts, key=_order)
+    wide = getattr(console, "width", 80) >= 140
     if not alerts:
         console.print("[green]No findings: every rule is quiet.[/green]")
     else:
-        table = Table(title=f"Insights ({len(alerts)} alert(s))", show_lines=False, expand=False)
-        for column, options in (("severity", {}), ("rule", {}), ("site", {}), ("device", {}),
-                                ("value vs threshold/baseline", {"justify": "right"}), ("state", {}),
-                                ("since", {}), ("summary / recommendation", {"ratio": 1})):
-            table.add_column(column, **options)
+        counts = {state: sum(1 for a in alerts if a.state == state) for state in ("firing", "pending", "resolved")}
+        title = "Insights: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        table = Table(title=title, expand=wide)
+        table.add_column("severity", no_wrap=True)
+        table.add_column("rule", overflow="fold")
+        table.add_column("site", overflow="fold")
+        table.add_column("device", overflow="fold")
+        table.add_column("value vs threshold/baseline", justify="right")
+        table.add_column("state", no_wrap=True)
+        table.add_column("since", no_wrap=True)
+        if wide:
+            table.add_column("summary / recommendation", ratio=1)
         for alert in alerts:
             since = _since(alert)
             ago = f"{format_duration(now - since)} ago" if since is not None and now >= since else ""
-            text = alert.summary
-            if alert.recommendation and alert.state != "resolved":
-                text += f"\n[dim]{alert.recommendation}[/dim]"
-            if alert.causes:
-                text += f"\n[dim]causes: {', '.join(alert.causes)}[/dim]"
-            table.add_row(
-                f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]",
-                alert.rule_id, alert.labels.get("site_name", ""), alert.labels.get("device_name", ""),
-                versus(alert), f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", ago, text)
+            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", alert.rule_id,
+                   alert.labels.get("site_name", ""), alert.labels.get("device_name", ""), versus(alert),
+                   f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", ago]
+            if wide:
+                text = alert.summary
+                if alert.recommendation and alert.state != "resolved":
+                    text += f"\n[dim]{alert.recommendation}[/dim]"
+                if alert.causes:
+                    text += f"\n[dim]causes: {', '.join(alert.causes)}[/dim]"
+                row.append(text)
+            table.add_row(*row)
         console.print(table)
+        if not wide:
+            advice: dict[str, str] = {}
+            for alert in alerts:
+                if alert.state != "resolved" and alert.recommendation:
+                    advice.setdefault(alert.rule_id, alert.recommendation)
+            if advice:
+                console.print("[bold]What to do[/bold]")
+                for rule_id, text in advice.items():
+                    console.print(f"  [bold]{rule_id}[/bold]: {text}", highlight=False)
     notes = list(outcome.notes)
     if notes:
         console.print(f"[bold]Notes[/bold] ({len(notes)})")

@@ -1,0 +1,405 @@
+"""The Mist collector plugin against the simulator over loopback."""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mistwatch.errors import CollectionFailed
+from mistwatch.hookspecs import CollectContext
+from mistwatch.mistapi import MistClient
+from mistwatch.model import Snapshot
+from mistwatch.plugins import mist
+from mistwatch.plugins.mist import METRICS, MistCollector, device_metrics, epoch, settings_schema
+
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+SITE_LABELS = {"org_id", "site_id", "site_name", "timezone", "country_code"}
+DEVICE_LABELS = {"org_id", "site_id", "site_name", "device_id", "device_name", "device_type", "mac", "model",
+                 "version"}
+SITE_METRICS = {"site.ap_total", "site.ap_connected", "site.switch_total", "site.switch_connected",
+                "site.gateway_total", "site.gateway_connected", "site.devices_total", "site.devices_connected",
+                "site.ap_connected_ratio", "site.clients", "site.alarms_open", "site.alarms_critical",
+                "site.alarms_major"}
+SLE_NAMES = {name for name in METRICS if name.startswith("sle.")}
+ORG_METRICS = {"org.sites", "org.devices", "org.devices_connected", "org.clients"}
+
+
+def no_sleep(seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+def collector() -> MistCollector:
+    # Real client, real HTTP; only the backoff sleeps are skipped.
+    return MistCollector(client_factory=functools.partial(MistClient, sleep=no_sleep))
+
+
+def settings_for(server, **extra) -> dict:
+    return {"base_url": server.url, "token": server.token, "org_id": server.org.org_id, "max_retries": 1,
+            **extra}
+
+
+def collect(collector: MistCollector, server, now: datetime = NOW, cursor: dict | None = None,
+            progress=None, **extra) -> Snapshot:
+    server.org.now = now
+    ctx = CollectContext(settings=settings_for(server, **extra), now=now, cursor=cursor or {},
+                         **({"progress": progress} if progress else {}))
+    return collector.collect(ctx)
+
+
+def by_kind(snap: Snapshot, kind: str) -> list:
+    return [e for e in snap.entities if e.kind == kind]
+
+
+def site_of(snap: Snapshot, site_id: str):
+    return next(e for e in snap.entities if e.key == f"site:{site_id}")
+
+
+@pytest.fixture
+def healthy(make_simulator):
+    return make_simulator(sites=12, devices_per_site=6, scenario="healthy", now=NOW)
+
+
+# ------------------------------------------------------------------------------ the metric catalogue
+
+def documented_metrics() -> set[str]:
+    """Metric names from the table of docs/metrics.md (``sle.<kind>.<name>`` rows expanded)."""
+    names: set[str] = set()
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) != 4 or cells[1] not in ("device", "site", "org"):
+            continue
+        for name in re.findall(r"`([a-z_.<>]+)`", cells[0]):
+            if name.endswith(".<name>"):
+                names.update(f"{name[:-len('<name>')]}{n}" for n in re.findall(r"`([a-z][a-z_]*)`", cells[3]))
+            else:
+                names.add(name)
+    return names
+
+
+def test_declared_metrics_are_exactly_those_of_the_docs():
+    documented = documented_metrics()
+    assert len(documented) > 30
+    assert set(METRICS) == documented
+
+
+def test_plugin_registers_the_mist_collector_with_its_settings_schema():
+    (collector,) = list(mist.mistwatch_collectors())
+    assert collector.name == "mist" and collector.config_key == "mist"
+    assert collector.metrics == METRICS
+    jsonschema.Draft202012Validator.check_schema(collector.settings_schema)
+
+
+def test_settings_schema_accepts_a_cloud_or_a_base_url_and_rejects_the_rest():
+    validator = jsonschema.Draft202012Validator(settings_schema())
+    assert validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o"})
+    assert validator.is_valid({"base_url": "https://api.gc2.mist.com", "token": "t0ken", "org_id": "o",
+                               "timeout": 10, "page_limit": 500, "max_retries": 2, "verify_tls": False,
+                               "sites_refresh": 600})
+    assert not validator.is_valid({"cloud": "mars", "token": "t0ken", "org_id": "o"})
+    assert not validator.is_valid({"cloud": "eu", "org_id": "o"})  # token missing
+    assert not validator.is_valid({"cloud": "eu", "token": "t0ken"})  # org_id missing
+    assert not validator.is_valid({"token": "t0ken", "org_id": "o"})  # neither cloud nor base_url
+    assert not validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o", "tokn": "typo"})
+    assert not validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o", "page_limit": 5000})
+
+
+# ------------------------------------------------------------------------------------------ healthy
+
+def test_healthy_org_gives_one_org_every_site_and_every_device(collector, healthy):
+    snap = collect(collector, healthy)
+    assert len(by_kind(snap, "org")) == 1
+    assert len(by_kind(snap, "site")) == 12
+    assert len(by_kind(snap, "device")) == 72
+    assert snap.errors == []
+    assert {e.key for e in by_kind(snap, "site")} == {f"site:{s.id}" for s in healthy.org.sites}
+
+
+def test_entities_carry_exactly_the_documented_labels(collector, healthy):
+    snap = collect(collector, healthy)
+    (org,) = by_kind(snap, "org")
+    assert dict(org.labels) == {"org_id": healthy.org.org_id, "org_name": healthy.org.org_name}
+    names = {s.id: s.name for s in healthy.org.sites}
+    for site in by_kind(snap, "site"):
+        assert set(site.labels) == SITE_LABELS
+        assert site.labels["site_name"] == names[site.labels["site_id"]]
+    for device in by_kind(snap, "device"):
+        assert set(device.labels) == DEVICE_LABELS
+        assert device.key == f"device:{device.labels['device_id']}"
+        assert device.labels["device_type"] in ("ap", "switch", "gateway")
+        assert device.labels["site_name"] == names[device.labels["site_id"]]
+
+
+def test_healthy_metrics_are_all_present_with_healthy_values(collector, healthy):
+    snap = collect(collector, healthy)
+    for device in by_kind(snap, "device"):
+        expected = {"device.connected", "device.uptime", "device.last_seen_age", "device.cpu", "device.memory"}
+        if device.labels["device_type"] == "ap":
+            expected.add("device.clients")
+        assert set(device.metrics) == expected
+        assert device.metrics["device.connected"] == 1.0
+        assert 0 <= device.metrics["device.cpu"] <= 100 and 0 <= device.metrics["device.memory"] <= 100
+        assert 0 <= device.metrics["device.last_seen_age"] < 600
+    for site in by_kind(snap, "site"):
+        assert set(site.metrics) >= SITE_METRICS | SLE_NAMES
+        assert site.metrics["site.ap_connected_ratio"] == 1.0
+        assert site.metrics["site.devices_total"] == 6 == site.metrics["site.devices_connected"]
+        assert site.metrics["site.alarms_open"] == 0
+        assert all(0.9 <= site.metrics[name] <= 1.0 for name in SLE_NAMES)
+    (org,) = by_kind(snap, "org")
+    assert set(org.metrics) == ORG_METRICS
+    assert org.metrics["org.sites"] == 12 and org.metrics["org.devices"] == 72
+    assert org.metrics["org.clients"] == sum(s.metrics["site.clients"] for s in by_kind(snap, "site"))
+    assert [e for e in snap.events if e.source == "mist.alarm"] == []
+
+
+def test_api_calls_are_counted_and_no_site_level_endpoint_is_used(collector, healthy):
+    snap = collect(collector, healthy)
+    assert snap.api_calls == healthy.calls == 9  # /self + 8 org-level calls
+    assert not any(path.startswith("/api/v1/sites/") for path in healthy.calls_by_path)
+    devices = [q for _m, p, q in healthy.requests if p.endswith("/stats/devices")]
+    assert devices[0]["type"] == "all" and devices[0]["limit"] == "1000"
+    events = [q for _m, p, q in healthy.requests if p.endswith("/devices/events/search")]
+    assert events[0]["device_type"] == "all"
+
+
+def test_self_is_checked_once_not_every_cycle(collector, healthy):
+    collect(collector, healthy)
+    healthy.reset_counters()
+    snap = collect(collector, healthy, now=NOW + timedelta(minutes=5))
+    assert healthy.calls_by_path["/api/v1/self"] == 0
+    assert snap.api_calls == healthy.calls == 8
+
+
+def test_progress_is_reported_per_stage_as_pages_come_in(collector, make_simulator):
+    server = make_simulator(sites=300, devices_per_site=6, now=NOW)  # 1,800 devices: two pages
+    seen: list[tuple[str, int, int | None]] = []
+    collect(collector, server, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert [s for s in seen if s[0] == "devices"] == [("devices", 1000, 1800), ("devices", 1800, 1800)]
+    assert {"sites", "devices", "sle wifi", "alarms", "events", "clients"} <= {s[0] for s in seen}
+
+
+def test_call_count_does_not_grow_with_the_number_of_sites(collector, make_simulator):
+    small = make_simulator(sites=10, devices_per_site=6, now=NOW)
+    big = make_simulator(sites=2000, devices_per_site=6, now=NOW)
+    small_calls = collect(collector, small).api_calls
+    big_snap = collect(collector, big)
+    assert len(by_kind(big_snap, "site")) == 2000 and len(by_kind(big_snap, "device")) == 12000
+    # Only extra pages differ: stats/sites, 3 x sites-sle and clients/count get 1 more page each at
+    # 2,000 sites, stats/devices 11 more at 12,000 devices.
+    extra_pages = 5 * 1 + 11
+    assert big_snap.api_calls == small_calls + extra_pages
+    assert small_calls <= 15
+    assert {p.rsplit("/", 1)[-1] for p in small.calls_by_path} == {p.rsplit("/", 1)[-1] for p in big.calls_by_path}
+
+
+# ----------------------------------------------------------------------------------------- degraded
+
+def test_degraded_scenario_shows_on_exactly_the_affected_sites(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
+    snap = collect(collector, server)
+    sites = server.org.sites
+    aps_down, sle_collapse, alarms, wan_down = (site_of(snap, sites[i].id).metrics for i in (1, 2, 3, 4))
+
+    assert aps_down["site.ap_connected"] == 1 and aps_down["site.ap_connected_ratio"] == 0.25
+    assert aps_down["sle.wifi.ap_availability"] == pytest.approx(0.25)
+    assert sle_collapse["sle.wifi.coverage"] < 0.7 and sle_collapse["sle.wifi.capacity"] < 0.7
+    assert alarms["site.alarms_open"] == 2
+    assert alarms["site.alarms_critical"] == 1 and alarms["site.alarms_major"] == 1
+    assert wan_down["site.gateway_connected"] == 0 and wan_down["site.switch_connected"] == 0
+    assert wan_down["sle.wan.gateway_health"] < 0.5 and wan_down["sle.wired.switch_health"] < 0.5
+
+    for index in (0, *range(5, 12)):
+        healthy_site = site_of(snap, sites[index].id).metrics
+        assert healthy_site["site.ap_connected_ratio"] == 1.0 and healthy_site["site.alarms_open"] == 0
+
+    down = {d.labels["device_name"] for d in by_kind(snap, "device") if d.metrics["device.connected"] == 0}
+    assert len(down) == 5  # 3 APs of site 1, switch and gateway of site 4
+    assert all(d.labels["site_id"] in (sites[1].id, sites[4].id)
+               for d in by_kind(snap, "device") if d.metrics["device.connected"] == 0)
+
+
+def test_open_alarms_become_events_with_our_severities(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
+    snap = collect(collector, server)
+    alarms = {e.type: e for e in snap.events if e.source == "mist.alarm"}
+    assert set(alarms) == {"switch_stp_loop", "ap_bad_cable"}
+    assert alarms["switch_stp_loop"].severity == "critical"
+    assert alarms["ap_bad_cable"].severity == "major"
+    site3 = server.org.sites[3]
+    for event in alarms.values():
+        assert event.labels["site_id"] == site3.id and event.labels["site_name"] == site3.name
+        assert event.labels["alarm_id"] == event.id and event.labels["group"]
+        assert event.labels["device_name"].startswith(site3.code)
+        assert event.timestamp.tzinfo is not None
+
+
+def test_device_events_carry_site_and_device_labels(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
+    snap = collect(collector, server)
+    events = [e for e in snap.events if e.source == "mist.device_event"]
+    assert sorted(e.type for e in events) == ["AP_DISCONNECTED"] * 3 + ["GW_DISCONNECTED", "SW_DISCONNECTED"]
+    for event in events:
+        assert {"org_id", "site_id", "site_name", "mac", "device_name", "device_type", "device_id"} <= set(event.labels)
+        assert event.severity == "minor"
+        assert NOW - timedelta(hours=1) <= event.timestamp <= NOW
+
+
+# ------------------------------------------------------------------------------------------ cursor
+
+def test_cursor_carries_the_last_event_poll_into_the_next_cycle(collector, healthy):
+    first = collect(collector, healthy)
+    assert first.cursors["mist"] == {"last_event_poll": NOW.timestamp()}
+    query = next(q for _m, p, q in healthy.requests if p.endswith("/devices/events/search"))
+    assert int(query["start"]) == int((NOW - timedelta(hours=1)).timestamp())  # first run: a short window
+
+    healthy.reset_counters()
+    later = NOW + timedelta(minutes=5)
+    second = collect(collector, healthy, now=later, cursor=first.cursors["mist"])
+    query = next(q for _m, p, q in healthy.requests if p.endswith("/devices/events/search"))
+    assert int(query["start"]) == int(NOW.timestamp()) and int(query["end"]) == int(later.timestamp())
+    assert second.cursors["mist"] == {"last_event_poll": later.timestamp()}
+
+
+def test_events_of_the_next_cycle_are_only_the_new_ones(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
+    first = collect(collector, server)
+    assert any(e.source == "mist.device_event" for e in first.events)
+    second = collect(collector, server, now=NOW + timedelta(minutes=5), cursor=first.cursors["mist"])
+    assert [e for e in second.events if e.source == "mist.device_event"] == []
+
+
+def test_a_failed_event_poll_keeps_the_cursor_so_the_window_is_asked_again(collector, healthy):
+    healthy.inject("*/devices/events/search", "503", count=2)
+    snap = collect(collector, healthy, cursor={"last_event_poll": NOW.timestamp() - 300})
+    assert snap.cursors["mist"] == {"last_event_poll": NOW.timestamp() - 300}
+    (error,) = snap.errors
+    assert error.endpoint == "devices/events/search"
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+def test_failing_wifi_sle_marks_sle_wifi_unknown_not_zero_and_keeps_the_rest(collector, healthy):
+    healthy.inject("*/insights/sites-sle", "500", count=2)  # max_retries=1: exactly the first (wifi) call
+    snap = collect(collector, healthy)
+    (error,) = snap.errors
+    assert error.endpoint == "insights/sites-sle?sle=wifi" and "gave up after 2 attempts" in error.message
+    assert error.kinds == {"site"} and error.metrics == {"sle.wifi.*"}
+    for site in by_kind(snap, "site"):
+        assert not any(name.startswith("sle.wifi.") for name in site.metrics)
+        assert snap.is_unknown(site, "sle.wifi.coverage")
+        assert "sle.wired.switch_health" in site.metrics and not snap.is_unknown(site, "sle.wired.switch_health")
+        assert "site.ap_total" in site.metrics and not snap.is_unknown(site, "site.ap_total")
+    assert all(not snap.is_unknown(d, "device.connected") for d in by_kind(snap, "device"))
+    assert len(by_kind(snap, "device")) == 72
+
+
+def test_failing_device_stats_marks_devices_unknown_and_keeps_sites(collector, healthy):
+    healthy.inject("*/stats/devices", "503", count=100)
+    snap = collect(collector, healthy)
+    assert by_kind(snap, "device") == []
+    assert snap.kind_unknown("device")
+    (error,) = snap.errors
+    assert error.endpoint == "stats/devices" and error.kinds == {"device"}
+    for site in by_kind(snap, "site"):
+        assert site.metrics["site.ap_connected"] == 4 and not snap.is_unknown(site, "site.ap_connected")
+    assert not snap.kind_unknown("site")
+
+
+def test_failing_site_stats_falls_back_to_the_site_list_for_names(collector, healthy):
+    healthy.inject("*/stats/sites", "503", count=100)
+    snap = collect(collector, healthy)
+    assert [e.endpoint for e in snap.errors] == ["stats/sites"]
+    assert healthy.calls_by_path[f"/api/v1/orgs/{healthy.org.org_id}/sites"] == 1
+    sites = by_kind(snap, "site")
+    assert len(sites) == 12 and all(set(s.labels) == SITE_LABELS for s in sites)
+    for site in sites:
+        assert "site.ap_total" not in site.metrics and snap.is_unknown(site, "site.ap_total")
+        assert "sle.wifi.coverage" in site.metrics and not snap.is_unknown(site, "sle.wifi.coverage")
+    (org,) = by_kind(snap, "org")
+    assert "org.sites" not in org.metrics and snap.is_unknown(org, "org.sites")
+    assert all("site_name" in d.labels for d in by_kind(snap, "device"))
+
+
+def test_failing_client_count_marks_site_clients_unknown(collector, healthy):
+    healthy.inject("*/clients/count", "502", count=2)
+    snap = collect(collector, healthy)
+    (error,) = snap.errors
+    assert error.endpoint == "clients/count?distinct=site_id"
+    for site in by_kind(snap, "site"):
+        assert "site.clients" not in site.metrics and snap.is_unknown(site, "site.clients")
+        assert not snap.is_unknown(site, "site.alarms_open")
+    (org,) = by_kind(snap, "org")
+    assert snap.is_unknown(org, "org.clients") and not snap.is_unknown(org, "org.sites")
+
+
+def test_failing_alarms_mark_site_alarm_counts_unknown(collector, healthy):
+    healthy.inject("*/alarms/search", "malformed", count=2)
+    snap = collect(collector, healthy)
+    (error,) = snap.errors
+    assert error.endpoint == "alarms/search?status=open"
+    for site in by_kind(snap, "site"):
+        assert "site.alarms_open" not in site.metrics and snap.is_unknown(site, "site.alarms_critical")
+
+
+def test_bad_token_raises_collection_failed_with_a_clear_message(collector, healthy):
+    ctx = CollectContext(settings={**settings_for(healthy), "token": "wrong-token-4711"}, now=NOW)
+    with pytest.raises(CollectionFailed, match="refused the API token") as err:
+        collector.collect(ctx)
+    assert "wrong-token-4711" not in str(err.value)
+    assert err.value.exit_code == 1
+
+
+def test_org_outside_the_token_raises_collection_failed_naming_what_it_can_access(collector, healthy):
+    ctx = CollectContext(settings={**settings_for(healthy), "org_id": "not-my-org"}, now=NOW)
+    with pytest.raises(CollectionFailed, match=r"no privileges on org_id not-my-org.*Acme Retail"):
+        collector.collect(ctx)
+
+
+def test_every_call_failing_raises_collection_failed(collector, healthy):
+    healthy.inject("/api/v1/orgs/*", "503", count=1000)
+    with pytest.raises(CollectionFailed, match=r"every Mist API call failed.*HTTP 503"):
+        collect(collector, healthy)
+
+
+def test_token_refused_mid_run_raises_and_rechecks_self_next_time(collector, healthy):
+    collect(collector, healthy)
+    healthy.api.token = "rotated-token"  # the configured token stops working
+    with pytest.raises(CollectionFailed, match="refused the API token"):
+        collect(collector, healthy)
+    healthy.api.token = healthy.token
+    healthy.reset_counters()
+    collect(collector, healthy)
+    assert healthy.calls_by_path["/api/v1/self"] == 1
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+def test_timestamps_in_seconds_or_milliseconds_parse_alike():
+    assert epoch(1712412455) == 1712412455
+    assert epoch(1712412455215) == pytest.approx(1712412455.215)
+    assert epoch("1596588619.007") == pytest.approx(1596588619.007)
+    assert epoch(None) is None and epoch("soon") is None and epoch(True) is None and epoch(-5) is None
+
+
+def test_device_rows_with_missing_fields_yield_no_metric_and_unknown_fields_are_ignored():
+    now = 1764590400.0
+    disconnected_ap = {"type": "ap", "id": "x", "status": "disconnected", "last_seen": 1764585000,
+                       "uptime": 0, "brand_new_field": {"nested": [1, 2]}}
+    assert device_metrics(disconnected_ap, now) == {"device.connected": 0.0, "device.uptime": 0.0,
+                                                    "device.last_seen_age": 5400.0}
+    switch = {"type": "switch", "status": "connected", "cpu_stat": {"idle": 74}, "memory_stat": {"usage": 16},
+              "last_seen": 1764590380000}  # milliseconds
+    assert device_metrics(switch, now) == {"device.connected": 1.0, "device.last_seen_age": 20.0,
+                                           "device.cpu": 26.0, "device.memory": 16.0}
+    ap = {"type": "ap", "cpu_util": 7, "mem_used_kb": 202096, "mem_total_kb": 505468, "num_clients": 23}
+    metrics = device_metrics(ap, now)
+    assert metrics["device.cpu"] == 7 and metrics["device.clients"] == 23
+    assert metrics["device.memory"] == pytest.approx(39.98, abs=0.01)

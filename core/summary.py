@@ -117,8 +117,7 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     from rich.table import Table
 
     snapshot: Snapshot | None = result.snapshot
-    if snapshot is None:
-        console.print(f"[bold red]Collection failed[/] ({result.mode}): " + escape("; ".join(result.errors)))
+    if snapshot is None:  # collection failed: the command reports the error on stderr
         return
     rows = site_rows(snapshot, result.health)
     shown = rows if verbose else rows[:max_sites]

@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import sys
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, nullcontext, redirect_stdout
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,8 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
                 stack.enter_context(StateLock(app.config.state_dir))
             show_progress = not as_json and console.is_terminal
             progress = stack.enter_context(_Progress(console)) if show_progress else None
+            if as_json:  # stdout carries the JSON only; what notifiers print goes to stderr
+                stack.enter_context(redirect_stdout(sys.stderr))
             result = run_cycle(app, mode=mode, now=now, dry_run=dry_run, progress=progress)
         if as_json:
             from mistwatch.summary import summary_json
@@ -129,6 +131,8 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
             click.echo(json.dumps(summary_json(result), indent=2, default=str))
         else:
             show_result(console, app, result, verbose=verbose > 0)
+            if result.status == "failed":
+                click.echo("mistwatch: " + "; ".join(result.errors), err=True)
             if dry_run:
                 console.print("[bold]Dry run:[/] nothing was stored or sent.")
     finally:

@@ -780,14 +780,19 @@ class Store:
                                       (metric_id,)).fetchone()
         return _dt_or_none(row[0])
 
-    def entities(self, kind: str | None = None) -> list[EntityRecord]:
-        """Stored entities (of ``kind``), by key."""
-        sql = "SELECT key, kind, labels, first_seen, last_seen FROM entities"
+    def entities(self, kind: str | None = None, *, seen_before: datetime | None = None) -> list[EntityRecord]:
+        """Stored entities (of ``kind``), by key. ``seen_before``: only those whose last_seen is
+        earlier (absence rules ask for the few missing ones, not all 60,000 with their labels)."""
+        sql = "SELECT key, kind, labels, first_seen, last_seen FROM entities WHERE 1"
+        params: list[Any] = []
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        if seen_before is not None:
+            sql += " AND last_seen < ?"
+            params.append(_epoch(seen_before))
         with self._errors("reading entities"):
-            if kind is None:
-                rows = self.db.execute(sql + " ORDER BY key").fetchall()
-            else:
-                rows = self.db.execute(sql + " WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+            rows = self.db.execute(sql + " ORDER BY key", params).fetchall()
         return [EntityRecord(key, kind_, json.loads(labels), _dt(first), _dt(last))
                 for key, kind_, labels, first, last in rows]
 

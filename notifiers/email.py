@@ -70,9 +70,12 @@ def _environment(templates_dir: str | None) -> Any:
 
 
 def render(settings: Mapping[str, Any], n: Notification) -> tuple[str, str]:
-    """(text, html) bodies of a notification, redacted."""
+    """(text, html) bodies of a notification, redacted. A notification that arrives with its own HTML
+    (the daily digest) is sent as it is; alert notifications are rendered from the templates."""
     from mistwatch.notify import SEVERITY_COLORS, alert_rows
 
+    if n.html:
+        return redact(n.text or n.title), redact(n.html)
     if n.kind == "digest" and n.html:
         # the digest comes fully rendered: mistwatch.report's autoescaped executive summary
         return redact(n.text or n.title), redact(n.html)

@@ -248,3 +248,22 @@ def test_send_resolved_false_sends_no_resolved_mail(notify_env, smtp_sink):
     # and the group is closed: the same alert firing again is news again
     notify_env.notify([alert], T0 + timedelta(minutes=30))
     assert len(smtp_sink.messages) == 2
+
+
+def test_a_prerendered_notification_like_the_digest_is_sent_as_it_is(notify_env, smtp_sink):
+    from mistwatch import outbox
+    from mistwatch.model import Attachment, Notification
+
+    notify_env.configure([smtp_sink.settings()])
+    digest = Notification(id="digest0001", notifier="mail", kind="digest", title="[mistwatch] Daily digest: Org",
+                          created_at=T0, text="Org health 91", html="<p>Org health <b>91</b></p>",
+                          attachments=(Attachment("r.json", b"{}", "application/json"),),
+                          data={"headline": "Daily digest: Org", "group_key": "digest:2026-11-23"})
+    outbox.enqueue(notify_env.store, [digest], T0)
+    result = notify_env.send_outbox(T0)
+    assert [item.title for item in result.sent] == ["[mistwatch] Daily digest: Org"]
+    message = smtp_sink.messages[0]
+    assert message["Subject"] == "[mistwatch] Daily digest: Org"
+    assert _html(message).strip() == "<p>Org health <b>91</b></p>"
+    assert _text(message).strip() == "Org health 91"
+    assert [p.get_filename() for p in message.iter_attachments()] == ["r.json"]

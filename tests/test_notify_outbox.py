@@ -1,0 +1,141 @@
+"""The outbox: what happens to a message whatever the notifier does, and the summary that shows it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+from fixtures_notify import T0, make_alert, resolved
+
+from mistwatch import hookimpl, outbox
+from mistwatch.hookspecs import Notifier
+from mistwatch.model import Attachment, Delivery
+
+
+class Flaky:
+    """A notifier plugin that raises for the first ``failures`` batches, then delivers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.delivered: list[str] = []
+
+    def send(self, settings, notifications):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("backend unavailable")
+        self.delivered += [n.title for n in notifications]
+        return [Delivery(n.id, ok=True) for n in notifications]
+
+    @hookimpl
+    def mistwatch_notifiers(self):
+        yield Notifier(type="flaky", send=self.send)
+
+
+def _with_plugin(env, plugin):
+    from mistwatch.host import make_host
+
+    env.host = make_host(entry_points=False, extra=[("flaky", plugin)])
+    env.configure([{"name": "f", "type": "flaky"}])
+
+
+def test_a_notifier_that_raises_fails_temporarily_and_is_retried(notify_env):
+    plugin = Flaky(failures=2)
+    _with_plugin(notify_env, plugin)
+    first = notify_env.notify([make_alert()], T0)
+    assert "backend unavailable" in first.failed[0].last_error
+    assert notify_env.send_outbox(T0 + timedelta(minutes=1)).failed[0].attempts == 2
+    assert notify_env.send_outbox(T0 + timedelta(minutes=2)).sent == []  # backoff now 2 minutes
+    assert len(notify_env.send_outbox(T0 + timedelta(minutes=3)).sent) == 1
+    assert plugin.delivered == ["[mistwatch] CRITICAL: 1 firing at Dublin HQ"]
+
+
+def test_backoff_doubles_up_to_an_hour():
+    assert [outbox.backoff(n) for n in (1, 2, 3, 7, 8, 20)] == [
+        timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4), timedelta(minutes=60),
+        timedelta(hours=1), timedelta(hours=1)]
+
+
+def test_a_message_still_failing_after_a_day_is_given_up_and_shown(notify_env):
+    _with_plugin(notify_env, Flaky(failures=10_000))
+    notify_env.notify([make_alert()], T0)
+    result = None
+    now = T0
+    while result is None or not result.permanent_failures:
+        now += timedelta(hours=1)
+        result = notify_env.send_outbox(now)
+        assert now < T0 + timedelta(hours=26)
+    assert "gave up after" in result.permanent_failures[0].last_error
+    assert outbox.counts(notify_env.store) == {"sent": 0, "pending": 0, "failed": 1}
+
+
+def test_a_message_for_a_notifier_removed_from_the_config_fails_permanently(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    smtp_sink.stop()
+    notify_env.notify([make_alert()], T0)
+    notify_env.configure([{"name": "console", "type": "console"}])
+    result = notify_env.send_outbox(T0 + timedelta(minutes=5))
+    assert "'mail' is no longer configured" in result.permanent_failures[0].last_error
+
+
+def test_a_message_for_a_notifier_type_not_loaded_waits_in_the_outbox(notify_env):
+    from mistwatch.host import make_host
+
+    _with_plugin(notify_env, Flaky(failures=0))
+    notify_env.host = make_host(entry_points=False)  # the plugin is gone by the time of sending
+    result = notify_env.notify([make_alert()], T0)
+    assert "notifier type 'flaky' is not available" in result.failed[0].last_error
+    assert result.warnings and "retry at" in result.warnings[0]
+
+
+def test_the_outbox_payload_round_trips_the_notification(notify_env):
+    from mistwatch.notify import build_notification
+
+    alert = resolved(make_alert(value=3.25, baseline=10.0, threshold=None), T0 + timedelta(hours=1), value=9.5)
+    n = build_notification("n1", "mail", [make_alert(device_id="d2")], [alert], {"site_id": "site-1"},
+                           "route1|site_id=site-1", T0 + timedelta(hours=2), thread_id="n0",
+                           attachments=[Attachment("r.html", b"\x00\xffbytes", "text/html")])
+    back = outbox.notification_from_json(outbox.notification_to_json(n))
+    assert back == n
+
+
+def test_console_notifier_prints_a_panel_per_notification(notify_env, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    notify_env.configure([{"name": "console", "type": "console"}])
+    result = notify_env.notify([make_alert(value=0.0, threshold=1.0)], T0 + timedelta(minutes=30))
+    out = capsys.readouterr().out
+    assert len(result.sent) == 1
+    assert "[mistwatch] CRITICAL: 1 firing at Dublin HQ" in out
+    assert "AP-01 is offline" in out and "threshold 1" in out and "for 30m" in out
+
+
+def test_summary_lists_sent_failures_and_warnings(notify_env, smtp_sink):
+    from rich.console import Console
+
+    from mistwatch.notify import print_notify_summary
+
+    notify_env.configure([smtp_sink.settings()])
+    smtp_sink.fail = "451"
+    failed = notify_env.notify([make_alert()], T0)
+    smtp_sink.fail = None
+    sent = notify_env.send_outbox(T0 + timedelta(minutes=1))
+    out = StringIO()
+    console = Console(file=out, width=200)
+    print_notify_summary(console, failed)
+    print_notify_summary(console, sent)
+    text = out.getvalue()
+    assert "0 sent, 1 failed (will retry), 1 pending in outbox" in text
+    assert "warning:" in text and "451" in text
+    assert "1 sent, 0 failed, 0 pending in outbox" in text
+
+
+def test_dry_run_summary_says_what_would_be_sent(notify_env):
+    from rich.console import Console
+
+    from mistwatch.notify import print_notify_summary
+
+    notify_env.configure([{"name": "console", "type": "console"}])
+    result = notify_env.notify([make_alert()], T0, dry_run=True)
+    out = StringIO()
+    print_notify_summary(Console(file=out, width=200), result)
+    assert "1 would be sent" in out.getvalue()
+    assert "would send to console: [mistwatch] CRITICAL: 1 firing at Dublin HQ" in out.getvalue()

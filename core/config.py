@@ -438,6 +438,9 @@ def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
     _check_notifiers(data, host, file=file, lines=lines, expanded=expanded)
     config = Config(path=Path(path), base_dir=base_dir, data=data)
     _check_paths(config, raw, file=file, lines=lines)
+    from mistwatch.notify import check_config  # routes, inhibit, maintenance: matchers, names, time zones
+
+    check_config(config)
     return config
 
 

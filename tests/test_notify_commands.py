@@ -121,3 +121,12 @@ def test_notifiers_test_reports_a_failure_and_leaves_nothing_to_retry(cli_env, c
 def test_notifiers_test_of_an_unknown_name_is_a_usage_error(cli_env, capsys):
     code, _, err = run_cli(capsys, "notifiers", "test", "pager", "--config", cli_env.config_path)
     assert code == 2 and "no notifier named 'pager'" in err and "mail" in err
+
+
+def test_config_check_reports_a_route_to_an_unknown_notifier(cli_env, capsys):
+    path = cli_env.dir / "config.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + "routes:\n- notifiers: [pager]\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, "config", "check", "--config", str(path))
+    assert code == 2
+    assert err.strip().endswith("routes[0].notifiers[0]: unknown notifier 'pager' (known: console, mail)")
+    assert len(err.strip().splitlines()) == 1

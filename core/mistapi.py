@@ -18,8 +18,11 @@ import email.utils
 import json
 import logging
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -192,14 +195,15 @@ class MistClient:
 
     ``base_url`` is the host root (``https://api.eu.mist.com``); paths are ``/api/v1/...`` or relative
     to it (``orgs/<id>/stats/sites``). ``timeout`` is requests' (connect, read) in seconds.
-    ``sleep`` is injectable so tests never wait.
+    ``sleep`` is injectable so tests never wait. ``prefetch`` pages of a list endpoint are fetched
+    ahead on worker threads (0: strictly one request at a time).
     """
 
     def __init__(self, base_url: str, token: str | None, *, timeout: float | tuple[float, float] = (5, 30),
                  max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 60,
                  max_retry_after: float = 300, page_limit: int = 1000,
                  sleep: Callable[[float], None] = time.sleep, user_agent: str = DEFAULT_USER_AGENT,
-                 verify: bool = True) -> None:
+                 verify: bool = True, prefetch: int = 2) -> None:
         self.base_url = resolve_base_url(None, base_url)
         self._token = secrets.register(token) if token else None
         self.timeout = timeout
@@ -209,6 +213,8 @@ class MistClient:
         self.max_retry_after = max_retry_after
         self.page_limit = page_limit
         self.verify = verify
+        self.prefetch = max(0, int(prefetch))
+        self._lock = threading.Lock()
         self._sleep = sleep
         self.calls = 0
         self._session = requests.Session()
@@ -243,31 +249,54 @@ class MistClient:
         """Pages of a list endpoint as ``(items, items_so_far, total)``, following ``X-Page-*``.
 
         Requests the next page while ``limit * page < total`` and the last page was not empty;
-        without a total, while pages come back full. Every page's status is checked.
+        without a total, while pages come back full. Every page's status is checked. Once the total
+        is known, up to ``prefetch`` further pages are requested ahead on worker threads.
         """
         query = dict(params or {})
         limit = int(query.get("limit") or self.page_limit)
         query["limit"] = limit
         page = int(query.get("page") or 1)
         done = 0
-        for _ in range(MAX_PAGES):
-            query["page"] = page
-            body, headers = self._request(path, query)
-            try:
-                items, total, page_limit = _page_items(body, headers, limit)
-            except ValueError as exc:
-                raise MistAPIError(f"GET {self._show(path)} page {page}: {exc}", path=path) from None
-            done += len(items)
-            yield items, done, total
-            if not items:
-                return
-            if total is None:
-                if len(items) < page_limit:
+        pending: deque[tuple[int, Future]] = deque()
+        pool: ThreadPoolExecutor | None = None
+
+        def fetch(number: int) -> tuple[Any, Mapping[str, str]]:
+            return self._request(path, {**query, "page": number})
+
+        try:
+            for _ in range(MAX_PAGES):
+                if pending and pending[0][0] == page:
+                    body, headers = pending.popleft()[1].result()
+                else:
+                    body, headers = fetch(page)
+                try:
+                    items, total, page_limit = _page_items(body, headers, limit)
+                except ValueError as exc:
+                    raise MistAPIError(f"GET {self._show(path)} page {page}: {exc}", path=path) from None
+                del body
+                done += len(items)
+                last = None if total is None else -(-total // page_limit)
+                if items and last is not None and self.prefetch > 0 and page < last:
+                    # Ask for the next pages now, so they travel while the caller parses this one.
+                    if pool is None:
+                        pool = ThreadPoolExecutor(self.prefetch, thread_name_prefix="mistapi")
+                    ahead = pending[-1][0] if pending else page
+                    while ahead < min(last, page + self.prefetch):
+                        ahead += 1
+                        pending.append((ahead, pool.submit(fetch, ahead)))
+                yield items, done, total
+                if not items:
                     return
-            elif page_limit * page >= total:
-                return
-            page += 1
-        raise MistAPIError(f"GET {self._show(path)}: more than {MAX_PAGES} pages, stopped", path=path)
+                if total is None:
+                    if len(items) < page_limit:
+                        return
+                elif page_limit * page >= total:
+                    return
+                page += 1
+            raise MistAPIError(f"GET {self._show(path)}: more than {MAX_PAGES} pages, stopped", path=path)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def get_pages(self, path: str, params: Mapping[str, Any] | None = None) -> list:
         """All items of a list endpoint (see :meth:`iter_pages`)."""
@@ -342,7 +371,8 @@ class MistClient:
         last_status: int | None = None
         rate_limited = False
         for attempt in range(1, attempts + 1):
-            self.calls += 1
+            with self._lock:  # pages may be fetched from worker threads
+                self.calls += 1
             started = time.monotonic()
             wait: float | None = None
             try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import threading
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -113,13 +116,56 @@ def test_iter_pages_reports_progress_per_page(make_simulator, sleeps):
 
 def test_a_later_page_that_fails_is_an_error_not_a_short_list(make_simulator, sleeps):
     server = make_simulator(sites=500, devices_per_site=5, token=TOKEN)
-    client = client_for(server, sleeps, max_retries=2)
+    client = client_for(server, sleeps, max_retries=2, prefetch=0)  # nothing asked ahead of the fault
     pages = client.iter_pages(org_path(server, "stats/devices"), {"type": "all"})
     first, _, _ = next(pages)
     assert len(first) == 1000
     server.inject("*/stats/devices", "500", count=100)
     with pytest.raises(MistRetryError, match="gave up after 3 attempts"):
         next(pages)
+
+
+def test_pages_fetched_ahead_arrive_in_order_and_count_as_calls(make_simulator, sleeps):
+    server = make_simulator(sites=500, devices_per_site=5, token=TOKEN)
+    path, params = org_path(server, "stats/devices"), {"type": "all"}
+    in_order = [d["id"] for d in client_for(server, sleeps, prefetch=0).get_pages(path, params)]
+    ahead = client_for(server, sleeps, prefetch=2)
+    assert [d["id"] for d in ahead.get_pages(path, params)] == in_order
+    assert ahead.calls == 3
+
+
+class _PageTwoFails(http.server.BaseHTTPRequestHandler):
+    """Pages of 2 items, 6 in all; page 2 always answers 500 (the simulator faults by path, not page)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        page = int(parse_qs(urlsplit(self.path).query)["page"][0])
+        status, body = (500, b"{}") if page == 2 else (200, json.dumps([{"n": page}] * 2).encode())
+        self.send_response(status)
+        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            ("X-Page-Limit", "2"), ("X-Page-Page", str(page)), ("X-Page-Total", "6")):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failing_page_fetched_ahead_fails_the_listing_after_the_pages_before_it(sleeps):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PageTwoFails)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = MistClient(f"http://127.0.0.1:{server.server_address[1]}", TOKEN, sleep=sleeps,
+                            max_retries=1, prefetch=2)
+        pages = client.iter_pages("/api/v1/orgs/x/sites", {"limit": 2})
+        assert next(pages)[0] == [{"n": 1}, {"n": 1}]
+        with pytest.raises(MistRetryError, match="gave up after 2 attempts: HTTP 500"):
+            next(pages)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_search_follows_the_next_link_until_it_is_absent(sim, sleeps):

@@ -14,6 +14,7 @@ silence) sends no recovery mail either.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -283,6 +284,9 @@ def load_settings(config: Any) -> NotifySettings:
             if isinstance(entry.get(key), str):
                 register(entry[key])
         notifiers[name] = dict(entry, name=name)
+        resolve = getattr(config, "resolve", None)
+        if entry.get("templates_dir") and callable(resolve):  # relative to the config file, not the cwd
+            notifiers[name]["templates_dir"] = str(resolve(entry["templates_dir"]))
 
     routes_spec = data.get("routes", defaults.get("routes"))
     routes: list[Route] = []
@@ -323,8 +327,36 @@ def load_settings(config: Any) -> NotifySettings:
 
 
 def check_config(config: Any) -> None:
-    """Validate the notification settings beyond the JSON Schema (ConfigError on a problem)."""
-    load_settings(config)
+    """Validate the notification settings beyond the JSON Schema (ConfigError on a problem), including
+    users' email templates, rendered once with a sample notification."""
+    settings = load_settings(config)
+    names = [str(e.get("name") or e.get("type")) for e in getattr(config, "notifiers", None) or []]
+    for name, entry in settings.notifiers.items():
+        if entry.get("type") != "email" or not entry.get("templates_dir"):
+            continue
+        key = f"notifiers[{names.index(name)}].templates_dir"
+        folder = entry["templates_dir"]
+        if not os.path.isdir(folder):
+            raise _error(config, key, f"not a folder: {folder}")
+        from mistwatch.notifiers.email import check_templates
+
+        problem = check_templates(entry, sample_notification(name))
+        if problem:
+            raise _error(config, key, problem)
+
+
+def sample_notification(notifier: str, now: datetime | None = None) -> Notification:
+    """A notification with one firing and one resolved alert, for checking templates."""
+    now = now or datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc)
+    labels = {"site_id": "s1", "site_name": "Sample site", "device_id": "d1", "device_name": "AP-1",
+              "device_type": "ap"}
+    firing = Alert(key="sample|s1|d1", rule_id="ap-offline", labels=labels, state="firing", severity="critical",
+                   value=0.0, threshold=0.5, summary="AP-1 is offline", recommendation="Check its switch port.",
+                   firing_since=now - timedelta(minutes=20))
+    done = Alert(key="sample|s1|d2", rule_id="ap-offline", labels={**labels, "device_name": "AP-2"},
+                 state="resolved", severity="major", value=1.0, threshold=0.5, summary="AP-2 is offline",
+                 firing_since=now - timedelta(hours=2), resolved_at=now - timedelta(minutes=5))
+    return build_notification("sample", notifier, [firing], [done], {"site_id": "s1"}, "sample|site_id=s1", now)
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -93,6 +93,19 @@ def render(settings: Mapping[str, Any], n: Notification) -> tuple[str, str]:
     return redact(text), redact(html)
 
 
+def check_templates(settings: Mapping[str, Any], sample: Notification) -> str | None:
+    """Render both templates with a sample notification; a one-line problem, or None when they work."""
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    try:
+        render(settings, sample)
+    except TemplateSyntaxError as exc:
+        return f"template {exc.name} line {exc.lineno}: {exc.message}"
+    except TemplateError as exc:
+        return f"template error: {type(exc).__name__}: {exc}"
+    return None
+
+
 def _domain(address: str) -> str:
     domain = address.rsplit("@", 1)[-1].strip().strip(">") if "@" in address else ""
     return domain or "mistwatch.invalid"

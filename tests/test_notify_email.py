@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from fixtures_notify import T0, make_alert, resolved
 
 from mistwatch import secrets
@@ -267,3 +268,22 @@ def test_a_prerendered_notification_like_the_digest_is_sent_as_it_is(notify_env,
     assert _html(message).strip() == "<p>Org health <b>91</b></p>"
     assert _text(message).strip() == "Org health 91"
     assert [p.get_filename() for p in message.iter_attachments()] == ["r.json"]
+
+
+def test_config_check_catches_a_broken_user_template(notify_env, smtp_sink):
+    from mistwatch.errors import ConfigError
+    from mistwatch.notify import check_config
+
+    (notify_env.dir / "tpl").mkdir()
+    (notify_env.dir / "tpl" / "email.html").write_text("<p>{{ headline }}</p>\n<p>{{ no_such_thing }}</p>",
+                                                       encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        notify_env.configure([smtp_sink.settings(templates_dir="tpl")])  # relative to the config file
+    assert info.value.key == "notifiers[0].templates_dir"
+    assert "no_such_thing" in info.value.message
+    (notify_env.dir / "tpl" / "email.html").write_text("<p>{% if %}</p>", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        notify_env.configure([smtp_sink.settings(templates_dir="tpl")])
+    assert "template email.html line 1" in info.value.message
+    (notify_env.dir / "tpl" / "email.html").write_text("<p>{{ headline }}</p>", encoding="utf-8")
+    check_config(notify_env.configure([smtp_sink.settings(templates_dir="tpl")]))

@@ -265,6 +265,8 @@ class _Cycle:
     attempted: int = 0
     failed: int = 0
     refused: list[str] = field(default_factory=list)  # 403 messages
+    unreachable: int = 0  # endpoints in a row that failed without any HTTP answer
+    stop_reason: str = ""  # set when asking further endpoints this cycle is pointless
 
     def site(self, site_id: str) -> dict[str, float]:
         """The metrics dict of a site, creating the site when a source names one we had not seen."""
@@ -316,7 +318,7 @@ class MistCollector:
         try:
             me = client.get("/api/v1/self")
         except MistAuthError as exc:
-            raise CollectionFailed(f"Mist refused the API token: {exc}") from None
+            raise CollectionFailed(str(exc)) from None
         except MistForbiddenError as exc:
             raise CollectionFailed(f"the Mist API token may not read its own privileges: {exc}") from None
         except MistAPIError as exc:
@@ -386,29 +388,43 @@ class MistCollector:
         snap.events.extend(device_events)
         snap.errors.extend(cycle.errors)
         snap.api_calls = client.calls
-        last_poll = polled if polled is not None else ctx.cursor.get("last_event_poll")
+        last_poll = polled if polled is not None else epoch(ctx.cursor.get("last_event_poll"))
         snap.cursors[NAME] = {"last_event_poll": last_poll} if last_poll is not None else {}
         return snap
 
     def _call(self, cycle: _Cycle, endpoint: str, kinds: Iterable[str], metrics: Iterable[str],
               fetch: Callable[[], Any]) -> Any:
         """Run one endpoint; on failure record what it covers and return None."""
-        from mistwatch.mistapi import MistAPIError, MistAuthError, MistForbiddenError
+        from mistwatch.mistapi import MistAPIError, MistAuthError, MistForbiddenError, MistRateLimitError
 
         cycle.attempted += 1
-        try:
-            return fetch()
-        except MistAuthError as exc:
-            # The token stopped working mid-run: every further call would fail the same way.
-            raise CollectionFailed(f"Mist refused the API token: {exc}") from None
-        except MistAPIError as exc:
-            cycle.failed += 1
-            if isinstance(exc, MistForbiddenError):
-                cycle.refused.append(exc.message)
-            cycle.errors.append(CollectorError(
-                collector=NAME, endpoint=endpoint, message=exc.message,
-                kinds=frozenset(kinds), metrics=frozenset(metrics)))
-            return None
+        if cycle.stop_reason:
+            # Each further endpoint would only spend its retries (and, when rate limited, the budget).
+            message = f"not asked: {cycle.stop_reason}"
+        else:
+            try:
+                result = fetch()
+                cycle.unreachable = 0
+                return result
+            except MistAuthError as exc:
+                # The token stopped working mid-run: every further call would fail the same way.
+                raise CollectionFailed(str(exc)) from None
+            except MistAPIError as exc:
+                message = exc.message
+                if isinstance(exc, MistForbiddenError):
+                    cycle.refused.append(exc.message)
+                if isinstance(exc, MistRateLimitError):
+                    cycle.stop_reason = "the Mist API rate limit was hit earlier in this cycle"
+                elif exc.status is None and "gave up" in exc.message:  # timeouts, connection failures
+                    cycle.unreachable += 1
+                    if cycle.unreachable >= 2:
+                        cycle.stop_reason = "the Mist API was unreachable for two endpoints in a row"
+                else:
+                    cycle.unreachable = 0
+        cycle.failed += 1
+        cycle.errors.append(CollectorError(collector=NAME, endpoint=endpoint, message=message,
+                                           kinds=frozenset(kinds), metrics=frozenset(metrics)))
+        return None
 
     @staticmethod
     def _pages(pages: Iterator[tuple[list, int, int | None]], ctx: CollectContext, stage: str,

@@ -349,6 +349,26 @@ def test_failing_alarms_mark_site_alarm_counts_unknown(collector, healthy):
         assert "site.alarms_open" not in site.metrics and snap.is_unknown(site, "site.alarms_critical")
 
 
+def test_rate_limit_stops_the_cycle_from_spending_more_calls(collector, healthy):
+    healthy.inject("*/insights/sites-sle", "429", count=1, retry_after=3600)
+    snap = collect(collector, healthy)
+    assert snap.errors[0].endpoint == "insights/sites-sle?sle=wifi"
+    assert "hourly API budget" in snap.errors[0].message
+    assert all(e.message.startswith("not asked: the Mist API rate limit") for e in snap.errors[1:])
+    assert len(snap.errors) == 6  # wifi, wired, wan, alarms, events, clients
+    assert healthy.calls == 1 + 2 + 1  # /self, stats/sites, stats/devices, the one 429
+    assert len(by_kind(snap, "device")) == 72
+
+
+def test_an_unreachable_api_is_given_up_after_two_endpoints(collector, healthy):
+    collect(collector, healthy)  # /self checked; now the API goes away mid-run
+    healthy.reset_counters()
+    healthy.inject("/api/v1/orgs/*", "drop", count=1000)
+    with pytest.raises(CollectionFailed, match=r"every Mist API call failed.*connection failed"):
+        collect(collector, healthy)
+    assert healthy.calls == 4  # two endpoints x two attempts, the other six not asked
+
+
 def test_bad_token_raises_collection_failed_with_a_clear_message(collector, healthy):
     ctx = CollectContext(settings={**settings_for(healthy), "token": "wrong-token-4711"}, now=NOW)
     with pytest.raises(CollectionFailed, match="refused the API token") as err:

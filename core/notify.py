@@ -402,41 +402,52 @@ def inhibited(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str
     firing = [(a, alert_labels(a)) for a in alerts if a.state == "firing"]
     out: dict[str, str] = {}
     for rule in rules:
-        sources = [(a, lab) for a, lab in firing if matches_all(rule.source, lab)]
+        # sources by their values of the `equal` labels: a target only looks at its own bucket
+        sources: dict[tuple[str, ...], list[tuple[Alert, dict[str, str]]]] = {}
+        for a, lab in firing:
+            if matches_all(rule.source, lab):
+                sources.setdefault(tuple(lab.get(k, "") for k in rule.equal), []).append((a, lab))
         if not sources:
             continue
         for target, labels in firing:
             if target.key in out or not matches_all(rule.target, labels):
                 continue
             both = matches_all(rule.source, labels)
-            for source, slabels in sources:
+            for source, slabels in sources.get(tuple(labels.get(k, "") for k in rule.equal), ()):
                 if source.key == target.key or (both and matches_all(rule.target, slabels)):
                     continue
-                if all(labels.get(k, "") == slabels.get(k, "") for k in rule.equal):
-                    out[target.key] = f"inhibited by {source.rule_id} ({source.key})"
-                    break
+                out[target.key] = f"inhibited by {source.rule_id} ({source.key})"
+                break
     return out
 
 
-def muted(alert: Alert, silences: Sequence[outbox.Silence], windows: Sequence[MaintenanceWindow],
-          now: datetime) -> str | None:
-    """Why an alert is muted now by a silence or a maintenance window, or None."""
-    labels = alert_labels(alert)
+def active_silences(silences: Sequence[outbox.Silence], now: datetime) -> list[tuple[outbox.Silence, list[Matcher]]]:
+    """The silences in force at ``now`` with their parsed matchers (a stored matcher that no longer
+    parses is skipped rather than muting everything)."""
+    out = []
     for silence in silences:
         if silence.active(now):
             try:
-                matchers = [parse_matcher(m) for m in silence.matchers]
+                out.append((silence, [parse_matcher(m) for m in silence.matchers]))
             except ValueError:
                 continue
-            if matchers_all_ok(matchers, labels):
-                return f"silenced by {silence.id} ({silence.reason})"
+    return out
+
+
+def muted(alert: Alert, silences: Sequence[tuple[outbox.Silence, list[Matcher]]],
+          windows: Sequence[MaintenanceWindow], now: datetime) -> str | None:
+    """Why an alert is muted now by a silence (from :func:`active_silences`) or a maintenance window."""
+    labels = alert_labels(alert)
+    for silence, matchers in silences:
+        if _silence_matches(matchers, labels):
+            return f"silenced by {silence.id} ({silence.reason})"
     for window in windows:
         if window.applies(labels, now):
             return f"maintenance window {window.name}"
     return None
 
 
-def matchers_all_ok(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
+def _silence_matches(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
     # a silence with no matchers would mute everything: never allowed
     return bool(matchers) and matches_all(matchers, labels)
 
@@ -478,6 +489,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
     firing = [a for a in alerts if a.state == "firing"]
     resolved = {a.key: a for a in alerts if a.state == "resolved"}
     reasons = inhibited(firing, settings.inhibit)
+    in_force = active_silences(silences, now)
     suppressed: list[Suppressed] = []
 
     # (group key, notifier) -> visible firing alerts / keys of muted firing alerts / the route
@@ -486,7 +498,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
     routes: dict[tuple[str, str], tuple[Route, tuple[tuple[str, str], ...]]] = {}
     for alert in firing:
         targets = route_targets(alert, settings.routes)
-        why = reasons.get(alert.key) or muted(alert, silences, settings.maintenance, now)
+        why = reasons.get(alert.key) or muted(alert, in_force, settings.maintenance, now)
         if why:
             suppressed.append(Suppressed(alert.key, why))
         elif not targets:

@@ -15,7 +15,7 @@ import smtplib
 import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,8 @@ def check_templates(settings: Mapping[str, Any], sample: Notification) -> str | 
 
 
 def _domain(address: str) -> str:
-    domain = address.rsplit("@", 1)[-1].strip().strip(">") if "@" in address else ""
+    address = parseaddr(address)[1] or address
+    domain = address.rsplit("@", 1)[-1].strip() if "@" in address else ""
     return domain or "mistwatch.invalid"
 
 
@@ -216,7 +217,9 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
         return [Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
                 for n in notifications]
     results: list[Delivery] = []
-    recipients = [*settings["to"], *(settings.get("cc") or [])]
+    # the envelope wants bare addresses; headers keep display names ("NOC <noc@example.com>")
+    recipients = [parseaddr(a)[1] or a for a in (*settings["to"], *(settings.get("cc") or []))]
+    sender = parseaddr(str(settings["from"]))[1] or str(settings["from"])
     try:
         for i, n in enumerate(notifications):
             try:
@@ -225,7 +228,7 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
                 results.append(Delivery(n.id, ok=False, error=redact(f"template error: {type(exc).__name__}: {exc}")))
                 continue
             try:
-                smtp.send_message(msg, from_addr=str(settings["from"]), to_addrs=recipients)
+                smtp.send_message(msg, from_addr=sender, to_addrs=recipients)
                 results.append(Delivery(n.id, ok=True))
             except Exception as exc:
                 error, permanent = classify(exc)

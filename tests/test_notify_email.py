@@ -287,3 +287,14 @@ def test_config_check_catches_a_broken_user_template(notify_env, smtp_sink):
     assert "template email.html line 1" in info.value.message
     (notify_env.dir / "tpl" / "email.html").write_text("<p>{{ headline }}</p>", encoding="utf-8")
     check_config(notify_env.configure([smtp_sink.settings(templates_dir="tpl")]))
+
+
+def test_display_names_stay_in_headers_and_the_envelope_gets_bare_addresses(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings(**{"from": "Mistwatch <mw@example.org>",
+                                                "to": ["NOC Team <noc@example.com>"]})])
+    notify_env.notify([make_alert()], T0)
+    assert smtp_sink.envelopes[0]["from"] == "mw@example.org"
+    assert smtp_sink.envelopes[0]["to"] == ["noc@example.com"]
+    message = smtp_sink.messages[0]
+    assert message["From"] == "Mistwatch <mw@example.org>"
+    assert message["Message-ID"].endswith("@example.org>")

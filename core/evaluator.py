@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mistwatch.expr import ExpressionError
 from mistwatch.model import IDENTITY_LABELS, Alert, Entity, Snapshot
+from mistwatch.rules import Matcher
 from mistwatch.store import EntityRecord
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ class History(Protocol):
 
     def history_start(self, metric: str | None = None) -> datetime | None: ...
 
-    def entities(self, kind: str | None = None) -> list[EntityRecord]: ...
+    def entities(self, kind: str | None = None, *,
+                 seen_before: datetime | None = None) -> list[EntityRecord]: ...
 
 
 @dataclass(slots=True)
@@ -179,10 +181,11 @@ class _Shared:
         for entity in snapshot.entities:
             self.by_kind.setdefault(entity.kind, []).append(entity)
         self.matched: dict[tuple[str, str], list[Entity]] = {}
+        self._indexes: dict[tuple[str, str], dict[str | None, list[Entity]]] = {}
         self.values: dict[tuple[str, datetime, timedelta], dict[str, float]] = {}
         self.means: dict[tuple[str, datetime, datetime], dict[str, tuple[float, int]]] = {}
         self.starts: dict[str | None, datetime | None] = {}
-        self.records: dict[str | None, list[EntityRecord]] = {}
+        self.records: dict[tuple[str, datetime | None], list[EntityRecord]] = {}
         self.alerts_by_rule: dict[str, dict[str, Alert]] = {}
         for alert in (alerts or {}).values():
             subject = alert.annotations.get("subject") or alert.key
@@ -190,6 +193,15 @@ class _Shared:
         self.findings: dict[str, list[Finding]] = {}
         self.unknown_rules: set[str] = set()
         self.queries = 0
+
+
+    def label_index(self, kind: str, label: str) -> dict[str | None, list[Entity]]:
+        index = self._indexes.get((kind, label))
+        if index is None:
+            index = self._indexes[(kind, label)] = {}
+            for entity in self.by_kind.get(kind, []):
+                index.setdefault(entity.labels.get(label), []).append(entity)
+        return index
 
 
 class RuleContext:
@@ -217,10 +229,16 @@ class RuleContext:
         cache_key = (kind, self.rule.match.signature)
         found = self._shared.matched.get(cache_key)
         if found is None:
-            everything = self._shared.by_kind.get(kind, [])
-            match = self.rule.match
-            found = [e for e in everything if match(e.labels)] if match.tests else everything
-            self._shared.matched[cache_key] = found
+            candidates = self._shared.by_kind.get(kind, [])
+            tests = self.rule.match.tests
+            if tests and tests[0][1] == "eq":  # e.g. device_type: ap -> an index, not a scan
+                label, _, wanted = tests[0]
+                candidates = self._shared.label_index(kind, label).get(wanted, [])
+                tests = tests[1:]
+            if tests:
+                match = Matcher(tests)
+                candidates = [e for e in candidates if match(e.labels)]
+            found = self._shared.matched[cache_key] = candidates
         return found
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -239,6 +257,16 @@ class RuleContext:
         """Whether to yield an inactive or unknown result for ``subject``: only when an alert exists
         for it (or when evaluating without alert state, everything)."""
         return self._shared.complete or subject in self._previous
+
+    @property
+    def complete(self) -> bool:
+        """True when evaluating without alert state: every subject gets a result."""
+        return self._shared.complete
+
+    @property
+    def tracked_subjects(self) -> Mapping[str, Alert]:
+        """This rule's previous alerts by subject (read-only; for fast ``in`` tests in loops)."""
+        return self._previous
 
     def tracked(self) -> dict[str, Alert]:
         """This rule's alerts from the previous cycle, by subject."""
@@ -286,12 +314,14 @@ class RuleContext:
             self._shared.starts[metric] = self._shared.history.history_start(metric)
         return self._shared.starts[metric]
 
-    def entity_records(self, kind: str) -> list[EntityRecord]:
-        """Every entity of ``kind`` the store has seen, with first_seen and last_seen."""
-        if kind not in self._shared.records:
+    def entity_records(self, kind: str, seen_before: datetime | None = None) -> list[EntityRecord]:
+        """Entities of ``kind`` the store has seen (first_seen, last_seen, labels); with
+        ``seen_before``, only those last seen earlier than that."""
+        key = (kind, seen_before)
+        if key not in self._shared.records:
             self._shared.queries += 1
-            self._shared.records[kind] = self._shared.history.entities(kind)
-        return self._shared.records[kind]
+            self._shared.records[key] = self._shared.history.entities(kind, seen_before=seen_before)
+        return self._shared.records[key]
 
     # reporting -------------------------------------------------------------------------------------
     def note(self, text: str, kind: str = "info") -> None:
@@ -479,5 +509,6 @@ class MemoryHistory:
         series = self._samples.get(metric, []) if metric else [s[0] for s in self._samples.values() if s]
         return series[0][0] if series else None
 
-    def entities(self, kind: str | None = None) -> list[EntityRecord]:
-        return [r for r in self._entities.values() if kind is None or r.kind == kind]
+    def entities(self, kind: str | None = None, *, seen_before: datetime | None = None) -> list[EntityRecord]:
+        return sorted((r for r in self._entities.values() if (kind is None or r.kind == kind)
+                       and (seen_before is None or r.last_seen < seen_before)), key=lambda r: r.key)

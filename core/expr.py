@@ -16,11 +16,13 @@ Both are Jinja2 (``SandboxedEnvironment``), never ``eval``. On top of Jinja's sa
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
 #: The only attributes (methods) an expression or template may touch, by type.
@@ -85,7 +87,8 @@ _ENV = _make_env()
 
 def _check_ast(tree: nodes.Node) -> None:
     """Reject private and dunder names before anything runs."""
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+    every = [tree, *tree.find_all(nodes.Node)]  # find_all skips the root itself
+    for node in every:
         name: Any = None
         if isinstance(node, nodes.Getattr):
             name = node.attr
@@ -95,8 +98,8 @@ def _check_ast(tree: nodes.Node) -> None:
             name = node.name
         if isinstance(name, str) and name.startswith("_"):
             raise ExpressionError(f"access to '{name}' is not allowed (names starting with '_' are private)")
-    for node in tree.find_all(nodes.Getattr):
-        if node.attr not in _ALL_ALLOWED and isinstance(node.node, nodes.Const):
+    for node in every:
+        if isinstance(node, nodes.Getattr) and node.attr not in _ALL_ALLOWED and isinstance(node.node, nodes.Const):
             raise ExpressionError(f"attribute access '.{node.attr}' is not allowed")
 
 
@@ -109,30 +112,217 @@ def _error_text(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-class Expression:
-    """A compiled ``when:`` expression. ``evaluate(variables)`` returns its value."""
+Fn = Callable[[Mapping[str, Any]], Any]
 
-    __slots__ = ("_fn", "source")
+
+class _Missing(LookupError):
+    """An undefined name or key: ``default`` and ``is defined`` catch it, anything else fails."""
+
+
+def _get_attr(obj: Any, attr: str) -> Any:
+    if isinstance(obj, Mapping):
+        if attr in obj:
+            return obj[attr]
+        if attr in _ALLOWED_ATTRIBUTES[dict]:
+            return getattr(obj, attr)
+        raise _Missing(f"'{attr}' is undefined")
+    if isinstance(obj, str) and attr in _ALLOWED_ATTRIBUTES[str]:
+        return getattr(obj, attr)
+    raise SecurityError(f"access to attribute {attr!r} of {type(obj).__name__!r} object is not allowed")
+
+
+def _get_item(obj: Any, key: Any) -> Any:
+    if isinstance(key, str) and key.startswith("_"):
+        raise SecurityError(f"access to '{key}' is not allowed")
+    if isinstance(obj, Mapping):
+        try:
+            return obj[key]
+        except KeyError:
+            raise _Missing(f"{key!r} is undefined") from None
+    if isinstance(obj, (list, tuple, str)) and isinstance(key, int):
+        try:
+            return obj[key]
+        except IndexError:
+            raise _Missing(f"index {key} is out of range") from None
+    raise SecurityError(f"cannot index a {type(obj).__name__}")
+
+
+def _power(left: Any, right: Any) -> Any:
+    if isinstance(right, (int, float)) and abs(right) > _MAX_POWER:
+        raise SecurityError(f"exponent {right} is too large")
+    return left**right
+
+
+def _join(value: Any, separator: str = "") -> str:
+    return separator.join(str(v) for v in value)
+
+
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    nodes.Add: operator.add, nodes.Sub: operator.sub, nodes.Mul: operator.mul, nodes.Div: operator.truediv,
+    nodes.FloorDiv: operator.floordiv, nodes.Mod: operator.mod, nodes.Pow: _power,
+}
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge, "lt": operator.lt,
+    "lteq": operator.le, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"abs": abs, "min": min, "max": max, "round": round}
+_EXPR_FILTERS: dict[str, Callable[..., Any]] = {
+    "abs": abs, "round": round, "int": int, "float": float, "string": str, "length": len,
+    "lower": lambda v: str(v).lower(), "upper": lambda v: str(v).upper(), "join": _join,
+    "pct": _fmt_pct, "num": _fmt_num, "duration": _fmt_duration,
+}
+_TESTS: dict[str, Callable[[Any], bool]] = {
+    "none": lambda v: v is None, "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str), "true": lambda v: v is True, "false": lambda v: v is False,
+}
+
+
+def _compile(node: nodes.Node) -> Fn:
+    """Jinja's expression AST -> a tree of closures. No eval, no exec, no Python attribute access
+    beyond the allow-list: this is the whole language of ``when:``."""
+    if isinstance(node, nodes.Const):
+        const = node.value
+        return lambda v: const
+    if isinstance(node, nodes.Name):
+        name = node.name
+
+        def lookup(v: Mapping[str, Any]) -> Any:
+            try:
+                return v[name]
+            except KeyError:
+                raise _Missing(f"'{name}' is undefined") from None
+        return lookup
+    if isinstance(node, (nodes.List, nodes.Tuple)):
+        items = [_compile(item) for item in node.items]
+        return lambda v: [item(v) for item in items]
+    if isinstance(node, nodes.Getattr):
+        obj, attr = _compile(node.node), node.attr
+        return lambda v: _get_attr(obj(v), attr)
+    if isinstance(node, nodes.Getitem):
+        if isinstance(node.arg, nodes.Slice):
+            raise ExpressionError("slices are not supported")
+        obj, key = _compile(node.node), _compile(node.arg)
+        return lambda v: _get_item(obj(v), key(v))
+    if isinstance(node, nodes.And):
+        left, right = _compile(node.left), _compile(node.right)
+        return lambda v: left(v) and right(v)
+    if isinstance(node, nodes.Or):
+        left, right = _compile(node.left), _compile(node.right)
+        return lambda v: left(v) or right(v)
+    if isinstance(node, nodes.Not):
+        inner = _compile(node.node)
+        return lambda v: not inner(v)
+    if isinstance(node, nodes.Neg):
+        inner = _compile(node.node)
+        return lambda v: -inner(v)
+    if isinstance(node, nodes.Pos):
+        inner = _compile(node.node)
+        return lambda v: +inner(v)
+    if type(node) in _BINARY:
+        op, left, right = _BINARY[type(node)], _compile(node.left), _compile(node.right)
+        return lambda v: op(left(v), right(v))
+    if isinstance(node, nodes.Concat):
+        parts = [_compile(n) for n in node.nodes]
+        return lambda v: "".join(str(p(v)) for p in parts)
+    if isinstance(node, nodes.Compare):
+        first = _compile(node.expr)
+        ops = [(_COMPARE[o.op], _compile(o.expr)) for o in node.ops]
+
+        def compare(v: Mapping[str, Any]) -> bool:
+            left = first(v)
+            for op, operand in ops:
+                right = operand(v)
+                if not op(left, right):
+                    return False
+                left = right
+            return True
+        return compare
+    if isinstance(node, nodes.CondExpr):
+        test, yes = _compile(node.test), _compile(node.expr1)
+        no = _compile(node.expr2) if node.expr2 is not None else (lambda v: None)
+        return lambda v: yes(v) if test(v) else no(v)
+    if isinstance(node, nodes.Call):
+        if node.kwargs or node.dyn_args or node.dyn_kwargs:
+            raise ExpressionError("only positional arguments are supported in calls")
+        args = [_compile(a) for a in node.args]
+        if isinstance(node.node, nodes.Name):
+            if node.node.name not in _FUNCTIONS:
+                raise ExpressionError(f"unknown function '{node.node.name}' (functions: "
+                                      f"{', '.join(sorted(_FUNCTIONS))})")
+            function = _FUNCTIONS[node.node.name]
+            return lambda v: function(*(a(v) for a in args))
+        if isinstance(node.node, nodes.Getattr):
+            method = _compile(node.node)  # _get_attr hands out allow-listed methods only
+            return lambda v: method(v)(*(a(v) for a in args))
+        raise ExpressionError("only functions and allowed methods can be called")
+    if isinstance(node, nodes.Filter):
+        if node.kwargs or node.dyn_args or node.dyn_kwargs or node.node is None:
+            raise ExpressionError("only positional filter arguments are supported")
+        inner = _compile(node.node)
+        args = [_compile(a) for a in node.args]
+        if node.name == "default":
+            fallback = args[0] if args else (lambda v: "")
+
+            def default(v: Mapping[str, Any]) -> Any:
+                try:
+                    return inner(v)
+                except _Missing:
+                    return fallback(v)
+            return default
+        if node.name not in _EXPR_FILTERS:
+            raise ExpressionError(f"unknown filter '{node.name}' (filters: default, "
+                                  f"{', '.join(sorted(_EXPR_FILTERS))})")
+        function = _EXPR_FILTERS[node.name]
+        return lambda v: function(inner(v), *(a(v) for a in args))
+    if isinstance(node, nodes.Test):
+        inner = _compile(node.node)
+        if node.name in ("defined", "undefined"):
+            want = node.name == "defined"
+
+            def defined(v: Mapping[str, Any]) -> bool:
+                try:
+                    inner(v)
+                    return want
+                except _Missing:
+                    return not want
+            return defined
+        if node.name not in _TESTS:
+            raise ExpressionError(f"unknown test '{node.name}'")
+        check = _TESTS[node.name]
+        return lambda v: check(inner(v))
+    raise ExpressionError(f"{type(node).__name__} is not supported in expressions")
+
+
+class Expression:
+    """A compiled ``when:`` expression (Jinja expression syntax). ``evaluate(variables)``.
+
+    Parsed by Jinja's parser, then compiled to plain closures over the AST: no ``eval``, no
+    Python attribute access beyond the allow-list, names starting with ``_`` rejected. About ten
+    times cheaper per call than a Jinja template, which matters at 60,000 devices.
+    """
+
+    __slots__ = ("_fn", "_tree", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
         try:
-            tree = _ENV.parse("{{ (" + source + ") }}")
+            parser = Parser(_ENV, source, state="variable")
+            tree = parser.parse_expression()
+            if not parser.stream.eos:
+                raise TemplateSyntaxError("unexpected text after the expression", parser.stream.current.lineno)
             _check_ast(tree)
-            self._fn: Callable[..., Any] = _ENV.compile_expression(source, undefined_to_none=False)
+            self._tree = tree
+            self._fn: Fn = _compile(tree)
         except ExpressionError:
             raise
         except Exception as exc:
             raise ExpressionError(_error_text(exc)) from None
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        """The value; raises ExpressionError on an undefined name or a sandbox violation."""
+        """The value; raises ExpressionError on an undefined name or a disallowed access."""
         try:
-            value = self._fn(**variables)
-            if isinstance(value, Undefined):
-                str(value)  # StrictUndefined raises here, with the sandbox's reason
-            return value
-        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            return self._fn(variables)
+        except (SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise ExpressionError(_error_text(exc)) from None
 
     def test(self, variables: Mapping[str, Any]) -> bool:
@@ -140,14 +330,12 @@ class Expression:
 
     def names(self) -> set[str]:
         """The top-level variable names the expression reads."""
-        tree = _ENV.parse("{{ (" + self.source + ") }}")
-        return {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"}
+        return {n.name for n in self._tree.find_all(nodes.Name) if n.ctx == "load"}
 
     def metric_names(self) -> set[str]:
         """Metric names read as ``metrics['name']`` (so ``rules check`` can verify them)."""
-        tree = _ENV.parse("{{ (" + self.source + ") }}")
         found = set()
-        for node in tree.find_all(nodes.Getitem):
+        for node in self._tree.find_all(nodes.Getitem):
             if (isinstance(node.node, nodes.Name) and node.node.name == "metrics"
                     and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
                 found.add(node.arg.value)

@@ -117,30 +117,42 @@ def compile_threshold(spec: Mapping[str, Any]) -> Check:
     recover = spec.get("recover_when")
     recover_pred = _comparison(recover, "recover_when.")[0] if isinstance(recover, Mapping) else None
 
+    # a cheap test that no tier can match (a healthy value), before calling any predicate:
+    # below-only tiers cannot match at or above the highest "below", above-only at or under the lowest
+    conditions = list(spec["tiers"])
+    if all(set(t) & {"above", "below", "inside", "outside"} == {"below"} for t in conditions):
+        floor, ceiling = max(float(t["below"]) for t in conditions), None
+    elif all(set(t) & {"above", "below", "inside", "outside"} == {"above"} for t in conditions):
+        floor, ceiling = None, min(float(t["above"]) for t in conditions)
+    else:
+        floor = ceiling = None
+
     def check(ctx: RuleContext) -> Iterator[Result]:
         all_unknown = ctx.metric_unknown(scope, metric)
+        complete, tracked = ctx.complete, ctx.tracked_subjects
         for entity in ctx.entities():
             value = entity.metrics.get(metric)
             if value is None or all_unknown or entity.unknown:
                 if _unknown(ctx, entity, metric, all_unknown):
                     ctx.unknown_count += 1
-                    if ctx.wants(entity.key):
+                    if complete or entity.key in tracked:
                         yield Result(entity.key, entity.labels, unknown=True, value=value)
                     continue
                 if value is None:  # the entity does not report it (a site without APs): not true
-                    if ctx.wants(entity.key):
+                    if complete or entity.key in tracked:
                         yield Result(entity.key, entity.labels, threshold=lowest_threshold)
                     continue
-            for severity, predicate, threshold in tiers:
-                if predicate(value):
-                    yield Result(entity.key, entity.labels, severity, value=value, threshold=threshold,
-                                 score=value, metrics=entity.metrics)
-                    break
+            if (floor is not None and value >= floor) or (ceiling is not None and value <= ceiling):
+                matched = None
             else:
-                if ctx.wants(entity.key):
-                    yield Result(entity.key, entity.labels, None, value=value, threshold=lowest_threshold,
-                                 score=value, metrics=entity.metrics,
-                                 recovered=recover_pred(value) if recover_pred else None)
+                matched = next((tier for tier in tiers if tier[1](value)), None)
+            if matched is not None:
+                yield Result(entity.key, entity.labels, matched[0], value=value, threshold=matched[2],
+                             score=value, metrics=entity.metrics)
+            elif complete or entity.key in tracked:
+                yield Result(entity.key, entity.labels, None, value=value, threshold=lowest_threshold,
+                             score=value, metrics=entity.metrics,
+                             recovered=recover_pred(value) if recover_pred else None)
 
     return check
 
@@ -194,17 +206,17 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
     min_samples = int((baseline_spec or {}).get("min_samples", 3))
     tiers = [(sev, pred, amount) for sev, (pred, amount) in _tiers(spec, _change_condition, "drop or rise")]
     direction = -1 if "drop" in spec["tiers"][-1] else 1
-    smallest = tiers[-1][2]
+    smallest = min(amount for _, _, amount in tiers)
     sticky = bool(spec.get("recover_to_baseline", True))
     recover = spec.get("recover_when") if isinstance(spec.get("recover_when"), Mapping) else {}
     within = float(next((recover[k] for k in ("within", "drop", "rise") if k in recover), smallest / 2))
     since = f"the {format_duration(window)} average" if window else f"{format_duration(offset)} ago"
     reference = f"the {format_duration(window)} average" if window else f"a sample from {format_duration(offset)} ago"
 
-    def score_of(value: float, base: float) -> float | None:
-        if not percent:
-            return value - base
-        return None if base == 0 else (value - base) / abs(base) * 100.0
+    guard = float(min_baseline) if min_baseline is not None else None
+    only_drops = all("drop" in t for t in spec["tiers"])
+    only_rises = all("rise" in t for t in spec["tiers"])
+    extra = {"since": since, "unit": "percent" if percent else "absolute"}
 
     def check(ctx: RuleContext) -> Iterator[Result]:
         now = ctx.now
@@ -227,48 +239,52 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
             ctx.note(f"insufficient history for {metric}: needs {reference} ({have}); not evaluated",
                      "insufficient_history")
         all_unknown = ctx.metric_unknown(scope, metric)
+        complete, tracked = ctx.complete, ctx.tracked_subjects
         no_reference = 0
         for entity in ctx.entities():
             key = entity.key
             value = entity.metrics.get(metric)
-            if value is None or _unknown(ctx, entity, metric, all_unknown):
+            if value is None or all_unknown or (entity.unknown and entity.is_unknown(metric)):
                 if value is not None or all_unknown or entity.unknown:
                     ctx.unknown_count += 1
-                if ctx.wants(key):  # a missing value never resolves a change alert
+                if complete or key in tracked:  # a missing value never resolves a change alert
                     yield Result(key, entity.labels, unknown=True, value=value)
                 continue
             stored = None
-            if sticky:
-                prev = ctx.previous(key)
+            if sticky and tracked:
+                prev = tracked.get(key)
                 if prev is not None and prev.state in ("pending", "firing") and prev.baseline is not None:
                     stored = prev.baseline
             base = stored if stored is not None else refs.get(key)
             if base is None:
                 if sufficient:
                     no_reference += 1
-                if ctx.wants(key):
+                if complete or key in tracked:
                     yield Result(key, entity.labels, unknown=True, value=value)
                 continue
-            if stored is None and min_baseline is not None and base < float(min_baseline):
-                if ctx.wants(key):
+            if stored is None and guard is not None and base < guard:
+                if complete or key in tracked:
                     yield Result(key, entity.labels, None, value=value, baseline=base)
                 continue
-            score = score_of(value, base)
-            if score is None:
-                continue
-            extra = {"since": since, "unit": "percent" if percent else "absolute"}
-            for severity, predicate, amount in tiers:
-                if predicate(score):
-                    yield Result(key, entity.labels, severity, value=value, threshold=amount, baseline=base,
-                                 score=score, metrics=entity.metrics, extra=extra)
-                    break
+            if percent:
+                if base == 0:
+                    continue
+                score = (value - base) / abs(base) * 100.0
             else:
-                if ctx.wants(key):
-                    recovered = None
-                    if stored is not None:  # back toward the level it dropped (or rose) from?
-                        recovered = score >= -within if direction < 0 else score <= within
-                    yield Result(key, entity.labels, None, value=value, threshold=smallest, baseline=base,
-                                 score=score, metrics=entity.metrics, recovered=recovered, extra=extra)
+                score = value - base
+            if (only_drops and score > -smallest) or (only_rises and score < smallest):
+                matched = None  # the common, healthy case: no tier can match
+            else:
+                matched = next((tier for tier in tiers if tier[1](score)), None)
+            if matched is not None:
+                yield Result(key, entity.labels, matched[0], value=value, threshold=matched[2], baseline=base,
+                             score=score, metrics=entity.metrics, extra=extra)
+            elif complete or key in tracked:
+                recovered = None
+                if stored is not None:  # back toward the level it dropped (or rose) from?
+                    recovered = score >= -within if direction < 0 else score <= within
+                yield Result(key, entity.labels, None, value=value, threshold=smallest, baseline=base,
+                             score=score, metrics=entity.metrics, recovered=recovered, extra=extra)
         if no_reference:
             ctx.note(f"{no_reference} {scope}(s) without {reference} for {metric} (new, or not collected "
                      "then): not evaluated", "insufficient_history")
@@ -317,7 +333,8 @@ def compile_absence(spec: Mapping[str, Any]) -> Check:
     def entities_absent(ctx: RuleContext) -> Iterator[Result]:
         now = ctx.now
         present = {e.key for e in ctx.snapshot.entities if e.kind == scope}
-        for record in ctx.entity_records(scope):
+        # only the entities missing for long enough come back from the store (not all 60,000)
+        for record in ctx.entity_records(scope, seen_before=now - absent_for + timedelta(seconds=1)):
             if not ctx.matches(record.labels):
                 continue
             age = 0.0 if record.key in present else (now - record.last_seen).total_seconds()
@@ -327,6 +344,9 @@ def compile_absence(spec: Mapping[str, Any]) -> Check:
                                     "absent": format_duration(age)})
             elif ctx.wants(record.key):
                 yield Result(record.key, record.labels, None, value=age, threshold=threshold)
+        for subject, alert in ctx.tracked().items():
+            if subject in present:  # back: resolve with an age of 0
+                yield Result(subject, alert.labels, None, value=0.0, threshold=threshold)
 
     def metric_absent(ctx: RuleContext) -> Iterator[Result]:
         now = ctx.now

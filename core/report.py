@@ -12,11 +12,12 @@ Trends come from the store in one batch query per (metric, day): the value neare
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +30,7 @@ SCHEMA_VERSION = "1.0"
 TREND_DAYS = 7
 #: HTML: sites beyond this many get a row in the overview table but no section of their own (the
 #: JSON always has every site). Sites with problems are detailed first.
-HTML_DETAIL_SITES = 200
+HTML_DETAIL_SITES = 100
 #: What counts as a change worth telling in "what changed since yesterday".
 CHANGE_HEALTH = 5.0
 CHANGE_SLE = 0.05
@@ -64,31 +65,41 @@ class _History:
 
     def __init__(self, store: Any, now: datetime) -> None:
         self.store, self.now = store, now
-        self._cache: dict[tuple[str, int], dict[str, float]] = {}
+        self._days: dict[str, list[dict[str, float]]] = {}
+
+    def days(self, metric: str) -> list[dict[str, float]]:
+        """Oldest first: {entity key: value} TREND_DAYS days ago ... yesterday (one query each)."""
+        got = self._days.get(metric)
+        if got is None:
+            got = self._days[metric] = [self.store.values_at(metric, self.now - timedelta(days=d))
+                                        for d in range(TREND_DAYS, 0, -1)]
+        return got
 
     def at(self, metric: str, days_ago: int) -> dict[str, float]:
-        key = (metric, days_ago)
-        if key not in self._cache:
-            self._cache[key] = self.store.values_at(metric, self.now - timedelta(days=days_ago))
-        return self._cache[key]
+        return self.days(metric)[TREND_DAYS - days_ago]
 
     def trend(self, metric: str, entity_key: str, current: float | None) -> list[float | None]:
-        """Oldest first: TREND_DAYS days ago ... yesterday, then the current value."""
-        past = [self.at(metric, d).get(entity_key) for d in range(TREND_DAYS, 0, -1)]
-        return [*past, current]
+        """Oldest first: TREND_DAYS days ago ... yesterday, then the current value. Stored values go
+        out as stored (they were written from the same kind of numbers)."""
+        return [*(day.get(entity_key) for day in self.days(metric)), current]
 
 
 def _series(hist: _History, metric: str, key: str, current: float | None, ndigits: int = 3) -> dict[str, Any]:
     trend = hist.trend(metric, key, current)
-    return {"value": _r(current, ndigits), "delta_1d": _delta(current, trend[-2], ndigits),
-            "delta_7d": _delta(current, trend[0], ndigits), "trend": [_r(v, ndigits) for v in trend]}
+    current = _r(current, ndigits)
+    trend[-1] = current
+    return {"value": current, "delta_1d": _delta(current, trend[-2], ndigits),
+            "delta_7d": _delta(current, trend[0], ndigits), "trend": trend}
 
 
-def _score_dict(score: Score | None) -> dict[str, Any]:
+def _score_dict(score: Score | None, *, costly_only: bool = False) -> dict[str, Any]:
+    """``costly_only`` (devices): list only the components that cost points, which keeps the JSON of
+    a large org small; sites list every component, 0 included."""
     if score is None:
         return {"score": None, "components": [], "unknown": []}
     return {"score": score.score,
-            "components": [{"name": n, "points_lost": p, "detail": d} for n, p, d in score.components],
+            "components": [{"name": n, "points_lost": p, "detail": d} for n, p, d in score.components
+                           if p > 0 or not costly_only],
             "unknown": list(score.unknown)}
 
 
@@ -141,13 +152,13 @@ def build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: S
     devices = []
     for e in devices_e:
         score = health.devices.get(e.key)
-        connected = None if snapshot.is_unknown(e, "device.connected") else e.metrics.get("device.connected")
+        connected = None if _unknown_test(snapshot, e)("device.connected") else e.metrics.get("device.connected")
         dev = {"key": e.key, "id": e.labels.get("device_id"), "name": e.name,
                "type": e.labels.get("device_type"), "model": e.labels.get("model"),
                "site_id": e.labels.get("site_id"), "site_name": e.labels.get("site_name"),
                "connected": None if connected is None else connected >= 0.5,
                "clients": _r(e.metrics.get("device.clients"), 1),
-               "health": _score_dict(score)}
+               "health": _score_dict(score, costly_only=True)}
         devices.append(dev)
         by_site_devices.setdefault(e.labels.get("site_id", ""), []).append(dev)
 
@@ -159,14 +170,15 @@ def build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: S
     for e in sites_e:
         sid = e.labels.get("site_id", "")
         m = e.metrics
+        unknown = _unknown_test(snapshot, e)
         score = health.sites.get(e.key)
         h = _series(hist, "site.health", e.key, score.score if score else None, 1)
         h.update(_score_dict(score))
-        clients = None if snapshot.is_unknown(e, "site.clients") else m.get("site.clients")
-        sles = [{"name": k.removeprefix("sle."), **_series(hist, k, e.key, m[k])}
-                for k in sorted(m) if k.startswith("sle.") and not snapshot.is_unknown(e, k)]
+        clients = None if unknown("site.clients") else m.get("site.clients")
+        sles = [{"name": k[4:], **_series(hist, k, e.key, m[k])}
+                for k in sorted(m) if k.startswith("sle.") and not unknown(k)]
         site_devices = by_site_devices.get(sid, [])
-        unknown_devices = snapshot.is_unknown(e, "site.devices_total")
+        unknown_devices = unknown("site.devices_total")
         sites.append({
             "key": e.key, "id": sid, "name": e.name, "timezone": e.labels.get("timezone"),
             "health": h,
@@ -175,7 +187,7 @@ def build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: S
                         "disconnected": sorted(d["name"] for d in site_devices if d["connected"] is False)},
             "clients": _series(hist, "site.clients", e.key, clients, 1),
             "sles": sles,
-            "alarms": {k: (None if snapshot.is_unknown(e, f"site.alarms_{k}") else _int(m.get(f"site.alarms_{k}")))
+            "alarms": {k: (None if unknown(f"site.alarms_{k}") else _int(m.get(f"site.alarms_{k}")))
                        for k in ("open", "critical", "major")},
             "alerts": alerts_by_site.get(sid, []),
             "changes": [],
@@ -214,6 +226,18 @@ def build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: S
         "insights": [str(n) for n in notes],
         "recommendations": recommendations,
     }
+
+
+def _never(metric: str) -> bool:
+    return False
+
+
+def _unknown_test(snapshot: Snapshot, entity: Any) -> Callable[[str], bool]:
+    """``snapshot.is_unknown`` for one entity; the common case (nothing unknown anywhere) skips the
+    pattern matching for every metric of every site."""
+    if not entity.unknown and not snapshot.errors:
+        return _never
+    return functools.partial(snapshot.is_unknown, entity)
 
 
 def _int(value: float | None) -> int | None:
@@ -398,16 +422,16 @@ def summary_html(report: dict[str, Any]) -> str:
 # -- files --------------------------------------------------------------------------------------
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write a temp file beside ``path``, then ``os.replace``: a reader sees the old file or the new
+    one, never half of one. Created with ``open(..., "xb")`` (not mkstemp) so the umask applies and
+    the report is as readable as any file the user creates."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 

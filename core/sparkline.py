@@ -63,29 +63,29 @@ def spark_svg(values: Sequence[float | None], *, width: int = 96, height: int = 
     span = high - low
     pad = 3.0
     step = (width - 2 * pad) / max(1, n - 1)
-
-    def point(i: int, v: float) -> tuple[float, float]:
-        frac = 0.5 if span <= 0 else min(1.0, max(0.0, (v - low) / span))
-        return pad + i * step, height - pad - frac * (height - 2 * pad)
-
-    segments: list[list[tuple[float, float]]] = [[]]
+    scale = (height - 2 * pad) / span if span > 0 else 0.0
+    mid = height / 2
+    base = height - pad
+    # one pass: points as text, split into segments at gaps
+    segments: list[list[str]] = [[]]
+    last = ""
     for i, v in enumerate(values):
         if v is None:
             if segments[-1]:
                 segments.append([])
             continue
-        segments[-1].append(point(i, v))
+        y = mid if span <= 0 else base - (min(high, max(low, v)) - low) * scale
+        last = f"{pad + i * step:.1f},{y:.1f}"
+        segments[-1].append(last)
     parts = []
     for seg in segments:
         if len(seg) >= 2:
-            pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in seg)
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-        elif len(seg) == 1:
-            x, y = seg[0]
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.2" fill="{color}"/>')
-    last = next((i, v) for i, v in reversed(list(enumerate(values))) if v is not None)
-    x, y = point(*last)
-    parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2" fill="{color}"/>')
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{" ".join(seg)}"/>')
+        elif seg:
+            x, y = seg[0].split(",")
+            parts.append(f'<circle cx="{x}" cy="{y}" r="1.2" fill="{color}"/>')
+    x, y = last.split(",")
+    parts.append(f'<circle cx="{x}" cy="{y}" r="2.2" fill="{color}"/>')
     return head + "".join(parts) + "</svg>"
 
 

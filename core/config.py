@@ -441,6 +441,9 @@ def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
     from mistwatch.notify import check_config  # routes, inhibit, maintenance: matchers, names, time zones
 
     check_config(config)
+    from mistwatch.digest import digest_settings  # reports.digest: time, time zone, notifier names
+
+    digest_settings(config)
     return config
 
 

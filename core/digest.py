@@ -52,10 +52,18 @@ def digest_settings(config: Any) -> DigestSettings | None:
     spec = (config.data.get("reports") or {}).get("digest")
     if not spec or spec.get("enabled") is False:
         return None
-    file = str(getattr(config, "path", "") or "") or None
+    path = getattr(config, "path", None)
 
     def bad(key: str, message: str) -> ConfigError:
-        return ConfigError(message, file=file, key=f"reports.digest.{key}")
+        line = None
+        if path:
+            try:  # errors are rare: read the file again for the line number
+                from mistwatch.yamlfile import load_yaml
+
+                line = load_yaml(path)[1].line(["reports", "digest", key])
+            except Exception:  # a line number is a nicety; never fail on it
+                line = None
+        return ConfigError(message, file=str(path) if path else None, line=line, key=f"reports.digest.{key}")
 
     text = str(spec.get("time", DEFAULT_TIME))
     match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text)

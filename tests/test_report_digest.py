@@ -122,9 +122,9 @@ def test_no_digest_without_the_setting(notify_env, smtp_sink):
     ({"timezone": "Mars/Olympus"}, "reports.digest.timezone", "unknown time zone 'Mars/Olympus'"),
     ({"notifiers": ["pager"]}, "reports.digest.notifiers", "not defined under notifiers: pager"),
 ])
-def test_a_bad_digest_setting_is_one_clear_config_error(notify_env, smtp_sink, digest, key, message):
-    config = configure(notify_env, smtp_sink, **digest)
+def test_a_bad_digest_setting_is_one_clear_config_error_at_load(notify_env, smtp_sink, digest, key, message):
     with pytest.raises(ConfigError) as err:
-        digest_due(config, notify_env.store, AT)
+        configure(notify_env, smtp_sink, **digest)
     assert err.value.key == key
+    assert err.value.line is not None and err.value.file.endswith("config.yaml")
     assert message in str(err.value)

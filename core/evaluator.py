@@ -143,7 +143,8 @@ def template_variables(rule: Rule, labels: Mapping[str, str], *, severity: str |
                        value: float | None, threshold: float | None = None,
                        baseline: float | None = None, score: float | None = None,
                        metrics: Mapping[str, float] | None = None, causes: Sequence[str] = (),
-                       extra: Mapping[str, Any] | None = None, now: datetime | None = None) -> dict[str, Any]:
+                       extra: Mapping[str, Any] | None = None,
+                       now: datetime | str | None = None) -> dict[str, Any]:
     """What templates and ``when:``/``recover_when:`` expressions see."""
     sample = bool(extra and extra.get("sample"))
     if sample:  # the test render of `rules check`: any metric or kind-specific extra resolves
@@ -154,7 +155,7 @@ def template_variables(rule: Rule, labels: Mapping[str, str], *, severity: str |
         "rule_description": rule.description, "metric": rule.spec.get("metric"),
         "name": display_name(labels), "site": labels.get("site_name", ""), "causes": list(causes),
         "extra": extra if sample else dict(extra or {}), "metrics": metrics if metrics is not None else {},
-        "now": now.isoformat() if now else "",
+        "now": now.isoformat() if isinstance(now, datetime) else (now or ""),
     }
 
 
@@ -182,6 +183,7 @@ class _Shared:
             self.by_kind.setdefault(entity.kind, []).append(entity)
         self.matched: dict[tuple[str, str], list[Entity]] = {}
         self._indexes: dict[tuple[str, str], dict[str | None, list[Entity]]] = {}
+        self.scope_keys: dict[tuple[str, str], dict[str, Entity]] = {}
         self.values: dict[tuple[str, datetime, timedelta], dict[str, float]] = {}
         self.means: dict[tuple[str, datetime, datetime], dict[str, tuple[float, int]]] = {}
         self.starts: dict[str | None, datetime | None] = {}
@@ -240,6 +242,18 @@ class RuleContext:
                 candidates = [e for e in candidates if match(e.labels)]
             found = self._shared.matched[cache_key] = candidates
         return found
+
+    def in_scope(self, key: str) -> Entity | None:
+        """The entity with ``key`` if it is in this rule's scope and matches (else None)."""
+        cache_key = (self.rule.scope, self.rule.match.signature)
+        index = self._shared.scope_keys.get(cache_key)
+        if index is None:
+            index = self._shared.scope_keys[cache_key] = {e.key: e for e in self.entities()}
+        return index.get(key)
+
+    def partly_unknown(self) -> list[Entity]:
+        """The entities in scope that carry unknown-metric patterns (usually none)."""
+        return [e for e in self.entities() if e.unknown]
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return self.rule.match(labels)
@@ -355,14 +369,21 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
     template_errors: set[str] = set()
     expression_failed = False
     metric_extra = {"metric": rule.spec["metric"]} if isinstance(rule.spec.get("metric"), str) else {}
+    when_names = rule.when.names() if rule.when is not None else set()
+    now_text = now.isoformat()
     for r in results:
         active = r.severity is not None and not r.unknown
         variables: dict[str, Any] | None = None
         labels = r.labels
         if active and rule.when is not None:
-            variables = template_variables(rule, labels, severity=r.severity, value=r.value,
-                                           threshold=r.threshold, baseline=r.baseline, score=r.score,
-                                           metrics=r.metrics, causes=r.causes, extra=r.extra, now=now)
+            # the few names an expression usually reads; the full set only when it needs more
+            variables = {"labels": labels, "metrics": r.metrics if r.metrics is not None else {},
+                         "value": r.value, "threshold": r.threshold, "baseline": r.baseline,
+                         "score": r.score, "change": r.score, "severity": r.severity}
+            if not when_names <= variables.keys():
+                variables = template_variables(rule, labels, severity=r.severity, value=r.value,
+                                               threshold=r.threshold, baseline=r.baseline, score=r.score,
+                                               metrics=r.metrics, causes=r.causes, extra=r.extra, now=now_text)
             try:
                 if not rule.when.test(variables):
                     active, r.severity = False, None
@@ -381,7 +402,7 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
                 variables = variables or template_variables(
                     rule, labels, severity=r.severity, value=r.value, threshold=r.threshold,
                     baseline=r.baseline, score=r.score, metrics=r.metrics, causes=r.causes,
-                    extra=r.extra, now=now)
+                    extra=r.extra, now=now_text)
                 try:
                     recovered = rule.recover_expr.test(variables)
                 except ExpressionError as exc:
@@ -393,10 +414,9 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
                 r.extra = {**prev.annotations, **r.extra}
         all_labels = {**labels, **rule.labels}
         identity = dict(r.identity) if r.identity is not None else identity_of(labels)
-        if variables is None or variables["labels"] is not all_labels:
-            variables = template_variables(rule, all_labels, severity=r.severity, value=r.value,
-                                           threshold=r.threshold, baseline=r.baseline, score=r.score,
-                                           metrics=r.metrics, causes=r.causes, extra=r.extra, now=now)
+        variables = template_variables(rule, all_labels, severity=r.severity, value=r.value,
+                                       threshold=r.threshold, baseline=r.baseline, score=r.score,
+                                       metrics=r.metrics, causes=r.causes, extra=r.extra, now=now_text)
         summary, description, recommendation = _render(rule, variables, evaluation.notes, template_errors)
         found.append(Finding(
             key=alert_key(rule.id, identity), rule_id=rule.id, labels=all_labels, severity=r.severity,

@@ -127,32 +127,54 @@ def compile_threshold(spec: Mapping[str, Any]) -> Check:
     else:
         floor = ceiling = None
 
+    def one(entity: Entity, all_unknown: bool, want_inactive: bool) -> Result | None:
+        """The result for one entity: active, or (when wanted) inactive or unknown."""
+        value = entity.metrics.get(metric)
+        if all_unknown or (entity.unknown and entity.is_unknown(metric)):
+            return Result(entity.key, entity.labels, unknown=True, value=value) if want_inactive else None
+        if value is None:  # the entity does not report it (a site without APs): not true
+            return Result(entity.key, entity.labels, threshold=lowest_threshold) if want_inactive else None
+        matched = next((tier for tier in tiers if tier[1](value)), None)
+        if matched is not None:
+            return Result(entity.key, entity.labels, matched[0], value=value, threshold=matched[2],
+                          score=value, metrics=entity.metrics)
+        if not want_inactive:
+            return None
+        return Result(entity.key, entity.labels, None, value=value, threshold=lowest_threshold, score=value,
+                      metrics=entity.metrics, recovered=recover_pred(value) if recover_pred else None)
+
     def check(ctx: RuleContext) -> Iterator[Result]:
         all_unknown = ctx.metric_unknown(scope, metric)
-        complete, tracked = ctx.complete, ctx.tracked_subjects
-        for entity in ctx.entities():
-            value = entity.metrics.get(metric)
-            if value is None or all_unknown or entity.unknown:
-                if _unknown(ctx, entity, metric, all_unknown):
-                    ctx.unknown_count += 1
-                    if complete or entity.key in tracked:
-                        yield Result(entity.key, entity.labels, unknown=True, value=value)
-                    continue
-                if value is None:  # the entity does not report it (a site without APs): not true
-                    if complete or entity.key in tracked:
-                        yield Result(entity.key, entity.labels, threshold=lowest_threshold)
-                    continue
-            if (floor is not None and value >= floor) or (ceiling is not None and value <= ceiling):
-                matched = None
-            else:
-                matched = next((tier for tier in tiers if tier[1](value)), None)
-            if matched is not None:
-                yield Result(entity.key, entity.labels, matched[0], value=value, threshold=matched[2],
-                             score=value, metrics=entity.metrics)
-            elif complete or entity.key in tracked:
-                yield Result(entity.key, entity.labels, None, value=value, threshold=lowest_threshold,
-                             score=value, metrics=entity.metrics,
-                             recovered=recover_pred(value) if recover_pred else None)
+        entities = ctx.entities()
+        if all_unknown:
+            ctx.unknown_count += len(entities)
+        else:
+            ctx.unknown_count += sum(1 for e in ctx.partly_unknown() if e.is_unknown(metric))
+        if ctx.complete:
+            for entity in entities:
+                result = one(entity, all_unknown, True)
+                if result is not None:
+                    yield result
+            return
+        tracked = ctx.tracked_subjects
+        # the common case, healthy values, is filtered out in one comprehension per rule
+        if all_unknown:
+            candidates: list[Entity] = []
+        elif floor is not None:
+            candidates = [e for e in entities if (v := e.metrics.get(metric)) is not None and v < floor]
+        elif ceiling is not None:
+            candidates = [e for e in entities if (v := e.metrics.get(metric)) is not None and v > ceiling]
+        else:
+            candidates = [e for e in entities if e.metrics.get(metric) is not None]
+        for entity in candidates:
+            if entity.key not in tracked:
+                result = one(entity, False, False)
+                if result is not None:
+                    yield result
+        for subject in tracked:  # existing alerts: active, inactive or unknown, always a result
+            entity = ctx.in_scope(subject)
+            if entity is not None:
+                yield one(entity, all_unknown, True)  # type: ignore[misc]
 
     return check
 
@@ -218,6 +240,42 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
     only_rises = all("rise" in t for t in spec["tiers"])
     extra = {"since": since, "unit": "percent" if percent else "absolute"}
 
+    def one(ctx: RuleContext, entity: Entity, refs: Mapping[str, float], all_unknown: bool,
+            want_inactive: bool) -> Result | None:
+        """The result for one entity: active, or (when wanted) inactive or unknown."""
+        key = entity.key
+        value = entity.metrics.get(metric)
+        if value is None or all_unknown or (entity.unknown and entity.is_unknown(metric)):
+            # a missing value never resolves a change alert
+            return Result(key, entity.labels, unknown=True, value=value) if want_inactive else None
+        stored = None
+        if sticky:
+            prev = ctx.previous(key)
+            if prev is not None and prev.state in ("pending", "firing") and prev.baseline is not None:
+                stored = prev.baseline
+        base = stored if stored is not None else refs.get(key)
+        if base is None:
+            return Result(key, entity.labels, unknown=True, value=value) if want_inactive else None
+        if stored is None and guard is not None and base < guard:
+            return Result(key, entity.labels, None, value=value, baseline=base) if want_inactive else None
+        if percent:
+            if base == 0:
+                return None
+            score = (value - base) / abs(base) * 100.0
+        else:
+            score = value - base
+        matched = next((tier for tier in tiers if tier[1](score)), None)
+        if matched is not None:
+            return Result(key, entity.labels, matched[0], value=value, threshold=matched[2], baseline=base,
+                          score=score, metrics=entity.metrics, extra=extra)
+        if not want_inactive:
+            return None
+        recovered = None
+        if stored is not None:  # back toward the level it dropped (or rose) from?
+            recovered = score >= -within if direction < 0 else score <= within
+        return Result(key, entity.labels, None, value=value, threshold=smallest, baseline=base, score=score,
+                      metrics=entity.metrics, recovered=recovered, extra=extra)
+
     def check(ctx: RuleContext) -> Iterator[Result]:
         now = ctx.now
         if not ctx.entities() and not ctx.tracked():
@@ -239,52 +297,49 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
             ctx.note(f"insufficient history for {metric}: needs {reference} ({have}); not evaluated",
                      "insufficient_history")
         all_unknown = ctx.metric_unknown(scope, metric)
-        complete, tracked = ctx.complete, ctx.tracked_subjects
+        entities = ctx.entities()
+        if all_unknown:
+            ctx.unknown_count += len(entities)
+        else:
+            ctx.unknown_count += sum(1 for e in ctx.partly_unknown() if e.is_unknown(metric))
         no_reference = 0
-        for entity in ctx.entities():
-            key = entity.key
-            value = entity.metrics.get(metric)
-            if value is None or all_unknown or (entity.unknown and entity.is_unknown(metric)):
-                if value is not None or all_unknown or entity.unknown:
-                    ctx.unknown_count += 1
-                if complete or key in tracked:  # a missing value never resolves a change alert
-                    yield Result(key, entity.labels, unknown=True, value=value)
-                continue
-            stored = None
-            if sticky and tracked:
-                prev = tracked.get(key)
-                if prev is not None and prev.state in ("pending", "firing") and prev.baseline is not None:
-                    stored = prev.baseline
-            base = stored if stored is not None else refs.get(key)
-            if base is None:
-                if sufficient:
-                    no_reference += 1
-                if complete or key in tracked:
-                    yield Result(key, entity.labels, unknown=True, value=value)
-                continue
-            if stored is None and guard is not None and base < guard:
-                if complete or key in tracked:
-                    yield Result(key, entity.labels, None, value=value, baseline=base)
-                continue
-            if percent:
-                if base == 0:
-                    continue
-                score = (value - base) / abs(base) * 100.0
+        if sufficient and len(refs) < len(entities):
+            no_reference = sum(1 for e in entities if e.key not in refs and e.metrics.get(metric) is not None)
+        if ctx.complete:
+            for entity in entities:
+                result = one(ctx, entity, refs, all_unknown, True)
+                if result is not None:
+                    yield result
+        else:
+            tracked = ctx.tracked_subjects
+            # healthy entities are filtered out in one comprehension; the rest get the full logic
+            if all_unknown or not refs:
+                candidates: list[Entity] = []
+            elif only_drops and not percent:
+                candidates = [e for e in entities if (v := e.metrics.get(metric)) is not None
+                              and (b := refs.get(e.key)) is not None and v - b <= -smallest]
+            elif only_drops:
+                candidates = [e for e in entities if (v := e.metrics.get(metric)) is not None
+                              and (b := refs.get(e.key)) and (v - b) / abs(b) * 100.0 <= -smallest]
+            elif only_rises and not percent:
+                candidates = [e for e in entities if (v := e.metrics.get(metric)) is not None
+                              and (b := refs.get(e.key)) is not None and v - b >= smallest]
+            elif only_rises:
+                candidates = [e for e in entities if (v := e.metrics.get(metric)) is not None
+                              and (b := refs.get(e.key)) and (v - b) / abs(b) * 100.0 >= smallest]
             else:
-                score = value - base
-            if (only_drops and score > -smallest) or (only_rises and score < smallest):
-                matched = None  # the common, healthy case: no tier can match
-            else:
-                matched = next((tier for tier in tiers if tier[1](score)), None)
-            if matched is not None:
-                yield Result(key, entity.labels, matched[0], value=value, threshold=matched[2], baseline=base,
-                             score=score, metrics=entity.metrics, extra=extra)
-            elif complete or key in tracked:
-                recovered = None
-                if stored is not None:  # back toward the level it dropped (or rose) from?
-                    recovered = score >= -within if direction < 0 else score <= within
-                yield Result(key, entity.labels, None, value=value, threshold=smallest, baseline=base,
-                             score=score, metrics=entity.metrics, recovered=recovered, extra=extra)
+                candidates = [e for e in entities if e.key in refs and e.metrics.get(metric) is not None]
+            for entity in candidates:
+                if entity.key not in tracked:
+                    result = one(ctx, entity, refs, False, False)
+                    if result is not None:
+                        yield result
+            for subject in tracked:  # existing alerts: always a result (active, inactive, unknown)
+                entity = ctx.in_scope(subject)
+                if entity is not None:
+                    result = one(ctx, entity, refs, all_unknown, True)
+                    if result is not None:
+                        yield result
         if no_reference:
             ctx.note(f"{no_reference} {scope}(s) without {reference} for {metric} (new, or not collected "
                      "then): not evaluated", "insufficient_history")

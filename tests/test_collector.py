@@ -200,6 +200,16 @@ def test_call_count_does_not_grow_with_the_number_of_sites(collector, make_simul
     assert {p.rsplit("/", 1)[-1] for p in small.calls_by_path} == {p.rsplit("/", 1)[-1] for p in big.calls_by_path}
 
 
+def test_small_pages_give_the_same_snapshot_with_more_calls(make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
+    big_pages = collect(MistCollector(), server)
+    small_pages = collect(MistCollector(), server, page_limit=5)
+    assert small_pages.api_calls > big_pages.api_calls + 20
+    assert {e.key: dict(e.metrics) for e in small_pages.entities} == \
+        {e.key: dict(e.metrics) for e in big_pages.entities}
+    assert sorted((e.source, e.id) for e in small_pages.events) == sorted((e.source, e.id) for e in big_pages.events)
+
+
 # ----------------------------------------------------------------------------------------- degraded
 
 def test_degraded_scenario_shows_on_exactly_the_affected_sites(collector, make_simulator):

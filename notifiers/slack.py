@@ -12,7 +12,7 @@ from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
-from mistwatch.notifiers.webhook import HTTP_SETTINGS, post
+from mistwatch.notifiers.webhook import HTTP_SETTINGS, post_each
 from mistwatch.secrets import redact, register
 
 SETTINGS_SCHEMA: dict[str, Any] = {
@@ -70,12 +70,12 @@ def payload(n: Notification) -> dict[str, Any]:
 
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
     register(settings.get("webhook_url"))
-    results = []
-    for n in notifications:
+
+    def request(n: Notification) -> tuple[bytes, dict[str, str]]:
         body = redact(json.dumps(payload(n), ensure_ascii=False)).encode("utf-8")
-        headers = {"Content-Type": "application/json; charset=utf-8"}
-        results.append(post(settings, str(settings["webhook_url"]), n.id, body, headers))
-    return results
+        return body, {"Content-Type": "application/json; charset=utf-8"}
+
+    return post_each(settings, str(settings["webhook_url"]), notifications, request)
 
 
 @hookimpl

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -103,6 +103,23 @@ def post(settings: Mapping[str, Any], url: str, notification_id: str, body: byte
         return Delivery(notification_id, ok=False, error=detail, permanent=400 <= status < 500)
 
 
+def post_each(settings: Mapping[str, Any], url: str, notifications: list[Notification],
+              request: Callable[[Notification], tuple[bytes, Mapping[str, str]]]) -> list[Delivery]:
+    """POST each notification (``request(n)`` gives body and headers). After a temporary failure the
+    rest are not tried this cycle (the endpoint is down or throttling us: each would wait for its own
+    timeout); they stay in the outbox and are retried with it."""
+    results: list[Delivery] = []
+    for i, n in enumerate(notifications):
+        body, headers = request(n)
+        delivery = post(settings, url, n.id, body, headers)
+        results.append(delivery)
+        if not delivery.ok and not delivery.permanent:
+            results += [Delivery(m.id, ok=False, error=f"not tried: {delivery.error}",
+                                 retry_after=delivery.retry_after) for m in notifications[i + 1:]]
+            break
+    return results
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
@@ -145,15 +162,16 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
     register(secret)
     for value in (settings.get("headers") or {}).values():
         register(value)
-    results = []
-    for n in notifications:
+
+    def request(n: Notification) -> tuple[bytes, dict[str, str]]:
         body = redact(json.dumps(payload(n), ensure_ascii=False, sort_keys=True)).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "mistwatch",
                    "X-Mistwatch-Notification": n.id, **(settings.get("headers") or {})}
         if secret:
             headers[SIGNATURE_HEADER] = sign(str(secret), body)
-        results.append(post(settings, str(settings["url"]), n.id, body, headers))
-    return results
+        return body, headers
+
+    return post_each(settings, str(settings["url"]), notifications, request)
 
 
 @hookimpl

@@ -145,3 +145,14 @@ def test_docs_webhook_md_documents_exactly_the_fields_sent(notify_env, http_rece
     sent = http_receiver.requests[0].json()
     assert set(sent) == set(example)
     assert set(sent["alerts"][0]) == set(example["alerts"][0])
+
+
+def test_after_a_temporary_failure_the_rest_of_the_batch_waits_for_the_next_cycle(notify_env, http_receiver):
+    http_receiver.respond(503)
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    alerts = [make_alert(site=f"Site {i}", site_id=f"site-{i}", device_id=f"d{i}") for i in range(3)]
+    result = notify_env.notify(alerts, T0)
+    assert len(http_receiver.requests) == 1  # one refused POST, not three
+    assert len(result.failed) == 3
+    assert sum(item.last_error.startswith("not tried:") for item in result.failed) == 2
+    assert len(notify_env.send_outbox(T0 + timedelta(minutes=1)).sent) == 3

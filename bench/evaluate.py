@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=10_000)
     parser.add_argument("--devices-per-site", type=int, default=6)
     parser.add_argument("--degraded", type=float, default=0.03, help="share of degraded sites")
-    parser.add_argument("--naive-sites", type=int, default=100, help="sites in the naive loop's sample")
+    parser.add_argument("--naive-sites", type=int, default=50, help="sites in the naive loop's sample")
     parser.add_argument("--rules", type=Path, default=package_rules_dir())
     parser.add_argument("--tmp", type=Path, default=None,
                         help="folder for the temporary store (default: the system temp folder)")
@@ -223,10 +223,11 @@ def main() -> None:
         cycle_s = time.perf_counter() - started
 
         sample = sorted({e.labels["site_id"] for e in snapshot.entities if e.kind == "site"})[:args.naive_sites]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         naive_found = naive_evaluate(ruleset, snapshot, store, NOW, set(sample))
-        naive_sample_s = time.perf_counter() - started
+        naive_sample_s, naive_sample_cpu = time.perf_counter() - started, time.process_time() - cpu
         naive_s = naive_sample_s * n_sites / max(1, len(sample))
+        naive_cpu = naive_sample_cpu * n_sites / max(1, len(sample))
 
     firing = sum(1 for a in outcome.alerts if a.state == "firing")
     print(f"findings: {len(cold.active)} active on the first cycle, {warm_findings} on the second; "
@@ -237,9 +238,11 @@ def main() -> None:
     print(f"evaluate, next cycle (with alert state):  {warm_s:.2f} s wall, {warm_cpu:.2f} s CPU   "
           f"budget 3.00 s  {'OK' if max(cold_s, warm_s) <= 3 else 'OVER BUDGET'}")
     print(f"run_rules (load states, evaluate, advance, save): {cycle_s:.2f} s")
-    print(f"naive per-rule per-entity loop: {naive_sample_s:.2f} s for {len(sample)} sites "
-          f"({naive_found} findings) -> {naive_s:.1f} s scaled to {n_sites} sites")
-    print(f"ratio naive / batched: {naive_s / max(warm_s, 1e-9):.0f}x")
+    print(f"naive per-rule per-entity loop: {naive_sample_s:.2f} s wall, {naive_sample_cpu:.2f} s CPU for "
+          f"{len(sample)} sites ({naive_found} findings) -> {naive_s:.0f} s wall, {naive_cpu:.0f} s CPU "
+          f"scaled to {n_sites} sites")
+    print(f"ratio naive / batched: {naive_s / max(warm_s, 1e-9):.0f}x wall, "
+          f"{naive_cpu / max(warm_cpu, 1e-9):.0f}x CPU")
     if max(cold_s, warm_s) > 3:
         sys.exit(1)
 

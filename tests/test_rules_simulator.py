@@ -1,0 +1,74 @@
+"""The default rule pack against the simulated Mist org, through the real collector and store:
+a healthy day, the degraded morning a day later (only the affected sites alert, each for what is
+wrong there), then recovery resolves everything."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from fixtures_rules import REPO
+
+from mistwatch.hookspecs import CollectContext
+from mistwatch.host import make_host
+from mistwatch.lifecycle import RulesOutcome, run_rules
+from mistwatch.rules import load_rules
+from mistwatch.store import Store
+
+DAY1 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+
+
+def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(simulator, tmp_path):
+    host = make_host(entry_points=False)
+    collector = host.collectors()["mist"]
+    known = {m for c in host.collectors().values() for m in c.metrics}
+    ruleset = load_rules([REPO / "rules"], host.rule_kinds(), known_metrics=known)
+    settings = {"base_url": simulator.url, "token": simulator.token, "org_id": simulator.org.org_id}
+    cursor: dict = {}
+
+    def cycle(when: datetime, scenario: str) -> RulesOutcome:
+        nonlocal cursor
+        simulator.org.set_scenario(scenario)
+        simulator.org.now = when
+        snapshot = collector.collect(CollectContext(settings=settings, now=when, cursor=cursor))
+        cursor = snapshot.cursors.get("mist", {})
+        assert not snapshot.errors, snapshot.errors
+        with Store.open(tmp_path / "state") as store:
+            run_id = store.start_run(when, "insights")
+            store.write_snapshot(run_id, snapshot)
+            outcome = run_rules(store, ruleset, snapshot, when)
+            store.finish_run(run_id, finished_at=when, status="ok")
+        return outcome
+
+    def firing(outcome: RulesOutcome) -> dict[str, set[str]]:
+        by_site: dict[str, set[str]] = {}
+        for alert in outcome.alerts:
+            if alert.state == "firing":
+                by_site.setdefault(alert.labels.get("site_id", ""), set()).add(alert.rule_id)
+        return by_site
+
+    for minutes in (0, 15, 30):
+        healthy = cycle(DAY1 + timedelta(minutes=minutes), "healthy")
+        assert firing(healthy) == {}
+    assert any(n.kind == "insufficient_history" for n in healthy.notes)
+
+    day2 = DAY1 + timedelta(days=1)
+    for minutes in (0, 15, 30):
+        degraded = cycle(day2 + timedelta(minutes=minutes), "degraded")
+    by_site = firing(degraded)
+    affected = simulator.org.affected_sites("degraded")
+    assert set(by_site) == set(affected)
+
+    site_ids = {s.index: s.id for s in simulator.org.sites}
+    assert {"ap-offline", "site-ap-availability-low"} <= by_site[site_ids[1]]
+    assert {"wifi-coverage-low", "wifi-coverage-drop", "site-clients-drop"} <= by_site[site_ids[2]]
+    assert "mist-alarm" in by_site[site_ids[3]]
+    assert {"gateway-offline", "switch-offline", "site-gateway-down", "site-degraded"} <= by_site[site_ids[4]]
+    degraded_alert = next(a for a in degraded.alerts if a.rule_id == "site-degraded")
+    assert degraded_alert.severity == "critical"
+    assert any(c.startswith("site-devices-down") for c in degraded_alert.causes)
+    assert any("-drop{" in c for c in degraded_alert.causes)
+
+    recovered = cycle(day2 + timedelta(hours=2), "recovered")
+    assert firing(recovered) == {}
+    resolved_sites = {a.labels.get("site_id") for a in recovered.alerts if a.state == "resolved"}
+    assert resolved_sites == set(affected)

@@ -734,6 +734,7 @@ def notify(config: Any, host: Any, store: Any, alerts: Sequence[Alert], now: dat
     with store.transaction() as db:
         outbox.insert_notifications(db, p.notifications, now)
         outbox.save_log(db, p.log)
+        outbox.prune(db, now)
     result.merge(send_outbox(config, host, store, now, settings=settings))
     return result
 

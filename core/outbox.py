@@ -31,6 +31,8 @@ BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=1)
 #: A message still failing this long after it was written is given up and marked permanent.
 MAX_RETRY_AGE = timedelta(hours=24)
+#: How long sent and failed messages and ended silences are kept (for `status` and audits).
+KEEP = timedelta(days=30)
 
 MIGRATION_SQL = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -264,6 +266,16 @@ def counts(store: Any) -> dict[str, int]:
         else:
             out["pending"] += n
     return out
+
+
+def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
+    """Forget sent and permanently failed messages, and silences, that ended more than ``keep`` ago.
+    Call inside ``store.transaction()``; returns the number of rows deleted."""
+    cutoff = ts(now - keep)
+    deleted = db.execute("DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"
+                         " OR (permanent = 1 AND next_attempt_at < ?)", (cutoff, cutoff)).rowcount
+    deleted += db.execute("DELETE FROM silences WHERE ends_at < ? OR expired_at < ?", (cutoff, cutoff)).rowcount
+    return deleted
 
 
 # -- notification log -----------------------------------------------------------------------------

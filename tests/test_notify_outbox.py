@@ -139,3 +139,16 @@ def test_dry_run_summary_says_what_would_be_sent(notify_env):
     print_notify_summary(Console(file=out, width=200), result)
     assert "1 would be sent" in out.getvalue()
     assert "would send to console: [mistwatch] CRITICAL: 1 firing at Dublin HQ" in out.getvalue()
+
+
+def test_sent_messages_and_ended_silences_are_forgotten_after_30_days(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    outbox.add_silence(notify_env.store, ["site_name=Lab"], starts_at=T0, ends_at=T0 + timedelta(hours=1),
+                       reason="r", author="a", now=T0)
+    alert = make_alert()
+    notify_env.notify([alert], T0)
+    notify_env.notify([alert], T0 + timedelta(days=29))  # a reminder, kept
+    assert outbox.counts(notify_env.store)["sent"] == 2
+    notify_env.notify([alert], T0 + timedelta(days=30, hours=2))
+    assert outbox.counts(notify_env.store)["sent"] == 2  # the first one went, the newest came
+    assert outbox.silences(notify_env.store, include_ended=True) == []

@@ -187,6 +187,16 @@ def device_metrics(row: Mapping[str, Any], now_ts: float) -> dict[str, float]:
     return metrics
 
 
+def site_labels(row: Mapping[str, Any], site_id: str, org_id: str, names: dict[str, str]) -> dict[str, str]:
+    """The documented site labels from a sites or stats/sites row (strings shared through ``names``)."""
+    labels = {"org_id": org_id, "site_id": names[site_id]}
+    for label, source in (("site_name", "name"), ("timezone", "timezone"), ("country_code", "country_code")):
+        value = _text(row.get(source))
+        if value is not None:
+            labels[label] = names[value]
+    return labels
+
+
 def site_counter_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     """site.* device counters of one stats/sites row."""
     metrics: dict[str, float] = {}
@@ -446,13 +456,8 @@ class MistCollector:
             site_id = _text(row.get("id"))
             if site_id is None:
                 return
-            site_id = names[site_id]
-            labels = {"org_id": cycle.org_id, "site_id": site_id}
-            for label, source in (("site_name", "name"), ("timezone", "timezone"),
-                                  ("country_code", "country_code")):
-                value = _text(row.get(source))
-                if value is not None:
-                    labels[label] = names[value]
+            labels = site_labels(row, site_id, cycle.org_id, names)
+            site_id = labels["site_id"]
             if "site_name" not in labels:
                 unnamed.append(site_id)
             cycle.sites[site_id] = labels
@@ -492,12 +497,7 @@ class MistCollector:
             site_id = _text(row.get("id"))
             if site_id is None:
                 return
-            labels = {"org_id": cycle.org_id, "site_id": names[site_id]}
-            for label, source in (("site_name", "name"), ("timezone", "timezone"),
-                                  ("country_code", "country_code")):
-                value = _text(row.get(source))
-                if value is not None:
-                    labels[label] = names[value]
+            labels = site_labels(row, site_id, cycle.org_id, names)
             site_list[labels["site_id"]] = labels
 
         ok = self._call(cycle, "sites", {"site"}, covers,

@@ -338,6 +338,18 @@ def test_failing_site_stats_falls_back_to_the_site_list_for_names(collector, hea
     assert all("site_name" in d.labels for d in by_kind(snap, "device"))
 
 
+def test_the_site_list_is_reused_for_sites_refresh_seconds(collector, healthy):
+    sites_path = f"/api/v1/orgs/{healthy.org.org_id}/sites"
+    healthy.inject("*/stats/sites", "503", count=4)  # two cycles, two attempts each
+    collect(collector, healthy)
+    second = collect(collector, healthy, now=NOW + timedelta(minutes=5))
+    assert healthy.calls_by_path[sites_path] == 1
+    assert len(by_kind(second, "site")) == 12 and all("site_name" in s.labels for s in by_kind(second, "site"))
+    healthy.inject("*/stats/sites", "503", count=2)
+    collect(collector, healthy, now=NOW + timedelta(minutes=10), sites_refresh=0)
+    assert healthy.calls_by_path[sites_path] == 2
+
+
 def test_failing_client_count_marks_site_clients_unknown(collector, healthy):
     healthy.inject("*/clients/count", "502", count=2)
     snap = collect(collector, healthy)

@@ -309,3 +309,14 @@ def test_a_bad_matcher_in_the_file_is_reported_with_its_line(notify_env):
         load_settings(load_config(path, notify_env.host))
     assert info.value.key == "routes[0].matchers[1]"
     assert lines[info.value.line - 1].strip() == "- site_name=~(unclosed"
+
+
+@pytest.mark.parametrize(("utc_time", "muted"), [
+    (datetime(2026, 7, 4, 21, 30, tzinfo=timezone.utc), True),     # 22:30 Irish summer time
+    (datetime(2026, 11, 28, 21, 30, tzinfo=timezone.utc), False),  # 21:30 in winter: not yet
+    (datetime(2026, 11, 28, 22, 30, tzinfo=timezone.utc), True),
+])
+def test_a_weekly_window_follows_daylight_saving(notify_env, utc_time, muted):
+    notify_env.configure([EMAIL], maintenance=[{"name": "w", "timezone": "Europe/Dublin", "days": ["sat"],
+                                                "start": "22:00", "end": "23:59"}])
+    assert bool(_plan(notify_env, [make_alert()], now=utc_time).suppressed) is muted

@@ -89,6 +89,13 @@ def matches_all(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
 
 
+def alert_name(alert: Alert) -> str:
+    """``ap-offline AP-01 at Dublin HQ``: the rule, the device (if any) and the site, for summaries."""
+    device = alert.labels.get("device_name") or alert.labels.get("device_id")
+    site = alert.labels.get("site_name") or alert.labels.get("site_id")
+    return alert.rule_id + (f" {device}" if device else "") + (f" at {site}" if site else "")
+
+
 def alert_labels(alert: Alert) -> dict[str, str]:
     """The labels matchers see: the alert's labels plus ``severity``, ``rule_id`` and ``state``."""
     labels = {k: "" if v is None else str(v) for k, v in alert.labels.items()}
@@ -367,10 +374,11 @@ class Suppressed:
 
     alert_key: str
     reason: str
+    name: str = ""  # for people: "ap-offline AP-01 at Dublin HQ"
 
     @property
     def title(self) -> str:
-        return f"{self.alert_key}: {self.reason}"
+        return f"{self.name or self.alert_key}: {self.reason}"
 
 
 @dataclass
@@ -416,7 +424,7 @@ def inhibited(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str
             for source, slabels in sources.get(tuple(labels.get(k, "") for k in rule.equal), ()):
                 if source.key == target.key or (both and matches_all(rule.target, slabels)):
                     continue
-                out[target.key] = f"inhibited by {source.rule_id} ({source.key})"
+                out[target.key] = f"inhibited by {alert_name(source)}"
                 break
     return out
 
@@ -500,9 +508,9 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
         targets = route_targets(alert, settings.routes)
         why = reasons.get(alert.key) or muted(alert, in_force, settings.maintenance, now)
         if why:
-            suppressed.append(Suppressed(alert.key, why))
+            suppressed.append(Suppressed(alert.key, why, alert_name(alert)))
         elif not targets:
-            suppressed.append(Suppressed(alert.key, "no route matches"))
+            suppressed.append(Suppressed(alert.key, "no route matches", alert_name(alert)))
         for route, name, group in targets:
             slot = (group_key(route, group), name)
             routes[slot] = (route, group)
@@ -810,10 +818,14 @@ def print_notify_summary(console: Any, result: NotifyResult) -> None:
     for item in result.permanent_failures:
         console.print(f"  [bold red]FAILED permanently[/] {escape(item.notifier)}: {escape(item.title)}: "
                       f"{escape(item.last_error)}")
-    for s in result.suppressed[:10]:
-        console.print(f"  [dim]suppressed {escape(s.alert_key)}: {escape(s.reason)}[/]")
-    if len(result.suppressed) > 10:
-        console.print(f"  [dim]... and {len(result.suppressed) - 10} more suppressed[/]")
+    by_reason: dict[str, list[str]] = {}
+    for s in result.suppressed:
+        by_reason.setdefault(s.reason, []).append(s.name or s.alert_key)
+    for reason, names in list(by_reason.items())[:10]:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(f"  [dim]suppressed ({escape(reason)}): {escape(shown)}[/]")
+    if len(by_reason) > 10:
+        console.print(f"  [dim]... and {len(by_reason) - 10} more reasons[/]")
     for warning in result.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}")
 

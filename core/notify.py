@@ -668,7 +668,9 @@ def fmt_number(value: float | None, unit: str = "") -> str:
 def alert_rows(n: Notification) -> list[AlertRow]:
     rows = []
     for a in n.alerts:
-        unit = str(a.annotations.get("unit", "") or "")
+        # "value_unit" (e.g. "%", "ms") if a rule kind provides one; the change kind's "unit" means
+        # absolute-or-percent change, not the value's unit, so it is not used here
+        unit = str(a.annotations.get("value_unit", "") or "")
         if a.threshold is not None:
             reference = f"threshold {fmt_number(a.threshold, unit)}"
         elif a.baseline is not None:

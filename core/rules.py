@@ -18,7 +18,7 @@ Keys common to every rule (the kind adds its own, see ``mistwatch.plugins.ruleki
     when: "metrics['site.clients'] > 10"   # optional sandboxed expression, must also hold
     labels: {team: wifi}
     summary: "{{ labels.site_name }}: coverage {{ value | pct }}"
-    description: ...                 # a template too (``description_template`` is an alias)
+    # description is a template too: rendered into each alert (plain text renders as itself)
     recommendation: ...              # a template too
     enabled: true
 """
@@ -103,14 +103,13 @@ def common_properties() -> dict[str, Any]:
         "when": {"type": "string", "minLength": 1},
         "labels": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
         "summary": _TEMPLATE,
-        "description_template": _TEMPLATE,
         "recommendation": {"type": "string"},
         "enabled": {"type": "boolean"},
     }
 
 
-def _kind_branch(kind: RuleKind) -> dict[str, Any]:
-    """The if/then for one kind: its own keys, and its condition keys in tiers and recover_when."""
+def _kind_schema(kind: RuleKind) -> dict[str, Any]:
+    """One kind's own keys, and its condition keys in tiers and recover_when."""
     kind_schema = copy.deepcopy(dict(kind.schema or {}))
     properties = kind_schema.setdefault("properties", {})
     condition_keys = tuple(getattr(kind, "condition_keys", ()) or ())
@@ -130,8 +129,26 @@ def _kind_branch(kind: RuleKind) -> dict[str, Any]:
         properties["tiers"] = {"not": {}, "x-message": f"kind '{kind.name}' has no severity tiers"}
         properties["recover_when"] = {"type": "string", "minLength": 1,
                                       "x-message": "must be an expression"}
+    return kind_schema
+
+
+def _kind_branch(kind: RuleKind) -> dict[str, Any]:
     return {"if": {"properties": {"kind": {"const": kind.name}}, "required": ["kind"]},
-            "then": kind_schema}
+            "then": _kind_schema(kind)}
+
+
+def kind_rule_schema(kind: RuleKind) -> dict[str, Any]:
+    """The flat schema of one rule of ``kind`` (what ``load_rules`` validates each rule against:
+    a flat schema names the real problem, where if/then would also flag every key of a failed branch)."""
+    own = _kind_schema(kind)
+    schema = {key: value for key, value in own.items() if key not in ("properties", "required")}
+    schema.update({
+        "type": "object",
+        "required": ["id", "kind", *own.get("required", [])],
+        "properties": {**common_properties(), **own["properties"]},
+        "additionalProperties": False,
+    })
+    return schema
 
 
 def rule_schema(kinds: Mapping[str, RuleKind]) -> dict[str, Any]:
@@ -408,7 +425,7 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
         severities=tuple(t["severity"] for t in spec["tiers"]), match=match,
         for_duration=for_duration, for_cycles=for_cycles, keep_firing_for=parse("keep_firing_for"),
         recover_expr=recover_expr, when=when, labels=labels, summary=summary,
-        description_template=template("description_template"),
+        description_template=template("description"),
         recommendation=template("recommendation"), enabled=bool(raw.get("enabled", True)),
         check=check, spec=spec, file=file, line=where(prefix), refs=refs, metrics=frozenset(metrics))
     _test_render(rule, fail)
@@ -422,7 +439,7 @@ def _test_render(rule: Rule, fail: Callable[[str, str | None], ConfigError]) -> 
     labels = _sample_labels(rule.scope, rule.labels)
     variables = template_variables(rule, labels, severity=rule.severity, value=0.5, threshold=0.9,
                                    baseline=0.95, score=-0.05, extra={"sample": True})
-    for key, tpl in (("summary", rule.summary), ("description_template", rule.description_template),
+    for key, tpl in (("summary", rule.summary), ("description", rule.description_template),
                      ("recommendation", rule.recommendation)):
         if tpl is None:
             continue
@@ -439,6 +456,12 @@ def _test_render(rule: Rule, fail: Callable[[str, str | None], ConfigError]) -> 
                        f"{', '.join(sorted(variables))})", key)
 
 
+_RULES_LIST = {"type": "object", "additionalProperties": False, "required": ["rules"],
+               "properties": {"rules": {"type": ["array", "null"], "items": {"type": "object"}}}}
+_ID_AND_KIND = {"type": "object", "required": ["id", "kind"],
+                "properties": {"kind": {"type": "string"}}}
+
+
 def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
                known_metrics: Collection[str] | None = None) -> RuleSet:
     """Load, validate and compile rule files (or folders of them).
@@ -449,7 +472,7 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
     """
     from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
-    schema = file_schema(kinds)
+    per_kind = {name: kind_rule_schema(kind) for name, kind in kinds.items()}
     ruleset = RuleSet()
     seen: dict[str, Rule] = {}
     files = expand_paths(paths)
@@ -464,12 +487,14 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
         if not isinstance(data, Mapping):
             raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
         _check_kinds(data, kinds, file, lines)
-        validate(data, schema, file=file, lines=lines)
         if "rules" in data:
+            validate(data, _RULES_LIST, file=file, lines=lines)
             items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
         else:
             items = [((), data)]
         for prefix, raw in items:
+            validate(raw, _ID_AND_KIND, file=file, lines=lines, prefix=prefix)
+            validate(raw, per_kind[raw["kind"]], file=file, lines=lines, prefix=prefix)
             rule = _compile_rule(raw, kinds, file, lines.line, prefix)
             if rule.id in seen:
                 first = seen[rule.id]

@@ -181,3 +181,18 @@ def test_a_malformed_rule_test_file_exits_2(text, line, tmp_path, monkeypatch, c
     assert code == 2, out + err
     assert err.startswith(f"mistwatch: t.yaml:{line}"), err
     assert "Traceback" not in err
+
+
+def test_a_malformed_rule_file_in_a_real_process_gives_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text("id: a\nkind: threshold\nmetric: device.cpu\nabove: high\n",
+                                       encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "mistwatch", "rules", "check", "bad.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "COLUMNS": "120"})
+    assert result.returncode == 2
+    assert result.stderr == "mistwatch: bad.yaml:4 above: expected number, got string\n"
+    assert result.stdout == ""

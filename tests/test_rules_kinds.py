@@ -89,13 +89,12 @@ def test_alert_carries_rendered_texts_and_display_labels(tmp_path):
         below: 0.9
         labels: {team: wifi}
         summary: "{{ labels.site_name }}: {{ value | pct }} < {{ threshold | pct }}"
-        description_template: "{{ rule_description }}"
-        description: Coverage is low.
+        description: "Coverage is low at {{ labels.site_name }}."
         recommendation: "Check APs at {{ site }}"
     """)
     alert = next(iter(Cycles(ruleset).run([site(sle__wifi__coverage=0.5)]).values()))
     assert alert.summary == "Dublin: 50% < 90%"
-    assert alert.description == "Coverage is low."
+    assert alert.description == "Coverage is low at Dublin."
     assert alert.recommendation == "Check APs at Dublin"
     assert alert.labels["team"] == "wifi" and alert.labels["site_name"] == "Dublin"
     assert alert.key == "cov{org_id=o1,site_id=s1}"

@@ -198,3 +198,13 @@ def test_change_rule_recovers_against_the_baseline_kept_in_the_store(tmp_path):
     for hour in range(24, 50):
         outcome = _store_cycle(state, ruleset, [site(sle__wifi__coverage=0.8)], T0 + timedelta(hours=hour))
     assert [(a.state, a.baseline) for a in outcome.alerts] == [("firing", pytest.approx(0.95))]
+
+
+def test_a_disabled_rule_is_not_evaluated_and_its_firing_alerts_resolve(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, DOWN))
+    cycles.run(_down(0))
+    cycles.ruleset = rules_from(tmp_path, DOWN + "enabled: false\n", "disabled.yaml")
+    cycles.step(_down(0))
+    assert cycles.only().state == "resolved"
+    cycles.step(_down(0))
+    assert cycles.evaluation is not None and cycles.evaluation.findings == []

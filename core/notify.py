@@ -671,12 +671,8 @@ def alert_rows(n: Notification) -> list[AlertRow]:
         # "value_unit" (e.g. "%", "ms") if a rule kind provides one; the change kind's "unit" means
         # absolute-or-percent change, not the value's unit, so it is not used here
         unit = str(a.annotations.get("value_unit", "") or "")
-        if a.threshold is not None:
-            reference = f"threshold {fmt_number(a.threshold, unit)}"
-        elif a.baseline is not None:
-            reference = f"baseline {fmt_number(a.baseline, unit)}"
-        else:
-            reference = ""
+        reference = ", ".join(f"{name} {fmt_number(v, unit)}" for name, v in
+                              (("threshold", a.threshold), ("baseline", a.baseline)) if v is not None)
         start = a.firing_since or a.pending_since
         if a.state == "resolved":
             end = a.resolved_at or n.created_at

@@ -321,3 +321,12 @@ def test_a_weekly_window_follows_daylight_saving(notify_env, utc_time, muted):
     notify_env.configure([EMAIL], maintenance=[{"name": "w", "timezone": "Europe/Dublin", "days": ["sat"],
                                                 "start": "22:00", "end": "23:59"}])
     assert bool(_plan(notify_env, [make_alert()], now=utc_time).suppressed) is muted
+
+
+def test_a_row_shows_threshold_and_baseline_when_the_rule_has_both():
+    from mistwatch.notify import alert_rows, build_notification
+
+    alert = make_alert("wifi-coverage-drop", value=0.56, threshold=0.2, baseline=0.94)
+    n = build_notification("n", "mail", [alert], [], {}, "g", T0 + timedelta(minutes=5))
+    (row,) = alert_rows(n)
+    assert (row.value, row.reference, row.duration) == ("0.56", "threshold 0.2, baseline 0.94", "for 5m")

@@ -384,3 +384,19 @@ def test_a_plugin_registers_a_rule_kind_through_the_hook(tmp_path):
     evaluation = evaluate(ruleset, Snapshot(T0, entities=[site(site__clients=0), site("s2", site__clients=4)]),
                           MemoryHistory(), T0, alerts={})
     assert [(f.rule_id, f.severity, f.labels["site_id"]) for f in evaluation.active] == [("z", "minor", "s1")]
+
+
+def test_correlation_on_firing_alerts_waits_for_the_causes_for(tmp_path):
+    rules = CORRELATION_RULES.replace(
+        "  - {id: dev-down, kind: threshold, scope: device, metric: device.connected, below: 0.5}",
+        "  - {id: dev-down, kind: threshold, scope: device, metric: device.connected, below: 0.5, for: 10m}")
+    rules = rules.replace("    join: [site_id]", "    join: [site_id]\n    require: firing")
+    cycles = Cycles(rules_from(tmp_path, rules))
+    entities = [site("s1", sle__wifi__coverage=0.5), device("d1", device__connected=0)]
+    cycles.run(entities)
+    cycles.step(entities)
+    assert "degraded" not in {a.rule_id for a in cycles.alerts.values()}
+    cycles.step(entities)  # dev-down fires at the end of this cycle (10 minutes)...
+    assert "degraded" not in {a.rule_id for a in cycles.alerts.values()}
+    cycles.step(entities)  # ...so the correlation sees both firing from the next one
+    assert cycles.only("degraded").state == "firing"

@@ -339,11 +339,7 @@ class RuleContext:
 
     # reporting -------------------------------------------------------------------------------------
     def note(self, text: str, kind: str = "info") -> None:
-        self._evaluation.notes.append(_note(self.rule.id, kind, text))
-
-
-def _note(rule_id: str, kind: str, text: str) -> Note:
-    return Note(rule_id, kind, text)
+        self._evaluation.notes.append(Note(self.rule.id, kind, text))
 
 
 def _render(rule: Rule, variables: Mapping[str, Any], notes: list[Note], errors: set[str]) -> tuple[str, str, str]:
@@ -358,9 +354,22 @@ def _render(rule: Rule, variables: Mapping[str, Any], notes: list[Note], errors:
         except ExpressionError as exc:
             if name not in errors:  # one note per template, not one per entity
                 errors.add(name)
-                notes.append(_note(rule.id, "error", f"{name} template failed: {exc}"))
+                notes.append(Note(rule.id, "error", f"{name} template failed: {exc}"))
             texts.append(f"{rule.id} ({name} template error)" if name == "summary" else "")
     return texts[0], texts[1], texts[2]
+
+
+def _expression_variables(rule: Rule, r: Result, names: set[str], now_text: str) -> dict[str, Any]:
+    """What a when:/recover_when: expression sees: the few names expressions usually read, or the
+    full template set when it reads more (``name``, ``site``, ``extra``...)."""
+    variables = {"labels": r.labels, "metrics": r.metrics if r.metrics is not None else {},
+                 "value": r.value, "threshold": r.threshold, "baseline": r.baseline,
+                 "score": r.score, "change": r.score, "severity": r.severity}
+    if names <= variables.keys():
+        return variables
+    return template_variables(rule, r.labels, severity=r.severity, value=r.value, threshold=r.threshold,
+                              baseline=r.baseline, score=r.score, metrics=r.metrics, causes=r.causes,
+                              extra=r.extra, now=now_text)
 
 
 def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evaluation: Evaluation,
@@ -370,27 +379,20 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
     expression_failed = False
     metric_extra = {"metric": rule.spec["metric"]} if isinstance(rule.spec.get("metric"), str) else {}
     when_names = rule.when.names() if rule.when is not None else set()
+    recover_names = rule.recover_expr.names() if rule.recover_expr is not None else set()
     now_text = now.isoformat()
     for r in results:
         active = r.severity is not None and not r.unknown
-        variables: dict[str, Any] | None = None
         labels = r.labels
         if active and rule.when is not None:
-            # the few names an expression usually reads; the full set only when it needs more
-            variables = {"labels": labels, "metrics": r.metrics if r.metrics is not None else {},
-                         "value": r.value, "threshold": r.threshold, "baseline": r.baseline,
-                         "score": r.score, "change": r.score, "severity": r.severity}
-            if not when_names <= variables.keys():
-                variables = template_variables(rule, labels, severity=r.severity, value=r.value,
-                                               threshold=r.threshold, baseline=r.baseline, score=r.score,
-                                               metrics=r.metrics, causes=r.causes, extra=r.extra, now=now_text)
+            variables = _expression_variables(rule, r, when_names, now_text)
             try:
                 if not rule.when.test(variables):
                     active, r.severity = False, None
             except ExpressionError as exc:
                 if not expression_failed:
                     expression_failed = True
-                    evaluation.notes.append(_note(rule.id, "error", f"when: expression failed: {exc}"))
+                    evaluation.notes.append(Note(rule.id, "error", f"when: expression failed: {exc}"))
                 active, r.unknown = False, True
         if not active and not ctx.wants(r.key):
             continue
@@ -399,14 +401,10 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
             if r.recovered is not None:
                 recovered = r.recovered
             elif rule.recover_expr is not None:
-                variables = variables or template_variables(
-                    rule, labels, severity=r.severity, value=r.value, threshold=r.threshold,
-                    baseline=r.baseline, score=r.score, metrics=r.metrics, causes=r.causes,
-                    extra=r.extra, now=now_text)
                 try:
-                    recovered = rule.recover_expr.test(variables)
+                    recovered = rule.recover_expr.test(_expression_variables(rule, r, recover_names, now_text))
                 except ExpressionError as exc:
-                    evaluation.notes.append(_note(rule.id, "error", f"recover_when failed: {exc}"))
+                    evaluation.notes.append(Note(rule.id, "error", f"recover_when failed: {exc}"))
                     recovered = False
         if not active:
             prev = ctx.previous(r.key)
@@ -414,19 +412,22 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
                 r.extra = {**prev.annotations, **r.extra}
         all_labels = {**labels, **rule.labels}
         identity = dict(r.identity) if r.identity is not None else identity_of(labels)
-        variables = template_variables(rule, all_labels, severity=r.severity, value=r.value,
-                                       threshold=r.threshold, baseline=r.baseline, score=r.score,
-                                       metrics=r.metrics, causes=r.causes, extra=r.extra, now=now_text)
-        summary, description, recommendation = _render(rule, variables, evaluation.notes, template_errors)
+        if r.unknown:  # frozen: the lifecycle keeps the alert's texts, nothing to render
+            summary = description = recommendation = ""
+        else:
+            variables = template_variables(rule, all_labels, severity=r.severity, value=r.value,
+                                           threshold=r.threshold, baseline=r.baseline, score=r.score,
+                                           metrics=r.metrics, causes=r.causes, extra=r.extra, now=now_text)
+            summary, description, recommendation = _render(rule, variables, evaluation.notes, template_errors)
         found.append(Finding(
             key=alert_key(rule.id, identity), rule_id=rule.id, labels=all_labels, severity=r.severity,
             value=r.value, threshold=r.threshold, baseline=r.baseline, summary=summary,
             description=description, recommendation=recommendation, unknown=r.unknown,
             recovered=recovered, causes=r.causes, subject=r.key, extra={**r.extra, **metric_extra}))
     if ctx.unknown_count:
-        evaluation.notes.append(_note(rule.id, "unknown",
-                                      f"{ctx.unknown_count} {rule.scope}(s) with unknown data "
-                                      "(collection failed): their alerts are frozen"))
+        evaluation.notes.append(Note(rule.id, "unknown",
+                                 f"{ctx.unknown_count} {rule.scope}(s) with unknown data (collection "
+                                 "failed): not evaluated; their alerts, if any, keep their state"))
     return found
 
 
@@ -450,7 +451,7 @@ def evaluate(ruleset: RuleSet, snapshot: Snapshot, history: History, now: dateti
             results = list(rule.check(ctx))
             findings = _findings_for(rule, ctx, results, evaluation, now)
         except Exception as exc:  # one broken rule (or plugin kind) must not stop the others
-            evaluation.notes.append(_note(rule.id, "error", f"rule failed: {type(exc).__name__}: {exc}"))
+            evaluation.notes.append(Note(rule.id, "error", f"rule failed: {type(exc).__name__}: {exc}"))
             evaluation.frozen_rules.add(rule.id)
             shared.unknown_rules.add(rule.id)
             shared.findings[rule.id] = []

@@ -56,7 +56,7 @@ def _names(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def _unknown(ctx: RuleContext, entity: Entity, metric: str, all_unknown: bool) -> bool:
+def _unknown(entity: Entity, metric: str, all_unknown: bool) -> bool:
     return all_unknown or (bool(entity.unknown) and entity.is_unknown(metric))
 
 
@@ -412,7 +412,7 @@ def compile_absence(spec: Mapping[str, Any]) -> Check:
             if metric in entity.metrics or entity.key in recent:
                 if ctx.wants(entity.key):
                     yield Result(entity.key, entity.labels, None, value=entity.metrics.get(metric))
-            elif _unknown(ctx, entity, metric, all_unknown):
+            elif _unknown(entity, metric, all_unknown):
                 ctx.unknown_count += 1
                 if ctx.wants(entity.key):
                     yield Result(entity.key, entity.labels, unknown=True)

@@ -400,3 +400,18 @@ def test_correlation_on_firing_alerts_waits_for_the_causes_for(tmp_path):
     assert "degraded" not in {a.rule_id for a in cycles.alerts.values()}
     cycles.step(entities)  # ...so the correlation sees both firing from the next one
     assert cycles.only("degraded").state == "firing"
+
+
+def test_the_rule_kind_example_in_the_plugin_contract_works(tmp_path):
+    import types
+
+    doc = RuleKind.__doc__ or ""
+    block = doc.split("exactly zero::", 1)[1].split("\n\n    The built-in kinds", 1)[0]
+    module = types.ModuleType("zero_kind_example")
+    exec(textwrap.dedent(block), module.__dict__)  # the documented plugin, as a plugin author copies it
+    host = make_host(entry_points=False, extra=[("zero-example", module)])
+    path = tmp_path / "z.yaml"
+    path.write_text("id: z\nkind: zero\nmetric: site.clients\nscope: site\n", encoding="utf-8")
+    ruleset = load_rules([path], host.rule_kinds())
+    alerts = Cycles(ruleset).run([site(site__clients=0), site("s2", "Cork", site__clients=3)])
+    assert [a.labels["site_name"] for a in alerts.values()] == ["Dublin"]

@@ -67,7 +67,7 @@ TEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "name": {"type": "string", "minLength": 1},
                 "interval": _DUR,
-                "entities": {"type": "array", "items": {
+                "entities": {"type": ["array", "null"], "items": {
                     "type": "object", "additionalProperties": False, "required": ["kind", "labels"],
                     "properties": {
                         "kind": {"type": "string"}, "key": {"type": "string"}, "labels": _LABELS,
@@ -75,13 +75,13 @@ TEST_SCHEMA: dict[str, Any] = {
                             "oneOf": [{"type": "string"},
                                       {"type": "array", "items": {"type": ["number", "string"]}}],
                             "x-message": "a series is a string like \"1 1 0 _ x\" or a list"}}}}},
-                "events": {"type": "array", "items": {
+                "events": {"type": ["array", "null"], "items": {
                     "type": "object", "additionalProperties": False, "required": ["at", "type"],
                     "properties": {"at": _DUR, "source": {"type": "string"}, "type": {"type": "string"},
                                    "severity": {"enum": list(SEVERITIES)}, "labels": _LABELS,
                                    "text": {"type": "string"}, "count": {"type": "integer", "minimum": 1},
                                    "id": {"type": "string"}}}},
-                "errors": {"type": "array", "items": {
+                "errors": {"type": ["array", "null"], "items": {
                     "type": "object", "additionalProperties": False, "required": ["at"],
                     "properties": {"at": _DUR, "until": _DUR,
                                    "kinds": {"type": "array", "items": {"type": "string"}},
@@ -91,7 +91,7 @@ TEST_SCHEMA: dict[str, Any] = {
                     "type": "object", "additionalProperties": False, "required": ["at"],
                     "properties": {
                         "at": _DUR, "rule": {"type": "string"},
-                        "alerts": {"type": "array", "items": {
+                        "alerts": {"type": ["array", "null"], "items": {
                             "type": "object", "additionalProperties": False, "required": ["rule"],
                             "properties": {"rule": {"type": "string"}, "labels": _LABELS,
                                            "state": {"enum": ["pending", "firing", "resolved"]},

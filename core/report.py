@@ -81,7 +81,10 @@ class _History:
     def trend(self, metric: str, entity_key: str, current: float | None) -> list[float | None]:
         """Oldest first: TREND_DAYS days ago ... yesterday, then the current value. Stored values go
         out as stored (they were written from the same kind of numbers)."""
-        return [*(day.get(entity_key) for day in self.days(metric)), current]
+        days = self._days.get(metric) or self.days(metric)
+        out = [day.get(entity_key) for day in days]
+        out.append(current)
+        return out
 
 
 def _series(hist: _History, metric: str, key: str, current: float | None, ndigits: int = 3) -> dict[str, Any]:

@@ -417,3 +417,32 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_run_meanwhile_is_re
         code = stop(proc)
     assert code == 0
     assert "notifers" in log.read_text()  # the reload error names the bad key
+
+
+def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
+    from click.testing import CliRunner
+
+    from mistwatch.commands.daemon import status
+
+    config = notify_env.configure([{"name": "console", "type": "console"}])
+    runner = CliRunner()
+    empty = runner.invoke(status, ["--config", str(config.path)])
+    assert empty.exit_code == 0, empty.output
+    assert "No successful cycle yet." in empty.output
+
+    store = notify_env.store
+    then = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+    ok = store.start_run(then, "all")
+    store.finish_run(ok, finished_at=then + MIN, status="ok", api_calls=9)
+    bad = store.start_run(then + 15 * MIN, "all")
+    store.finish_run(bad, finished_at=then + 16 * MIN, status="failed", errors=["collection failed: timeout"])
+    shown = runner.invoke(status, ["--config", str(config.path), "--json"])
+    data = json.loads(shown.output)
+    assert data["last_successful_run"]["id"] == ok
+    assert [r["status"] for r in data["runs"]] == ["failed", "ok"]
+    assert data["stale"] is True  # more than three intervals ago
+    assert data["outbox"] == {"sent": 0, "pending": 0, "failed": 0}
+    assert data["running"] is None
+    text = runner.invoke(status, ["--config", str(config.path)]).output
+    assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text
+    assert "collection failed: timeout" in text

@@ -445,4 +445,5 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert data["running"] is None
     text = runner.invoke(status, ["--config", str(config.path)]).output
     assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text
-    assert "collection failed: timeout" in text
+    assert data["runs"][0]["errors"] == ["collection failed: timeout"]
+    assert "failed" in text and "Outbox: 0 pending, 0 failed, 0 sent" in text

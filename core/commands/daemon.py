@@ -244,8 +244,9 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(f"[{style}]Last successful cycle:[/] {last['finished_at']} ({age} ago, mode {last['mode']})"
                       + ("  [red]stale: more than 3 intervals ago[/]" if data["stale"] else ""))
     table = Table(title="Last cycles", title_justify="left")
-    for col in ("started", "mode", "status", "API calls", "errors"):
-        table.add_column(col)
+    for col in ("started", "mode", "status", "API calls"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("errors", overflow="fold")
     for r in data["runs"]:
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}.get(r["status"], "white")
         table.add_row(r["started_at"], r["mode"], f"[{colour}]{r['status']}[/]", str(r["api_calls"]),

@@ -18,11 +18,12 @@ log = logging.getLogger("mistwatch.daemon")
 DAEMON_HELP = """Run cycles (collect, evaluate, report, notify) on a fixed schedule until stopped.
 
 \b
-The schedule is fixed: cycle k starts at start + k * interval; a cycle that overruns skips the
-slots it missed. The daily digest (reports.digest) goes out at its time. SIGHUP reloads the
-config and rules (a broken new config is reported and the old one kept); SIGINT or SIGTERM
-(SIGBREAK on Windows) finish the current cycle and exit 0. The daemon holds the state directory's
-lock for its whole life, so a second daemon or a `mistwatch run` on the same state is refused."""
+Cycle k starts at start + k * interval; a cycle that overruns skips the
+slots it missed. The daily digest (reports.digest) goes out at its time.
+SIGHUP reloads the config and rules (a broken new config is reported and
+the old one kept). SIGINT or SIGTERM (SIGBREAK on Windows) finish the
+current cycle, then exit 0. The daemon holds the state directory's lock
+for its whole life: a second daemon or a `mistwatch run` is refused."""
 
 
 def _interval(text: Any, where: str) -> timedelta:

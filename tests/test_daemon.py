@@ -391,7 +391,7 @@ def test_the_daemon_stops_mid_cycle_on_sigterm_after_finishing_it(tmp_path, simu
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX")
-def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_run_meanwhile_is_refused(tmp_path, simulator):
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_second_writer_is_refused(tmp_path, simulator):
     config = write_config(tmp_path, simulator)
     proc, log = start_daemon(tmp_path, simulator, "--interval", "2s")
     try:
@@ -409,6 +409,9 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_run_meanwhile_is_re
         assert concurrent.returncode == 1
         assert "is in use by a mistwatch daemon (pid " in concurrent.stderr
         assert "Traceback" not in concurrent.stderr
+        second = mistwatch_cli(tmp_path, simulator, "daemon", "--config", "config.yaml")
+        assert second.returncode == 1
+        assert "is in use by a mistwatch daemon (pid " in second.stderr
         status = mistwatch_cli(tmp_path, simulator, "status", "--config", "config.yaml", "--json")
         data = json.loads(status.stdout)
         assert data["running"]["purpose"] == "daemon"

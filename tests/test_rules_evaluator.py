@@ -64,3 +64,31 @@ def test_evaluation_is_pure_same_inputs_same_findings_and_nothing_written():
     assert [(f.key, f.severity, f.summary) for f in first.findings] == [
         (f.key, f.severity, f.summary) for f in second.findings]
     assert history.values_at("site.clients", T0) == before
+
+
+def test_a_rule_whose_kind_raises_is_a_note_and_freezes_only_its_own_alerts(tmp_path):
+    from fixtures_rules import Cycles
+
+    from mistwatch import RuleKind
+    from mistwatch.evaluator import Result
+
+    calls = {"n": 0}
+
+    def compile_flaky(spec):
+        def check(ctx):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise RuntimeError("plugin bug")
+            for entity in ctx.entities():
+                yield Result(entity.key, entity.labels, "minor", value=1.0)
+        return check
+
+    kinds = {**builtin_kinds(), "flaky": RuleKind(name="flaky", compile=compile_flaky, default_scope="site")}
+    path = tmp_path / "r.yaml"
+    path.write_text("rules:\n  - {id: flaky, kind: flaky}\n"
+                    "  - {id: low, kind: threshold, metric: site.clients, below: 5}\n", encoding="utf-8")
+    cycles = Cycles(load_rules([path], kinds))
+    cycles.run([site(site__clients=1)])
+    cycles.step([site(site__clients=1)])
+    assert {a.rule_id: a.state for a in cycles.alerts.values()} == {"flaky": "firing", "low": "firing"}
+    assert any("flaky: rule failed: RuntimeError: plugin bug" in n for n in cycles.notes())

@@ -31,10 +31,13 @@ Scenarios (``SCENARIOS``):
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -261,6 +264,7 @@ class SimulatedOrg:
         self._state_lock = threading.Lock()
         # built now: the constructor's scenario starts at the constructor's clock; later ones lazily
         self._state: ScenarioState | None = self._build_state(scenario, None)
+        self._device_texts: tuple[tuple[ScenarioState, float], list] | None = None
 
     # --- clock -----------------------------------------------------------------------------------
     @property
@@ -475,6 +479,16 @@ class SimulatedOrg:
             return None
         return site * self.devices_per_site + pos
 
+    def device_texts(self, state: ScenarioState) -> list:
+        """Per global device index, its ``DeviceText`` for ``state`` or None until built (lazily, by the
+        request that needs it). A new state or boot reference starts a new list; a request keeps the list
+        of the state it read, so concurrent requests never mix states."""
+        key = (state, self._boot_ref)
+        cached = self._device_texts
+        if cached is None or cached[0][0] is not state or cached[0][1] != key[1]:
+            cached = self._device_texts = (key, [None] * self.device_count)
+        return cached[1]
+
     def is_connected(self, g: int, state: ScenarioState) -> bool:
         return g not in state.down
 
@@ -588,118 +602,199 @@ def site_stats_payload(org: SimulatedOrg, site: Site, now_ts: float, state: Scen
     return out
 
 
-def _site_devices_info(org: SimulatedOrg, site_i: int, now_ts: float, state: ScenarioState,
-                       cache: dict[int, tuple]) -> tuple:
-    """Per-site facts shared by a site's devices: (clients per connected AP position, switch name,
-    switch chassis mac). Cached per request: a page holds several devices of one site."""
-    info = cache.get(site_i)
-    if info is None:
+# --- stats/devices as text -----------------------------------------------------------------------------
+# Building and JSON-encoding 60,000 device dicts per cycle cost seconds of CPU at 10,000 sites. So each
+# device's JSON is encoded once per scenario state (``DeviceText``, cached by ``SimulatedOrg.device_texts``)
+# with its clock-dependent numbers (uptime, last_seen, counters, hourly cpu/mem/clients) left as %s slots;
+# a request only formats those numbers in. The output is the same text json.dumps gave for the dict.
+
+class _Slot:
+    """A clock-dependent value in a device template; json-encoded as a marker that becomes a %s slot."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+_MARK = "\x00"
+_MARK_JSON = '"\\u0000"'  # how json.dumps writes _MARK
+# the slots of each kind, in text order; DeviceText.render returns values in this order
+AP_SLOTS = ("uptime", "last_seen", "num_clients", "cpu_util", "cpu_system", "cpu_user", "mem_used_kb",
+            "port_rx_bytes", "port_tx_bytes", "port_rx_pkts", "port_tx_pkts", "b24_clients", "b24_tx_bytes",
+            "b24_rx_bytes", "b5_clients", "b5_tx_bytes", "b5_rx_bytes", "rx_bytes", "tx_bytes", "rx_pkts",
+            "tx_pkts")
+SWITCH_SLOTS = ("uptime", "last_seen", "cpu_stat", "memory")
+SWITCH_PORT_SLOTS = ("rx_pkts", "tx_pkts", "rx_bytes", "tx_bytes")  # per connected AP's port
+GATEWAY_SLOTS = ("uptime", "last_seen", "cpu_stat", "memory", "spu_cpu", "spu_memory", "spu_uptime",
+                 "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts")
+_SLOT = {n: _Slot(n) for n in (*AP_SLOTS, *SWITCH_SLOTS, *SWITCH_PORT_SLOTS, *GATEWAY_SLOTS)}
+
+
+def _template_text(payload: dict) -> tuple[str, tuple[str, ...]]:
+    """(%-format text, slot names in text order) of a payload holding ``_Slot`` values."""
+    names: list[str] = []
+
+    def mark(slot: _Slot) -> str:
+        names.append(slot.name)  # called in output order
+        return _MARK
+
+    text = json.dumps(payload, separators=(",", ":"), check_circular=False, default=mark)
+    return text.replace("%", "%%").replace(_MARK_JSON, "%s"), tuple(names)
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_stat_text(cpu: int) -> str:
+    return json.dumps({"idle": 100 - cpu, "user": cpu // 2, "system": cpu - cpu // 2, "interrupt": 0,
+                       "load_avg": [round(cpu / 25, 2), round(cpu / 27, 2), round(cpu / 30, 2)]},
+                      separators=(",", ":"))
+
+
+class DeviceText:
+    """One device of ``stats/devices`` for one scenario state: JSON text with %s slots (see above) and the
+    per-device numbers the slots derive from."""
+
+    __slots__ = ("boot", "cpu0", "g", "kind", "lag", "mem0", "n_up", "ports_up", "rank", "rate", "site",
+                 "static", "text")
+
+    def __init__(self, org: SimulatedOrg, g: int, state: ScenarioState):
+        site_i, pos = divmod(g, org.devices_per_site)
+        site = org.sites[site_i]
+        kind = org.layout[pos]
+        mac = org.device_mac(g)
+        name = org.device_name(g)
+        h = mix(org.seed, g, 9)
+        self.g, self.kind, self.site = g, kind, site_i
+        serial_prefix = {"ap": "A07032", "switch": "FJ0324", "gateway": "CV0219"}[kind]
+        out: dict = {"type": kind, "id": "00000000-0000-0000-1000-" + mac, "mac": mac, "name": name,
+                     "model": org.device_model(g), "serial": f"{serial_prefix}{h % 10_000_000:07d}",
+                     "version": VERSIONS[kind], "site_id": site.id, "org_id": org.org_id,
+                     "created_time": site.created + 3600 + 60 * pos, "modified_time": site.created + 20 * DAY}
+        if kind != "ap":
+            out["hostname"] = name
+        down_since = state.down.get(g)
+        self.static = down_since is not None
+        if down_since is not None:  # a disconnected device keeps only its identity (shape unconfirmed)
+            out.update(status="disconnected", last_seen=int(down_since), uptime=0)
+            self.text = json.dumps(out, separators=(",", ":"))
+            return
+        boot = state.boot.get(g)
+        if boot is None:
+            boot = org._boot_ref - DAY * (2 + h % 88) - (h >> 8) % DAY
+        self.boot = boot
+        self.lag = (h >> 16) % 40
+        self.cpu0 = 3 + (h >> 24) % 18  # + the hourly jitter
+        self.mem0 = 25 + (h >> 32) % 30
+        a, b = divmod(site_i, 256)
+        ip = f"10.{a % 256}.{b}.{10 + pos}"
+        self.rate = rate = 2000 + (h >> 40) % 20000
+        slot = _SLOT
+        out.update(status="connected", uptime=slot["uptime"], last_seen=slot["last_seen"], ip=ip)
         base = site_i * org.devices_per_site
-        connected = [p for p, kind in enumerate(org.layout) if kind == "ap" and base + p not in state.down]
-        per_ap: dict[int, int] = {}
-        if connected:
-            share, extra = divmod(org.site_clients(site_i, now_ts, state), len(connected))
-            per_ap = {p: share + (1 if k < extra else 0) for k, p in enumerate(connected)}
-        sw = org.device_pos("switch")
-        if sw is None:
-            info = (per_ap, None, None)
+        aps = [p for p, k in enumerate(org.layout) if k == "ap"]
+        if kind == "ap":
+            connected = [p for p in aps if base + p not in state.down]
+            self.rank, self.n_up = connected.index(pos), len(connected)
+            out.update(
+                ext_ip=site.ext_ip, num_clients=slot["num_clients"], cpu_util=slot["cpu_util"],
+                cpu_system=slot["cpu_system"], cpu_user=slot["cpu_user"], mem_used_kb=slot["mem_used_kb"],
+                mem_total_kb=505468, power_src="PoE 802.3at", power_constrained=False, power_budget=8400,
+                ip_stat={"ip": ip, "netmask": "255.255.255.0", "gateway": f"10.{a % 256}.{b}.1", "dns": ["10.0.0.53"]},
+                port_stat={"eth0": {"up": True, "speed": 2500, "full_duplex": True, "rx_bytes": slot["port_rx_bytes"],
+                                    "tx_bytes": slot["port_tx_bytes"], "rx_pkts": slot["port_rx_pkts"],
+                                    "tx_pkts": slot["port_tx_pkts"], "rx_errors": 0}},
+                radio_stat={
+                    "band_24": {"channel": (1, 6, 11)[pos % 3], "bandwidth": 20, "power": 12, "noise_floor": -90,
+                                "num_clients": slot["b24_clients"], "util_all": 10 + (h >> 12) % 30,
+                                "tx_bytes": slot["b24_tx_bytes"], "rx_bytes": slot["b24_rx_bytes"]},
+                    "band_5": {"channel": (36, 44, 52, 100)[pos % 4], "bandwidth": 40, "power": 15,
+                               "noise_floor": -95, "num_clients": slot["b5_clients"], "util_all": 5 + (h >> 14) % 25,
+                               "tx_bytes": slot["b5_tx_bytes"], "rx_bytes": slot["b5_rx_bytes"]}},
+                rx_bps=rate, tx_bps=rate * 2, rx_bytes=slot["rx_bytes"], tx_bytes=slot["tx_bytes"],
+                rx_pkts=slot["rx_pkts"], tx_pkts=slot["tx_pkts"])
+            sw = org.device_pos("switch")
+            if sw is not None:
+                out["lldp_stat"] = {"system_name": org.device_name(base + sw), "port_id": f"ge-0/0/{pos + 1}",
+                                    "port_desc": f"ge-0/0/{pos + 1}",
+                                    "chassis_id": _colon_mac(org.device_mac(base + sw)),
+                                    "power_draw": 9.5 + (h >> 18) % 40 / 10}
+            expected = AP_SLOTS
         else:
-            info = (per_ap, org.device_name(base + sw), _colon_mac(org.device_mac(base + sw)))
-        if len(cache) > 4096:
-            cache.clear()
-        cache[site_i] = info
-    return info
+            out.update(config_status="COMMITED", cpu_stat=slot["cpu_stat"], memory_stat={"usage": slot["memory"]})
+            if kind == "switch":
+                self.ports_up = sum(1 for p in aps if base + p not in state.down)
+                if_stat = {}
+                for p in aps:
+                    up = base + p not in state.down
+                    if_stat[f"ge-0/0/{p + 1}.0"] = {"port_id": f"ge-0/0/{p + 1}", "up": up,
+                                                    **{n: slot[n] if up else 0 for n in SWITCH_PORT_SLOTS}}
+                out.update(clients_stats={"total": {"num_aps": [self.ports_up],
+                                                    "num_wired_clients": org.site_wired_clients(site_i)}},
+                           if_stat=if_stat,
+                           fwupdate={"status": "upgraded", "progress": 100, "status_id": 3037,
+                                     "timestamp": float(site.created + 5 * DAY), "will_retry": False})
+                expected = SWITCH_SLOTS + SWITCH_PORT_SLOTS * self.ports_up
+            else:
+                out.update(ip=site.ext_ip, ext_ip=site.ext_ip, is_ha=False,
+                           spu_stat=[{"spu_cpu": slot["spu_cpu"], "spu_memory": slot["spu_memory"],
+                                      "spu_current_session": 20 + (h >> 20) % 400, "spu_max_session": 32768,
+                                      "spu_uptime": slot["spu_uptime"]}],
+                           if_stat={"ge-0/0/0.0": {"port_id": "ge-0/0/0", "port_usage": "wan", "wan_name": "wan1",
+                                                   "wan_type": "broadband", "up": True, "rx_bytes": slot["rx_bytes"],
+                                                   "tx_bytes": slot["tx_bytes"], "rx_pkts": slot["rx_pkts"],
+                                                   "tx_pkts": slot["tx_pkts"]}})
+                expected = GATEWAY_SLOTS
+        self.text, names = _template_text(out)
+        if names != expected:  # render() fills slots by position
+            raise RuntimeError(f"device template slots {names} differ from {expected}")
+
+    def render(self, now_ts: float, hour: int, site_clients: int) -> str:
+        """The device's JSON at ``now_ts`` (``hour`` = now // 3600; ``site_clients`` of its site, APs only)."""
+        if self.static:
+            return self.text
+        u = max(0, int(now_ts - self.boot))
+        seen = int(now_ts) - self.lag
+        jitter = mix(self.g, hour) % 7
+        cpu, mem = self.cpu0 + jitter, self.mem0 + jitter
+        ur = u * self.rate
+        if self.kind == "ap":
+            share, extra = divmod(site_clients, self.n_up)
+            clients = share + (1 if self.rank < extra else 0)
+            b24 = clients // 5
+            return self.text % (u, seen, clients, cpu, u * 13, u * 5, 505468 * mem // 100, ur, ur * 2, u * 3,
+                                u * 4, b24, ur // 10, ur // 20, clients - b24, ur, ur // 2, ur, ur * 2, u * 3,
+                                u * 4)
+        if self.kind == "switch":
+            return self.text % ((u, seen, _cpu_stat_text(cpu), mem) + (u * 3, u * 4, ur, ur * 2) * self.ports_up)
+        return self.text % (u, seen, _cpu_stat_text(cpu), mem, cpu // 4, mem, u, ur * 3, ur, u * 5, u * 4)
 
 
 def _colon_mac(mac: str) -> str:
     return ":".join(mac[i:i + 2] for i in range(0, 12, 2))
 
 
-def device_stats_payload(org: SimulatedOrg, g: int, now_ts: float, state: ScenarioState,
-                         cache: dict[int, tuple] | None = None) -> dict:
-    """One device of ``stats/devices``. Pass the same ``cache`` dict for every device of one response."""
-    site_i, pos = divmod(g, org.devices_per_site)
-    site = org.sites[site_i]
-    kind = org.layout[pos]
-    mac = org.device_mac(g)
-    name = org.device_name(g)
-    h = mix(org.seed, g, 9)
-    serial_prefix = {"ap": "A07032", "switch": "FJ0324", "gateway": "CV0219"}[kind]
-    out = {"type": kind, "id": "00000000-0000-0000-1000-" + mac, "mac": mac, "name": name,
-           "model": org.device_model(g), "serial": f"{serial_prefix}{h % 10_000_000:07d}",
-           "version": VERSIONS[kind], "site_id": site.id, "org_id": org.org_id,
-           "created_time": site.created + 3600 + 60 * pos, "modified_time": site.created + 20 * DAY}
-    if kind != "ap":
-        out["hostname"] = name
-    down_since = state.down.get(g)
-    if down_since is not None:  # a disconnected device keeps only its identity (shape unconfirmed)
-        out.update(status="disconnected", last_seen=int(down_since), uptime=0)
-        return out
-    boot = state.boot.get(g)
-    if boot is None:
-        boot = org._boot_ref - DAY * (2 + h % 88) - (h >> 8) % DAY
-    uptime = max(0, int(now_ts - boot))
+def device_stats_text(org: SimulatedOrg, devices: Iterable[int], now_ts: float, state: ScenarioState) -> str:
+    """The JSON array of ``stats/devices`` for these global device indexes at ``now_ts``."""
+    texts = org.device_texts(state)
     hour = int(now_ts // 3600)
-    jitter = mix(g, hour) % 7
-    cpu = 3 + (h >> 24) % 18 + jitter
-    mem = 25 + (h >> 32) % 30 + jitter
-    a, b = divmod(site_i, 256)
-    ip = f"10.{a % 256}.{b}.{10 + pos}"
-    rate = 2000 + (h >> 40) % 20000
-    out.update(status="connected", uptime=uptime, last_seen=int(now_ts) - (h >> 16) % 40, ip=ip)
-    if kind == "ap":
-        per_ap, sw_name, sw_chassis = _site_devices_info(org, site_i, now_ts, state, {} if cache is None else cache)
-        clients = per_ap.get(pos, 0)
-        b24 = clients // 5
-        out.update(
-            ext_ip=site.ext_ip, num_clients=clients, cpu_util=cpu, cpu_system=uptime * 13,
-            cpu_user=uptime * 5, mem_used_kb=505468 * mem // 100, mem_total_kb=505468,
-            power_src="PoE 802.3at", power_constrained=False, power_budget=8400,
-            ip_stat={"ip": ip, "netmask": "255.255.255.0", "gateway": f"10.{a % 256}.{b}.1", "dns": ["10.0.0.53"]},
-            port_stat={"eth0": {"up": True, "speed": 2500, "full_duplex": True, "rx_bytes": uptime * rate,
-                                "tx_bytes": uptime * rate * 2, "rx_pkts": uptime * 3, "tx_pkts": uptime * 4,
-                                "rx_errors": 0}},
-            radio_stat={
-                "band_24": {"channel": (1, 6, 11)[pos % 3], "bandwidth": 20, "power": 12, "noise_floor": -90,
-                            "num_clients": b24, "util_all": 10 + (h >> 12) % 30,
-                            "tx_bytes": uptime * rate // 10, "rx_bytes": uptime * rate // 20},
-                "band_5": {"channel": (36, 44, 52, 100)[pos % 4], "bandwidth": 40, "power": 15,
-                           "noise_floor": -95, "num_clients": clients - b24, "util_all": 5 + (h >> 14) % 25,
-                           "tx_bytes": uptime * rate, "rx_bytes": uptime * rate // 2}},
-            rx_bps=rate, tx_bps=rate * 2, rx_bytes=uptime * rate, tx_bytes=uptime * rate * 2,
-            rx_pkts=uptime * 3, tx_pkts=uptime * 4)
-        if sw_name is not None:
-            out["lldp_stat"] = {"system_name": sw_name, "port_id": f"ge-0/0/{pos + 1}",
-                                "port_desc": f"ge-0/0/{pos + 1}", "chassis_id": sw_chassis,
-                                "power_draw": 9.5 + (h >> 18) % 40 / 10}
-        return out
-    cpu_stat = {"idle": 100 - cpu, "user": cpu // 2, "system": cpu - cpu // 2, "interrupt": 0,
-                "load_avg": [round(cpu / 25, 2), round(cpu / 27, 2), round(cpu / 30, 2)]}
-    out.update(config_status="COMMITED", cpu_stat=cpu_stat, memory_stat={"usage": mem})
-    if kind == "switch":
-        base = site_i * org.devices_per_site
-        aps = [p for p, k in enumerate(org.layout) if k == "ap"]
-        aps_up = sum(1 for p in aps if base + p not in state.down)
-        if_stat = {}
-        for p in aps:
-            up = base + p not in state.down
-            if_stat[f"ge-0/0/{p + 1}.0"] = {"port_id": f"ge-0/0/{p + 1}", "up": up,
-                                            "rx_pkts": uptime * 3 if up else 0, "tx_pkts": uptime * 4 if up else 0,
-                                            "rx_bytes": uptime * rate if up else 0,
-                                            "tx_bytes": uptime * rate * 2 if up else 0}
-        out.update(clients_stats={"total": {"num_aps": [aps_up],
-                                            "num_wired_clients": org.site_wired_clients(site_i)}},
-                   if_stat=if_stat,
-                   fwupdate={"status": "upgraded", "progress": 100, "status_id": 3037,
-                             "timestamp": float(site.created + 5 * DAY), "will_retry": False})
-        return out
-    out.update(ip=site.ext_ip, ext_ip=site.ext_ip, is_ha=False,
-               spu_stat=[{"spu_cpu": cpu // 4, "spu_memory": mem, "spu_current_session": 20 + (h >> 20) % 400,
-                          "spu_max_session": 32768, "spu_uptime": uptime}],
-               if_stat={"ge-0/0/0.0": {"port_id": "ge-0/0/0", "port_usage": "wan", "wan_name": "wan1",
-                                       "wan_type": "broadband", "up": True, "rx_bytes": uptime * rate * 3,
-                                       "tx_bytes": uptime * rate, "rx_pkts": uptime * 5, "tx_pkts": uptime * 4}})
-    return out
+    clients: dict[int, int] = {}  # site index -> clients, for its APs
+    parts = []
+    for g in devices:
+        text = texts[g]
+        if text is None:
+            text = texts[g] = DeviceText(org, g, state)
+        n = 0
+        if text.kind == "ap" and not text.static:
+            n = clients.get(text.site, -1)
+            if n < 0:
+                n = clients[text.site] = org.site_clients(text.site, now_ts, state)
+        parts.append(text.render(now_ts, hour, n))
+    return "[" + ",".join(parts) + "]"
+
+
+def device_stats_payload(org: SimulatedOrg, g: int, now_ts: float, state: ScenarioState) -> dict:
+    """One device of ``stats/devices`` as a dict (drill-down helpers and tests; the server sends text)."""
+    return json.loads(device_stats_text(org, [g], now_ts, state))[0]
 
 
 def sle_result(org: SimulatedOrg, site: Site, kind: str, now_ts: float, state: ScenarioState) -> dict:

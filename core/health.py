@@ -10,8 +10,14 @@ Site components and their default weights (``health.weights`` in the config over
 component           weight  badness
 ==================  ======  ===================================================================
 ``availability``    40      share of the site's devices that are disconnected
-``sle.<family>.*``  30      1 - the SLE ratio, for each SLE the site reports; the 30 points are
-                            shared equally unless a weight names the SLE (``sle.wifi.coverage``)
+``sle.<family>.*``  30      for each SLE the site reports, how far it is below its target:
+                            0 at or above ``sle.target`` (0.90), 1 at or below ``sle.floor``
+                            (0.50), linear between. The SLEs share the 30 points as a group: the
+                            group costs 30 x min(1, sum of the SLEs' badness), split among them in
+                            proportion to their badness, so one collapsed SLE costs the whole 30
+                            however many SLEs the site has. A weight naming an SLE
+                            (``sle.wifi.coverage: 15``) takes it out of the group as a component
+                            of its own.
 ``mist_alarms``     10      open Mist alarms: each critical costs ``alarm.critical`` (1.0) of the
                             component, each major ``alarm.major`` (0.5), others ``alarm.other``
                             (0.2); capped at 1
@@ -58,7 +64,11 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "device.alerts": 20.0,
     "device.cpu_from": 80.0,
     "device.memory_from": 85.0,
+    "sle.target": 0.9,
+    "sle.floor": 0.5,
 }
+#: Settings in the weights mapping that are not weights of SLE components.
+_SLE_SETTINGS = ("sle.target", "sle.floor")
 
 SLE_FAMILIES = ("wifi", "wired", "wan")
 HEALTH_METRICS = ("site.health", "device.health")
@@ -92,17 +102,27 @@ class HealthResult:
         return round(sum(known) / len(known), 1) if known else None
 
 
-def _finish(key: str, name: str, parts: list[tuple[str, float, float, str]], unknown: list[str]) -> Score:
-    """``parts`` are (component, weight, badness, detail); scale the weights to share 100 points."""
-    total = sum(w for _, w, _, _ in parts)
+#: (component, weight, badness, detail, members): ``members`` splits a group's cost among its
+#: members, (name, share of the badness, detail); empty for a plain component.
+_Part = tuple[str, float, float, str, tuple[tuple[str, float, str], ...]]
+
+
+def _finish(key: str, name: str, parts: list[_Part], unknown: list[str]) -> Score:
+    """Scale the parts' weights to share 100 points and turn badness into points lost."""
+    total = sum(p[1] for p in parts)
     measured = [p for p in parts if p[0] not in ("alerts", "device.alerts")]
     if total <= 0 or (unknown and not measured):
         # only our own alerts are left: a site we cannot see is unknown, not healthy
         return Score(key, name, None, [], unknown)
     components = []
-    for comp, weight, badness, detail in parts:
-        lost = round(weight * 100.0 / total * min(1.0, max(0.0, badness)), 1)
-        components.append((comp, lost, detail))
+    for comp, weight, badness, detail, members in parts:
+        lost = weight * 100.0 / total * min(1.0, max(0.0, badness))
+        if not members:
+            components.append((comp, round(lost, 1), detail))
+            continue
+        spread = sum(b for _, b, _ in members)
+        for member, b, member_detail in members:
+            components.append((member, round(lost * b / spread, 1) if spread > 0 else 0.0, member_detail))
     score = round(max(0.0, 100.0 - sum(c[1] for c in components)), 1)
     return Score(key, name, score, components, unknown)
 
@@ -121,7 +141,7 @@ def _alert_cost(alerts: Sequence[Alert], w: Mapping[str, float]) -> tuple[float,
 
 def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float]) -> Score:
     m = site.metrics
-    parts: list[tuple[str, float, float, str]] = []
+    parts: list[_Part] = []
     unknown: list[str] = []
 
     if snapshot.is_unknown(site, "site.devices_connected") or snapshot.is_unknown(site, "site.devices_total"):
@@ -131,16 +151,26 @@ def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Ma
         down = int(total - up)
         detail = (f"{down} of {int(total)} devices disconnected" if down
                   else f"all {int(total)} devices connected")
-        parts.append(("availability", w["availability"], (total - up) / total, detail))
+        parts.append(("availability", w["availability"], (total - up) / total, detail, ()))
 
     sles = sorted(k for k in m if k.startswith("sle.") and not snapshot.is_unknown(site, k))
     for family in SLE_FAMILIES:
         if snapshot.is_unknown(site, f"sle.{family}.*") and not any(k.startswith(f"sle.{family}.") for k in sles):
             unknown.append(f"sle.{family}")
-    share = w["sle"] / len(sles) if sles else 0.0
+    target, floor = w["sle.target"], w["sle.floor"]
+    group = []
     for k in sles:
         value = min(1.0, max(0.0, m[k]))
-        parts.append((k, w.get(k, share), 1.0 - value, f"{k.rsplit('.', 1)[1].replace('_', ' ')} {value:.0%}"))
+        badness = 0.0 if value >= target else min(1.0, (target - value) / max(1e-9, target - floor))
+        detail = f"{k.rsplit('.', 1)[1].replace('_', ' ')} {value:.0%}"
+        if value < target:
+            detail += f" (target {target:.0%})"
+        if k in w and k not in _SLE_SETTINGS:
+            parts.append((k, w[k], badness, detail, ()))
+        else:
+            group.append((k, badness, detail))
+    if group:
+        parts.append(("sle", w["sle"], sum(b for _, b, _ in group), "", tuple(group)))
 
     if snapshot.is_unknown(site, "site.alarms_open"):
         unknown.append("mist_alarms")
@@ -152,10 +182,10 @@ def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Ma
         detail = f"{n_open} open Mist alarm{'s' if n_open != 1 else ''}" if n_open else "no open Mist alarms"
         if crit or major:
             detail += f" ({crit} critical, {major} major)"
-        parts.append(("mist_alarms", w["mist_alarms"], cost, detail))
+        parts.append(("mist_alarms", w["mist_alarms"], cost, detail, ()))
 
     cost, detail = _alert_cost(alerts, w)
-    parts.append(("alerts", w["alerts"], cost, detail))
+    parts.append(("alerts", w["alerts"], cost, detail, ()))
     return _finish(site.key, site.name, parts, unknown)
 
 
@@ -163,21 +193,21 @@ def _device_score(dev: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: M
     m = dev.metrics
     if not snapshot.is_unknown(dev, "device.connected") and m.get("device.connected", 1.0) < 0.5:
         return Score(dev.key, dev.name, 0.0, [("device.connected", 100.0, "disconnected")], [])
-    parts: list[tuple[str, float, float, str]] = []
+    parts: list[_Part] = []
     unknown: list[str] = []
     if snapshot.is_unknown(dev, "device.connected"):
         unknown.append("device.connected")
     elif "device.connected" in m:
-        parts.append(("device.connected", w["device.connected"], 0.0, "connected"))
+        parts.append(("device.connected", w["device.connected"], 0.0, "connected", ()))
     for metric, start in (("device.cpu", w["device.cpu_from"]), ("device.memory", w["device.memory_from"])):
         if snapshot.is_unknown(dev, metric):
             unknown.append(metric)
         elif metric in m:
             value = m[metric]
             badness = (value - start) / (100.0 - start) if start < 100 else 0.0
-            parts.append((metric, w[metric], badness, f"{metric.split('.')[1]} {value:.0f}%"))
+            parts.append((metric, w[metric], badness, f"{metric.split('.')[1]} {value:.0f}%", ()))
     cost, detail = _alert_cost(alerts, w)
-    parts.append(("device.alerts", w["device.alerts"], cost, detail))
+    parts.append(("device.alerts", w["device.alerts"], cost, detail, ()))
     return _finish(dev.key, dev.name, parts, unknown)
 
 

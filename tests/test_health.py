@@ -26,16 +26,33 @@ def test_a_perfect_site_scores_100_and_lists_its_components_at_zero_cost():
 
 
 def test_each_component_costs_its_weight_times_its_badness():
-    # 1 of 4 devices down: 40 * 0.25 = 10; two SLEs share 30: coverage 0.8 -> 15 * 0.2 = 3,
-    # capacity 0.6 -> 15 * 0.4 = 6; one major Mist alarm: 10 * 0.5 = 5; one minor alert: 20 * 0.25 = 5
+    # 1 of 4 devices down: 40 * 0.25 = 10. SLEs against the 90 % target and 50 % floor: coverage 0.8
+    # -> 0.25, capacity 0.6 -> 0.75; together 1.0 of the 30-point group, split 7.5 / 22.5.
+    # One major Mist alarm: 10 * 0.5 = 5; one minor alert: 20 * 0.25 = 5
     site = site_entity("s1", "Dublin", total=4, up=3, sles={"wifi.coverage": 0.8, "wifi.capacity": 0.6},
                        alarms=(1, 0, 1))
     alerts = [alert("ap_down", "minor", "s1", "Dublin")]
     score = compute_health(snap(site), alerts).sites["site:s1"]
-    assert parts(score) == {"availability": 10.0, "sle.wifi.capacity": 6.0, "sle.wifi.coverage": 3.0,
+    assert parts(score) == {"availability": 10.0, "sle.wifi.capacity": 22.5, "sle.wifi.coverage": 7.5,
                             "mist_alarms": 5.0, "alerts": 5.0}
-    assert score.score == 71.0
-    assert dict((c, d) for c, _, d in score.components)["availability"] == "1 of 4 devices disconnected"
+    assert score.score == 50.0
+    details = {c: d for c, _, d in score.components}
+    assert details["availability"] == "1 of 4 devices disconnected"
+    assert details["sle.wifi.coverage"] == "coverage 80% (target 90%)"
+
+
+def test_an_sle_at_or_above_its_target_costs_nothing():
+    site = site_entity("s1", "Dublin", sles={"wifi.coverage": 0.9, "wifi.capacity": 0.97})
+    assert compute_health(snap(site), []).sites["site:s1"].score == 100.0
+
+
+def test_one_collapsed_sle_costs_the_whole_sle_group_however_many_sles_there_are():
+    sles = {f"wifi.s{i}": 0.99 for i in range(13)}
+    sles["wifi.coverage"] = 0.4
+    site = site_entity("s1", "Dublin", sles=sles)
+    score = compute_health(snap(site), []).sites["site:s1"]
+    assert parts(score)["sle.wifi.coverage"] == 30.0
+    assert score.score == 70.0
 
 
 def test_costs_are_capped_at_the_whole_component():
@@ -61,11 +78,11 @@ def test_configured_weights_replace_the_defaults():
     assert score.score == 60.0
 
 
-def test_a_named_sle_weight_overrides_its_equal_share():
+def test_a_named_sle_weight_makes_it_a_component_of_its_own():
     site = site_entity("s1", "Dublin", sles={"wifi.coverage": 0.5, "wifi.capacity": 0.5})
     score = compute_health(snap(site), [], {"sle.wifi.coverage": 0.0, "sle.wifi.capacity": 30.0}).sites["site:s1"]
-    assert parts(score)["sle.wifi.coverage"] == 0.0
-    assert parts(score)["sle.wifi.capacity"] == 15.0
+    assert parts(score)["sle.wifi.coverage"] == 0.0  # weight 0: never costs
+    assert parts(score)["sle.wifi.capacity"] == 30.0  # 50 % is at the floor: its whole own weight
 
 
 def test_unknown_availability_is_skipped_and_marked_not_counted_as_down():

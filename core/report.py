@@ -27,6 +27,7 @@ from typing import Any
 
 from mistwatch.health import HealthResult, Score
 from mistwatch.model import Alert, Snapshot, severity_rank
+from mistwatch.secrets import redact
 
 SCHEMA_VERSION = "1.0"
 TREND_DAYS = 7
@@ -236,9 +237,10 @@ def _build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: 
             "duration_s": _r(run.get("duration_s"), 3),
             "api_calls": int(run.get("api_calls") or 0),
             "mode": run.get("mode", "all"),
-            "errors": [str(x) for x in run.get("errors", ())],
-            "collector_errors": [{"collector": err.collector, "endpoint": err.endpoint, "message": err.message}
-                                 for err in snapshot.errors],
+            # already redacted upstream; redacted again because a report is often mailed around
+            "errors": [redact(str(x)) for x in run.get("errors", ())],
+            "collector_errors": [{"collector": err.collector, "endpoint": redact(err.endpoint),
+                                  "message": redact(err.message)} for err in snapshot.errors],
         },
         "trend_dates": [(now - timedelta(days=d)).date().isoformat() for d in range(TREND_DAYS, -1, -1)],
         "org": org,
@@ -247,7 +249,7 @@ def _build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: 
         "sites": sites,
         "devices": devices,
         "alerts": [alert_dict(a) for a in open_alerts],
-        "insights": [str(n) for n in notes],
+        "insights": [redact(str(n)) for n in notes],
         "recommendations": recommendations,
     }
 

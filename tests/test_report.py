@@ -162,3 +162,12 @@ def test_a_second_run_the_same_day_replaces_that_days_copy(store, tmp_path):
     paths = write_reports(report2, tmp_path / "r", now + timedelta(hours=1))
     assert len(list((tmp_path / "r" / "history").glob("*.json"))) == 1
     assert json.loads(paths.history_json.read_text(encoding="utf-8"))["generated_at"] == "2026-11-20T09:00:00Z"
+
+
+def test_a_secret_in_a_collector_error_never_reaches_the_report(store):
+    from mistwatch.secrets import register
+
+    token = register("tok-REPORT-abcdef123456")
+    err = CollectorError("mist", "stats/sites", f"HTTP 401 for token {token}")
+    report, _ = cycle(store, 0, errors=[err])
+    assert "tok-REPORT" not in json.dumps(report) + render_html(report)

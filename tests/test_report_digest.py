@@ -128,3 +128,34 @@ def test_a_bad_digest_setting_is_one_clear_config_error_at_load(notify_env, smtp
     assert err.value.key == key
     assert err.value.line is not None and err.value.file.endswith("config.yaml")
     assert message in str(err.value)
+
+
+def test_the_daemon_sends_the_digest_at_its_time_from_the_latest_report(notify_env, smtp_sink):
+    from types import SimpleNamespace
+
+    from mistwatch.commands.daemon import _DigestHook
+
+    config = configure(notify_env, smtp_sink)
+    app = SimpleNamespace(config=config, host=notify_env.host, store=notify_env.store)
+    hook = _DigestHook({"app": app}, interval=timedelta(minutes=15))
+    report_for(notify_env, AT - timedelta(minutes=10))  # the daemon's last cycle wrote this
+    assert hook.next_due(BEFORE) == AT
+    assert hook.send(AT)
+    assert "Daily digest: Acme — 2026-11-20" in smtp_sink.messages[0]["Subject"]
+    assert not hook.send(AT + timedelta(minutes=1))
+    assert hook.next_due(AT + timedelta(minutes=1)) == AT + timedelta(days=1)
+
+
+def test_the_daemon_leaves_the_digest_to_the_next_cycle_when_the_report_is_stale(notify_env, smtp_sink):
+    from types import SimpleNamespace
+
+    from mistwatch.commands.daemon import _DigestHook
+
+    config = configure(notify_env, smtp_sink)
+    app = SimpleNamespace(config=config, host=notify_env.host, store=notify_env.store)
+    hook = _DigestHook({"app": app}, interval=timedelta(minutes=15))
+    assert not hook.send(AT)  # no report at all yet
+    report_for(notify_env, AT - timedelta(hours=3))
+    assert not hook.send(AT)
+    assert smtp_sink.messages == []
+    assert digest_due(config, notify_env.store, AT)  # still due: the next cycle's report sends it

@@ -213,4 +213,5 @@ def install_signal_handlers(daemon: Daemon) -> dict[int, Any]:
 
 def restore_signal_handlers(previous: dict[int, Any]) -> None:
     for signum, handler in previous.items():
-        signal.signal(signum, handler)
+        # None means the old handler was not set from Python: the default is the best we can restore
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)

@@ -90,6 +90,15 @@ class _History:
         return out
 
 
+def past_values(store: Any, metric: str, now: datetime) -> dict[str, list[float | None]]:
+    """Per entity key, the value of ``metric`` TREND_DAYS days ago ... yesterday (oldest first, None
+    where there is no sample): append today's value and hand it to ``spark_unicode`` for a console
+    sparkline."""
+    days = _History(store, now).days(metric)
+    keys = set().union(*days)
+    return {key: [day.get(key) for day in days] for key in keys}
+
+
 def _series(hist: _History, metric: str, key: str, current: float | None, ndigits: int = 3) -> dict[str, Any]:
     trend = hist.trend(metric, key, current)
     current = _r(current, ndigits)

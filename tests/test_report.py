@@ -171,3 +171,15 @@ def test_a_secret_in_a_collector_error_never_reaches_the_report(store):
     err = CollectorError("mist", "stats/sites", f"HTTP 401 for token {token}")
     report, _ = cycle(store, 0, errors=[err])
     assert "tok-REPORT" not in json.dumps(report) + render_html(report)
+
+
+def test_past_values_feed_a_console_sparkline(store):
+    from mistwatch.report import past_values
+    from mistwatch.sparkline import spark_unicode
+
+    for day in range(3):
+        cycle(store, day, degrade=0.1 * day)
+    now = T0 + timedelta(days=3)
+    past = past_values(store, "sle.wifi.capacity", now)["site:s0001"]
+    assert past == [None, None, None, None, pytest.approx(0.92), pytest.approx(0.82), pytest.approx(0.72)]
+    assert spark_unicode([*past, 0.62]) == "    █▆▃▁"

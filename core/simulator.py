@@ -254,8 +254,12 @@ class MistApi:
         now_ts, state = self._snapshot()
         sites = self.org.sites
         limit, page, first, last = _page(len(sites), query)
-        body = self._hourly(("stats/sites", first, last), now_ts, state, lambda: [
-            site_stats_payload(self.org, s, now_ts, state, down_by_site(self.org, state)) for s in sites[first:last]])
+
+        def build() -> list[dict]:
+            down = down_by_site(self.org, state)
+            return [site_stats_payload(self.org, s, now_ts, state, down) for s in sites[first:last]]
+
+        body = self._hourly(("stats/sites", first, last), now_ts, state, build)
         return Response(200, body, _page_headers(limit, page, len(sites)))
 
     def site_stats(self, query: dict[str, str], site_id: str) -> Response:

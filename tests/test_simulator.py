@@ -418,6 +418,26 @@ def test_a_scenario_changes_exactly_its_documented_sites(make_simulator, scenari
     assert set(other.org.affected_sites(scenario)) == set(healthy.org.affected_sites(scenario))
 
 
+def test_a_server_that_served_before_a_new_hour_and_scenario_answers_like_a_fresh_one(make_simulator):
+    later = DAY1 + timedelta(hours=1, minutes=5)
+
+    def fresh(scenario: str):
+        server = make_simulator(sites=30, now=DAY1)
+        server.org.now = later
+        server.org.set_scenario(scenario)
+        return per_site_view(server)
+
+    used = make_simulator(sites=30, now=DAY1)
+    views = [per_site_view(used)]  # fills the device texts and the hourly rows
+    used.org.now = later
+    views.append(per_site_view(used))
+    assert views[-1] == fresh("healthy")
+    used.org.set_scenario("degraded")
+    views.append(per_site_view(used))
+    assert views[-1] == fresh("degraded")
+    assert views[0] != views[1] != views[2]
+
+
 def test_affected_sites_of_degraded_are_sites_1_to_4():
     org = SimulatedOrg(sites=12)
     ids = org.site_ids()

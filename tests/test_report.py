@@ -183,3 +183,21 @@ def test_past_values_feed_a_console_sparkline(store):
     past = past_values(store, "sle.wifi.capacity", now)["site:s0001"]
     assert past == [None, None, None, None, pytest.approx(0.92), pytest.approx(0.82), pytest.approx(0.72)]
     assert spark_unicode([*past, 0.62]) == "    █▆▃▁"
+
+
+def test_sparklines_draw_gaps_as_gaps_never_as_zero():
+    from mistwatch.sparkline import spark_svg, spark_unicode
+
+    assert spark_unicode([1, 2, None, 8]) == "▁▂ █"
+    assert spark_unicode([5, 5, 5]) == "▄▄▄"
+    assert spark_unicode([None, None]) == "  "
+    svg = spark_svg([1, 2, None, 4, 5], label='coverage at <b>Dublin</b> & "HQ"')
+    assert svg.count("<polyline") == 2  # split at the gap
+    assert "&lt;b&gt;Dublin&lt;/b&gt; &amp; &quot;HQ&quot;" in svg and "<b>" not in svg
+
+
+def test_spark_svg_refuses_a_colour_that_is_not_a_hex_colour():
+    from mistwatch.sparkline import spark_svg
+
+    with pytest.raises(ValueError):
+        spark_svg([1, 2], color='red" onload="x')

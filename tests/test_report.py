@@ -189,7 +189,7 @@ def test_sparklines_draw_gaps_as_gaps_never_as_zero():
     from mistwatch.sparkline import spark_svg, spark_unicode
 
     assert spark_unicode([1, 2, None, 8]) == "▁▂ █"
-    assert spark_unicode([5, 5, 5]) == "▄▄▄"
+    assert spark_unicode([5, 5, 5]) == "▅▅▅"  # flat: mid height, not "all bad"
     assert spark_unicode([None, None]) == "  "
     svg = spark_svg([1, 2, None, 4, 5], label='coverage at <b>Dublin</b> & "HQ"')
     assert svg.count("<polyline") == 2  # split at the gap

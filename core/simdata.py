@@ -125,6 +125,7 @@ SLE_KEYS = {"wifi": WIFI_KEYS, "wired": WIRED_KEYS, "wan": WAN_KEYS}
 BACKGROUND_ALARMS = (("rogue_ap", "security", "warn"), ("dhcp_failure", "marvis", "warn"),
                      ("arp_failure", "marvis", "info"))
 REF_EPOCH = 1_700_000_000  # created_time of generated objects lies before this
+MAX_CACHED_DEVICES = 200_000  # device texts kept up to this org size (~260 MB); bigger orgs build per request
 
 
 def mix(*values: int) -> int:
@@ -480,15 +481,28 @@ class SimulatedOrg:
             return None
         return site * self.devices_per_site + pos
 
-    def device_texts(self, state: ScenarioState) -> list:
+    def device_texts(self, state: ScenarioState) -> list | None:
         """Per global device index, its ``DeviceText`` for ``state`` or None until built (lazily, by the
-        request that needs it). A new state or boot reference starts a new list; a request keeps the list
-        of the state it read, so concurrent requests never mix states."""
+        request that needs it); None for an org too big to keep them (about 1.3 KB each). A new state or
+        boot reference starts a new list; a request keeps the list of the state it read, so concurrent
+        requests never mix states."""
+        if self.device_count > MAX_CACHED_DEVICES:
+            return None
         key = (state, self._boot_ref)
         cached = self._device_texts
         if cached is None or cached[0][0] is not state or cached[0][1] != key[1]:
             cached = self._device_texts = (key, [None] * self.device_count)
         return cached[1]
+
+    def prepare(self) -> None:
+        """Build every device's text for the current scenario now (seconds at 10,000 sites) rather than
+        in the first requests; ``mistwatch simulate`` calls this before serving."""
+        state = self.state
+        texts = self.device_texts(state)
+        if texts is not None:
+            for g in range(self.device_count):
+                if texts[g] is None:
+                    texts[g] = DeviceText(self, g, state)
 
     def is_connected(self, g: int, state: ScenarioState) -> bool:
         return g not in state.down
@@ -784,9 +798,11 @@ def device_stats_text(org: SimulatedOrg, devices: Iterable[int], now_ts: float, 
     clients: dict[int, int] = {}  # site index -> clients, for its APs
     parts = []
     for g in devices:
-        text = texts[g]
+        text = None if texts is None else texts[g]
         if text is None:
-            text = texts[g] = DeviceText(org, g, state)
+            text = DeviceText(org, g, state)
+            if texts is not None:
+                texts[g] = text
         n = 0
         if text.kind == "ap" and not text.static:
             n = clients.get(text.site, -1)

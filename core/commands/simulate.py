@@ -33,6 +33,7 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
     from mistwatch.simulator import SimulatedOrg, serve
 
     org = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario, seed=seed)
+    org.prepare()  # device texts built before serving, so a big org's first poll is as fast as the next
     try:
         server = serve(org, host=host, port=port, token=token)
     except ValueError as exc:

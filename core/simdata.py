@@ -812,11 +812,6 @@ def device_stats_text(org: SimulatedOrg, devices: Iterable[int], now_ts: float, 
     return "[" + ",".join(parts) + "]"
 
 
-def device_stats_payload(org: SimulatedOrg, g: int, now_ts: float, state: ScenarioState) -> dict:
-    """One device of ``stats/devices`` as a dict (drill-down helpers and tests; the server sends text)."""
-    return json.loads(device_stats_text(org, [g], now_ts, state))[0]
-
-
 def sle_result(org: SimulatedOrg, site: Site, kind: str, now_ts: float, state: ScenarioState) -> dict:
     i = site.index
     clients = org.site_clients(i, now_ts, state)

@@ -678,7 +678,9 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             end = a.resolved_at or n.created_at
             duration = f"lasted {format_duration(end - start)}" if start else ""
         else:
-            duration = f"for {format_duration(n.created_at - start)}" if start else ""
+            # a duration under a minute is the cycle that saw it start: "for 0s" says nothing
+            duration = f"for {format_duration(n.created_at - start)}" if start and (
+                n.created_at - start).total_seconds() >= 60 else ""
         device = a.labels.get("device_name") or a.labels.get("device_id") or ""
         device_type = a.labels.get("device_type")
         if device and device_type:

@@ -17,13 +17,15 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         "type": {"const": "console"},
         "send_resolved": {"type": "boolean", "description": "Show resolved messages (default true)."},
         "width": {"type": "integer", "minimum": 40, "description": "Fixed width (default: the terminal's)."},
+        "recommendations": {"type": "boolean",
+                            "description": "Show each firing alert's recommendation (default: no)."},
     },
 }
 
 _STYLES = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "blue", "resolved": "green"}
 
 
-def render(n: Notification) -> Any:
+def render(n: Notification, *, recommendations: bool = False) -> Any:
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -40,7 +42,7 @@ def render(n: Notification) -> Any:
     for r in rows:
         state = "RESOLVED" if r.state == "resolved" else r.severity.upper()
         summary = Text(redact(r.summary))
-        if r.recommendation and r.state == "firing":
+        if recommendations and r.recommendation and r.state == "firing":
             summary.append("\n" + redact(r.recommendation), style="dim")
         table.add_row(Text(state, style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, "")),
                       summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
@@ -55,7 +57,7 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
     results = []
     for n in notifications:
         try:
-            console.print(render(n))
+            console.print(render(n, recommendations=bool(settings.get("recommendations"))))
             results.append(Delivery(n.id, ok=True))
         except OSError as exc:  # stdout closed or broken pipe
             results.append(Delivery(n.id, ok=False, error=f"cannot write to the console: {exc}"))

@@ -49,11 +49,11 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
     """A rich table of alerts (firing, pending, resolved) by severity and site, then what to do
     (each rule's recommendation once) and the notes (insufficient history, unknown data).
 
-    On a wide console (>= 140 columns) summary and recommendation are a column of the table."""
+    On a very wide console (>= 200 columns) summary and recommendation are a column of the table."""
     from rich.table import Table
 
     alerts = sorted(outcome.alerts, key=_order)
-    wide = getattr(console, "width", 80) >= 140
+    wide = getattr(console, "width", 80) >= 200
     if not alerts:
         console.print("[green]No findings: every rule is quiet.[/green]")
     else:

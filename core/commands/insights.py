@@ -96,8 +96,17 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
     notes = list(outcome.notes)
     if notes:
         console.print(f"[bold]Notes[/bold] ({len(notes)})")
+        by_kind: dict[str, list[Any]] = {}
         for note in notes:
-            console.print(f"  [dim]{note.kind}[/dim] {note.rule_id}: {note.text}", highlight=False)
+            by_kind.setdefault(note.kind, []).append(note)
+        for kind, group in by_kind.items():
+            if len(group) <= 3:
+                for note in group:
+                    console.print(f"  [dim]{kind}[/dim] {note.rule_id}: {note.text}", highlight=False)
+            else:  # a fresh store gives every trend rule the same note: say it once
+                rules = ", ".join(note.rule_id for note in group)
+                console.print(f"  [dim]{kind}[/dim] {len(group)} rules ({rules}); e.g. {group[0].text}",
+                              highlight=False)
 
 
 def _iso(value: datetime | None) -> str | None:

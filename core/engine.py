@@ -185,8 +185,7 @@ def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tupl
 
     store, config = app.store, app.config
     alerts = result.rules.alerts if result.rules else []
-    weights = config.data.get("health", {}).get("weights") if isinstance(config.data.get("health"), dict) else None
-    result.health = compute_health(result.snapshot, alerts, weights)
+    result.health = compute_health(result.snapshot, alerts, (config.data.get("health") or {}).get("weights"))
     if dry_run:
         return ()
     store.write_metrics(now, health_metrics(result.health))

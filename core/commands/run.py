@@ -223,8 +223,8 @@ def demo(sites: int, out: str, as_json: bool) -> None:
                               "alerts firing.")
                 if results[-1].report is not None:
                     console.print(f"Open the report: {results[-1].report.html}")
-                console.print(f"Try your own rules: edit them, then `mistwatch run --config {out_dir / 'config.yaml'}`"
-                              " while `mistwatch simulate` serves the org.")
+                console.print("Try your own rules on this org: `mistwatch simulate --scenario degraded` serves it "
+                              "and prints the config to point `mistwatch run` at it.")
         finally:
             close_app(app)
     sys.exit(max(r.exit_code for r in results) if results else 1)

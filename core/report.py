@@ -19,7 +19,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -429,8 +429,8 @@ def _score_class(score: float | None) -> str:
     return "good" if score >= 90 else "warn" if score >= 70 else "bad"
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole report as one self-contained HTML page (autoescaped)."""
+def _html_chunks(report: dict[str, Any]) -> Iterator[str]:
+    """The HTML page in pieces, as Jinja renders it (``render_html`` joins them)."""
     sites = report["sites"]
     # sites with problems get their section first; sites stay in report order (worst first)
     troubled = [s["key"] for s in sites
@@ -444,8 +444,13 @@ def render_html(report: dict[str, Any]) -> str:
             weak.setdefault(d["site_id"], []).append(d)
     for devs in weak.values():
         devs.sort(key=lambda d: (d["health"]["score"] is not None, d["health"]["score"] or 0, d["name"]))
-    return _env().get_template("report.html.j2").render(
+    return _env().get_template("report.html.j2").generate(
         r=report, detailed=detailed, hidden=len(sites) - len(detailed), weak=weak, summary_only=False)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole report as one self-contained HTML page (autoescaped)."""
+    return "".join(_html_chunks(report))
 
 
 def summary_html(report: dict[str, Any]) -> str:
@@ -456,22 +461,77 @@ def summary_html(report: dict[str, Any]) -> str:
 
 # -- files --------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a temp file beside ``path``, then ``os.replace``: a reader sees the old file or the new
-    one, never half of one. Created with ``open(..., "xb")`` (not mkstemp) so the umask applies and
-    the report is as readable as any file the user creates."""
+def _write_temp(path: Path, chunks: Iterable[bytes]) -> Path:
+    """Write ``chunks`` to a temp file beside ``path`` and return it (the caller ``os.replace``s it
+    over ``path``, so a reader sees the old file or the new one, never half of one). Created with
+    ``open(..., "xb")`` (not mkstemp) so the umask applies and the report is as readable as any file
+    the user creates."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as fh:
-            fh.write(data)
+            for chunk in chunks:
+                fh.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+    tmp = _write_temp(path, chunks)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        yield from iter(functools.partial(fh.read, 1 << 20), b"")
+
+
+_JSON_PIECE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _json_chunks(report: dict[str, Any]) -> Iterator[bytes]:
+    """``json.dumps(report, ensure_ascii=False, separators=(",", ":"))`` in pieces, UTF-8 encoded:
+    top-level lists (the sites and devices of a big org) one item at a time, so the whole document
+    (tens of MB at 10,000 sites) is never in memory at once, yet every piece uses the C encoder."""
+    for n, (key, value) in enumerate(report.items()):
+        head = ("{" if n == 0 else ",") + _JSON_PIECE(key) + ":"
+        if isinstance(value, list) and value:
+            parts = [head + "["]
+            for i, item in enumerate(value):
+                parts.append(("," if i else "") + _JSON_PIECE(item))
+                if len(parts) >= 256:
+                    yield "".join(parts).encode("utf-8")
+                    parts = []
+            parts.append("]")
+            yield "".join(parts).encode("utf-8")
+        else:
+            yield (head + _JSON_PIECE(value)).encode("utf-8")
+    yield b"}" if report else b"{}"
+
+
+def _html_bytes(report: dict[str, Any]) -> Iterator[bytes]:
+    """The HTML page UTF-8 encoded in pieces of about 256 KB (Jinja yields many tiny strings)."""
+    parts: list[str] = []
+    size = 0
+    for chunk in _html_chunks(report):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= 1 << 18:
+            yield "".join(parts).encode("utf-8")
+            parts, size = [], 0
+    yield "".join(parts).encode("utf-8")
+
+
 def write_reports(report: dict[str, Any], reports_dir: Path, now: datetime, retention_days: int = 7) -> ReportPaths:
-    """Write latest.json/.html and today's dated copy under history/, then prune old copies."""
+    """Write latest.json/.html and today's dated copy under history/, then prune old copies.
+
+    Both documents are streamed to disk (never whole in memory: at 10,000 sites they are tens of MB,
+    plus their encoded bytes); the dated copies are copied from the files just written."""
     reports_dir = Path(reports_dir)
     history = reports_dir / "history"
     history.mkdir(parents=True, exist_ok=True)
@@ -479,11 +539,17 @@ def write_reports(report: dict[str, Any], reports_dir: Path, now: datetime, rete
     paths = ReportPaths(json=reports_dir / "latest.json", html=reports_dir / "latest.html",
                         history_json=history / f"report-{day}.json", history_html=history / f"report-{day}.html")
     with _gc_paused():
-        data_json = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        data_html = render_html(report).encode("utf-8")
-    for path, data in ((paths.json, data_json), (paths.html, data_html),
-                       (paths.history_json, data_json), (paths.history_html, data_html)):
-        _atomic_write(path, data)
+        tmp_json = _write_temp(paths.json, _json_chunks(report))
+        try:
+            tmp_html = _write_temp(paths.html, _html_bytes(report))
+        except BaseException:
+            tmp_json.unlink(missing_ok=True)
+            raise
+    # both documents rendered: only now replace the latest ones, so they always match
+    os.replace(tmp_json, paths.json)
+    os.replace(tmp_html, paths.html)
+    _atomic_write(paths.history_json, _file_chunks(paths.json))
+    _atomic_write(paths.history_html, _file_chunks(paths.html))
     prune_history(history, now.astimezone(timezone.utc).date(), retention_days)
     return paths
 

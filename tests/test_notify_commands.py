@@ -101,6 +101,17 @@ def test_silence_list_table_shows_the_silence(cli_env, capsys, monkeypatch):
     assert code == 0 and "site_name=Lab" in out and "lab move" in out and "ana" in out
 
 
+def test_silence_list_on_a_narrow_terminal_wraps_matchers_instead_of_cutting_them(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    run_cli(capsys, "silence", "add", "-m", "site_name=~Stockholm.*", "-m", "severity=critical", "--for", "1h",
+            "--reason", "AP swap", "--config", cli_env.config_path)
+    code, out, _ = run_cli(capsys, "silence", "list", "--config", cli_env.config_path)
+    # the matchers column (third), its wrapped pieces joined again
+    column = "".join(line.split("│")[3].strip() for line in out.splitlines() if line.count("│") == 8)
+    assert code == 0 and "…" not in out
+    assert "site_name=~Stockholm.*" in column and "severity=critical" in column
+
+
 def test_notifiers_test_sends_through_the_outbox(cli_env, capsys):
     code, out, _ = run_cli(capsys, "notifiers", "test", "mail", "--config", cli_env.config_path)
     assert code == 0 and "sent" in out

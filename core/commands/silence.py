@@ -126,7 +126,8 @@ def list_(show_all: bool, as_json: bool, config_path: str) -> None:
         return
     table = Table()
     for column in ("id", "status", "matchers", "from", "until", "author", "reason"):
-        table.add_column(column)
+        # matchers and reasons are what people read: wrap them, never cut them to "site_name…"
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "status"))
     for s in found:
         table.add_row(s.id, status(s), "\n".join(s.matchers), _when(s.starts_at), _when(s.ends_at), s.author,
                       s.reason)

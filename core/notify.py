@@ -264,9 +264,8 @@ def _window(config: Any, key: str, spec: Mapping[str, Any]) -> MaintenanceWindow
         day_set = frozenset(_DAYS[str(d).strip().lower()[:3]] for d in days)
     except KeyError:
         raise _error(config, f"{key}.days", f"unknown day in {days!r} (use mon, tue, ... sun)") from None
+    # end at or before start ends the next day, so start == end is a whole day ("00:00" to "00:00")
     start, end = _clock(config, f"{key}.start", spec["start"]), _clock(config, f"{key}.end", spec["end"])
-    if start == end:
-        raise _error(config, f"{key}.end", "must differ from start")
     return MaintenanceWindow(name, zone, matchers, days=day_set, start=start, end=end)
 
 

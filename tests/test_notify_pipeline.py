@@ -240,6 +240,19 @@ def test_a_weekly_window_in_new_york_time(notify_env, utc_time, muted):
     assert len(p.notifications) == (0 if muted else 1)
 
 
+@pytest.mark.parametrize(("utc_time", "muted"), [
+    (SAT + timedelta(hours=4, minutes=59), False),  # Fri 23:59 in New York
+    (SAT + timedelta(hours=5), True),               # Sat 00:00 New York: the window opens
+    (SAT + timedelta(days=1, hours=4, minutes=59), True),  # Sat 23:59
+    (SAT + timedelta(days=1, hours=5), False),      # Sun 00:00: closed again
+])
+def test_a_weekly_window_whose_end_equals_its_start_lasts_the_whole_day(notify_env, utc_time, muted):
+    whole_saturday = {"name": "saturday", "timezone": "America/New_York", "days": ["sat"], "start": "00:00",
+                      "end": "00:00"}
+    notify_env.configure([EMAIL], maintenance=[whole_saturday])
+    assert bool(_plan(notify_env, [make_alert(firing_since=utc_time)], now=utc_time).suppressed) is muted
+
+
 def test_a_window_only_covers_alerts_its_matchers_select(notify_env):
     notify_env.configure([EMAIL], maintenance=[NY_WEEKEND_NIGHT])
     now = SAT + timedelta(days=1, hours=4)

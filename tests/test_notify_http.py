@@ -156,3 +156,22 @@ def test_after_a_temporary_failure_the_rest_of_the_batch_waits_for_the_next_cycl
     assert len(result.failed) == 3
     assert sum(item.last_error.startswith("not tried:") for item in result.failed) == 2
     assert len(notify_env.send_outbox(T0 + timedelta(minutes=1)).sent) == 3
+
+
+def test_readme_notifier_examples_are_yaml_a_user_can_paste():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    # inline notifier entries (`{name: ..., type: ...}`, possibly wrapped over two lines) and yaml blocks
+    inline = [m.replace("\n", " ") for m in re.findall(r"`(\{name:.*?\})`", section, re.DOTALL)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert len(inline) == 3 and blocks
+    for text in inline:
+        entry = yaml.safe_load(text)
+        assert isinstance(entry, dict) and entry["type"] in ("slack", "teams", "webhook"), text
+    for block in blocks:
+        assert isinstance(yaml.safe_load(block), dict)

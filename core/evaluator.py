@@ -408,11 +408,13 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
                     recovered = False
         if not active:
             prev = ctx.previous(r.key)
-            if prev is not None:  # render a resolution with what the alert knew (e.g. its causes)
+            if prev is not None:  # keep what the alert knew (e.g. a correlation's causes)
                 r.extra = {**prev.annotations, **r.extra}
         all_labels = {**labels, **rule.labels}
         identity = dict(r.identity) if r.identity is not None else identity_of(labels)
-        if r.unknown:  # frozen: the lifecycle keeps the alert's texts, nothing to render
+        if r.unknown or not active:
+            # frozen, or the condition no longer holds: the alert keeps the texts of when it held
+            # (a resolved mail must not say "SLE 97% (below 90%)"), so nothing to render
             summary = description = recommendation = ""
         else:
             variables = template_variables(rule, all_labels, severity=r.severity, value=r.value,

@@ -67,10 +67,11 @@ def _apply(alert: Alert, finding: Finding, now: datetime) -> None:
     alert.value = finding.value
     alert.threshold = finding.threshold
     alert.baseline = finding.baseline
-    if finding.summary:
-        alert.summary = finding.summary
-    alert.description = finding.description
-    alert.recommendation = finding.recommendation
+    if finding.severity is not None:  # texts are rendered while the condition holds, then kept
+        if finding.summary:
+            alert.summary = finding.summary
+        alert.description = finding.description
+        alert.recommendation = finding.recommendation
     if finding.causes:
         alert.causes = tuple(finding.causes)
     alert.annotations = {**alert.annotations, **_annotations(finding)}

@@ -208,3 +208,43 @@ def test_a_disabled_rule_is_not_evaluated_and_its_firing_alerts_resolve(tmp_path
     assert cycles.only().state == "resolved"
     cycles.step(_down(0))
     assert cycles.evaluation is not None and cycles.evaluation.findings == []
+
+
+def test_a_resolved_alert_keeps_the_texts_of_when_its_condition_held_and_the_value_at_resolution(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, """
+        id: cov
+        kind: threshold
+        scope: site
+        metric: sle.wifi.coverage
+        below: 0.9
+        summary: "{{ labels.site_name }}: coverage {{ value | pct }} (below {{ threshold | pct }})"
+        recommendation: "Check the APs at {{ site }}"
+    """))
+    cycles.run([site(sle__wifi__coverage=0.5)])
+    cycles.step([site(sle__wifi__coverage=0.97)])
+    alert = cycles.only()
+    assert alert.state == "resolved" and alert.value == 0.97
+    assert alert.summary == "Dublin: coverage 50% (below 90%)"  # not "97% (below 90%)"
+    assert alert.recommendation == "Check the APs at Dublin"
+
+
+def test_a_resolved_change_alert_evaluated_again_gives_no_template_error_note(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, """
+        id: clients-drop
+        kind: change
+        scope: site
+        metric: site.clients
+        offset: 1h
+        tolerance: 10m
+        unit: percent
+        min_baseline: 20
+        drop: 40
+        summary: "{{ labels.site_name }}: {{ (-change) | round(0) | num }}% fewer clients"
+    """))
+    cycles.run([site(site__clients=50)])
+    cycles.step([site(site__clients=10)], minutes=60)
+    assert cycles.only().state == "firing"
+    cycles.step([site(site__clients=50)], minutes=60)  # resolved; its reference (10) is under min_baseline
+    assert cycles.only().state == "resolved"
+    cycles.step([site(site__clients=50)], minutes=5)
+    assert cycles.only().state == "resolved" and cycles.notes() == []

@@ -138,8 +138,8 @@ def payload(n: Notification) -> dict[str, Any]:
             "duration_seconds": round((end - start).total_seconds()) if (start and end) else None,
         })
     firing = sum(1 for a in n.alerts if a.state == "firing")
-    if n.kind == "test":
-        status = "test"
+    if n.kind != "alerts":  # a test or the daily digest carries no alerts: "resolved" would mislead
+        status = n.kind
     else:
         status = "firing" if firing else "resolved"
     return {

@@ -32,6 +32,20 @@ def test_webhook_body_follows_the_documented_version_1_schema(notify_env, http_r
     assert second["alerts"][0]["value"] == 1.0
 
 
+def test_webhook_status_of_the_daily_digest_is_digest_not_resolved(notify_env, http_receiver):
+    from mistwatch import outbox
+    from mistwatch.model import Notification
+
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    digest = Notification(id="digest0001", notifier="hook", kind="digest", title="[mistwatch] Daily digest: Org",
+                          created_at=T0, text="Org health 91", html="<p>Org health 91</p>",
+                          data={"headline": "Daily digest: Org", "group_key": "digest:2026-11-23"})
+    outbox.enqueue(notify_env.store, [digest], T0)
+    notify_env.send_outbox(T0)
+    body = http_receiver.requests[0].json()
+    assert (body["kind"], body["status"], body["counts"]) == ("digest", "digest", {"firing": 0, "resolved": 0})
+
+
 def test_webhook_hmac_signature_is_verifiable(notify_env, http_receiver):
     secret = "hook-signing-secret-42"
     notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url(), "secret": secret}])

@@ -154,6 +154,17 @@ def test_the_same_alert_over_five_cycles_then_the_repeat_interval_then_resolved(
     assert "lasted 4h20m" in _text(last)
 
 
+def test_the_html_of_a_resolved_mail_says_when_it_started_when_it_ended_and_how_long_it_lasted(
+        notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    alert = make_alert()
+    notify_env.notify([alert], T0)
+    notify_env.notify([resolved(alert, T0 + timedelta(hours=1, minutes=10))], T0 + timedelta(hours=1, minutes=15))
+    html = _html(smtp_sink.messages[1])
+    assert "From / to" in html
+    assert "2026-11-23 09:00 UTC<br>to 2026-11-23 10:10 UTC" in html and "lasted 1h10m" in html
+
+
 def test_a_new_alert_in_the_group_sends_the_whole_group_and_names_both_counts(notify_env, smtp_sink):
     notify_env.configure([smtp_sink.settings()])
     a = make_alert()

@@ -372,6 +372,14 @@ def _expression_variables(rule: Rule, r: Result, names: set[str], now_text: str)
                               extra=r.extra, now=now_text)
 
 
+def _metric_unknown(ctx: RuleContext, key: str, metric: str) -> bool:
+    """Could this cycle not tell ``metric`` for the subject ``key`` (its collection failed)?"""
+    if ctx.metric_unknown(ctx.rule.scope, metric):
+        return True
+    entity = ctx.in_scope(key)
+    return entity is not None and bool(entity.unknown) and entity.is_unknown(metric)
+
+
 def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evaluation: Evaluation,
                   now: datetime) -> list[Finding]:
     found: list[Finding] = []
@@ -379,6 +387,7 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
     expression_failed = False
     metric_extra = {"metric": rule.spec["metric"]} if isinstance(rule.spec.get("metric"), str) else {}
     when_names = rule.when.names() if rule.when is not None else set()
+    when_metrics = rule.when.metric_names() if rule.when is not None else set()
     recover_names = rule.recover_expr.names() if rule.recover_expr is not None else set()
     now_text = now.isoformat()
     for r in results:
@@ -390,10 +399,19 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
                 if not rule.when.test(variables):
                     active, r.severity = False, None
             except ExpressionError as exc:
-                if not expression_failed:
-                    expression_failed = True
-                    evaluation.notes.append(Note(rule.id, "error", f"when: expression failed: {exc}"))
-                active, r.unknown = False, True
+                missing = when_metrics - r.metrics.keys() if r.metrics is not None else set()
+                if any(_metric_unknown(ctx, r.key, metric) for metric in missing):
+                    ctx.unknown_count += 1  # it reads a metric whose collection failed: freeze
+                    active, r.unknown = False, True
+                elif missing:
+                    # it reads a metric this entity does not report (a site without switches): not
+                    # true, as a threshold on a missing metric is not a breach; not a rule error
+                    active, r.severity = False, None
+                else:
+                    if not expression_failed:
+                        expression_failed = True
+                        evaluation.notes.append(Note(rule.id, "error", f"when: expression failed: {exc}"))
+                    active, r.unknown = False, True
         if not active and not ctx.wants(r.key):
             continue
         recovered = True

@@ -415,3 +415,31 @@ def test_the_rule_kind_example_in_the_plugin_contract_works(tmp_path):
     ruleset = load_rules([path], host.rule_kinds())
     alerts = Cycles(ruleset).run([site(site__clients=0), site("s2", "Cork", site__clients=3)])
     assert [a.labels["site_name"] for a in alerts.values()] == ["Dublin"]
+
+
+DEVICES_DOWN = """
+    id: devices-down
+    kind: expression
+    scope: site
+    metric: site.devices_connected
+    when: "metrics['site.devices_connected'] < metrics['site.devices_total']"
+"""
+
+
+def test_an_expression_reading_a_metric_whose_collection_failed_freezes_its_alert_without_an_error(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, DEVICES_DOWN))
+    cycles.run([site(site__devices_connected=4, site__devices_total=6)])
+    assert cycles.only().state == "firing"
+    failure = CollectorError("mist", "stats/sites", "HTTP 500", kinds=frozenset({"site"}),
+                             metrics=frozenset({"site.devices_*"}))
+    cycles.step([site()], errors=[failure])  # the site is listed, its counters are not known
+    assert cycles.only().state == "firing"
+    assert [n.kind for n in cycles.evaluation.notes] == ["unknown"]
+
+
+def test_an_expression_reading_a_metric_the_entity_does_not_report_is_false_not_an_error(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, DEVICES_DOWN))
+    cycles.run([site(site__devices_connected=4, site__devices_total=6)])
+    cycles.step([site(site__devices_total=6)])  # no collection failure: simply not reported
+    assert cycles.only().state == "resolved"
+    assert cycles.notes() == []

@@ -274,6 +274,8 @@ class Rule:
     line: int | None = None
     refs: tuple[str, ...] = ()
     metrics: frozenset[str] = frozenset()
+    #: where each reference is written: rule id -> (line, key path), for error messages
+    ref_where: dict[str, tuple[int | None, str]] = field(default_factory=dict)
 
     @property
     def severity(self) -> str:
@@ -418,6 +420,16 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
             metrics |= expr.metric_names()
     refs_of = getattr(kind, "references", None)
     refs = tuple(refs_of(spec)) if refs_of else ()
+    from mistwatch.yamlfile import format_key_path
+
+    ref_where = {}
+    for ref in refs:  # the key that names it (all_of[1]), so an unknown id is reported right there
+        for key, value in raw.items():
+            items = value if isinstance(value, list) else [value]
+            if ref in items:
+                parts = (*prefix, key, items.index(ref)) if isinstance(value, list) else (*prefix, key)
+                ref_where[ref] = (where(parts), format_key_path(parts))
+                break
     summary = template("summary", _default_summary(scope))
     assert summary is not None
     rule = Rule(
@@ -427,7 +439,8 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
         recover_expr=recover_expr, when=when, labels=labels, summary=summary,
         description_template=template("description"),
         recommendation=template("recommendation"), enabled=bool(raw.get("enabled", True)),
-        check=check, spec=spec, file=file, line=where(prefix), refs=refs, metrics=frozenset(metrics))
+        check=check, spec=spec, file=file, line=where(prefix), refs=refs, metrics=frozenset(metrics),
+        ref_where=ref_where)
     _test_render(rule, fail)
     return rule
 
@@ -544,12 +557,13 @@ def _ordered(rules: list[Rule]) -> list[Rule]:
     by_id = {r.id: r for r in rules}
     for rule in rules:
         for ref in rule.refs:
+            line, key = rule.ref_where.get(ref, (rule.line, rule.id))
             if ref not in by_id:
-                raise ConfigError(f"unknown rule '{ref}' referenced by '{rule.id}'",
-                                  file=rule.file, line=rule.line, key=rule.id)
+                raise ConfigError(f"unknown rule '{ref}' referenced by '{rule.id}'{_close(ref, by_id)}",
+                                  file=rule.file, line=line, key=key)
             if not by_id[ref].enabled and rule.enabled:
                 raise ConfigError(f"rule '{rule.id}' references '{ref}', which is disabled",
-                                  file=rule.file, line=rule.line, key=rule.id)
+                                  file=rule.file, line=line, key=key)
     ordered: list[Rule] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
 

@@ -45,7 +45,7 @@ MALFORMED = {
     "template-undefined": (GOOD + "summary: '{{ labls.site_name }}'\n", 6, "summary: template error in a test render"),
     "template-syntax": (GOOD + "summary: '{{ value | pct }'\n", 6, "summary: invalid template"),
     "unknown-metric": ("id: a\nkind: threshold\nmetric: device.cpux\nabove: 1\n", 3, "unknown metric 'device.cpux'"),
-    "unknown-reference": ("id: a\nkind: correlation\nall_of: [nope]\n", 1, "unknown rule 'nope'"),
+    "unknown-reference": ("id: a\nkind: correlation\nall_of: [nope]\n", 3, "all_of[0]: unknown rule 'nope'"),
     "self-reference": ("id: a\nkind: correlation\nall_of: [a]\n", 3, "cannot reference itself"),
     "dunder-when": (GOOD + "when: \"labels.__class__\"\n", 6, "when: invalid expression"),
     "tier-range": ("id: a\nkind: threshold\nmetric: device.cpu\ntiers:\n  - {severity: major, inside: [5, 1]}\n", 5,
@@ -79,6 +79,17 @@ def test_duplicate_ids_across_files_name_both_places(tmp_path, monkeypatch, caps
     assert code == 2
     assert err.strip() == ("mistwatch: rules/b.yaml:2 id: duplicate rule id 'ok' "
                            "(first defined at rules/a.yaml:1)")
+
+
+def test_an_unknown_rule_reference_names_the_list_item_and_suggests_the_close_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("c.yaml").write_text("rules:\n  - id: sle-drop\n    kind: expression\n    when: 'value is none'\n"
+                              "  - id: both\n    kind: correlation\n    all_of:\n      - sle-drop\n"
+                              "      - sle-dorp\n", encoding="utf-8")
+    code, _, err = run_cli(["rules", "check", "c.yaml"], capsys)
+    assert code == 2
+    assert err.strip() == ("mistwatch: c.yaml:9 rules[1].all_of[1]: unknown rule 'sle-dorp' referenced by "
+                           "'both'; did you mean 'sle-drop'?")
 
 
 def test_circular_correlations_are_reported(tmp_path, monkeypatch, capsys):

@@ -547,7 +547,9 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
             n = build_notification(
                 new_id(), name, now_visible, told_resolved, group, gkey, now, thread_id=entry.thread_id,
                 reminder=why == "repeat", reason=why,
-                attachments=attachments if settings_entry.get("attach_report") else ())
+                attachments=attachments if settings_entry.get("attach_report") else (),
+                # a follow-up marks what it adds; in the first message of a group everything is new
+                new_keys=[a.key for a in new] if prev else ())
             notifications.append(n)
             entry.last_sent_at = now
             if entry.thread_id is None:
@@ -592,14 +594,14 @@ def headline(firing: Sequence[Alert], resolved: Sequence[Alert], *, reminder: bo
 def build_notification(notification_id: str, notifier: str, firing: Sequence[Alert], resolved: Sequence[Alert],
                        group: Mapping[str, str], gkey: str, now: datetime, *, thread_id: str | None = None,
                        reminder: bool = False, reason: str = "",
-                       attachments: Sequence[Attachment] = ()) -> Notification:
+                       attachments: Sequence[Attachment] = (), new_keys: Sequence[str] = ()) -> Notification:
     head = headline(firing, resolved, reminder=reminder)
     alerts = (*firing, *resolved)
     n = Notification(
         id=notification_id, notifier=notifier, kind="alerts", title=f"{TITLE_PREFIX} {head}", created_at=now,
         group=dict(group), alerts=tuple(alerts), thread_id=thread_id, attachments=tuple(attachments),
         data={"headline": head, "group_key": gkey, "reminder": reminder, "reason": reason,
-              "firing": len(firing), "resolved": len(resolved),
+              "firing": len(firing), "resolved": len(resolved), "new": sorted(new_keys),
               "severity": max((a.severity for a in firing), key=severity_rank) if firing else "resolved"},
     )
     return Notification(**{**_fields(n), "text": plain_text(n)})
@@ -642,6 +644,7 @@ class AlertRow:
     resolved_at: str
     recommendation: str
     description: str
+    new: bool = False  # firing and not in the group's previous message
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -666,6 +669,7 @@ def fmt_number(value: float | None, unit: str = "") -> str:
 
 def alert_rows(n: Notification) -> list[AlertRow]:
     rows = []
+    new_keys = set(n.data.get("new") or ())
     for a in n.alerts:
         # "value_unit" (e.g. "%", "ms") if a rule kind provides one; the change kind's "unit" means
         # absolute-or-percent change, not the value's unit, so it is not used here
@@ -691,7 +695,8 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             rule_id=a.rule_id, summary=a.summary or a.rule_id,
             site=a.labels.get("site_name") or a.labels.get("site_id") or "", device=device,
             value=fmt_number(a.value, unit), reference=reference, since=fmt_time(start), duration=duration,
-            resolved_at=fmt_time(a.resolved_at), recommendation=a.recommendation, description=a.description))
+            resolved_at=fmt_time(a.resolved_at), recommendation=a.recommendation, description=a.description,
+            new=a.state == "firing" and a.key in new_keys))
     return rows
 
 
@@ -705,7 +710,7 @@ def plain_text(n: Notification) -> str:
         lines.append(f"{title}:")
         for r in rows:
             sev = "RESOLVED" if state == "resolved" else r.severity.upper()
-            lines.append(f"- [{sev}] {r.summary}")
+            lines.append(f"- [{sev}{', NEW' if r.new else ''}] {r.summary}")
             where = ", ".join(x for x in (r.site, r.device) if x)
             if where:
                 lines.append(f"  where: {where}")

@@ -48,7 +48,7 @@ def payload(n: Notification) -> dict[str, Any]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(n.text)[:3000]}})
     for r in rows[:MAX_ALERT_BLOCKS]:
         state = "resolved" if r.state == "resolved" else r.severity
-        lines = [f"{_MARKS.get(state, '')} *{escape(state.upper())}* {escape(r.summary)}"]
+        lines = [f"{_MARKS.get(state, '')} *{escape(state.upper())}*{' (new)' if r.new else ''} {escape(r.summary)}"]
         where = ", ".join(x for x in (r.site, r.device) if x)
         if where:
             lines.append(f"*Where:* {escape(where)}")

@@ -51,7 +51,8 @@ def card(n: Notification) -> dict[str, Any]:
         if r.recommendation and r.state == "firing":
             facts.append({"title": "Recommendation", "value": r.recommendation})
         body.append({"type": "Container", "style": _STYLE.get(state, "default"), "items": [
-            {"type": "TextBlock", "text": f"{state.upper()}: {r.summary}", "weight": "Bolder", "wrap": True},
+            {"type": "TextBlock", "text": f"{state.upper()}{' (new)' if r.new else ''}: {r.summary}",
+             "weight": "Bolder", "wrap": True},
             {"type": "FactSet", "facts": [f for f in facts if f["value"]]},
         ]})
     if len(rows) > MAX_ALERTS:

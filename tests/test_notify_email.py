@@ -174,6 +174,19 @@ def test_a_new_alert_in_the_group_sends_the_whole_group_and_names_both_counts(no
     assert smtp_sink.messages[1]["Subject"] == "[mistwatch] MAJOR: 1 firing, 1 resolved at Dublin HQ"
 
 
+def test_a_follow_up_mail_marks_the_alerts_it_adds_as_new(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    a = make_alert()
+    b = make_alert("switch_port_errors", device="SW-1", device_id="dev-2", severity="major", summary="SW-1 errors")
+    notify_env.notify([a], T0)
+    notify_env.notify([a, b], T0 + timedelta(minutes=15))
+    first, follow_up = smtp_sink.messages
+    assert "NEW" not in _text(first) and "NEW" not in _html(first)  # the first message: everything is new
+    assert "- [MAJOR, NEW] SW-1 errors" in _text(follow_up)
+    assert "- [CRITICAL] AP-01 is offline" in _text(follow_up)
+    assert _html(follow_up).count(">NEW</span>") == 1
+
+
 def test_one_email_per_site_and_none_naming_another_site(notify_env, smtp_sink):
     notify_env.configure([smtp_sink.settings()])
     notify_env.notify([make_alert(), make_alert(site="Cork", site_id="site-2", device_id="dev-9")], T0)

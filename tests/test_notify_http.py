@@ -94,6 +94,20 @@ def test_teams_gets_an_adaptive_card_in_a_message(notify_env, http_receiver):
     assert facts["Site"] == "Dublin HQ" and facts["Device"] == "AP-01 (ap)"
 
 
+def test_slack_and_teams_follow_ups_mark_the_alerts_they_add_as_new(notify_env, http_receiver):
+    notify_env.configure([{"name": "slack", "type": "slack", "webhook_url": http_receiver.url("/slack")},
+                          {"name": "teams", "type": "teams", "webhook_url": http_receiver.url("/teams")}])
+    a = make_alert()
+    b = make_alert("switch_port_errors", device="SW-1", device_id="dev-2", severity="major", summary="SW-1 errors")
+    notify_env.notify([a], T0)
+    notify_env.notify([a, b], T0 + timedelta(minutes=15))
+    slack = [r.body.decode() for r in http_receiver.requests if r.path == "/slack"]
+    teams = [r.body.decode() for r in http_receiver.requests if r.path == "/teams"]
+    assert "(new)" not in slack[0] and "(new)" not in teams[0]
+    assert "*MAJOR* (new) SW-1 errors" in slack[1] and "MAJOR (new): SW-1 errors" in teams[1]
+    assert slack[1].count("(new)") == 1 and teams[1].count("(new)") == 1
+
+
 def test_429_with_retry_after_is_waited_out_and_retried(notify_env, http_receiver):
     http_receiver.respond(429, headers={"Retry-After": "1"})
     notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": http_receiver.url()}])

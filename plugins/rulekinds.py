@@ -75,6 +75,9 @@ def _comparison(cond: Mapping[str, Any], key_prefix: str = "") -> tuple[Predicat
         threshold = limit
     if "below" in cond:
         limit = float(cond["below"])
+        if "above" in cond and float(cond["above"]) >= limit:
+            raise RuleSpecError(f"above {float(cond['above']):g} and below {limit:g} can never both hold "
+                                "(for 'outside a range' use outside: [low, high])", key=f"{key_prefix}below")
         tests.append(lambda v, x=limit: v < x)
         threshold = limit if threshold is None else threshold
     for key, inside in (("inside", True), ("outside", False)):
@@ -108,6 +111,40 @@ def _tiers(spec: Mapping[str, Any], build: Callable[[Mapping[str, Any], str], An
     return tiers
 
 
+def _check_tier_order(spec: Mapping[str, Any], key: str, severe_is_lower: bool) -> None:
+    """With tiers all on one key (all ``below``, say), a more severe tier needs the further threshold:
+    the most severe matching tier wins, so otherwise the less severe tier can never apply."""
+    tiers = spec["tiers"]  # highest severity first
+    for i, tier in enumerate(tiers):
+        for higher in tiers[:i]:
+            if severity_rank(higher["severity"]) <= severity_rank(tier["severity"]):
+                continue
+            mine, theirs = float(tier[key]), float(higher[key])
+            if (theirs >= mine) if severe_is_lower else (theirs <= mine):
+                where = f"tiers.{tier.get('_index', 0)}.{key}" if spec.get("_tiers_given") else key
+                raise RuleSpecError(
+                    f"tier {tier['severity']} ({key} {mine:g}) can never apply: {higher['severity']} "
+                    f"({key} {theirs:g}) matches first; give the more severe tier the "
+                    f"{'lower' if severe_is_lower else 'higher'} threshold", key=where)
+
+
+def _check_recover_side(recover: Any, key: str, limit: float) -> None:
+    """``recover_when`` of a rule on ``below`` (``above``) must be ``above`` (``below``) a value at
+    least as healthy as the condition's limit: on the wrong side a firing alert never resolves."""
+    if not isinstance(recover, Mapping):
+        return
+    other = "above" if key == "below" else "below"
+    if key in recover:
+        raise RuleSpecError(f"a rule on '{key}' recovers on the other side: use recover_when: "
+                            f"{{{other}: X}} with X {'at least' if other == 'above' else 'at most'} {limit:g}",
+                            key=f"recover_when.{key}")
+    if other in recover:
+        value = float(recover[other])
+        if (value < limit) if other == "above" else (value > limit):
+            raise RuleSpecError(f"must be {'at least' if other == 'above' else 'at most'} {limit:g} (the "
+                                f"condition's {key}), or it adds no hysteresis", key=f"recover_when.{other}")
+
+
 def compile_threshold(spec: Mapping[str, Any]) -> Check:
     metric = spec["metric"]
     scope = spec["scope"]
@@ -122,8 +159,12 @@ def compile_threshold(spec: Mapping[str, Any]) -> Check:
     conditions = list(spec["tiers"])
     if all(set(t) & {"above", "below", "inside", "outside"} == {"below"} for t in conditions):
         floor, ceiling = max(float(t["below"]) for t in conditions), None
+        _check_tier_order(spec, "below", severe_is_lower=True)
+        _check_recover_side(recover, "below", floor)
     elif all(set(t) & {"above", "below", "inside", "outside"} == {"above"} for t in conditions):
         floor, ceiling = None, min(float(t["above"]) for t in conditions)
+        _check_tier_order(spec, "above", severe_is_lower=False)
+        _check_recover_side(recover, "above", ceiling)
     else:
         floor = ceiling = None
 
@@ -227,6 +268,9 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
     min_baseline = spec.get("min_baseline")
     min_samples = int((baseline_spec or {}).get("min_samples", 3))
     tiers = [(sev, pred, amount) for sev, (pred, amount) in _tiers(spec, _change_condition, "drop or rise")]
+    for key in ("drop", "rise"):
+        if all(key in t for t in spec["tiers"]):
+            _check_tier_order(spec, key, severe_is_lower=False)
     direction = -1 if "drop" in spec["tiers"][-1] else 1
     smallest = min(amount for _, _, amount in tiers)
     sticky = bool(spec.get("recover_to_baseline", True))

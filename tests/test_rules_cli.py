@@ -55,6 +55,20 @@ MALFORMED = {
     "rules-not-a-list": ("rules: {id: a}\n", 1, "rules: expected array"),
     "for-cycles-zero": (GOOD + "for: {cycles: 0}\n", 6, "for"),
     "unknown-name-in-when": (GOOD + "when: \"valeu > 3\"\n", 6, "when: unknown name 'valeu'"),
+    "tier-that-can-never-apply": ("id: a\nkind: threshold\nmetric: sle.wifi.coverage\ntiers:\n"
+                                  "  - {severity: major, below: 0.75}\n  - {severity: critical, below: 0.9}\n", 5,
+                                  "tiers[0].below: tier major (below 0.75) can never apply: critical (below 0.9)"),
+    "change-tier-that-can-never-apply": ("id: a\nkind: change\nmetric: sle.wifi.coverage\ntiers:\n"
+                                         "  - {severity: critical, drop: 0.1}\n  - {severity: major, drop: 0.2}\n",
+                                         6, "tiers[1].drop: tier major (drop 0.2) can never apply"),
+    "above-and-below-never-both-hold": ("id: a\nkind: threshold\nmetric: device.cpu\nabove: 90\nbelow: 10\n", 5,
+                                        "below: above 90 and below 10 can never both hold"),
+    "recover-when-on-the-wrong-side": ("id: a\nkind: threshold\nmetric: sle.wifi.coverage\nbelow: 0.8\n"
+                                       "recover_when: {below: 0.9}\n", 5,
+                                       "recover_when.below: a rule on 'below' recovers on the other side"),
+    "recover-when-without-hysteresis": ("id: a\nkind: threshold\nmetric: device.cpu\nabove: 90\n"
+                                        "recover_when: {below: 95}\n", 5,
+                                        "recover_when.below: must be at most 90"),
 }
 
 

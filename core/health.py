@@ -74,7 +74,7 @@ SLE_FAMILIES = ("wifi", "wired", "wan")
 HEALTH_METRICS = ("site.health", "device.health")
 
 
-@dataclass
+@dataclass(slots=True)
 class Score:
     """One entity's score. ``components`` are ``(component, points_lost, detail)``, in a fixed order;
     ``unknown`` names the components skipped because their data is unknown this cycle."""
@@ -105,16 +105,32 @@ class HealthResult:
 #: (component, weight, badness, detail, members): ``members`` splits a group's cost among its
 #: members, (name, share of the badness, detail); empty for a plain component.
 _Part = tuple[str, float, float, str, tuple[tuple[str, float, str], ...]]
+_Component = tuple[str, float, str]
 
 
-def _finish(key: str, name: str, parts: list[_Part], unknown: list[str]) -> Score:
+class _Shared(dict):
+    """One tuple per distinct ``(component, points lost, detail)`` within a compute_health call.
+
+    At 10,000 sites and 60,000 devices nearly every component repeats (``connected``, ``cpu 11%``,
+    ``coverage 94%`` at 0 points), and the 300,000 tuples and detail strings would otherwise cost
+    about 60 MB. Tuples are immutable, so sharing them changes nothing else. Only points lost that
+    compare equal only when identical (positive floats and +0.0) are shared."""
+
+    def get_component(self, component: _Component) -> _Component:
+        lost = component[1]
+        if type(lost) is not float or not (lost > 0 or (lost == 0 and str(lost) == "0.0")):
+            return component  # -0.0, NaN, ints: equal keys that would print differently
+        return self.setdefault(component, component)
+
+
+def _finish(key: str, name: str, parts: list[_Part], unknown: list[str], shared: _Shared | None = None) -> Score:
     """Scale the parts' weights to share 100 points and turn badness into points lost."""
     total = sum(p[1] for p in parts)
     measured = [p for p in parts if p[0] not in ("alerts", "device.alerts")]
     if total <= 0 or (unknown and not measured):
         # only our own alerts are left: a site we cannot see is unknown, not healthy
         return Score(key, name, None, [], unknown)
-    components = []
+    components: list[_Component] = []
     for comp, weight, badness, detail, members in parts:
         lost = weight * 100.0 / total * min(1.0, max(0.0, badness))
         if not members:
@@ -124,6 +140,8 @@ def _finish(key: str, name: str, parts: list[_Part], unknown: list[str]) -> Scor
         for member, b, member_detail in members:
             components.append((member, round(lost * b / spread, 1) if spread > 0 else 0.0, member_detail))
     score = round(max(0.0, 100.0 - sum(c[1] for c in components)), 1)
+    if shared is not None:
+        components = [shared.get_component(c) for c in components]
     return Score(key, name, score, components, unknown)
 
 
@@ -139,7 +157,8 @@ def _alert_cost(alerts: Sequence[Alert], w: Mapping[str, float]) -> tuple[float,
     return cost, f"{text} firing"
 
 
-def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float]) -> Score:
+def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float],
+                shared: _Shared | None = None) -> Score:
     m = site.metrics
     parts: list[_Part] = []
     unknown: list[str] = []
@@ -186,10 +205,11 @@ def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Ma
 
     cost, detail = _alert_cost(alerts, w)
     parts.append(("alerts", w["alerts"], cost, detail, ()))
-    return _finish(site.key, site.name, parts, unknown)
+    return _finish(site.key, site.name, parts, unknown, shared)
 
 
-def _device_score(dev: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float]) -> Score:
+def _device_score(dev: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float],
+                  shared: _Shared | None = None) -> Score:
     m = dev.metrics
     if not snapshot.is_unknown(dev, "device.connected") and m.get("device.connected", 1.0) < 0.5:
         return Score(dev.key, dev.name, 0.0, [("device.connected", 100.0, "disconnected")], [])
@@ -208,7 +228,7 @@ def _device_score(dev: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: M
             parts.append((metric, w[metric], badness, f"{metric.split('.')[1]} {value:.0f}%", ()))
     cost, detail = _alert_cost(alerts, w)
     parts.append(("device.alerts", w["device.alerts"], cost, detail, ()))
-    return _finish(dev.key, dev.name, parts, unknown)
+    return _finish(dev.key, dev.name, parts, unknown, shared)
 
 
 def compute_health(snapshot: Snapshot, alerts: Sequence[Alert],
@@ -224,11 +244,13 @@ def compute_health(snapshot: Snapshot, alerts: Sequence[Alert],
         if a.labels.get("device_id"):
             by_device.setdefault(a.labels["device_id"], []).append(a)
     result = HealthResult()
+    shared = _Shared()
     for e in snapshot.entities:
         if e.kind == "site":
-            result.sites[e.key] = _site_score(e, snapshot, by_site.get(e.labels.get("site_id", ""), []), w)
+            result.sites[e.key] = _site_score(e, snapshot, by_site.get(e.labels.get("site_id", ""), []), w, shared)
         elif e.kind == "device":
-            result.devices[e.key] = _device_score(e, snapshot, by_device.get(e.labels.get("device_id", ""), []), w)
+            result.devices[e.key] = _device_score(e, snapshot, by_device.get(e.labels.get("device_id", ""), []), w,
+                                                  shared)
     return result
 
 

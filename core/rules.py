@@ -41,6 +41,8 @@ from mistwatch.model import SEVERITIES, severity_rank
 
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*)+$"
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
+#: the entity kinds of the Mist collector, and the events' scope
+BASE_SCOPES = ("org", "site", "device", "event")
 
 
 class RuleSpecError(ValueError):
@@ -486,6 +488,10 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
     from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
     per_kind = {name: kind_rule_schema(kind) for name, kind in kinds.items()}
+    scopes = None
+    if known_metrics is not None:  # a scope is an entity kind: Mist's, a kind's default, or a metric prefix
+        scopes = {*BASE_SCOPES, *(getattr(k, "default_scope", "") for k in kinds.values()),
+                  *(m.split(".", 1)[0] for m in known_metrics)}
     ruleset = RuleSet()
     seen: dict[str, Rule] = {}
     files = expand_paths(paths)
@@ -508,6 +514,11 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
         for prefix, raw in items:
             validate(raw, _ID_AND_KIND, file=file, lines=lines, prefix=prefix)
             validate(raw, per_kind[raw["kind"]], file=file, lines=lines, prefix=prefix)
+            if scopes is not None and "scope" in raw and raw["scope"] not in scopes:
+                where = (*prefix, "scope")
+                raise ConfigError(f"unknown scope '{raw['scope']}'{_close(raw['scope'], BASE_SCOPES)} (scopes: "
+                                  f"{', '.join(BASE_SCOPES)}, or an entity kind a plugin collects)",
+                                  file=file, line=lines.line(where), key=format_key_path(where))
             rule = _compile_rule(raw, kinds, file, lines.line, prefix)
             if rule.id in seen:
                 first = seen[rule.id]

@@ -66,6 +66,8 @@ MALFORMED = {
     "recover-when-on-the-wrong-side": ("id: a\nkind: threshold\nmetric: sle.wifi.coverage\nbelow: 0.8\n"
                                        "recover_when: {below: 0.9}\n", 5,
                                        "recover_when.below: a rule on 'below' recovers on the other side"),
+    "scope-typo": ("id: a\nkind: threshold\nmetric: device.cpu\nscope: devce\nabove: 90\n", 4,
+                   "scope: unknown scope 'devce'; did you mean 'device'?"),
     "recover-when-without-hysteresis": ("id: a\nkind: threshold\nmetric: device.cpu\nabove: 90\n"
                                         "recover_when: {below: 95}\n", 5,
                                         "recover_when.below: must be at most 90"),

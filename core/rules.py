@@ -599,12 +599,17 @@ def _ordered(rules: list[Rule]) -> list[Rule]:
 def package_rules_dir() -> Path:
     """The default rule pack shipped with the package.
 
-    Installed, the YAML files sit next to this module in ``mistwatch/rules/`` (a data folder without
-    ``__init__.py``, so ``mistwatch.rules`` stays this module); in a source checkout they are in the
-    top-level ``rules/`` folder.
+    Installed, the YAML files are the package data ``mistwatch.rulepack`` (``mistwatch/rulepack/``);
+    in a source checkout they are in the top-level ``rules/`` folder.
     """
+    from importlib.resources import files
+
+    try:  # installed: the package data mistwatch.rulepack (pyproject.toml)
+        candidates = [Path(str(files("mistwatch.rulepack")))]
+    except ModuleNotFoundError:
+        candidates = []
     here = Path(__file__).resolve().parent
-    for candidate in (here / "rules", here.parent / "rules"):
+    for candidate in (*candidates, here / "rules", here.parent / "rules"):
         if any(candidate.glob("*.yaml")):
             return candidate
     return here / "rules"

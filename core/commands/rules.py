@@ -49,7 +49,8 @@ def rules() -> None:
 @rules.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Take the rule paths from this config (default: ./config.yaml if present, else rules/).")
+              help="Take the rule paths from this config (default: ./config.yaml if present, else ./rules/, "
+                   "else the default rule pack shipped with mistwatch).")
 def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
     """Validate rule files: schema, compilation, metrics, references, templates.
 
@@ -67,7 +68,9 @@ def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
             paths_list, plugins_dir = _config_rule_paths(config)
             paths = tuple(paths_list)
         else:
-            paths = (Path("rules"),)
+            from mistwatch.rules import package_rules_dir
+
+            paths = (Path("rules"),) if Path("rules").exists() else (package_rules_dir(),)
     for path in paths:
         if not path.exists():
             raise ConfigError("no such file or folder", file=str(path))

@@ -667,15 +667,40 @@ def fmt_number(value: float | None, unit: str = "") -> str:
     return f"{text}{unit}" if unit == "%" else f"{text} {unit}"
 
 
+def _value_and_reference(a: Alert) -> tuple[str, str]:
+    """The value and ``threshold ..., baseline ...`` texts of a row, in the units the summaries use.
+
+    SLE metrics are fractions (0.12) that every summary shows as percent (12%); a change rule's
+    threshold is the size of the change (``unit`` absolute or percent), not a level of the value."""
+    unit = str(a.annotations.get("value_unit", "") or "")  # e.g. "ms" if a rule kind provides one
+    scale = 1.0
+    if not unit and str(a.annotations.get("metric", "")).startswith("sle."):
+        unit, scale = "%", 100.0
+    change = a.annotations.get("unit") if a.annotations.get("unit") in ("absolute", "percent") else None
+
+    def show(v: float | None) -> str:
+        return fmt_number(None if v is None else v * scale, unit)
+
+    parts = []
+    if a.threshold is not None:
+        if change == "percent":
+            parts.append(f"change threshold {fmt_number(a.threshold)}%")
+        elif change == "absolute" and unit == "%":
+            parts.append(f"change threshold {fmt_number(a.threshold * scale)} points")
+        elif change == "absolute":
+            parts.append(f"change threshold {fmt_number(a.threshold, unit)}")
+        else:
+            parts.append(f"threshold {show(a.threshold)}")
+    if a.baseline is not None:
+        parts.append(f"baseline {show(a.baseline)}")
+    return show(a.value), ", ".join(parts)
+
+
 def alert_rows(n: Notification) -> list[AlertRow]:
     rows = []
     new_keys = set(n.data.get("new") or ())
     for a in n.alerts:
-        # "value_unit" (e.g. "%", "ms") if a rule kind provides one; the change kind's "unit" means
-        # absolute-or-percent change, not the value's unit, so it is not used here
-        unit = str(a.annotations.get("value_unit", "") or "")
-        reference = ", ".join(f"{name} {fmt_number(v, unit)}" for name, v in
-                              (("threshold", a.threshold), ("baseline", a.baseline)) if v is not None)
+        value, reference = _value_and_reference(a)
         start = a.firing_since or a.pending_since
         if a.state == "resolved":
             end = a.resolved_at or n.created_at
@@ -694,7 +719,7 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             if (a.state == "resolved" or a.severity in SEVERITY_COLORS) else SEVERITY_COLORS["info"],
             rule_id=a.rule_id, summary=a.summary or a.rule_id,
             site=a.labels.get("site_name") or a.labels.get("site_id") or "", device=device,
-            value=fmt_number(a.value, unit), reference=reference, since=fmt_time(start), duration=duration,
+            value=value, reference=reference, since=fmt_time(start), duration=duration,
             resolved_at=fmt_time(a.resolved_at), recommendation=a.recommendation, description=a.description,
             new=a.state == "firing" and a.key in new_keys))
     return rows

@@ -343,3 +343,23 @@ def test_a_row_shows_threshold_and_baseline_when_the_rule_has_both():
     n = build_notification("n", "mail", [alert], [], {}, "g", T0 + timedelta(minutes=5))
     (row,) = alert_rows(n)
     assert (row.value, row.reference, row.duration) == ("0.56", "threshold 0.2, baseline 0.94", "for 5m")
+
+
+@pytest.mark.parametrize(("rule_id", "value", "threshold", "baseline", "annotations", "expected"), [
+    ("wifi-coverage-low", 0.12, 0.75, None, {"metric": "sle.wifi.coverage"}, ("12%", "threshold 75%")),
+    ("wifi-coverage-drop", 0.1, 0.2, 0.975, {"metric": "sle.wifi.coverage", "unit": "absolute"},
+     ("10%", "change threshold 20 points, baseline 97.5%")),
+    ("site-clients-drop", 14.0, 40.0, 35.0, {"metric": "site.clients", "unit": "percent"},
+     ("14", "change threshold 40%, baseline 35")),
+    ("site-gateway-down", 0.0, 1.0, None, {"metric": "site.gateway_connected"}, ("0", "threshold 1")),
+])
+def test_rows_show_sle_values_in_percent_and_change_thresholds_as_changes(
+        rule_id, value, threshold, baseline, annotations, expected):
+    from dataclasses import replace
+
+    from mistwatch.notify import alert_rows, build_notification
+
+    alert = replace(make_alert(rule_id, value=value, threshold=threshold, baseline=baseline),
+                    annotations=annotations)
+    (row,) = alert_rows(build_notification("n", "mail", [alert], [], {}, "g", T0))
+    assert (row.value, row.reference) == expected

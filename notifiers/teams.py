@@ -26,6 +26,11 @@ SETTINGS_SCHEMA: dict[str, Any] = {
 
 ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
 MAX_ALERTS = 40
+#: Teams refuses a message over about 28 KB with HTTP 413 (some tenants at less): alerts that would
+#: take the card past this many bytes of JSON are summed up in an "... and N more" line instead.
+MAX_CARD_BYTES = 20_000
+#: A text without alerts (a test, the digest) is cut to this many characters for the same reason.
+MAX_TEXT = 10_000
 #: Adaptive Card colours and container styles per severity.
 _COLOR = {"critical": "Attention", "major": "Attention", "minor": "Warning", "info": "Accent", "resolved": "Good"}
 _STYLE = {"critical": "attention", "major": "attention", "minor": "warning", "info": "accent", "resolved": "good"}
@@ -39,7 +44,8 @@ def card(n: Notification) -> dict[str, Any]:
                                    "wrap": True, "color": _COLOR.get(severity, "Default")}]
     rows = alert_rows(n)
     if not rows:
-        body.append({"type": "TextBlock", "text": n.text, "wrap": True})
+        body.append({"type": "TextBlock", "text": n.text[:MAX_TEXT], "wrap": True})
+    size, shown = _size(body), 0
     for r in rows[:MAX_ALERTS]:
         state = "resolved" if r.state == "resolved" else r.severity
         facts = [{"title": "Site", "value": r.site}, {"title": "Device", "value": r.device}]
@@ -50,15 +56,23 @@ def card(n: Notification) -> dict[str, Any]:
             facts.append({"title": "Since", "value": r.since + (f", {r.duration}" if r.duration else "")})
         if r.recommendation and r.state == "firing":
             facts.append({"title": "Recommendation", "value": r.recommendation})
-        body.append({"type": "Container", "style": _STYLE.get(state, "default"), "items": [
+        container = {"type": "Container", "style": _STYLE.get(state, "default"), "items": [
             {"type": "TextBlock", "text": f"{state.upper()}{' (new)' if r.new else ''}: {r.summary}",
              "weight": "Bolder", "wrap": True},
             {"type": "FactSet", "facts": [f for f in facts if f["value"]]},
-        ]})
-    if len(rows) > MAX_ALERTS:
-        body.append({"type": "TextBlock", "text": f"... and {len(rows) - MAX_ALERTS} more", "wrap": True})
+        ]}
+        if shown and size + _size(container) > MAX_CARD_BYTES:
+            break
+        body.append(container)
+        size, shown = size + _size(container), shown + 1
+    if len(rows) > shown:
+        body.append({"type": "TextBlock", "text": f"... and {len(rows) - shown} more", "wrap": True})
     return {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
             "version": "1.4", "msteams": {"width": "Full"}, "body": body}
+
+
+def _size(item: Any) -> int:
+    return len(json.dumps(item, ensure_ascii=False).encode("utf-8"))
 
 
 def payload(n: Notification) -> dict[str, Any]:

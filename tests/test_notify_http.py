@@ -108,6 +108,19 @@ def test_slack_and_teams_follow_ups_mark_the_alerts_they_add_as_new(notify_env, 
     assert slack[1].count("(new)") == 1 and teams[1].count("(new)") == 1
 
 
+def test_a_teams_card_with_many_long_alerts_stays_under_the_28_kb_teams_accepts(notify_env, http_receiver):
+    notify_env.configure([{"name": "teams", "type": "teams", "webhook_url": http_receiver.url("/teams")}])
+    advice = "Check the AP's switch port (PoE budget, link, VLAN) and its uplink to the cloud. " * 4
+    alerts = [make_alert(device=f"AP-{i:02d}", device_id=f"dev-{i}", recommendation=advice) for i in range(40)]
+    notify_env.notify(alerts, T0)
+    (request,) = http_receiver.requests
+    assert len(request.body) < 28 * 1024
+    body = request.json()["attachments"][0]["content"]["body"]
+    shown = sum(1 for item in body if item["type"] == "Container")
+    assert 5 < shown < 40
+    assert body[-1]["text"] == f"... and {40 - shown} more"
+
+
 def test_429_with_retry_after_is_waited_out_and_retried(notify_env, http_receiver):
     http_receiver.respond(429, headers={"Retry-After": "1"})
     notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": http_receiver.url()}])

@@ -67,6 +67,9 @@ def child(config: str, mode: str, cycles: int) -> None:
         out.append({"cycle": i + 1, "wall_s": round(time.perf_counter() - start, 3), "api_calls": result.api_calls,
                     "status": result.status, "entities": len(result.snapshot.entities) if result.snapshot else 0,
                     "rules": len(app.ruleset.rules)})
+        # Like the daemon, keep nothing of a cycle into the next: otherwise the peak would be this
+        # cycle's snapshot plus the next one's, which no real run holds at once.
+        del result
     close_app(app)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"cycles": out, "peak_rss_mb": round(rss_kb / 1024, 1)}))

@@ -32,6 +32,7 @@ _ALLOWED_ATTRIBUTES: dict[type, frozenset[str]] = {
                     "startswith", "endswith", "replace", "split", "join"}),
 }
 _MAX_POWER = 1000
+_MAX_REPEAT = 100_000  # 'a' * 10**10 would take gigabytes: as Jinja's sandbox caps range()
 
 
 class ExpressionError(ValueError):
@@ -70,12 +71,14 @@ class _Sandbox(SandboxedEnvironment):
         # '**' is the one operator that can burn unbounded CPU and memory in one step
         if operator_name == "**" and isinstance(right, (int, float)) and abs(right) > _MAX_POWER:
             raise SecurityError(f"exponent {right} is too large")
+        if operator_name == "*":
+            return _multiply(left, right)
         return super().call_binop(context, operator_name, left, right)
 
 
 def _make_env() -> _Sandbox:
     env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    env.intercepted_binops = frozenset({"**"})
+    env.intercepted_binops = frozenset({"**", "*"})
     env.globals.clear()
     env.globals.update({"abs": abs, "min": min, "max": max, "round": round})
     env.filters.update({"pct": _fmt_pct, "num": _fmt_num, "duration": _fmt_duration})
@@ -154,12 +157,19 @@ def _power(left: Any, right: Any) -> Any:
     return left**right
 
 
+def _multiply(left: Any, right: Any) -> Any:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > _MAX_REPEAT:
+            raise SecurityError(f"repeating a {type(seq).__name__} {times} times is too large")
+    return left * right
+
+
 def _join(value: Any, separator: str = "") -> str:
     return separator.join(str(v) for v in value)
 
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    nodes.Add: operator.add, nodes.Sub: operator.sub, nodes.Mul: operator.mul, nodes.Div: operator.truediv,
+    nodes.Add: operator.add, nodes.Sub: operator.sub, nodes.Mul: _multiply, nodes.Div: operator.truediv,
     nodes.FloorDiv: operator.floordiv, nodes.Mod: operator.mod, nodes.Pow: _power,
 }
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {

@@ -87,3 +87,18 @@ def test_a_template_that_fails_at_run_time_gives_a_note_not_a_crash(tmp_path):
     cycles.run([site(site__clients=1)])
     assert cycles.only().state == "firing"
     assert any("summary template failed" in n for n in cycles.notes())
+
+
+@pytest.mark.parametrize("source", [
+    "{{ ('a' * 10**10) | length }}",
+    "{{ (10**10 * [1]) | length }}",
+    "{% for i in [1] %}{{ ('a' * 10**10) | length }}{% endfor %}",  # Jinja's own sandbox path
+])
+def test_repeating_a_text_or_list_into_gigabytes_is_refused(source):
+    with pytest.raises(ExpressionError, match="too large"):
+        Template(source).render({})
+
+
+def test_small_repeats_still_work():
+    assert Template("{{ '-' * 3 }}{{ ([0] * 2) | length }}").render({}) == "---2"
+    assert Expression("'ab' * 2 == 'abab'").test({})

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from mistwatch.durations import format_duration
 from mistwatch.secrets import redact
 
 log = logging.getLogger("mistwatch.daemon")
@@ -109,7 +110,8 @@ class Daemon:
         start = self.clock.now()
         k = 0
         digest_tried = False
-        log.info("daemon started: a cycle every %s from %s", self.interval, start.isoformat(timespec="seconds"))
+        log.info("daemon started: a cycle every %s from %s", format_duration(self.interval),
+                 start.isoformat(timespec="seconds"))
         while True:
             self._wake.clear()  # before checking the flags, so a request that lands now still wakes us
             if self._stop.is_set():
@@ -142,7 +144,7 @@ class Daemon:
             if skipped:
                 self.stats.skipped_slots += skipped
                 log.warning("the cycle took %.0f s, longer than the %s interval: skipping %d slot(s), "
-                            "next at %s", (end - now).total_seconds(), self.interval, skipped,
+                            "next at %s", (end - now).total_seconds(), format_duration(self.interval), skipped,
                             (start + k_next * self.interval).isoformat(timespec="seconds"))
             k = k_next
         log.info("daemon stopped (%s) after %d cycle(s)", self.stop_reason or "done", self.stats.cycles)
@@ -181,7 +183,7 @@ class Daemon:
             anchor = start + max(0, k - 1) * self.interval
             self.interval = new_interval
             elapsed = self.clock.now() - anchor
-            log.info("interval is now %s", new_interval)
+            log.info("interval is now %s", format_duration(new_interval))
             return anchor, max(1, math.ceil(elapsed / new_interval))
         return start, k
 

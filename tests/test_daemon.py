@@ -79,6 +79,20 @@ def test_a_slow_cycle_skips_missed_slots_without_drift_or_pile_up():
     assert d.stats.skipped_slots == 2
 
 
+def test_the_log_names_the_interval_as_an_operator_would_write_it(caplog):
+    clock = FakeClock()
+    durations = iter([3, 40, 3])
+
+    def cycle(now):
+        clock.t += timedelta(minutes=next(durations))
+
+    with caplog.at_level(logging.INFO, logger="mistwatch.daemon"):
+        Daemon(cycle, 15 * MIN, clock=clock).run(max_cycles=3)
+    assert "a cycle every 15m from" in caplog.text
+    assert "longer than the 15m interval: skipping 2 slot(s)" in caplog.text
+    assert "0:15:00" not in caplog.text
+
+
 def test_waits_are_capped_so_a_clock_jump_cannot_oversleep():
     clock = FakeClock()
     d = Daemon(slow_cycle(clock, 0), 5 * MIN, clock=clock, max_wait_s=60)

@@ -518,12 +518,22 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
             else:
                 visible.setdefault(slot, []).append(alert)
 
+    # A renamed, reordered or regrouped route gives alerts new group keys. What the notifier was told
+    # under a key no alert uses any more carries over, so a config change re-sends nothing.
+    current = set(visible) | set(muted_keys)
+    told_before: dict[tuple[str, str], LogEntry] = {}  # (notifier, alert key) -> its orphaned log entry
+    for old_slot, old_entry in log.items():
+        if old_slot not in current:
+            for key in old_entry.firing:
+                told_before[(old_entry.notifier, key)] = old_entry
+
     notifications: list[Notification] = []
     entries: list[LogEntry] = []
-    for slot in sorted(set(visible) | set(muted_keys) | set(log)):
+    for slot in sorted(current | set(log)):
         gkey, name = slot
-        entry = log.get(slot) or LogEntry(gkey, name)
-        entry = LogEntry(entry.group_key, entry.notifier, entry.last_sent_at, entry.thread_id, dict(entry.firing))
+        entry = _carry_over(log.get(slot) or LogEntry(gkey, name),
+                            [a.key for a in visible.get(slot, [])] + sorted(muted_keys.get(slot, set())),
+                            told_before)
         settings_entry = settings.notifiers.get(name)
         now_visible = sorted(visible.get(slot, []), key=lambda a: (-severity_rank(a.severity), a.key))
         hidden = muted_keys.get(slot, set())
@@ -559,6 +569,21 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
     warnings = [f"alerts are routed to notifier {name!r}, which is not configured"
                 for name in sorted({n for _, n in visible} - set(settings.notifiers))]
     return Plan(notifications, entries, suppressed, warnings)
+
+
+def _carry_over(entry: LogEntry, keys: Sequence[str], told_before: Mapping[tuple[str, str], LogEntry]) -> LogEntry:
+    """A copy of a group's log entry that also knows what its notifier was told about these alert
+    keys under old group keys (taking the latest send time and, if it has none, their thread)."""
+    out = LogEntry(entry.group_key, entry.notifier, entry.last_sent_at, entry.thread_id, dict(entry.firing))
+    for key in keys:
+        old = told_before.get((entry.notifier, key))
+        if old is None or key in out.firing:
+            continue
+        out.firing[key] = old.firing[key]
+        if old.last_sent_at is not None and (out.last_sent_at is None or old.last_sent_at > out.last_sent_at):
+            out.last_sent_at = old.last_sent_at
+        out.thread_id = out.thread_id or old.thread_id
+    return out
 
 
 def _group_from_key(gkey: str) -> dict[str, str]:

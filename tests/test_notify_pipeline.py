@@ -115,6 +115,21 @@ def test_the_repeat_interval_is_per_route(notify_env):
     assert reminder.thread_id is not None
 
 
+def test_renaming_or_regrouping_a_route_re_sends_nothing_and_resolved_still_threads_once(notify_env, smtp_sink):
+    a, b = make_alert(), make_alert("switch_port_errors", device="SW-1", device_id="dev-2")
+    notify_env.configure([smtp_sink.settings()], routes=[{"name": "noc", "notifiers": ["mail"]}])
+    notify_env.notify([a, b], T0)
+    notify_env.configure([smtp_sink.settings()], routes=[{"name": "noc-mail", "notifiers": ["mail"]}])
+    assert notify_env.notify([a, b], T0 + timedelta(minutes=15)).planned == []
+    notify_env.configure([smtp_sink.settings()],
+                         routes=[{"name": "noc-mail", "notifiers": ["mail"], "group_by": ["rule_id"]}])
+    assert notify_env.notify([a, b], T0 + timedelta(minutes=30)).planned == []
+    notify_env.notify([resolved(a, T0 + timedelta(minutes=40)), b], T0 + timedelta(minutes=45))
+    first, done = smtp_sink.messages
+    assert done["Subject"] == "[mistwatch] RESOLVED: 1 alert at Dublin HQ"
+    assert done["In-Reply-To"] == first["Message-ID"]
+
+
 def test_a_resolved_alert_nobody_was_told_about_sends_nothing(notify_env):
     notify_env.configure([EMAIL])
     assert _cycle(notify_env, [resolved(make_alert(), T0)], T0) == []

@@ -87,6 +87,15 @@ def totals(snapshot: Snapshot) -> dict[str, Any]:
     return {"sites": sites, "devices": counts, "clients": int(clients)}
 
 
+DEVICE_TYPE_PLURALS = {"ap": "APs", "switch": "switches", "gateway": "gateways"}
+
+
+def devices_up_text(devices: dict[str, dict[str, int]]) -> str:
+    """``{"switch": {"connected": 29, "total": 30}}`` -> ``"29/30 switches up"`` (types in name order)."""
+    return ", ".join(f"{v['connected']}/{v['total']} {DEVICE_TYPE_PLURALS.get(k, k + 's')} up"
+                     for k, v in sorted(devices.items()))
+
+
 def hourly_projection(api_calls: int, interval_s: float) -> int:
     """API calls per hour at this cycle's cost and the configured interval."""
     return round(api_calls * 3600 / max(interval_s, 1))
@@ -137,7 +146,7 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     console.print(table)
 
     t = totals(snapshot)
-    device_text = ", ".join(f"{v['connected']}/{v['total']} {k}s up" for k, v in sorted(t["devices"].items()))
+    device_text = devices_up_text(t["devices"])
     console.print(f"[bold]Totals:[/] {t['sites']} sites, {device_text or 'no devices'}, {t['clients']} clients")
     for error in snapshot.errors:
         console.print(f"[yellow]Collector error[/] {escape(error.collector)} {escape(error.endpoint)}: "

@@ -125,6 +125,13 @@ def test_html_is_self_contained(store):
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page, re.I)
 
 
+def test_html_shows_a_fast_cycles_duration_not_as_zero(store):
+    report, _ = cycle(store, 0)
+    report["run"]["duration_s"] = 0.044
+    page = render_html(report)
+    assert "0.04 s" in page and "0.0 s" not in page
+
+
 def test_html_puts_the_executive_summary_before_the_site_sections(store):
     report, _ = cycle(store, 0)
     page = render_html(report)

@@ -72,6 +72,26 @@ def test_smtp_down_then_up_delivers_exactly_once(notify_env, smtp_sink):
     assert notify_env.outbox_rows() == [("mail", "sent", 2, 0, "")]
 
 
+def test_status_shows_a_message_waiting_for_a_retry_and_why(notify_env, smtp_sink):
+    import json
+
+    from click.testing import CliRunner
+
+    from mistwatch.commands.daemon import status
+
+    notify_env.configure([smtp_sink.settings()])
+    smtp_sink.stop()
+    notify_env.notify([make_alert()], T0)
+    notify_env.store.close()
+    runner = CliRunner()
+    data = json.loads(runner.invoke(status, ["--config", str(notify_env.config.path), "--json"]).output)
+    (waiting,) = data["outbox_retrying"]
+    assert (waiting["notifier"], waiting["attempts"]) == ("mail", 1)
+    assert "cannot reach the SMTP server" in waiting["error"]
+    text = runner.invoke(status, ["--config", str(notify_env.config.path)], terminal_width=200).output
+    assert "retrying mail: [mistwatch] CRITICAL: 1 firing at Dublin HQ (attempt 1" in text
+
+
 def test_a_failed_message_waits_for_its_backoff_before_the_retry(notify_env, smtp_sink):
     notify_env.configure([smtp_sink.settings()])
     smtp_sink.stop()

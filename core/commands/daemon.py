@@ -199,6 +199,10 @@ def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
         "outbox": outbox.counts(store),
         "outbox_failed": [{"notifier": i.notifier, "title": i.title, "error": i.last_error}
                           for i in outbox.items(store, permanent=True, limit=5)],
+        # waiting for a retry (relay down, 4xx, 429): why mail has not arrived yet
+        "outbox_retrying": [{"notifier": i.notifier, "title": i.title, "error": i.last_error, "attempts": i.attempts,
+                             "next_attempt_at": i.next_attempt_at.isoformat(timespec="seconds")}
+                            for i in outbox.items(store, status="failed", permanent=False, limit=5)],
         "digest": {"last_day": store.kv_get(KV_LAST_DAY),
                    "next_due": due.isoformat(timespec="minutes") if due else None},
     }
@@ -261,6 +265,9 @@ def _print_status(data: dict[str, Any]) -> None:
     for item in data["outbox_failed"]:
         console.print(f"  [red]failed[/] {escape(item['notifier'])}: {escape(item['title'])}: "
                       f"{escape(item['error'])}")
+    for item in data.get("outbox_retrying", []):
+        console.print(f"  [yellow]retrying[/] {escape(item['notifier'])}: {escape(item['title'])} (attempt "
+                      f"{item['attempts']}, next at {item['next_attempt_at']}): {escape(item['error'])}")
     d = data["digest"]
     if d["next_due"] or d["last_day"]:
         console.print(f"[bold]Digest:[/] last sent for {d['last_day'] or 'never'}; next due {d['next_due']}")

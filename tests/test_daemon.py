@@ -464,3 +464,19 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text
     assert data["runs"][0]["errors"] == ["collection failed: timeout"]
     assert "failed" in text and "Outbox: 0 pending, 0 failed, 0 sent" in text
+
+
+def test_the_systemd_unit_lets_the_daemon_write_where_its_install_notes_point_the_config():
+    unit = (Path(__file__).resolve().parents[1] / "contrib" / "mistwatch.service").read_text(encoding="utf-8")
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["ExecStart"].endswith("mistwatch daemon --config /etc/mistwatch/config.yaml")
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["KillSignal"] == "SIGTERM"
+    assert settings["ProtectSystem"] == "strict"  # everything outside the writable paths is read-only
+    writable = ["/var/lib/" + settings["StateDirectory"], *settings["ReadWritePaths"].split()]
+    # the config lines the install notes ask for, under "point everything mistwatch writes at ..."
+    notes = unit[unit.index("point everything mistwatch writes"):unit.index("[Unit]")].splitlines()[2:5]
+    config = yaml.safe_load("\n".join(line.removeprefix("#   ").split("  #")[0] for line in notes))
+    written = [config["state_dir"], config["reports"]["dir"], str(Path(config["log"]["file"]).parent)]
+    for folder in written:
+        assert any(folder == w or folder.startswith(w + "/") for w in writable), folder

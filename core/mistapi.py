@@ -260,15 +260,22 @@ class MistClient:
         pending: deque[tuple[int, Future]] = deque()
         pool: ThreadPoolExecutor | None = None
 
-        def fetch(number: int) -> tuple[Any, Mapping[str, str]]:
-            return self._request(path, {**query, "page": number})
+        def fetch_ahead(number: int) -> tuple[bytes, Mapping[str, str], tuple[int, int, bool]]:
+            # Only the bytes: parsed, a page of 1,000 devices is several times larger, and it is
+            # parsed when its turn comes, so one parsed page at a time is in memory, not 1 + prefetch.
+            return self._request(path, {**query, "page": number}, raw=True)
 
         try:
             for _ in range(MAX_PAGES):
                 if pending and pending[0][0] == page:
-                    body, headers = pending.popleft()[1].result()
+                    content, headers, state = pending.popleft()[1].result()
+                    try:
+                        body = json.loads(content)
+                    except ValueError:  # that attempt failed after all: go on as _request would have
+                        body, headers = self._request(path, {**query, "page": page}, malformed=state)
+                    del content
                 else:
-                    body, headers = fetch(page)
+                    body, headers = self._request(path, {**query, "page": page})
                 try:
                     items, total, page_limit = _page_items(body, headers, limit)
                 except ValueError as exc:
@@ -283,7 +290,7 @@ class MistClient:
                     ahead = pending[-1][0] if pending else page
                     while ahead < min(last, page + self.prefetch):
                         ahead += 1
-                        pending.append((ahead, pool.submit(fetch, ahead)))
+                        pending.append((ahead, pool.submit(fetch_ahead, ahead)))
                 yield items, done, total
                 if not items:
                     return
@@ -363,14 +370,27 @@ class MistClient:
         base = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
         return base * random.uniform(0.5, 1.0)
 
-    def _request(self, path: str, params: Mapping[str, Any] | None) -> tuple[Any, Mapping[str, str]]:
+    def _request(self, path: str, params: Mapping[str, Any] | None, *, raw: bool = False,
+                 malformed: tuple[int, int, bool] | None = None) -> Any:
+        """(decoded JSON body, headers) of one GET, retried as needed.
+
+        ``raw``: return (body bytes, headers, state) of the first 2xx answer, undecoded; ``state``
+        is (status, attempt, rate limited so far). If the caller cannot decode it, it calls again
+        with ``malformed=state``: the retries go on after that attempt exactly as they would have."""
         url = self._url(path)
         shown = self._show(path)
         attempts = self.max_retries + 1
         last_error = ""
         last_status: int | None = None
         rate_limited = False
-        for attempt in range(1, attempts + 1):
+        first = 1
+        if malformed is not None:
+            last_status, done, rate_limited = malformed
+            last_error = f"malformed JSON in a {last_status} response"
+            first = done + 1
+            if done < attempts:
+                self._sleep(self._delay(done))
+        for attempt in range(first, attempts + 1):
             with self._lock:  # pages may be fetched from worker threads
                 self.calls += 1
             started = time.monotonic()
@@ -390,6 +410,8 @@ class MistClient:
                 status = resp.status_code
                 self._log_call(shown, params, status, started)
                 if 200 <= status < 300:
+                    if raw:
+                        return resp.content, resp.headers, (status, attempt, rate_limited)
                     try:
                         return json.loads(resp.content), resp.headers
                     except ValueError:

@@ -179,6 +179,52 @@ def test_a_failing_page_fetched_ahead_fails_the_listing_after_the_pages_before_i
         server.server_close()
 
 
+class _PageTwoMalformed(http.server.BaseHTTPRequestHandler):
+    """Pages of 2 items, 6 in all; page 2 answers 200 with a broken body the first ``broken`` times."""
+
+    protocol_version = "HTTP/1.1"
+    broken = 1
+    served: list[int] = []
+
+    def do_GET(self):
+        page = int(parse_qs(urlsplit(self.path).query)["page"][0])
+        type(self).served.append(page)
+        body = json.dumps([{"n": page}] * 2).encode()
+        if page == 2 and type(self).served.count(2) <= type(self).broken:
+            body = b'[{"n": 2}, {"n"'
+        self.send_response(200)
+        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            ("X-Page-Limit", "2"), ("X-Page-Page", str(page)), ("X-Page-Total", "6")):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(("broken", "outcome"), [(1, "retried"), (5, "gives up")])
+def test_a_malformed_page_fetched_ahead_is_retried_like_any_other(sleeps, broken, outcome):
+    handler = type("Handler", (_PageTwoMalformed,), {"broken": broken, "served": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = MistClient(f"http://127.0.0.1:{server.server_address[1]}", TOKEN, sleep=sleeps,
+                            max_retries=2, prefetch=2)
+        pages = client.iter_pages("/api/v1/orgs/x/sites", {"limit": 2})
+        if outcome == "retried":
+            assert [row["n"] for items, _, _ in pages for row in items] == [1, 1, 2, 2, 3, 3]
+            assert client.calls == 4 and len(sleeps) == 1
+        else:
+            assert next(pages)[0] == [{"n": 1}, {"n": 1}]
+            with pytest.raises(MistRetryError, match="gave up after 3 attempts: malformed JSON in a 200"):
+                next(pages)
+            assert handler.served.count(2) == 3 and len(sleeps) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_search_follows_the_next_link_until_it_is_absent(sim, sleeps):
     client = client_for(sim, sleeps)
     path = org_path(sim, "devices/events/search")

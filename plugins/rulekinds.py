@@ -283,6 +283,7 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
     only_drops = all("drop" in t for t in spec["tiers"])
     only_rises = all("rise" in t for t in spec["tiers"])
     extra = {"since": since, "unit": "percent" if percent else "absolute"}
+    stale_extra = {**extra, "since": f"{since} before the drop" if window else "before the drop"}
 
     def one(ctx: RuleContext, entity: Entity, refs: Mapping[str, float], all_unknown: bool,
             want_inactive: bool) -> Result | None:
@@ -293,10 +294,14 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
             # a missing value never resolves a change alert
             return Result(key, entity.labels, unknown=True, value=value) if want_inactive else None
         stored = None
+        texts = extra
         if sticky:
             prev = ctx.previous(key)
             if prev is not None and prev.state in ("pending", "firing") and prev.baseline is not None:
                 stored = prev.baseline
+                if prev.pending_since is not None and ctx.now - prev.pending_since > tolerance:
+                    # the offset has moved past the drop: "1d ago" would now name a degraded sample
+                    texts = stale_extra
         base = stored if stored is not None else refs.get(key)
         if base is None:
             return Result(key, entity.labels, unknown=True, value=value) if want_inactive else None
@@ -311,14 +316,14 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
         matched = next((tier for tier in tiers if tier[1](score)), None)
         if matched is not None:
             return Result(key, entity.labels, matched[0], value=value, threshold=matched[2], baseline=base,
-                          score=score, metrics=entity.metrics, extra=extra)
+                          score=score, metrics=entity.metrics, extra=texts)
         if not want_inactive:
             return None
         recovered = None
         if stored is not None:  # back toward the level it dropped (or rose) from?
             recovered = score >= -within if direction < 0 else score <= within
         return Result(key, entity.labels, None, value=value, threshold=smallest, baseline=base, score=score,
-                      metrics=entity.metrics, recovered=recovered, extra=extra)
+                      metrics=entity.metrics, recovered=recovered, extra=texts)
 
     def check(ctx: RuleContext) -> Iterator[Result]:
         now = ctx.now

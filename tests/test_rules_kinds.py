@@ -146,6 +146,18 @@ def test_change_stays_firing_after_the_offset_moves_past_the_drop(tmp_path):
     assert cycles.only().value == pytest.approx(0.93)
 
 
+def test_a_change_alert_past_its_offset_says_its_baseline_is_from_before_the_drop_not_1d_ago(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, textwrap.dedent(CHANGE_RULE)
+                               + "summary: 'down from {{ baseline | pct }} {{ extra.since }}'\n"))
+    _day_of(cycles, 0.95)
+    cycles.run([site(sle__wifi__coverage=0.8)], at=T0 + timedelta(hours=24))
+    assert cycles.only().summary == "down from 95% 1d ago"
+    cycles.run([site(sle__wifi__coverage=0.8)], at=T0 + timedelta(hours=25))  # within the tolerance
+    assert cycles.only().summary == "down from 95% 1d ago"
+    cycles.run([site(sle__wifi__coverage=0.8)], at=T0 + timedelta(hours=48))  # 1d ago was 0.8 too
+    assert cycles.only().summary == "down from 95% before the drop"
+
+
 def test_change_without_baseline_recovery_clears_like_an_offset_rule(tmp_path):
     cycles = Cycles(rules_from(tmp_path, textwrap.dedent(CHANGE_RULE) + "recover_to_baseline: false\n"))
     _day_of(cycles, 0.95)

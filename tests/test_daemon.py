@@ -430,6 +430,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_second_writer_is_re
         data = json.loads(status.stdout)
         assert data["running"]["purpose"] == "daemon"
         assert data["last_successful_run"]["status"] == "ok"
+        assert data["interval_s"] == 2  # the daemon's --interval, not the config's 15m: staleness by it
     finally:
         code = stop(proc)
     assert code == 0
@@ -464,6 +465,21 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text
     assert data["runs"][0]["errors"] == ["collection failed: timeout"]
     assert "failed" in text and "Outbox: 0 pending, 0 failed, 0 sent" in text
+
+
+def test_status_judges_staleness_by_the_daemons_own_interval(notify_env):
+    from mistwatch.commands.daemon import KV_DAEMON_INTERVAL, status_data
+
+    config = notify_env.configure([{"name": "console", "type": "console"}])
+    store = notify_env.store
+    then = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+    ok = store.start_run(then, "all")
+    store.finish_run(ok, finished_at=then, status="ok", api_calls=9)
+    ten_minutes_on = then + 10 * MIN
+    assert status_data(config, store, ten_minutes_on)["stale"] is False  # the config's 15m
+    store.kv_set(KV_DAEMON_INTERVAL, 120.0)  # what `mistwatch daemon --interval 2m` records
+    data = status_data(config, store, ten_minutes_on)
+    assert data["interval_s"] == 120 and data["stale"] is True
 
 
 def test_the_systemd_unit_lets_the_daemon_write_where_its_install_notes_point_the_config():

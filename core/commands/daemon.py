@@ -14,6 +14,9 @@ import click
 from mistwatch.durations import format_duration, parse_duration
 
 log = logging.getLogger("mistwatch.daemon")
+#: The running daemon's interval (``--interval`` may differ from the config): status measures
+#: staleness by it, so a daemon that died shows as stale after three of its own intervals.
+KV_DAEMON_INTERVAL = "daemon.interval_s"
 
 DAEMON_HELP = """Run cycles (collect, evaluate, report, notify) on a fixed schedule until stopped.
 
@@ -114,6 +117,7 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         close_app(app)
         raise
     holder: dict[str, Any] = {"app": app}
+    app.store.kv_set(KV_DAEMON_INTERVAL, interval.total_seconds())
 
     def cycle(now: datetime) -> None:
         result = run_cycle(holder["app"], mode="all", now=now)
@@ -137,6 +141,7 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         holder["app"] = new
         close_app(old)
         hook.interval = new_interval
+        new.store.kv_set(KV_DAEMON_INTERVAL, new_interval.total_seconds())
         return new_interval
 
     hook = _DigestHook(holder, interval)
@@ -183,7 +188,8 @@ def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
     except LockHeld:
         holder = probe.holder() or {"pid": "?"}
     last_ok = store.last_successful_run()
-    interval = _config_interval(config)
+    recorded = store.kv_get(KV_DAEMON_INTERVAL)
+    interval = timedelta(seconds=float(recorded)) if recorded else _config_interval(config)
     age = (now - last_ok.finished_at).total_seconds() if last_ok and last_ok.finished_at else None
     due = next_due(config, store, now)
     return {

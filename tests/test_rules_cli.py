@@ -230,3 +230,25 @@ def test_a_malformed_rule_file_in_a_real_process_gives_one_line_and_exit_2(tmp_p
     assert result.returncode == 2
     assert result.stderr == "mistwatch: bad.yaml:4 above: expected number, got string\n"
     assert result.stdout == ""
+
+
+def test_rules_test_and_schema_know_the_kinds_of_a_plugin_in_the_config_plugins_dir(tmp_path, monkeypatch, capsys):
+    import textwrap
+
+    from mistwatch.hookspecs import RuleKind
+
+    monkeypatch.chdir(tmp_path)
+    block = (RuleKind.__doc__ or "").split("exactly zero::", 1)[1].split("\n\n    The built-in kinds", 1)[0]
+    Path("plugins").mkdir()
+    Path("plugins/zero_kind.py").write_text(textwrap.dedent(block), encoding="utf-8")
+    Path("config.yaml").write_text("plugins_dir: plugins\nrules: [z.yaml]\n", encoding="utf-8")
+    Path("z.yaml").write_text("id: z\nkind: zero\nmetric: site.clients\nscope: site\n", encoding="utf-8")
+    Path("t.yaml").write_text(
+        "rule_files: [z.yaml]\ntests:\n  - name: zero clients\n    entities:\n      - kind: site\n"
+        "        labels: {org_id: o1, site_id: s1, site_name: Dublin}\n        series: {site.clients: '0'}\n"
+        "    expect:\n      - at: 0m\n        alerts: [{rule: z, state: firing}]\n", encoding="utf-8")
+    code, out, err = run_cli(["rules", "test", "t.yaml"], capsys)
+    assert code == 0, out + err
+    assert "1 passed, 0 failed" in out
+    code, out, err = run_cli(["rules", "schema"], capsys)
+    assert code == 0 and '"zero"' in out

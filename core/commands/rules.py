@@ -112,14 +112,29 @@ def _condition(spec: Any) -> str:
     return "; ".join(parts)
 
 
+def _config_plugins_dir(config_path: Path | None) -> Path | None:
+    """The ``plugins_dir:`` of ``--config`` (or of ./config.yaml when present), so rule kinds a local
+    plugin adds are known."""
+    config = config_path or Path("config.yaml")
+    if config_path is None and not config.exists():
+        return None
+    return _config_rule_paths(config)[1]
+
+
+_CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                              help="Load the plugins_dir of this config, for rule kinds a plugin adds "
+                                   "(default: ./config.yaml if present).")
+
+
 @rules.command("test")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_CONFIG_OPTION
 @click.pass_context
-def test(ctx: click.Context, files: tuple[Path, ...]) -> None:
+def test(ctx: click.Context, files: tuple[Path, ...], config_path: Path | None) -> None:
     """Run rule unit tests (YAML, like promtool test rules). Exit 1 if a test fails, 2 if a file is malformed."""
     from mistwatch.ruletest import run_rule_tests
 
-    host = _host()
+    host = _host(_config_plugins_dir(config_path))
     outcomes = run_rule_tests(list(files), host.rule_kinds())
     failed = [o for o in outcomes if not o.ok]
     for outcome in outcomes:
@@ -135,8 +150,9 @@ def test(ctx: click.Context, files: tuple[Path, ...]) -> None:
 
 
 @rules.command("schema")
-def schema() -> None:
+@_CONFIG_OPTION
+def schema(config_path: Path | None) -> None:
     """Print the JSON Schema of rule files (for editors), with every registered kind."""
     from mistwatch.rules import file_schema
 
-    click.echo(json.dumps(file_schema(_host().rule_kinds()), indent=2))
+    click.echo(json.dumps(file_schema(_host(_config_plugins_dir(config_path)).rule_kinds()), indent=2))

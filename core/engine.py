@@ -164,6 +164,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         from mistwatch.lifecycle import run_rules
 
         result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
+        _health(app, result, now, dry_run)
 
     attachments: tuple[Attachment, ...] = ()
     if mode in ("report", "all"):
@@ -179,16 +180,25 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         _maybe_prune(app, now)
 
 
-def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tuple[Attachment, ...]:
+def _health(app: App, result: CycleResult, now: datetime, dry_run: bool) -> None:
+    """Score sites and devices once the alerts are known, and keep the scores as history: every
+    insights, report and all run adds a point, so trends do not depend on when reports are written."""
     from mistwatch.health import compute_health, health_metrics
+
+    alerts = result.rules.alerts if result.rules else []
+    weights = (app.config.data.get("health") or {}).get("weights")
+    result.health = compute_health(result.snapshot, alerts, weights)
+    if not dry_run:
+        app.store.write_metrics(now, health_metrics(result.health))
+
+
+def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tuple[Attachment, ...]:
     from mistwatch.report import build_report, write_reports
 
     store, config = app.store, app.config
     alerts = result.rules.alerts if result.rules else []
-    result.health = compute_health(result.snapshot, alerts, (config.data.get("health") or {}).get("weights"))
     if dry_run:
         return ()
-    store.write_metrics(now, health_metrics(result.health))
     run_meta = {"started_at": now, "duration_s": round(time.perf_counter() - result.clock_start, 3),
                 "api_calls": result.api_calls, "errors": list(result.errors), "mode": result.mode}
     notes = result.rules.notes if result.rules else []

@@ -95,3 +95,23 @@ def test_a_scheduled_report_run_sends_the_digest_once_per_day(replay_dir, simula
     assert "Daily digest" not in again.stdout
     assert report_in_process(replay_dir, simulator, monkeypatch,
                              datetime(2026, 11, 3, 8, 0, tzinfo=timezone.utc)) == [True]
+
+
+def test_insights_runs_keep_health_history_for_the_next_reports_trends(replay_dir, simulator, monkeypatch):
+    from mistwatch.engine import close_app, open_app, run_cycle
+
+    monkeypatch.setenv("MIST_API_TOKEN", simulator.token)
+    app = open_app(replay_dir / "config.yaml")
+    try:
+        for day in range(8):  # a week of hourly-style checks without reports, then one report
+            when = DAY1 + timedelta(days=day)
+            simulator.org.now = when
+            mode = "report" if day == 7 else "insights"
+            result = run_cycle(app, mode=mode, now=when)
+            assert result.status == "ok", result.errors
+            assert result.health is not None  # insights shows and stores the scores too
+    finally:
+        close_app(app)
+    report = json.loads((replay_dir / "reports" / "latest.json").read_text(encoding="utf-8"))
+    assert None not in report["org"]["health"]["trend"]
+    assert report["sites"][0]["health"]["delta_7d"] is not None

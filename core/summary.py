@@ -87,6 +87,14 @@ def totals(snapshot: Snapshot) -> dict[str, Any]:
     return {"sites": sites, "devices": counts, "clients": int(clients)}
 
 
+def health_sparkline(past: list[float | None] | None, today: float | None) -> str:
+    """A site's daily health scores then today's, as unicode blocks on the fixed 0-100 scale (so a
+    flat 100 and a flat 30 look different); days without a score are blanks."""
+    from mistwatch.sparkline import spark_unicode
+
+    return spark_unicode([*(past or []), today], lo=0, hi=100)
+
+
 DEVICE_TYPE_PLURALS = {"ap": "APs", "switch": "switches", "gateway": "gateways"}
 
 
@@ -120,8 +128,10 @@ def _sle(value: tuple[str, float] | None) -> str:
 
 
 def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sites: int = 25,
-                  verbose: bool = False) -> None:
-    """Per site: APs, switches, gateways up/total, clients, worst wifi SLE; totals; errors; API budget."""
+                  verbose: bool = False, health_past: dict[str, list[float | None]] | None = None) -> None:
+    """Per site: APs, switches, gateways up/total, clients, worst wifi SLE, health (with its last 7 days
+    as a unicode sparkline when ``health_past``, site key -> daily scores oldest first, is given);
+    totals; errors; API budget."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -135,11 +145,15 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
         table.add_column(column, justify="left" if column in ("Site", "Worst Wi-Fi SLE") else "right")
     if result.health is not None:
         table.add_column("Health", justify="right")
+        if health_past is not None:
+            table.add_column("7 days", no_wrap=True)
     for row in shown:
         cells = [escape(row.name), _ratio(row.ap), _ratio(row.switch), _ratio(row.gateway),
                  "?" if row.clients is None else f"{int(row.clients)}", _sle(row.wifi_sle)]
         if result.health is not None:
             cells.append("?" if row.health is None else f"{row.health:.0f}")
+            if health_past is not None:
+                cells.append(health_sparkline(health_past.get(row.key), row.health))
         table.add_row(*cells)
     if len(rows) > len(shown):
         table.caption = f"{len(rows) - len(shown)} more sites without problems (-v shows all)"

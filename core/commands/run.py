@@ -81,7 +81,12 @@ class _Progress:
 def show_result(console: Any, app: Any, result: Any, *, verbose: bool = False) -> None:
     from mistwatch.summary import print_summary
 
-    print_summary(console, result, interval_s=_interval_s(app.config), verbose=verbose)
+    health_past = None
+    if result.health is not None:  # a week of stored scores behind today's, for the sparklines
+        from mistwatch.report import past_values
+
+        health_past = past_values(app.store, "site.health", result.started_at)
+    print_summary(console, result, interval_s=_interval_s(app.config), verbose=verbose, health_past=health_past)
     if result.rules is not None:
         from mistwatch.commands.insights import print_insights
 

@@ -48,7 +48,7 @@ _VAR_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 # --- ${VAR} interpolation ---------------------------------------------------------------------
 
-def _expand_string(text: str, *, file: str, lines: LineMap | None, path: tuple) -> str:
+def _expand_string(text: str, *, file: str, lines: LineMap | None, path: tuple, strict: bool = True) -> str:
     def replace(match: re.Match[str]) -> str:
         if match.group(1):  # escaped
             return "${" + match.group(2) + "}"
@@ -63,6 +63,8 @@ def _expand_string(text: str, *, file: str, lines: LineMap | None, path: tuple) 
         if default is not None:
             return value if value else default  # shell semantics: unset or empty -> default
         if value is None:
+            if not strict:  # a command that never uses this value (status, silences) keeps it as written
+                return match.group(0)
             raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} "
                               "to give a default)", file=file, line=line, key=key)
         return value
@@ -70,16 +72,17 @@ def _expand_string(text: str, *, file: str, lines: LineMap | None, path: tuple) 
     return _VAR.sub(replace, text)
 
 
-def _interpolate(value: Any, file: str, lines: LineMap | None, path: tuple, expanded: set[tuple]) -> Any:
+def _interpolate(value: Any, file: str, lines: LineMap | None, path: tuple, expanded: set[tuple],
+                 strict: bool = True) -> Any:
     if isinstance(value, str):
         if "${" not in value:
             return value
         expanded.add(path)
-        return _expand_string(value, file=file, lines=lines, path=path)
+        return _expand_string(value, file=file, lines=lines, path=path, strict=strict)
     if isinstance(value, dict):
-        return {k: _interpolate(v, file, lines, (*path, k), expanded) for k, v in value.items()}
+        return {k: _interpolate(v, file, lines, (*path, k), expanded, strict) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, file, lines, (*path, i), expanded) for i, v in enumerate(value)]
+        return [_interpolate(v, file, lines, (*path, i), expanded, strict) for i, v in enumerate(value)]
     return value
 
 
@@ -385,11 +388,13 @@ def _check_paths(config: Config, user_data: Mapping, *, file: str, lines: LineMa
                           line=lines.line(("plugins_dir",)), key="plugins_dir")
 
 
-def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
+def load_config(path: str | Path, host: PluginHost | None = None, *, require_env: bool = True) -> Config:
     """Load, expand and validate a config file; raise ``ConfigError`` for the first problem.
 
     Without ``host``, a default plugin host is made (with the file's ``plugins_dir``), so plugin
-    settings are validated against the plugins that will run.
+    settings are validated against the plugins that will run. ``require_env=False`` leaves an
+    unset ``${VAR}`` as written instead of failing: for commands that only read the state
+    (``status``, ``silence``), which must not need the Mist token.
     """
     file = str(path)
     raw, lines = load_yaml(path)
@@ -399,7 +404,7 @@ def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
                           file=file, line=lines.line(()))
     base_dir = Path(path).expanduser().resolve().parent
     expanded: set[tuple] = set()
-    data = _interpolate(raw, file, lines, (), expanded)
+    data = _interpolate(raw, file, lines, (), expanded, require_env)
     data = _register_secrets(data)
 
     if host is None:
@@ -430,7 +435,7 @@ def load_config(path: str | Path, host: PluginHost | None = None) -> Config:
 
     _check(data, schema, file=file, lines=lines, expanded=expanded)
     for key, name in env_defaults:
-        data[key][name] = _interpolate(data[key][name], file, lines, (key, name), expanded)
+        data[key][name] = _interpolate(data[key][name], file, lines, (key, name), expanded, require_env)
     if env_defaults:
         data = _register_secrets(data)
         _check(data, schema, file=file, lines=lines, expanded=expanded)

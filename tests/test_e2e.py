@@ -110,3 +110,12 @@ def test_degraded_day_alerts_only_the_affected_sites_then_recovery_resolves(org_
     insights = json.loads(recovered.stdout)["insights"]
     assert firing_sites(recovered) == set()
     assert {a["labels"].get("site_id") for a in insights["alerts"] if a["state"] == "resolved"} == affected
+
+
+def test_status_and_silences_need_no_mist_token(org_config, simulator):
+    assert run_at(org_config, simulator, DAY1, "healthy", "--mode", "monitor").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "MIST_API_TOKEN"}
+    for args in (("status",), ("silence", "list")):
+        done = subprocess.run([sys.executable, "-m", "mistwatch", *args], cwd=org_config, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr

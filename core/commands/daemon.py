@@ -224,7 +224,7 @@ def status(config_path: str, as_json: bool) -> None:
     from mistwatch.host import make_host
     from mistwatch.store import Store
 
-    config = load_config(config_path, make_host())
+    config = load_config(config_path, make_host(), require_env=False)  # no Mist token needed to read the state
     with Store.open(config.state_dir) as store:
         data = status_data(config, store, datetime.now(timezone.utc))
     if as_json:

@@ -18,7 +18,7 @@ def _open(config_path: str) -> tuple[Any, Any]:
     from mistwatch.config import host_for_config, load_config
     from mistwatch.store import Store
 
-    config = load_config(config_path, host_for_config(config_path))
+    config = load_config(config_path, host_for_config(config_path), require_env=False)  # no Mist token needed
     return config, Store.open(config.state_dir)
 
 

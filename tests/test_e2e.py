@@ -62,6 +62,7 @@ def test_demo_runs_the_whole_job_on_the_simulated_org(tmp_path):
     assert "Sites at" in done.stdout
     assert "Open the report" in done.stdout
     assert (tmp_path / "demo" / "reports" / "latest.html").is_file()
+    assert (tmp_path / "demo" / "reports" / "degraded-day.html").is_file()
 
 
 def test_run_monitor_prints_json_for_scripts(org_config, simulator):

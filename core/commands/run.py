@@ -210,6 +210,9 @@ def demo(sites: int, out: str, as_json: bool) -> None:
                 with console.status(f"{now:%a %H:%M} {story}") if console.is_terminal else nullcontext():
                     result = run_cycle(app, mode="all", now=now)
                 results.append(result)
+                if scenario == "degraded" and result.report is not None:  # keep the bad day's report
+                    for made in (result.report.html, result.report.json):
+                        shutil.copyfile(made, made.with_name(f"degraded-day{made.suffix}"))
                 firing = sum(1 for a in (result.rules.alerts if result.rules else []) if a.state == "firing")
                 sent = len(getattr(result.notify, "sent", []) or [])
                 console.print(f"[bold]{now:%a %d %b %H:%M}[/] {story}: {result.api_calls} API calls, "
@@ -222,12 +225,14 @@ def demo(sites: int, out: str, as_json: bool) -> None:
                 click.echo(json.dumps(summary_json(worst), indent=2, default=str))
             else:
                 console.rule("The worst moment: day 2")
+                latest, worst.report = results[-1].report, None  # latest.* now shows the recovery
                 show_result(console, app, worst)
                 console.rule("Now")
                 console.print(f"After recovery: {sum(1 for a in results[-1].rules.alerts if a.state == 'firing')} "
                               "alerts firing.")
-                if results[-1].report is not None:
-                    console.print(f"Open the report: {results[-1].report.html}")
+                if latest is not None:
+                    console.print(f"Open the report of the degraded day: {latest.html.with_name('degraded-day.html')}"
+                                  f"\nand the latest one, after recovery: {latest.html}")
                 console.print("Try your own rules on this org: `mistwatch simulate --scenario degraded` serves it "
                               "and prints the config to point `mistwatch run` at it.")
         finally:

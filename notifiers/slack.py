@@ -6,14 +6,12 @@ appears in errors. Delivery (timeout, 429 Retry-After) is shared with the webhoo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
-from mistwatch.notifiers.webhook import HTTP_SETTINGS, post_each
-from mistwatch.secrets import redact, register
+from mistwatch.notifiers.webhook import HTTP_SETTINGS, post_json_each
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -69,13 +67,7 @@ def payload(n: Notification) -> dict[str, Any]:
 
 
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
-    register(settings.get("webhook_url"))
-
-    def request(n: Notification) -> tuple[bytes, dict[str, str]]:
-        body = redact(json.dumps(payload(n), ensure_ascii=False)).encode("utf-8")
-        return body, {"Content-Type": "application/json; charset=utf-8"}
-
-    return post_each(settings, str(settings["webhook_url"]), notifications, request)
+    return post_json_each(settings, notifications, payload)
 
 
 @hookimpl

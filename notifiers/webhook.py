@@ -120,6 +120,18 @@ def post_each(settings: Mapping[str, Any], url: str, notifications: list[Notific
     return results
 
 
+def post_json_each(settings: Mapping[str, Any], notifications: list[Notification],
+                   payload: Callable[[Notification], Any]) -> list[Delivery]:
+    """POST ``payload(n)`` as JSON to the chat webhook of ``settings["webhook_url"]`` (Slack, Teams)."""
+    register(settings.get("webhook_url"))
+
+    def request(n: Notification) -> tuple[bytes, dict[str, str]]:
+        body = redact(json.dumps(payload(n), ensure_ascii=False)).encode("utf-8")
+        return body, {"Content-Type": "application/json; charset=utf-8"}
+
+    return post_each(settings, str(settings["webhook_url"]), notifications, request)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 

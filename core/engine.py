@@ -67,9 +67,11 @@ def utcnow() -> datetime:
 def open_app(config_path: str | Path, *, console: Any = None) -> App:
     """Load config (ConfigError on any problem), plugins, the store and the rules."""
     from mistwatch.config import host_for_config, load_config
+    from mistwatch.memory import keep_large_blocks_unmappable
     from mistwatch.rules import load_rules
     from mistwatch.store import Store
 
+    keep_large_blocks_unmappable()  # lower peak RSS of big cycles (see mistwatch.memory)
     host = host_for_config(config_path)
     config = load_config(config_path, host)
     known = {m for c in host.collectors().values() for m in c.metrics}

@@ -5,6 +5,13 @@ collection over loopback HTTP, the store, and (mode `all`) the rules, the report
 
     python bench/cycle.py                 # 1,000 and 10,000 sites, modes monitor and all
     python bench/cycle.py --sites 1000 --mode monitor
+    python bench/cycle.py --mode all --history-days 7   # a store holding a week of history
+
+``--history-days N`` first fills the store (in its own process, not measured) with N days of the
+cycles' history at the density ``Store.prune`` keeps (every cycle of the last 48 hours, then one per
+hour), each run holding the snapshot collected from the simulator and its health scores (the oldest
+and newest written through the Store API, those between copied as rows), so the
+measured cycles read real trends, day-over-day baselines and health history.
 
 Budgets (design.md): calls <= 15 + pages; 1,000 sites <= 2 s and <= 80 MB; 10,000 sites <= 15 s and <= 250 MB.
 """
@@ -20,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import requests
@@ -51,15 +59,41 @@ def start_simulator(sites: int) -> tuple[subprocess.Popen, str, str]:
     raise SystemExit("simulator did not start")
 
 
-def child(config: str, mode: str, cycles: int) -> None:
+def fill(config: str, days: float, now: datetime) -> None:
+    """Runs in its own process before the measured one: ``days`` days of history before ``now``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from evaluate import copy_history, history_times, write_history
+
+    from mistwatch.engine import close_app, collect, open_app
+    from mistwatch.health import compute_health, health_metrics
+
+    app = open_app(config)
+    history = app.config.data.get("history", {}) or {}
+    raw_hours = float(history.get("raw_hours", 48))
+    snapshot = collect(app, now - timedelta(days=days))
+    scores = health_metrics(compute_health(snapshot, [], (app.config.data.get("health") or {}).get("weights")))
+    times = history_times(now, days, raw_hours=raw_hours)
+    # the oldest and the newest run through the Store API (entities first and last seen then), the
+    # ones between copied from the oldest: the same sample rows, as fast as SQLite copies them
+    write_history(app.store, times[:1], lambda at: snapshot.entities, lambda at: scores)
+    copy_history(app.store, times[0], times[1:-1])
+    write_history(app.store, times[-1:], lambda at: snapshot.entities, lambda at: scores)
+    # what the daemon's daily prune would leave (nothing to delete if the density is right), and
+    # the measured cycles then do not prune (a cycle prunes once a day)
+    pruned = app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days")
+                                     if k in history})
+    app.store.kv_set("last_prune", now.timestamp())
+    close_app(app)
+    print(json.dumps({"runs": len(times), "pruned_samples": pruned["samples"]}))
+
+
+def child(config: str, mode: str, cycles: int, now: datetime) -> None:
     """Runs in a fresh process: measure cycles and the peak RSS."""
     import resource
-    from datetime import datetime, timedelta, timezone
 
     from mistwatch.engine import close_app, open_app, run_cycle
 
     app = open_app(config)
-    now = datetime.now(timezone.utc)
     out = []
     for i in range(cycles):
         start = time.perf_counter()
@@ -75,7 +109,7 @@ def child(config: str, mode: str, cycles: int) -> None:
     print(json.dumps({"cycles": out, "peak_rss_mb": round(rss_kb / 1024, 1)}))
 
 
-def measure(sites: int, mode: str, cycles: int) -> dict:
+def measure(sites: int, mode: str, cycles: int, history_days: float = 0) -> dict:
     proc, url, org_id = start_simulator(sites)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -86,11 +120,22 @@ def measure(sites: int, mode: str, cycles: int) -> dict:
                 "state_dir": str(Path(tmp) / "var"), "reports": {"dir": str(Path(tmp) / "reports")},
                 "rules": [str(rules)], "notifiers": [{"name": "console", "type": "console"}],
             }), encoding="utf-8")
+            now = str(datetime.now(timezone.utc).timestamp())
+            filled = None
+            if history_days:
+                started = time.perf_counter()
+                done = subprocess.run([sys.executable, __file__, "--fill", str(config), "--history-days",
+                                       str(history_days), "--now", now], capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise SystemExit(f"history fill failed:\n{done.stderr[-3000:]}")
+                filled = {**json.loads(done.stdout.strip().splitlines()[-1]),
+                          "seconds": round(time.perf_counter() - started, 1)}
             done = subprocess.run([sys.executable, __file__, "--child", str(config), "--mode", mode,
-                                   "--cycles", str(cycles)], capture_output=True, text=True, check=False)
+                                   "--cycles", str(cycles), "--now", now], capture_output=True, text=True,
+                                  check=False)
             if done.returncode != 0:
                 raise SystemExit(f"benchmark child failed:\n{done.stderr[-3000:]}")
-            return json.loads(done.stdout.strip().splitlines()[-1])
+            return {**json.loads(done.stdout.strip().splitlines()[-1]), "filled": filled}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -101,10 +146,18 @@ def main() -> None:
     parser.add_argument("--sites", type=int, action="append", help="sites (repeatable; default 1000 and 10000)")
     parser.add_argument("--mode", action="append", choices=["monitor", "insights", "report", "all"])
     parser.add_argument("--cycles", type=int, default=2, help="cycles per process (the first is cold)")
+    parser.add_argument("--history-days", type=float, default=0,
+                        help="days of history in the store before the measured cycles (default 0: empty)")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--fill", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--now", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, (args.mode or ["monitor"])[0], args.cycles)
+    if args.fill or args.child:
+        now = datetime.fromtimestamp(args.now, timezone.utc)
+        if args.fill:
+            fill(args.fill, args.history_days, now)
+        else:
+            child(args.child, (args.mode or ["monitor"])[0], args.cycles, now)
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}")
@@ -112,13 +165,19 @@ def main() -> None:
     for sites in args.sites or [1000, 10000]:
         pages = -(-sites // 1000) + -(-sites * 6 // 1000) + 3 * -(-sites // 1000)
         for mode in args.mode or ["monitor", "all"]:
-            figures = measure(sites, mode, args.cycles)
+            figures = measure(sites, mode, args.cycles, args.history_days)
+            if figures["filled"]:
+                print(f"sites={sites:>6} history: {args.history_days:g} days, {figures['filled']['runs']} runs "
+                      f"written in {figures['filled']['seconds']} s (not measured; prune then removed "
+                      f"{figures['filled']['pruned_samples']} sample rows)")
             wall_budget, rss_budget = budgets.get(sites, (None, None))
             for cycle in figures["cycles"]:
                 print(f"sites={sites:>6} mode={mode:<8} cycle={cycle['cycle']} calls={cycle['api_calls']:>3} "
                       f"(budget {15 + pages}) wall={cycle['wall_s']:>6.2f}s (budget {wall_budget}s) "
                       f"entities={cycle['entities']} rules={cycle['rules']} status={cycle['status']}")
-            print(f"sites={sites:>6} mode={mode:<8} peak RSS={figures['peak_rss_mb']} MB (budget {rss_budget} MB)")
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            print(f"sites={sites:>6} mode={mode:<8} load average {load:.1f}; "
+                  f"peak RSS={figures['peak_rss_mb']} MB (budget {rss_budget} MB)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -94,6 +95,46 @@ def history_metrics(ruleset: RuleSet) -> set[str]:
     return {r.spec["metric"] for r in ruleset.rules if r.kind == "change"}
 
 
+def history_times(now: datetime, days: float, *, raw_hours: float = 48,
+                  interval: timedelta = timedelta(minutes=15)) -> list[datetime]:
+    """The cycle times ``Store.prune`` keeps of ``days`` days of cycles every ``interval`` before
+    ``now`` (oldest first): every cycle of the last ``raw_hours``, one per hour before that."""
+    raw_cut = now - timedelta(hours=raw_hours)
+    times = [now - timedelta(hours=h) for h in range(int(days * 24), 0, -1) if now - timedelta(hours=h) < raw_cut]
+    at = now - interval
+    recent = []
+    while at >= raw_cut and at > now - timedelta(days=days):
+        recent.append(at)
+        at -= interval
+    return times + recent[::-1]
+
+
+def write_history(store: Store, times: Iterable[datetime], entities_at: Callable[[datetime], list[Entity]],
+                  metrics_at: Callable[[datetime], dict[str, dict[str, float]]] | None = None) -> None:
+    """One finished run per time: its snapshot (``entities_at(at)``) and derived history
+    (``metrics_at(at)``, e.g. health scores) through the Store API, as cycles write them."""
+    for at in times:
+        run_id = store.start_run(at, "all")
+        store.write_snapshot(run_id, Snapshot(at, entities=entities_at(at)))
+        if metrics_at is not None:
+            store.write_metrics(at, metrics_at(at))
+        store.finish_run(run_id, finished_at=at, status="ok")
+
+
+def copy_history(store: Store, source: datetime, times: Iterable[datetime]) -> None:
+    """The fast path for long histories: one finished run per time holding a copy of the sample rows
+    written at ``source`` (by ``write_history``), in one transaction. Rows that belonged to a run
+    (snapshots) belong to the new run; derived rows (health) stay run-less, as ``write_metrics``
+    writes them."""
+    with store.transaction() as db:
+        for at in times:
+            run_id = store.start_run(at, "all")
+            db.execute("INSERT INTO samples (run_id, ts, metric_id, entity_ids, vals) "
+                       "SELECT CASE WHEN run_id IS NULL THEN NULL ELSE ? END, ?, metric_id, entity_ids, vals "
+                       "FROM samples WHERE ts = ?", (run_id, round(at.timestamp()), round(source.timestamp())))
+            store.finish_run(run_id, finished_at=at, status="ok")
+
+
 def fill_store(store: Store, snapshot: Snapshot, metrics: set[str]) -> None:
     """7 days of hourly history of what the change rules read (yesterday everything was healthy:
     the degraded sites dropped since), then the cycle 15 minutes ago and the current one.
@@ -113,19 +154,12 @@ def fill_store(store: Store, snapshot: Snapshot, metrics: set[str]) -> None:
                 values[metric] = value
         slim.append(Entity(entity.key, entity.kind, entity.labels, values))
     sites_only = [e for e in slim if e.kind != "device"]
-    for hour in range(7 * 24, 0, -1):
-        at = NOW - timedelta(hours=hour)
-        run_id = store.start_run(at, "all")
-        # devices: only device.uptime is read from history (15 minutes back), so their hourly
-        # rows are written for the first and the last hours; sites get all 7 days
-        entities = slim if hour in (7 * 24, 2, 1) else sites_only
-        store.write_snapshot(run_id, Snapshot(at, entities=entities))
-        store.finish_run(run_id, finished_at=at, status="ok")
-    for minutes in (15, 0):
-        at = NOW - timedelta(minutes=minutes)
-        run_id = store.start_run(at, "all")
-        store.write_snapshot(run_id, Snapshot(at, entities=snapshot.entities))
-        store.finish_run(run_id, finished_at=at, status="ok")
+    # devices: only device.uptime is read from history (15 minutes back), so their hourly
+    # rows are written for the first and the last hours; sites get all 7 days
+    first, last_two = NOW - timedelta(hours=7 * 24), (NOW - timedelta(hours=2), NOW - timedelta(hours=1))
+    write_history(store, [NOW - timedelta(hours=h) for h in range(7 * 24, 0, -1)],
+                  lambda at: slim if at == first or at in last_two else sites_only)
+    write_history(store, [NOW - timedelta(minutes=15), NOW], lambda at: snapshot.entities)
 
 
 # --- the naive way, for comparison ----------------------------------------------------------------

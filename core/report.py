@@ -99,6 +99,8 @@ def _series(trend: list[float | None], current: float | None, ndigits: int = 3,
     if shared is not None:  # rounded deltas repeat: 340,000 of them at 10,000 sites, ~7 MB unshared
         current, delta_1d, delta_7d = shared.number(current), shared.number(delta_1d), shared.number(delta_7d)
     trend[-1] = current
+    if shared is not None:
+        trend = shared.trend(trend)
     return {"value": current, "delta_1d": delta_1d, "delta_7d": delta_7d, "trend": trend}
 
 
@@ -144,6 +146,7 @@ class _Shared:
         self.plain_health: dict[float, dict[str, Any]] = {}
         self.names: dict[str, str] = {}
         self.floats: dict[float, float] = {}
+        self.trends: dict[tuple[float | None, ...], list[float | None]] = {}
 
     def number(self, value: float | None) -> float | None:
         """One object per equal float. 0.0 == -0.0 but prints otherwise, so the zeros are kept apart
@@ -154,6 +157,17 @@ class _Shared:
             if value == value:
                 return self.floats.setdefault(value, value)
         return value
+
+    def trend(self, values: list[float | None]) -> list[float | None]:
+        """One list per equal trend (a healthy site's week of 100.0 is most sites' week). The past
+        values are floats from the store; a trend holding a zero (0.0 == -0.0) or ending on a
+        non-float (1 == 1.0 but prints otherwise) keeps its own list."""
+        if type(values[-1]) not in (float, type(None)):
+            return values
+        key = tuple(values)
+        if 0.0 in key:
+            return values
+        return self.trends.setdefault(key, values)
 
     def component(self, c: tuple[str, float, str]) -> dict[str, Any]:
         got = self.components.get(id(c))

@@ -116,21 +116,22 @@ def _site_trends(store: Any, now: datetime, keys: Sequence[str], wanted: Mapping
     stored (they were written from the same kind of numbers); equal ones share one float object."""
     trends: dict[str, list[list[float | None] | None]] = {}
     org_past: list[float | None] = [None] * TREND_DAYS
-    number = shared.number
+    share = shared.floats.setdefault  # what _Shared.number does; zeros stay as they are
     for metric, indexes in wanted.items():
-        lists: list[list[float | None] | None] = [None] * len(keys)
-        for i in indexes:
-            lists[i] = [None] * (TREND_DAYS + 1)
+        wanted_keys = [keys[i] for i in indexes]
+        columns = []  # per day, the wanted sites' values in site order
         for slot, days_ago in enumerate(range(TREND_DAYS, 0, -1)):
             day = store.values_at(metric, now - timedelta(days=days_ago))
             if metric == "site.health":
                 org_past[slot] = _mean(day.values())
-            if day:
-                get = day.get
-                for i in indexes:
-                    lists[i][slot] = number(get(keys[i]))  # type: ignore[index]
+            columns.append([share(v, v) if v else v for v in map(day.get, wanted_keys)] if day
+                           else [None] * len(wanted_keys))
             del day
+        lists: list[list[float | None] | None] = [None] * len(keys)
+        for i, past in zip(indexes, zip(*columns, strict=True), strict=True):
+            lists[i] = [*past, None]
         trends[metric] = lists
+        del columns
     return trends, org_past
 
 

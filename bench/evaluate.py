@@ -78,6 +78,7 @@ def build_snapshot(sites: int, per_site: int, degraded: float, at: datetime, see
             metrics[f"site.{kind}_total"], metrics[f"site.{kind}_connected"] = float(total), float(up)
         metrics["site.devices_total"] = float(sum(t for t, _ in counts.values()))
         metrics["site.devices_connected"] = float(sum(u for _, u in counts.values()))
+        metrics["site.devices_disconnected"] = metrics["site.devices_total"] - metrics["site.devices_connected"]
         if counts["ap"][0]:
             metrics["site.ap_connected_ratio"] = counts["ap"][1] / counts["ap"][0]
         metrics["site.clients"] = 30.0 if bad else 60.0

@@ -56,6 +56,7 @@ METRICS: dict[str, str] = {
     "site.gateway_connected": "gateways connected",
     "site.devices_total": "APs + switches + gateways",
     "site.devices_connected": "connected APs + switches + gateways",
+    "site.devices_disconnected": "devices_total - devices_connected",
     "site.ap_connected_ratio": "connected APs / APs, 0..1 (absent when the site has no AP)",
     "site.clients": "wireless clients (clients/count by site, else stats/sites num_clients)",
     "site.alarms_open": "open Mist alarms at the site",
@@ -223,6 +224,8 @@ def site_counter_metrics(row: Mapping[str, Any]) -> dict[str, float]:
         metrics["site.devices_total"] = total_sum
     if connected_sum is not None:
         metrics["site.devices_connected"] = connected_sum
+    if total_sum is not None and connected_sum is not None:
+        metrics["site.devices_disconnected"] = total_sum - connected_sum
     aps, aps_up = metrics.get("site.ap_total"), metrics.get("site.ap_connected")
     if aps and aps_up is not None:
         metrics["site.ap_connected_ratio"] = aps_up / aps

@@ -262,6 +262,16 @@ class RuleContext:
         """True when a collector error leaves ``metric`` unknown for every entity of ``kind``."""
         return any(err.covers(kind, metric) for err in self._shared.snapshot.errors)
 
+    def count_unknown(self, metric: str) -> bool:
+        """Count the entities in scope whose ``metric`` is unknown this cycle (for the rule's
+        "unknown data" note); True when it is unknown for all of them."""
+        all_unknown = self.metric_unknown(self.rule.scope, metric)
+        if all_unknown:
+            self.unknown_count += len(self.entities())
+        else:
+            self.unknown_count += sum(1 for e in self.partly_unknown() if e.is_unknown(metric))
+        return all_unknown
+
     def kind_unknown(self, kind: str | None = None) -> bool:
         """True when entities of ``kind`` (default: the rule's scope) may be missing altogether."""
         return self._shared.snapshot.kind_unknown(kind or self.rule.scope)

@@ -147,7 +147,6 @@ def _check_recover_side(recover: Any, key: str, limit: float) -> None:
 
 def compile_threshold(spec: Mapping[str, Any]) -> Check:
     metric = spec["metric"]
-    scope = spec["scope"]
     tiers = [(sev, pred, thr) for sev, (pred, thr) in
              _tiers(spec, _comparison, "one of above, below, inside, outside")]
     lowest_threshold = tiers[-1][2]
@@ -185,12 +184,8 @@ def compile_threshold(spec: Mapping[str, Any]) -> Check:
                       metrics=entity.metrics, recovered=recover_pred(value) if recover_pred else None)
 
     def check(ctx: RuleContext) -> Iterator[Result]:
-        all_unknown = ctx.metric_unknown(scope, metric)
+        all_unknown = ctx.count_unknown(metric)
         entities = ctx.entities()
-        if all_unknown:
-            ctx.unknown_count += len(entities)
-        else:
-            ctx.unknown_count += sum(1 for e in ctx.partly_unknown() if e.is_unknown(metric))
         if ctx.complete:
             for entity in entities:
                 result = one(entity, all_unknown, True)
@@ -345,12 +340,8 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
             have = f"history starts {start.isoformat()}" if start else "no history yet"
             ctx.note(f"insufficient history for {metric}: needs {reference} ({have}); not evaluated",
                      "insufficient_history")
-        all_unknown = ctx.metric_unknown(scope, metric)
+        all_unknown = ctx.count_unknown(metric)
         entities = ctx.entities()
-        if all_unknown:
-            ctx.unknown_count += len(entities)
-        else:
-            ctx.unknown_count += sum(1 for e in ctx.partly_unknown() if e.is_unknown(metric))
         no_reference = 0
         if sufficient and len(refs) < len(entities):
             no_reference = sum(1 for e in entities if e.key not in refs and e.metrics.get(metric) is not None)

@@ -65,7 +65,7 @@ def fill(config: str, days: float, now: datetime) -> None:
     from evaluate import copy_history, history_times, write_history
 
     from mistwatch.engine import close_app, collect, open_app
-    from mistwatch.health import compute_health, health_metrics
+    from mistwatch.report.health import compute_health, health_metrics
 
     app = open_app(config)
     history = app.config.data.get("history", {}) or {}

@@ -4,7 +4,7 @@
     python bench/daemon.py --cycles 200          # a shorter soak
     python bench/daemon.py --skip-soak --idle-seconds 10
 
-1. Soak: the daemon loop (mistwatch.daemon.Daemon) drives ``run_cycle(mode="all")`` against the
+1. Soak: the daemon loop (mistwatch.service.daemon.Daemon) drives ``run_cycle(mode="all")`` against the
    simulator (100 sites, its own process) back to back, on a replayed clock that advances 15 minutes
    per cycle (so 1,000 cycles are ~10 days of history: pruning and report retention take part).
    RSS is read at cycle 100 and at the last cycle. Budget: growth <= 5 %.
@@ -74,8 +74,8 @@ def child_soak(config: str, cycles: int) -> None:
     import gc
     from datetime import datetime, timedelta, timezone
 
-    from mistwatch.daemon import Daemon
     from mistwatch.engine import close_app, open_app, run_cycle
+    from mistwatch.service.daemon import Daemon
 
     app = open_app(config)
     interval = timedelta(minutes=15)
@@ -111,7 +111,7 @@ def child_report(config: str, days: int) -> None:
     from datetime import datetime, timedelta, timezone
 
     from mistwatch.engine import close_app, open_app, run_cycle
-    from mistwatch.report import build_report, render_html, write_reports
+    from mistwatch.report.build import build_report, render_html, write_reports
 
     app = open_app(config)
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=days)
@@ -169,7 +169,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def idle_cpu(url: str, org_id: str, seconds: float) -> dict:
-    from mistwatch.store import Store
+    from mistwatch.store.database import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), url, org_id)

@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mistwatch.evaluator import evaluate
-from mistwatch.expr import ExpressionError
-from mistwatch.lifecycle import advance, run_rules
 from mistwatch.model import Entity, Snapshot
 from mistwatch.plugins.rulekinds import builtin_kinds
-from mistwatch.rules import RuleSet, load_rules, package_rules_dir
-from mistwatch.store import Store
+from mistwatch.rules.evaluator import evaluate
+from mistwatch.rules.expr import ExpressionError
+from mistwatch.rules.lifecycle import advance, run_rules
+from mistwatch.rules.loader import RuleSet, load_rules, package_rules_dir
+from mistwatch.store.database import Store
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
 WIFI = ("coverage", "capacity", "time_to_connect", "successful_connect", "roaming", "throughput",
@@ -169,7 +169,7 @@ def naive_evaluate(ruleset: RuleSet, snapshot: Snapshot, store: Store, now: date
     """Per rule, per entity, one history query per entity: what batching avoids. Only the entities
     of ``site_ids`` (a sample), so it finishes; returns the number of findings."""
     from mistwatch.durations import parse_duration
-    from mistwatch.evaluator import template_variables
+    from mistwatch.rules.evaluator import template_variables
 
     entities = [e for e in snapshot.entities if e.labels.get("site_id") in site_ids]
     found = 0

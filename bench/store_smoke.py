@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from mistwatch.model import CollectorError, Entity, Snapshot
-from mistwatch.store import Store
+from mistwatch.store.database import Store
 
 SITE_METRICS = [f"site.m{i}" for i in range(14)] + [f"sle.wifi.m{i}" for i in range(6)]
 DEVICE_METRICS = ["device.connected", "device.uptime", "device.clients", "device.cpu", "device.mem",

@@ -1,7 +1,19 @@
 """mistwatch: monitoring and alerting for Juniper Mist networks.
 
-The public API for plugin authors is what this module exports.
+The public API for plugin authors is what this module exports, with ``mistwatch.hookspecs`` (the hooks
+and descriptors), ``mistwatch.model`` (the dataclasses passed between stages) and ``mistwatch.render``
+(showing a notification to people). Built-in plugins use nothing else, as a third-party plugin would.
+
+- Plugins: ``hookimpl``, ``Collector``, ``Notifier``, ``RuleKind``, ``CollectContext`` and the model.
+- Rule kinds: ``Result``, ``RuleContext``, ``RuleSpecError``, ``duration_schema``, ``identity_of``.
+- Embedding and commands (``mistwatch_commands``): ``open_app``, ``run_cycle``, ``close_app``,
+  ``show_result``, ``result_json``, ``setup_console_logging``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from mistwatch.hookspecs import CollectContext, Collector, Notifier, RuleKind, hookimpl
 from mistwatch.model import (
@@ -17,6 +29,31 @@ from mistwatch.model import (
 )
 
 __version__ = "0.1.0"
+
+# Loaded on first use, so `import mistwatch` (every plugin, `mistwatch --help`) stays light.
+_LAZY: dict[str, tuple[str, str]] = {
+    "Result": ("mistwatch.rules.evaluator", "Result"),
+    "RuleContext": ("mistwatch.rules.evaluator", "RuleContext"),
+    "identity_of": ("mistwatch.rules.evaluator", "identity_of"),
+    "RuleSpecError": ("mistwatch.rules.loader", "RuleSpecError"),
+    "duration_schema": ("mistwatch.rules.loader", "duration_schema"),
+    "open_app": ("mistwatch.engine", "open_app"),
+    "run_cycle": ("mistwatch.engine", "run_cycle"),
+    "close_app": ("mistwatch.engine", "close_app"),
+    "show_result": ("mistwatch.report.console", "show_result"),
+    "result_json": ("mistwatch.report.console", "summary_json"),
+    "setup_console_logging": ("mistwatch.service.logsetup", "setup_console_logging"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mistwatch' has no attribute {name!r}")
+
 
 __all__ = [
     "SEVERITIES",
@@ -34,4 +71,5 @@ __all__ = [
     "Snapshot",
     "__version__",
     "hookimpl",
+    *_LAZY,
 ]

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 from mistwatch import secrets
 from mistwatch.errors import ConfigError, MistwatchError
+from mistwatch.notify.digest import digest_settings
+from mistwatch.notify.pipeline import check_config as check_notify_config
 from mistwatch.yamlfile import LineMap, format_key_path, load_yaml, validate
 
 if TYPE_CHECKING:
@@ -37,8 +39,6 @@ if TYPE_CHECKING:
 
 #: Values under these keys (or keys ending in ``_<one of them>``) are secrets.
 SECRET_KEYS = ("token", "password", "secret", "api_key", "webhook_url", "routing_key")
-#: Defaults of the ``mist:`` section when the Mist collector is in use.
-MIST_DEFAULTS = {"token": "${MIST_API_TOKEN}", "org_id": "${MIST_ORG_ID}"}
 #: Keys every notifier entry has, whatever its type (more come from fragments' notifier_properties).
 NOTIFIER_COMMON = ("name", "type")
 
@@ -273,13 +273,17 @@ def _check(data: Any, schema: Mapping, *, file: str, lines: LineMap, prefix: tup
     validate(data, schema, file=file, lines=lines, prefix=prefix)
 
 
-def _apply_property_defaults(section: Any, schema: Mapping) -> None:
-    """Fill a section's missing keys from its schema's ``default`` values (one level)."""
+def _apply_property_defaults(section: Any, schema: Mapping) -> list[str]:
+    """Fill a section's missing keys from its schema's ``default`` values (one level); returns the
+    keys filled."""
     if not isinstance(section, dict):
-        return
+        return []
+    filled = []
     for key, sub in (schema.get("properties") or {}).items():
         if key not in section and isinstance(sub, Mapping) and "default" in sub:
             section[key] = copy.deepcopy(sub["default"])
+            filled.append(key)
+    return filled
 
 
 def _merge_defaults(data: dict, defaults: Mapping) -> None:
@@ -426,13 +430,9 @@ def load_config(path: str | Path, host: PluginHost | None = None, *, require_env
             continue
         if data.get(key) is None:
             data[key] = {}
-        _apply_property_defaults(data[key], sections.get(key, {}))
-    if isinstance(data.get("mist"), dict):
-        for name, default in MIST_DEFAULTS.items():
-            if name not in data["mist"]:
-                data["mist"][name] = default
-                env_defaults.append(("mist", name))
-
+        for name in _apply_property_defaults(data[key], sections.get(key, {})):
+            if isinstance(data[key][name], str) and "${" in data[key][name]:  # e.g. token: ${MIST_API_TOKEN}
+                env_defaults.append((key, name))
     _check(data, schema, file=file, lines=lines, expanded=expanded)
     for key, name in env_defaults:
         data[key][name] = _interpolate(data[key][name], file, lines, (key, name), expanded, require_env)
@@ -443,12 +443,8 @@ def load_config(path: str | Path, host: PluginHost | None = None, *, require_env
     _check_notifiers(data, host, file=file, lines=lines, expanded=expanded)
     config = Config(path=Path(path), base_dir=base_dir, data=data)
     _check_paths(config, raw, file=file, lines=lines)
-    from mistwatch.notify import check_config  # routes, inhibit, maintenance: matchers, names, time zones
-
-    check_config(config)
-    from mistwatch.digest import digest_settings  # reports.digest: time, time zone, notifier names
-
-    digest_settings(config)
+    check_notify_config(config, host.notifiers())  # routes, inhibit, maintenance; notifiers' own checks
+    digest_settings(config)  # reports.digest: time, time zone, notifier names
     return config
 
 

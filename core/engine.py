@@ -32,8 +32,8 @@ class App:
 
     config: Any  # mistwatch.config.Config
     host: Any  # mistwatch.host.PluginHost
-    store: Any  # mistwatch.store.Store
-    ruleset: Any  # mistwatch.rules.RuleSet
+    store: Any  # mistwatch.store.database.Store
+    ruleset: Any  # mistwatch.rules.loader.RuleSet
     console: Any = None  # rich.console.Console
 
 
@@ -45,12 +45,13 @@ class CycleResult:
     finished_at: datetime | None = None
     status: str = "ok"  # ok | partial | failed
     snapshot: Snapshot | None = None
-    rules: Any = None  # mistwatch.lifecycle.RulesOutcome
-    health: Any = None  # mistwatch.health.HealthResult
-    notify: Any = None  # mistwatch.notify.NotifyResult
-    report: Any = None  # mistwatch.report.ReportPaths
+    rules: Any = None  # mistwatch.rules.lifecycle.RulesOutcome
+    health: Any = None  # mistwatch.report.health.HealthResult
+    notify: Any = None  # mistwatch.notify.pipeline.NotifyResult
+    report: Any = None  # mistwatch.report.build.ReportPaths
     errors: list[str] = field(default_factory=list)
     api_calls: int = 0
+    api_calls_per_hour_allowed: int = 0  # the smallest budget the enabled collectors declare; 0: none
     duration_s: float = 0.0
     digest_sent: bool = False
     clock_start: float = field(default_factory=time.perf_counter)
@@ -68,8 +69,8 @@ def open_app(config_path: str | Path, *, console: Any = None) -> App:
     """Load config (ConfigError on any problem), plugins, the store and the rules."""
     from mistwatch.config import host_for_config, load_config
     from mistwatch.memory import keep_large_blocks_unmappable
-    from mistwatch.rules import load_rules
-    from mistwatch.store import Store
+    from mistwatch.rules.loader import load_rules
+    from mistwatch.store.database import Store
 
     keep_large_blocks_unmappable()  # lower peak RSS of big cycles (see mistwatch.memory)
     host = host_for_config(config_path)
@@ -155,6 +156,8 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
     snapshot = collect(app, now, progress)
     result.snapshot = snapshot
     result.api_calls = snapshot.api_calls
+    budgets = [c.calls_per_hour for c in enabled_collectors(app) if c.calls_per_hour]
+    result.api_calls_per_hour_allowed = min(budgets, default=0)
     result.errors.extend(f"{e.collector} {e.endpoint}: {e.message}" for e in snapshot.errors)
     if snapshot.errors:
         result.status = "partial"
@@ -163,7 +166,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         store.kv_set("cursors", snapshot.cursors)
 
     if mode in ("insights", "report", "all"):
-        from mistwatch.lifecycle import run_rules
+        from mistwatch.rules.lifecycle import run_rules
 
         result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
         _health(app, result, now, dry_run)
@@ -173,7 +176,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         attachments = _report(app, result, now, dry_run)
 
     if mode == "all":
-        from mistwatch.notify import notify
+        from mistwatch.notify.pipeline import notify
 
         result.notify = notify(app.config, app.host, store, result.rules.alerts, now,
                                dry_run=dry_run, attachments=attachments)
@@ -185,7 +188,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
 def _health(app: App, result: CycleResult, now: datetime, dry_run: bool) -> None:
     """Score sites and devices once the alerts are known, and keep the scores as history: every
     insights, report and all run adds a point, so trends do not depend on when reports are written."""
-    from mistwatch.health import compute_health, health_metrics
+    from mistwatch.report.health import compute_health, health_metrics
 
     alerts = result.rules.alerts if result.rules else []
     weights = (app.config.data.get("health") or {}).get("weights")
@@ -195,7 +198,7 @@ def _health(app: App, result: CycleResult, now: datetime, dry_run: bool) -> None
 
 
 def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tuple[Attachment, ...]:
-    from mistwatch.report import build_report, write_reports
+    from mistwatch.report.build import build_report, write_reports
 
     store, config = app.store, app.config
     alerts = result.rules.alerts if result.rules else []
@@ -208,7 +211,7 @@ def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tupl
     reports_cfg = config.data.get("reports", {})
     result.report = write_reports(report, config.reports_dir, now, reports_cfg.get("retention_days", 7))
 
-    from mistwatch.digest import digest_due, send_digest
+    from mistwatch.notify.digest import digest_due, send_digest
 
     if digest_due(config, store, now):
         result.digest_sent = send_digest(config, app.host, store, report, result.report, now)
@@ -219,7 +222,7 @@ def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tupl
 
 
 def _send_outbox(app: App, now: datetime) -> Any:
-    from mistwatch.notify import send_outbox
+    from mistwatch.notify.pipeline import send_outbox
 
     try:
         return send_outbox(app.config, app.host, app.store, now)

@@ -60,7 +60,10 @@ class Collector:
     covers, so those entities become *unknown*. Raising marks everything the collector covers unknown.
     ``metrics`` declares the metric names it produces (name -> description), so ``rules check``
     can flag a rule that names a metric nobody collects. ``config_key`` is the top-level key of
-    ``config.yaml`` holding its settings, validated against ``settings_schema`` (a JSON Schema).
+    ``config.yaml`` holding its settings, validated against ``settings_schema`` (a JSON Schema); a
+    property's ``default`` fills a missing key, and a default such as ``"${MIST_API_TOKEN}"`` is
+    expanded from the environment. ``calls_per_hour`` is the API budget its source allows (0: none),
+    so the run summary can show how much of it the current interval uses.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Collector:
     config_key: str = ""
     settings_schema: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    calls_per_hour: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +84,17 @@ class Notifier:
     ``send(settings, notifications)`` delivers a batch and returns one :class:`~mistwatch.Delivery`
     per notification; mark ``permanent=True`` when retrying cannot help (e.g. SMTP 550).
     Raising counts as a temporary failure of the whole batch: it stays in the outbox and is retried.
+    ``check(settings, sample)``, optional, is called by ``config check`` and every command that loads
+    the config, with a sample notification: return a one-line problem (start it with the setting's
+    key, ``"templates_dir: ..."``, to have it named) or None. The email notifier renders users'
+    templates here, so a broken template is a config error, not a lost mail.
     """
 
     type: str
     send: Callable[[Mapping[str, Any], list[Notification]], list[Delivery]]
     settings_schema: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    check: Callable[[Mapping[str, Any], Notification], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +104,10 @@ class RuleKind:
     ``compile(spec)`` is called once per rule, when the rule files load, with the rule as a dict
     (``spec["tiers"]`` is always a list of ``{severity, <condition keys>}``, highest severity first,
     built from ``severity:`` and the top-level condition keys when the rule has no ``tiers:``).
-    Raise ``mistwatch.rules.RuleSpecError(message, key=...)`` for a rule you cannot accept. It returns
-    ``check(ctx)``, a pure function called every cycle with a :class:`mistwatch.evaluator.RuleContext`
+    Raise ``mistwatch.rules.loader.RuleSpecError(message, key=...)`` for a rule you cannot accept. It returns
+    ``check(ctx)``, a pure function called every cycle with a :class:`mistwatch.rules.evaluator.RuleContext`
     (the snapshot, batched history queries, the previous alerts) that yields
-    :class:`mistwatch.evaluator.Result` objects: one per subject whose condition holds
+    :class:`mistwatch.rules.evaluator.Result` objects: one per subject whose condition holds
     (``severity`` set), and, only when ``ctx.wants(key)``, inactive (``severity=None``) or
     ``unknown=True`` ones, so existing alerts can resolve or freeze.
 
@@ -113,7 +122,7 @@ class RuleKind:
     Example, a kind that fires when a metric is exactly zero::
 
         from mistwatch import hookimpl, RuleKind
-        from mistwatch.evaluator import Result
+        from mistwatch.rules.evaluator import Result
 
         def compile_zero(spec):
             metric = spec["metric"]
@@ -194,3 +203,30 @@ class MistwatchSpec:
     @hookspec
     def mistwatch_rule_kinds(self) -> Iterable[RuleKind]:
         """Register rule kinds. See :class:`RuleKind` for a complete example."""
+
+    @hookspec
+    def mistwatch_commands(self) -> Iterable[Any]:
+        """Register CLI commands: yield ``click.Command`` objects (what llm's and datasette's
+        ``register_commands`` add to their group). Each becomes ``mistwatch <name>``, listed in
+        ``mistwatch --help`` under its own short help. A built-in command's name cannot be taken.
+        Import what a command needs inside it, so ``mistwatch --help`` stays fast. The Mist plugin's
+        ``simulate`` and ``demo`` are registered this way.
+
+        Example, ``mistwatch outbox-size`` printing how many messages wait in the outbox::
+
+            import click
+            from mistwatch import hookimpl
+
+            @click.command("outbox-size", help="Print how many notifications wait in the outbox.")
+            @click.option("--state-dir", default="var", show_default=True)
+            def outbox_size(state_dir):
+                import sqlite3
+                from pathlib import Path
+
+                db = sqlite3.connect(Path(state_dir) / "mistwatch.db")
+                click.echo(db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0])
+
+            @hookimpl
+            def mistwatch_commands():
+                yield outbox_size
+        """

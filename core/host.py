@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import click
 import pluggy
 
 from mistwatch import __version__, hookspecs
@@ -32,7 +33,7 @@ BUILTINS: tuple[str, ...] = (
     "mistwatch.notifiers.teams",
 )
 ENTRY_POINT_GROUP = "mistwatch"
-HOOKS = ("mistwatch_collectors", "mistwatch_notifiers", "mistwatch_rule_kinds")
+HOOKS = ("mistwatch_collectors", "mistwatch_notifiers", "mistwatch_rule_kinds", "mistwatch_commands")
 
 
 @dataclass
@@ -48,6 +49,7 @@ _DESCRIPTORS: dict[str, tuple[type, str, str]] = {  # hook -> (descriptor type, 
     "mistwatch_collectors": (Collector, "name", "collector"),
     "mistwatch_notifiers": (Notifier, "type", "notifier type"),
     "mistwatch_rule_kinds": (RuleKind, "name", "rule kind"),
+    "mistwatch_commands": (click.Command, "name", "command"),
 }
 
 
@@ -130,6 +132,9 @@ class PluginHost:
 
     def rule_kinds(self) -> dict[str, RuleKind]:
         return dict(self._load()["mistwatch_rule_kinds"])
+
+    def commands(self) -> dict[str, click.Command]:
+        return dict(self._load()["mistwatch_commands"])
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin with its final status (descriptors are loaded first, so hook failures show)."""

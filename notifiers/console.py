@@ -30,7 +30,7 @@ def render(n: Notification, *, recommendations: bool = False) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from mistwatch.notify import alert_rows
+    from mistwatch.render import alert_rows
 
     rows = alert_rows(n)
     style = _STYLES.get(str(n.data.get("severity", "info")), "blue")

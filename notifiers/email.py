@@ -11,6 +11,7 @@ temporary and retried by the outbox.
 
 from __future__ import annotations
 
+import os
 import smtplib
 import ssl
 from collections.abc import Mapping
@@ -72,12 +73,12 @@ def _environment(templates_dir: str | None) -> Any:
 def render(settings: Mapping[str, Any], n: Notification) -> tuple[str, str]:
     """(text, html) bodies of a notification, redacted. A notification that arrives with its own HTML
     (the daily digest) is sent as it is; alert notifications are rendered from the templates."""
-    from mistwatch.notify import SEVERITY_COLORS, alert_rows
+    from mistwatch.render import SEVERITY_COLORS, alert_rows
 
     if n.html:
         return redact(n.text or n.title), redact(n.html)
     if n.kind == "digest" and n.html:
-        # the digest comes fully rendered: mistwatch.report's autoescaped executive summary
+        # the digest comes fully rendered: mistwatch.report.build's autoescaped executive summary
         return redact(n.text or n.title), redact(n.html)
     env = _environment(settings.get("templates_dir"))
     rows = alert_rows(n)
@@ -94,15 +95,21 @@ def render(settings: Mapping[str, Any], n: Notification) -> tuple[str, str]:
 
 
 def check_templates(settings: Mapping[str, Any], sample: Notification) -> str | None:
-    """Render both templates with a sample notification; a one-line problem, or None when they work."""
+    """Render both templates with a sample notification; a one-line problem, or None when they work.
+    A problem with a setting starts with its key (``templates_dir: ...``)."""
     from jinja2 import TemplateError, TemplateSyntaxError
 
+    folder = settings.get("templates_dir")
+    if not folder:
+        return None
+    if not os.path.isdir(folder):
+        return f"templates_dir: not a folder: {folder}"
     try:
         render(settings, sample)
     except TemplateSyntaxError as exc:
-        return f"template {exc.name} line {exc.lineno}: {exc.message}"
+        return f"templates_dir: template {exc.name} line {exc.lineno}: {exc.message}"
     except TemplateError as exc:
-        return f"template error: {type(exc).__name__}: {exc}"
+        return f"templates_dir: template error: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -244,5 +251,5 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
 
 @hookimpl
 def mistwatch_notifiers():
-    yield Notifier(type="email", send=send, settings_schema=SETTINGS_SCHEMA,
+    yield Notifier(type="email", send=send, settings_schema=SETTINGS_SCHEMA, check=check_templates,
                    description="Email through an SMTP relay (plain, STARTTLS or TLS; optional login).")

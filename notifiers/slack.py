@@ -37,7 +37,7 @@ def escape(text: str) -> str:
 
 
 def payload(n: Notification) -> dict[str, Any]:
-    from mistwatch.notify import alert_rows
+    from mistwatch.render import alert_rows
 
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": n.title[:150], "emoji": True}}]

@@ -36,7 +36,7 @@ _STYLE = {"critical": "attention", "major": "attention", "minor": "warning", "in
 
 
 def card(n: Notification) -> dict[str, Any]:
-    from mistwatch.notify import alert_rows
+    from mistwatch.render import alert_rows
 
     severity = str(n.data.get("severity", "info"))
     body: list[dict[str, Any]] = [{"type": "TextBlock", "text": n.title, "weight": "Bolder", "size": "Medium",

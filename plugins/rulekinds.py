@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
+from mistwatch import Result, RuleContext, RuleSpecError, duration_schema, identity_of
 from mistwatch.durations import format_duration, parse_duration
-from mistwatch.evaluator import Result, RuleContext, identity_of
 from mistwatch.hookspecs import RuleKind, hookimpl
 from mistwatch.model import SEVERITIES, Entity, severity_rank
-from mistwatch.rules import RuleSpecError, duration_schema
 
 Check = Callable[[RuleContext], Iterator[Result]]
 

@@ -35,8 +35,8 @@ TESTMIST_SCHEMA: dict[str, Any] = {
     "properties": {
         "cloud": {"type": "string", "enum": ["global01", "eu"]},
         "base_url": {"type": "string", "pattern": "^https?://"},
-        "token": {"type": "string", "minLength": 1},
-        "org_id": {"type": "string", "minLength": 1},
+        "token": {"type": "string", "minLength": 1, "default": "${MIST_API_TOKEN}"},
+        "org_id": {"type": "string", "minLength": 1, "default": "${MIST_ORG_ID}"},
         "page_limit": {"type": "integer", "minimum": 1, "default": 1000},
     },
 }

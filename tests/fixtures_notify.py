@@ -45,7 +45,7 @@ class NotifyEnv:
 
     def __init__(self, tmp_path: Path) -> None:
         from mistwatch.host import make_host
-        from mistwatch.store import Store
+        from mistwatch.store.database import Store
 
         self.dir = tmp_path
         (tmp_path / "rules").mkdir(exist_ok=True)
@@ -64,18 +64,18 @@ class NotifyEnv:
         return self.config
 
     def notify(self, alerts: list[Alert], now: datetime, **kwargs: Any) -> Any:
-        from mistwatch.notify import notify
+        from mistwatch.notify.pipeline import notify
 
         return notify(self.config, self.host, self.store, alerts, now, **kwargs)
 
     def send_outbox(self, now: datetime) -> Any:
-        from mistwatch.notify import send_outbox
+        from mistwatch.notify.pipeline import send_outbox
 
         return send_outbox(self.config, self.host, self.store, now)
 
     def reopen(self) -> None:
         """Close the store and open it again, as a new process would."""
-        from mistwatch.store import Store
+        from mistwatch.store.database import Store
 
         self.store.close()
         self.store = Store.open(self.dir / "var")

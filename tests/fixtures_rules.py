@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from mistwatch.evaluator import Evaluation, MemoryHistory, evaluate
-from mistwatch.lifecycle import advance
 from mistwatch.model import Alert, CollectorError, Entity, Event, Snapshot
 from mistwatch.plugins.rulekinds import builtin_kinds
-from mistwatch.rules import RuleSet, load_rules
-from mistwatch.store import Transition
+from mistwatch.rules.evaluator import Evaluation, MemoryHistory, evaluate
+from mistwatch.rules.lifecycle import advance
+from mistwatch.rules.loader import RuleSet, load_rules
+from mistwatch.store.records import Transition
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
 REPO = Path(__file__).resolve().parent.parent

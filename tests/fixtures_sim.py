@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mistwatch.simulator import SimulatedOrg, SimulatorServer, serve
+from mistwatch.plugins.mist.simulator import SimulatedOrg, SimulatorServer, serve
 
 
 @pytest.fixture

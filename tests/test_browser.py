@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fixtures_reports import T0, alert, synthetic_org
 
-from mistwatch.health import compute_health, health_metrics
-from mistwatch.report import build_report, write_reports
-from mistwatch.store import Store
+from mistwatch.report.build import build_report, write_reports
+from mistwatch.report.health import compute_health, health_metrics
+from mistwatch.store.database import Store
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"),
                              shutil.which("google-chrome")) if p and Path(p).exists()), None)

@@ -12,10 +12,10 @@ import pytest
 
 from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
-from mistwatch.mistapi import MistClient
 from mistwatch.model import Snapshot
 from mistwatch.plugins import mist
-from mistwatch.plugins.mist import METRICS, MistCollector, device_metrics, epoch, settings_schema
+from mistwatch.plugins.mist.collector import METRICS, MistCollector, device_metrics, epoch, settings_schema
+from mistwatch.plugins.mist.client import MistClient
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"

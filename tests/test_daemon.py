@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mistwatch.daemon import Daemon, SystemClock
 from mistwatch.errors import ConfigError, LockHeld
-from mistwatch.lock import StateLock
-from mistwatch.logsetup import setup_logging
 from mistwatch.secrets import register
+from mistwatch.service.daemon import Daemon, SystemClock
+from mistwatch.service.lock import StateLock
+from mistwatch.service.logsetup import setup_logging
 
 START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
@@ -86,7 +86,7 @@ def test_the_log_names_the_interval_as_an_operator_would_write_it(caplog):
     def cycle(now):
         clock.t += timedelta(minutes=next(durations))
 
-    with caplog.at_level(logging.INFO, logger="mistwatch.daemon"):
+    with caplog.at_level(logging.INFO, logger="mistwatch.service.daemon"):
         Daemon(cycle, 15 * MIN, clock=clock).run(max_cycles=3)
     assert "a cycle every 15m from" in caplog.text
     assert "longer than the 15m interval: skipping 2 slot(s)" in caplog.text
@@ -126,7 +126,7 @@ def test_a_failing_cycle_is_logged_and_the_schedule_goes_on(caplog):
             raise RuntimeError("boom")
 
     d = Daemon(cycle, 10 * MIN, clock=clock)
-    with caplog.at_level(logging.ERROR, logger="mistwatch.daemon"):
+    with caplog.at_level(logging.ERROR, logger="mistwatch.service.daemon"):
         d.run(max_cycles=2)
     assert offsets(d) == [0, 10]
     assert d.stats.failed_cycles == 1
@@ -147,7 +147,7 @@ def test_a_reload_that_fails_keeps_the_old_configuration(caplog):
 
     seen: list[str] = []
     d = Daemon(cycle, 10 * MIN, clock=clock, reload=reload)
-    with caplog.at_level(logging.ERROR, logger="mistwatch.daemon"):
+    with caplog.at_level(logging.ERROR, logger="mistwatch.service.daemon"):
         d.run(max_cycles=3)
     assert seen == ["old", "old", "old"]
     assert d.stats.failed_reloads == 1
@@ -273,8 +273,8 @@ SLOW_DAEMON = """
 import sys, time
 from datetime import timedelta
 from pathlib import Path
-from mistwatch.daemon import Daemon, install_signal_handlers
-from mistwatch.logsetup import setup_logging
+from mistwatch.service.daemon import Daemon, install_signal_handlers
+from mistwatch.service.logsetup import setup_logging
 
 setup_logging({"level": "info"})
 marks = Path(sys.argv[1])
@@ -368,7 +368,7 @@ def mistwatch_cli(folder: Path, simulator, *args: str) -> subprocess.CompletedPr
 
 
 def finished_runs(folder: Path) -> int:
-    from mistwatch.store import Store
+    from mistwatch.store.database import Store
 
     if not (folder / "var" / "mistwatch.db").exists():
         return 0
@@ -440,7 +440,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_second_writer_is_re
 def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     from click.testing import CliRunner
 
-    from mistwatch.commands.daemon import status
+    from mistwatch.cli.daemon import status
 
     config = notify_env.configure([{"name": "console", "type": "console"}])
     runner = CliRunner()
@@ -468,7 +468,7 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
 
 
 def test_status_judges_staleness_by_the_daemons_own_interval(notify_env):
-    from mistwatch.commands.daemon import KV_DAEMON_INTERVAL, status_data
+    from mistwatch.cli.daemon import KV_DAEMON_INTERVAL, status_data
 
     config = notify_env.configure([{"name": "console", "type": "console"}])
     store = notify_env.store

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fixtures_reports import T0, alert, device_entity, site_entity
 
-from mistwatch.health import compute_health, health_metrics
 from mistwatch.model import CollectorError, Snapshot
+from mistwatch.report.health import compute_health, health_metrics
 
 
 def snap(*entities, errors=()):

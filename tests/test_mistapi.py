@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from mistwatch.errors import ConfigError
-from mistwatch.mistapi import (
+from mistwatch.plugins.mist.client import (
     CLOUDS,
     MistAPIError,
     MistAuthError,
@@ -42,10 +42,10 @@ def sleeps() -> Sleeps:
 
 @pytest.fixture
 def caplog_debug(caplog):
-    """caplog at DEBUG that also sees mistwatch.mistapi when the CLI's log setup stopped propagation."""
-    logger = logging.getLogger("mistwatch.mistapi")
+    """caplog at DEBUG that also sees mistwatch.plugins.mist.client when the CLI's log setup stopped propagation."""
+    logger = logging.getLogger("mistwatch.plugins.mist.client")
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="mistwatch.mistapi")
+    caplog.set_level(logging.DEBUG, logger="mistwatch.plugins.mist.client")
     logger.addHandler(caplog.handler)
     yield caplog
     logger.removeHandler(caplog.handler)
@@ -405,7 +405,7 @@ def test_token_never_appears_in_repr_errors_or_log_records(sim, sleeps, caplog_d
     for exc in failures:
         assert TOKEN not in str(exc) and TOKEN not in repr(exc)
         assert TOKEN not in getattr(exc, "last_error", "")
-    records = [r for r in caplog.records if r.name == "mistwatch.mistapi"]
+    records = [r for r in caplog.records if r.name == "mistwatch.plugins.mist.client"]
     assert records, "the client logs each call at debug level"
     for record in caplog.records:
         assert TOKEN not in record.getMessage()
@@ -414,7 +414,7 @@ def test_token_never_appears_in_repr_errors_or_log_records(sim, sleeps, caplog_d
 
 def test_debug_log_names_method_path_status_and_time(sim, sleeps, caplog_debug):
     client_for(sim, sleeps).get("/api/v1/self")
-    messages = [r.getMessage() for r in caplog_debug.records if r.name == "mistwatch.mistapi"]
+    messages = [r.getMessage() for r in caplog_debug.records if r.name == "mistwatch.plugins.mist.client"]
     assert any(m.startswith("GET /api/v1/self -> 200 in ") and m.endswith(" ms") for m in messages)
 
 

@@ -77,7 +77,7 @@ def test_status_shows_a_message_waiting_for_a_retry_and_why(notify_env, smtp_sin
 
     from click.testing import CliRunner
 
-    from mistwatch.commands.daemon import status
+    from mistwatch.cli.daemon import status
 
     notify_env.configure([smtp_sink.settings()])
     smtp_sink.stop()
@@ -120,7 +120,7 @@ def test_550_is_recorded_as_a_permanent_failure_and_shown(notify_env, smtp_sink)
 
     from rich.console import Console
 
-    from mistwatch.notify import print_notify_summary
+    from mistwatch.report.console import print_notify_summary
 
     notify_env.configure([smtp_sink.settings()])
     smtp_sink.fail = "550"
@@ -136,8 +136,9 @@ def test_550_is_recorded_as_a_permanent_failure_and_shown(notify_env, smtp_sink)
 
 
 def test_a_crash_between_writing_and_sending_sends_after_restart(notify_env, smtp_sink):
-    from mistwatch import outbox
-    from mistwatch.notify import load_settings, plan
+    from mistwatch.notify import outbox
+    from mistwatch.notify.pipeline import plan
+    from mistwatch.notify.settings import load_settings
 
     notify_env.configure([smtp_sink.settings()])
     alert = make_alert()
@@ -227,7 +228,7 @@ def test_site_name_with_markup_is_escaped_in_html(notify_env, smtp_sink):
 
 
 def test_severity_colours_the_html_table(notify_env, smtp_sink):
-    from mistwatch.notify import SEVERITY_COLORS
+    from mistwatch.render import SEVERITY_COLORS
 
     notify_env.configure([smtp_sink.settings()])
     notify_env.notify([make_alert(severity="critical"), make_alert("x", device_id="d2", severity="minor")], T0)
@@ -296,8 +297,8 @@ def test_send_resolved_false_sends_no_resolved_mail(notify_env, smtp_sink):
 
 
 def test_a_prerendered_notification_like_the_digest_is_sent_as_it_is(notify_env, smtp_sink):
-    from mistwatch import outbox
     from mistwatch.model import Attachment, Notification
+    from mistwatch.notify import outbox
 
     notify_env.configure([smtp_sink.settings()])
     digest = Notification(id="digest0001", notifier="mail", kind="digest", title="[mistwatch] Daily digest: Org",
@@ -316,7 +317,8 @@ def test_a_prerendered_notification_like_the_digest_is_sent_as_it_is(notify_env,
 
 def test_config_check_catches_a_broken_user_template(notify_env, smtp_sink):
     from mistwatch.errors import ConfigError
-    from mistwatch.notify import check_config
+    from mistwatch.host import make_host
+    from mistwatch.notify.pipeline import check_config
 
     (notify_env.dir / "tpl").mkdir()
     (notify_env.dir / "tpl" / "email.html").write_text("<p>{{ headline }}</p>\n<p>{{ no_such_thing }}</p>",
@@ -330,7 +332,7 @@ def test_config_check_catches_a_broken_user_template(notify_env, smtp_sink):
         notify_env.configure([smtp_sink.settings(templates_dir="tpl")])
     assert "template email.html line 1" in info.value.message
     (notify_env.dir / "tpl" / "email.html").write_text("<p>{{ headline }}</p>", encoding="utf-8")
-    check_config(notify_env.configure([smtp_sink.settings(templates_dir="tpl")]))
+    check_config(notify_env.configure([smtp_sink.settings(templates_dir="tpl")]), make_host().notifiers())
 
 
 def test_display_names_stay_in_headers_and_the_envelope_gets_bare_addresses(notify_env, smtp_sink):

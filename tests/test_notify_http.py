@@ -33,8 +33,8 @@ def test_webhook_body_follows_the_documented_version_1_schema(notify_env, http_r
 
 
 def test_webhook_status_of_the_daily_digest_is_digest_not_resolved(notify_env, http_receiver):
-    from mistwatch import outbox
     from mistwatch.model import Notification
+    from mistwatch.notify import outbox
 
     notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
     digest = Notification(id="digest0001", notifier="hook", kind="digest", title="[mistwatch] Daily digest: Org",

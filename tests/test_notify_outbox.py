@@ -7,7 +7,8 @@ from io import StringIO
 
 from fixtures_notify import T0, make_alert, resolved
 
-from mistwatch import hookimpl, outbox
+from mistwatch import hookimpl
+from mistwatch.notify import outbox
 from mistwatch.hookspecs import Notifier
 from mistwatch.model import Attachment, Delivery
 
@@ -88,7 +89,7 @@ def test_a_message_for_a_notifier_type_not_loaded_waits_in_the_outbox(notify_env
 
 
 def test_the_outbox_payload_round_trips_the_notification(notify_env):
-    from mistwatch.notify import build_notification
+    from mistwatch.notify.pipeline import build_notification
 
     alert = resolved(make_alert(value=3.25, baseline=10.0, threshold=None), T0 + timedelta(hours=1), value=9.5)
     n = build_notification("n1", "mail", [make_alert(device_id="d2")], [alert], {"site_id": "site-1"},
@@ -111,7 +112,7 @@ def test_console_notifier_prints_a_panel_per_notification(notify_env, capsys, mo
 def test_summary_lists_sent_failures_and_warnings(notify_env, smtp_sink):
     from rich.console import Console
 
-    from mistwatch.notify import print_notify_summary
+    from mistwatch.report.console import print_notify_summary
 
     notify_env.configure([smtp_sink.settings()])
     smtp_sink.fail = "451"
@@ -131,7 +132,7 @@ def test_summary_lists_sent_failures_and_warnings(notify_env, smtp_sink):
 def test_dry_run_summary_says_what_would_be_sent(notify_env):
     from rich.console import Console
 
-    from mistwatch.notify import print_notify_summary
+    from mistwatch.report.console import print_notify_summary
 
     notify_env.configure([{"name": "console", "type": "console"}])
     result = notify_env.notify([make_alert()], T0, dry_run=True)

@@ -7,9 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fixtures_notify import T0, make_alert, resolved
 
-from mistwatch import outbox
 from mistwatch.errors import ConfigError
-from mistwatch.notify import load_settings, parse_matcher, plan
+from mistwatch.notify import outbox
+from mistwatch.notify.pipeline import plan
+from mistwatch.notify.settings import load_settings, parse_matcher
 
 CONSOLE = {"name": "console", "type": "console"}
 EMAIL = {"name": "mail", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": 25,
@@ -136,7 +137,7 @@ def test_a_resolved_alert_nobody_was_told_about_sends_nothing(notify_env):
 
 
 def test_resolved_message_carries_the_value_at_resolution_and_duration(notify_env):
-    from mistwatch.notify import alert_rows
+    from mistwatch.render import alert_rows
 
     notify_env.configure([EMAIL])
     alert = make_alert(value=12.0, threshold=50.0, firing_since=T0)
@@ -352,7 +353,8 @@ def test_a_weekly_window_follows_daylight_saving(notify_env, utc_time, muted):
 
 
 def test_a_row_shows_threshold_and_baseline_when_the_rule_has_both():
-    from mistwatch.notify import alert_rows, build_notification
+    from mistwatch.notify.pipeline import build_notification
+    from mistwatch.render import alert_rows
 
     alert = make_alert("wifi-coverage-drop", value=0.56, threshold=0.2, baseline=0.94)
     n = build_notification("n", "mail", [alert], [], {}, "g", T0 + timedelta(minutes=5))
@@ -372,7 +374,8 @@ def test_rows_show_sle_values_in_percent_and_change_thresholds_as_changes(
         rule_id, value, threshold, baseline, annotations, expected):
     from dataclasses import replace
 
-    from mistwatch.notify import alert_rows, build_notification
+    from mistwatch.notify.pipeline import build_notification
+    from mistwatch.render import alert_rows
 
     alert = replace(make_alert(rule_id, value=value, threshold=threshold, baseline=baseline),
                     annotations=annotations)

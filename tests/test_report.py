@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 from fixtures_reports import T0, alert, synthetic_org
 
-from mistwatch.health import compute_health, health_metrics
 from mistwatch.model import CollectorError
-from mistwatch.report import build_report, render_html, write_reports
-from mistwatch.store import Store
+from mistwatch.report.build import build_report, render_html, write_reports
+from mistwatch.report.health import compute_health, health_metrics
+from mistwatch.store.database import Store
 
 EVIL = '<b>Dublin</b> & "HQ"'
 
@@ -181,8 +181,8 @@ def test_a_secret_in_a_collector_error_never_reaches_the_report(store):
 
 
 def test_past_values_feed_a_console_sparkline(store):
-    from mistwatch.report import past_values
-    from mistwatch.sparkline import spark_unicode
+    from mistwatch.report.build import past_values
+    from mistwatch.report.sparkline import spark_unicode
 
     for day in range(3):
         cycle(store, day, degrade=0.1 * day)
@@ -193,7 +193,7 @@ def test_past_values_feed_a_console_sparkline(store):
 
 
 def test_sparklines_draw_gaps_as_gaps_never_as_zero():
-    from mistwatch.sparkline import spark_svg, spark_unicode
+    from mistwatch.report.sparkline import spark_svg, spark_unicode
 
     assert spark_unicode([1, 2, None, 8]) == "▁▂ █"
     assert spark_unicode([5, 5, 5]) == "▅▅▅"  # flat: mid height, not "all bad"
@@ -204,7 +204,7 @@ def test_sparklines_draw_gaps_as_gaps_never_as_zero():
 
 
 def test_spark_svg_refuses_a_colour_that_is_not_a_hex_colour():
-    from mistwatch.sparkline import spark_svg
+    from mistwatch.report.sparkline import spark_svg
 
     with pytest.raises(ValueError):
         spark_svg([1, 2], color='red" onload="x')

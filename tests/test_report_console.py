@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from mistwatch.summary import devices_up_text, health_sparkline
+from mistwatch.report.console import devices_up_text, health_sparkline
 
 
 def test_device_totals_read_as_plain_english_plurals():
@@ -20,10 +20,10 @@ def test_the_console_shows_a_week_of_each_sites_health_as_a_unicode_sparkline(tm
     from rich.console import Console
 
     from mistwatch.engine import CycleResult
-    from mistwatch.health import compute_health, health_metrics
-    from mistwatch.report import past_values
-    from mistwatch.store import Store
-    from mistwatch.summary import print_summary
+    from mistwatch.report.build import past_values
+    from mistwatch.report.console import print_summary
+    from mistwatch.report.health import compute_health, health_metrics
+    from mistwatch.store.database import Store
 
     with Store.open(tmp_path / "state") as store:
         for day in range(8):  # every SLE drops from day 4 on; Site 0001 scores 100 before that

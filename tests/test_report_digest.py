@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fixtures_reports import alert, synthetic_org
 
-from mistwatch import outbox
-from mistwatch.digest import digest_due, next_due, send_digest
 from mistwatch.errors import ConfigError
-from mistwatch.health import compute_health
-from mistwatch.report import build_report, write_reports
+from mistwatch.notify import outbox
+from mistwatch.notify.digest import digest_due, next_due, send_digest
+from mistwatch.report.build import build_report, write_reports
+from mistwatch.report.health import compute_health
 
 # 07:30 in Dublin is 07:30 UTC in winter; Sydney is UTC+11 in November
 BEFORE = datetime(2026, 11, 20, 7, 29, tzinfo=timezone.utc)
@@ -133,7 +133,7 @@ def test_a_bad_digest_setting_is_one_clear_config_error_at_load(notify_env, smtp
 def test_the_daemon_sends_the_digest_at_its_time_from_the_latest_report(notify_env, smtp_sink):
     from types import SimpleNamespace
 
-    from mistwatch.commands.daemon import _DigestHook
+    from mistwatch.cli.daemon import _DigestHook
 
     config = configure(notify_env, smtp_sink)
     app = SimpleNamespace(config=config, host=notify_env.host, store=notify_env.store)
@@ -149,7 +149,7 @@ def test_the_daemon_sends_the_digest_at_its_time_from_the_latest_report(notify_e
 def test_the_daemon_leaves_the_digest_to_the_next_cycle_when_the_report_is_stale(notify_env, smtp_sink):
     from types import SimpleNamespace
 
-    from mistwatch.commands.daemon import _DigestHook
+    from mistwatch.cli.daemon import _DigestHook
 
     config = configure(notify_env, smtp_sink)
     app = SimpleNamespace(config=config, host=notify_env.host, store=notify_env.store)

@@ -11,7 +11,7 @@ from fixtures_rules import REPO
 
 from mistwatch.cli import main
 from mistwatch.plugins.rulekinds import builtin_kinds
-from mistwatch.rules import file_schema
+from mistwatch.rules.loader import file_schema
 
 GOOD = "id: ok\nkind: threshold\nmetric: device.cpu\nscope: device\nabove: 90\n"
 
@@ -142,7 +142,7 @@ def test_check_takes_rule_paths_from_config_yaml(tmp_path, monkeypatch, capsys):
 
 
 def test_default_pack_has_at_least_30_rules_each_with_description_and_recommendation():
-    from mistwatch.rules import load_rules
+    from mistwatch.rules.loader import load_rules
 
     ruleset = load_rules([REPO / "rules"], builtin_kinds())
     assert len(ruleset.rules) >= 30

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 from fixtures_rules import REPO, T0, device, site
 
-from mistwatch.evaluator import MemoryHistory, evaluate
-from mistwatch.lifecycle import advance
 from mistwatch.model import Snapshot
 from mistwatch.plugins.rulekinds import builtin_kinds
-from mistwatch.rules import load_rules
+from mistwatch.rules.evaluator import MemoryHistory, evaluate
+from mistwatch.rules.lifecycle import advance
+from mistwatch.rules.loader import load_rules
 
 
 def _org(rng: random.Random, sites: int = 40) -> list:
@@ -70,7 +70,7 @@ def test_a_rule_whose_kind_raises_is_a_note_and_freezes_only_its_own_alerts(tmp_
     from fixtures_rules import Cycles
 
     from mistwatch import RuleKind
-    from mistwatch.evaluator import Result
+    from mistwatch.rules.evaluator import Result
 
     calls = {"n": 0}
 

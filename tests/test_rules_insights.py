@@ -9,8 +9,8 @@ from datetime import timedelta
 from fixtures_rules import T0, Cycles, device, rules_from, site
 from rich.console import Console
 
-from mistwatch.commands.insights import insights_json, print_insights
-from mistwatch.lifecycle import RulesOutcome
+from mistwatch.report.insights import insights_json, print_insights
+from mistwatch.rules.lifecycle import RulesOutcome
 
 RULES = """
 rules:

@@ -10,10 +10,10 @@ import pytest
 from fixtures_rules import T0, Cycles, device, rules_from, site
 
 from mistwatch import RuleKind, hookimpl
-from mistwatch.evaluator import MemoryHistory, Result, evaluate
 from mistwatch.host import make_host
 from mistwatch.model import CollectorError, Event, Snapshot
-from mistwatch.rules import load_rules
+from mistwatch.rules.evaluator import MemoryHistory, Result, evaluate
+from mistwatch.rules.loader import load_rules
 
 # --- threshold ------------------------------------------------------------------------------------
 

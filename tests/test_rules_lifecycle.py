@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from fixtures_rules import T0, Cycles, device, rules_from, site
 
-from mistwatch.lifecycle import RESOLVED_RETENTION, run_rules
 from mistwatch.model import CollectorError, Snapshot
 from mistwatch.plugins.rulekinds import builtin_kinds
-from mistwatch.rules import load_rules
-from mistwatch.store import Store
+from mistwatch.rules.lifecycle import RESOLVED_RETENTION, run_rules
+from mistwatch.rules.loader import load_rules
+from mistwatch.store.database import Store
 
 DOWN = """
 id: down

@@ -6,7 +6,7 @@ import pytest
 from fixtures_rules import Cycles, rules_from, site
 
 from mistwatch.errors import ConfigError
-from mistwatch.expr import Expression, ExpressionError, Template
+from mistwatch.rules.expr import Expression, ExpressionError, Template
 
 ESCAPES = [
     "''.__class__",

@@ -10,9 +10,9 @@ from fixtures_rules import REPO
 
 from mistwatch.hookspecs import CollectContext
 from mistwatch.host import make_host
-from mistwatch.lifecycle import RulesOutcome, run_rules
-from mistwatch.rules import load_rules
-from mistwatch.store import Store
+from mistwatch.rules.lifecycle import RulesOutcome, run_rules
+from mistwatch.rules.loader import load_rules
+from mistwatch.store.database import Store
 
 DAY1 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from mistwatch.simulator import SCENARIOS, SimulatedOrg, serve
+from mistwatch.plugins.mist.simulator import SCENARIOS, SimulatedOrg, serve
 
 SHARED_API = Path(__file__).resolve().parents[2] / "shared" / "mist-api"
 DAY1 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday, 09:00 UTC
@@ -611,7 +611,7 @@ def test_generating_10000_sites_is_fast(capsys):
 # --- command line -------------------------------------------------------------------------------------
 
 def test_simulate_help_lists_the_options():
-    from mistwatch.commands.simulate import simulate
+    from mistwatch.plugins.mist.commands import simulate
 
     result = CliRunner().invoke(simulate, ["--help"])
     assert result.exit_code == 0
@@ -620,7 +620,7 @@ def test_simulate_help_lists_the_options():
 
 
 def test_simulate_with_an_unknown_scenario_is_a_usage_error():
-    from mistwatch.commands.simulate import simulate
+    from mistwatch.plugins.mist.commands import simulate
 
     result = CliRunner().invoke(simulate, ["--scenario", "on-fire"])
     assert result.exit_code == 2 and "on-fire" in result.output

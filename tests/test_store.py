@@ -10,10 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mistwatch import store as store_module
 from mistwatch.errors import MistwatchError
 from mistwatch.model import Alert, CollectorError, Entity, Snapshot
-from mistwatch.store import DB_FILENAME, EntityRecord, Store, Transition
+from mistwatch.store import database as store_module
+from mistwatch.store.database import DB_FILENAME, Store
+from mistwatch.store.records import EntityRecord, Transition
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

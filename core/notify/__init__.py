@@ -1,0 +1,2 @@
+"""The notification stage: routing, grouping, inhibition and silences (pipeline), the persistent outbox,
+the daily digest."""

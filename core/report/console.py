@@ -1,0 +1,271 @@
+"""The console summary of a cycle (rich) and its JSON twin for scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mistwatch.durations import parse_duration
+from mistwatch.model import Entity, Snapshot
+from mistwatch.report.insights import insights_json, print_insights
+
+UNKNOWN = None
+
+
+@dataclass
+class SiteRow:
+    key: str
+    name: str
+    ap: tuple[float | None, float | None]
+    switch: tuple[float | None, float | None]
+    gateway: tuple[float | None, float | None]
+    clients: float | None
+    wifi_sle: tuple[str, float] | None  # the worst wifi SLE and its value
+    health: float | None = None
+    devices_down: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    @property
+    def problem_weight(self) -> float:
+        weight = 10.0 * len(self.devices_down) + 5.0 * len(self.unknown)
+        if self.wifi_sle is not None:
+            weight += max(0.0, 0.9 - self.wifi_sle[1]) * 100
+        if self.health is not None:
+            weight += (100 - self.health) / 5
+        return weight
+
+
+def _metric(snapshot: Snapshot, entity: Entity, name: str) -> float | None:
+    if snapshot.is_unknown(entity, name):
+        return UNKNOWN
+    return entity.metrics.get(name)
+
+
+def site_rows(snapshot: Snapshot, health: Any = None) -> list[SiteRow]:
+    """One row per site, the sites with problems first."""
+    down: dict[str, list[str]] = {}
+    for entity in snapshot.entities:
+        if entity.kind == "device" and entity.metrics.get("device.connected") == 0.0:
+            down.setdefault(entity.labels.get("site_id", ""), []).append(entity.name)
+    rows = []
+    for entity in snapshot.entities:
+        if entity.kind != "site":
+            continue
+        wifi = [(name.removeprefix("sle.wifi."), value) for name, value in entity.metrics.items()
+                if name.startswith("sle.wifi.") and not snapshot.is_unknown(entity, name)]
+        unknown = sorted({p for p in ("site.ap_total", "sle.wifi.coverage", "site.clients")
+                          if snapshot.is_unknown(entity, p)})
+        score = None
+        if health is not None and entity.key in getattr(health, "sites", {}):
+            score = health.sites[entity.key].score
+        rows.append(SiteRow(
+            key=entity.key, name=entity.name,
+            ap=(_metric(snapshot, entity, "site.ap_connected"), _metric(snapshot, entity, "site.ap_total")),
+            switch=(_metric(snapshot, entity, "site.switch_connected"),
+                    _metric(snapshot, entity, "site.switch_total")),
+            gateway=(_metric(snapshot, entity, "site.gateway_connected"),
+                     _metric(snapshot, entity, "site.gateway_total")),
+            clients=_metric(snapshot, entity, "site.clients"),
+            wifi_sle=min(wifi, key=lambda item: item[1]) if wifi else None,
+            health=score, devices_down=sorted(down.get(entity.labels.get("site_id", ""), [])),
+            unknown=unknown))
+    rows.sort(key=lambda r: (-r.problem_weight, r.name.lower()))
+    return rows
+
+
+def totals(snapshot: Snapshot) -> dict[str, Any]:
+    counts: dict[str, dict[str, int]] = {}
+    clients = 0.0
+    for entity in snapshot.entities:
+        if entity.kind == "device":
+            per_type = counts.setdefault(entity.labels.get("device_type", "other"), {"total": 0, "connected": 0})
+            per_type["total"] += 1
+            per_type["connected"] += int(entity.metrics.get("device.connected") == 1.0)
+        elif entity.kind == "site":
+            clients += entity.metrics.get("site.clients", 0.0) or 0.0
+    sites = sum(1 for e in snapshot.entities if e.kind == "site")
+    return {"sites": sites, "devices": counts, "clients": int(clients)}
+
+
+def health_sparkline(past: list[float | None] | None, today: float | None) -> str:
+    """A site's daily health scores then today's, as unicode blocks on the fixed 0-100 scale (so a
+    flat 100 and a flat 30 look different); days without a score are blanks."""
+    from mistwatch.report.sparkline import spark_unicode
+
+    return spark_unicode([*(past or []), today], lo=0, hi=100)
+
+
+DEVICE_TYPE_PLURALS = {"ap": "APs", "switch": "switches", "gateway": "gateways"}
+
+
+def devices_up_text(devices: dict[str, dict[str, int]]) -> str:
+    """``{"switch": {"connected": 29, "total": 30}}`` -> ``"29/30 switches up"`` (types in name order)."""
+    return ", ".join(f"{v['connected']}/{v['total']} {DEVICE_TYPE_PLURALS.get(k, k + 's')} up"
+                     for k, v in sorted(devices.items()))
+
+
+def hourly_projection(api_calls: int, interval_s: float) -> int:
+    """API calls per hour at this cycle's cost and the configured interval."""
+    return round(api_calls * 3600 / max(interval_s, 1))
+
+
+def _ratio(pair: tuple[float | None, float | None]) -> str:
+    up, total = pair
+    if up is None or total is None:
+        return "?"
+    if total == 0:
+        return "-"
+    text = f"{int(up)}/{int(total)}"
+    return text if up == total else f"[bold red]{text}[/]"
+
+
+def _sle(value: tuple[str, float] | None) -> str:
+    if value is None:
+        return "?"
+    name, number = value
+    colour = "green" if number >= 0.9 else "yellow" if number >= 0.75 else "red"
+    return f"[{colour}]{number:.0%}[/] {name.replace('_', ' ')}"
+
+
+def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sites: int = 25,
+                  verbose: bool = False, health_past: dict[str, list[float | None]] | None = None) -> None:
+    """Per site: APs, switches, gateways up/total, clients, worst wifi SLE, health (with its last 7 days
+    as a unicode sparkline when ``health_past``, site key -> daily scores oldest first, is given);
+    totals; errors; API budget."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    snapshot: Snapshot | None = result.snapshot
+    if snapshot is None:  # collection failed: the command reports the error on stderr
+        return
+    rows = site_rows(snapshot, result.health)
+    shown = rows if verbose else rows[:max_sites]
+    table = Table(title=f"Sites at {snapshot.taken_at:%Y-%m-%d %H:%M} UTC", title_justify="left")
+    for column in ("Site", "APs", "Switches", "Gateways", "Clients", "Worst Wi-Fi SLE"):
+        table.add_column(column, justify="left" if column in ("Site", "Worst Wi-Fi SLE") else "right")
+    if result.health is not None:
+        table.add_column("Health", justify="right")
+        if health_past is not None:
+            table.add_column("7 days", no_wrap=True)
+    for row in shown:
+        cells = [escape(row.name), _ratio(row.ap), _ratio(row.switch), _ratio(row.gateway),
+                 "?" if row.clients is None else f"{int(row.clients)}", _sle(row.wifi_sle)]
+        if result.health is not None:
+            cells.append("?" if row.health is None else f"{row.health:.0f}")
+            if health_past is not None:
+                cells.append(health_sparkline(health_past.get(row.key), row.health))
+        table.add_row(*cells)
+    if len(rows) > len(shown):
+        table.caption = f"{len(rows) - len(shown)} more sites without problems (-v shows all)"
+    console.print(table)
+
+    t = totals(snapshot)
+    device_text = devices_up_text(t["devices"])
+    console.print(f"[bold]Totals:[/] {t['sites']} sites, {device_text or 'no devices'}, {t['clients']} clients")
+    for error in snapshot.errors:
+        console.print(f"[yellow]Collector error[/] {escape(error.collector)} {escape(error.endpoint)}: "
+                      f"{escape(error.message)} (affected data shown as ?)")
+    per_hour = hourly_projection(result.api_calls, interval_s)
+    allowed = getattr(result, "api_calls_per_hour_allowed", 0)
+    colour = "green" if not allowed or per_hour < allowed * 0.5 else "yellow" if per_hour < allowed else "red"
+    of = f" of the {allowed} allowed per token" if allowed else ""
+    console.print(f"[bold]API:[/] {result.api_calls} calls this cycle; at a {interval_s / 60:g} min interval "
+                  f"[{colour}]{per_hour} calls/hour[/]{of} ({result.duration_s:.2f} s)")
+
+
+def summary_json(result: Any) -> dict[str, Any]:
+    """The same facts for scripts (`run --json`)."""
+    out: dict[str, Any] = {
+        "mode": result.mode,
+        "status": result.status,
+        "started_at": result.started_at.isoformat(),
+        "duration_s": round(result.duration_s, 3),
+        "api_calls": result.api_calls,
+        "errors": list(result.errors),
+    }
+    snapshot = result.snapshot
+    if snapshot is not None:
+        out["totals"] = totals(snapshot)
+        out["sites"] = [
+            {"site_key": r.key, "site_name": r.name,
+             "ap": {"connected": r.ap[0], "total": r.ap[1]},
+             "switch": {"connected": r.switch[0], "total": r.switch[1]},
+             "gateway": {"connected": r.gateway[0], "total": r.gateway[1]},
+             "clients": r.clients,
+             "worst_wifi_sle": None if r.wifi_sle is None else {"name": r.wifi_sle[0], "value": r.wifi_sle[1]},
+             "health": r.health, "devices_down": r.devices_down, "unknown": r.unknown}
+            for r in site_rows(snapshot, result.health)]
+        out["collector_errors"] = [
+            {"collector": e.collector, "endpoint": e.endpoint, "message": e.message} for e in snapshot.errors]
+    if result.rules is not None:
+        out["insights"] = insights_json(result.rules)
+    if result.notify is not None:
+        out["notifications"] = {
+            name: [getattr(n, "title", str(n)) for n in (getattr(result.notify, name, None) or [])]
+            for name in ("planned", "sent", "failed", "permanent_failures")}
+    if result.report is not None:
+        out["report"] = {"json": str(result.report.json), "html": str(result.report.html)}
+    return out
+
+
+def show_result(console: Any, app: Any, result: Any, *, verbose: bool = False) -> None:
+    health_past = None
+    if result.health is not None:  # a week of stored scores behind today's, for the sparklines
+        from mistwatch.report.build import past_values  # the report module is only needed with health
+
+        health_past = past_values(app.store, "site.health", result.started_at)
+    print_summary(console, result, interval_s=interval_seconds(app.config), verbose=verbose, health_past=health_past)
+    if result.rules is not None:
+        print_insights(console, result.rules, now=result.started_at)
+    if result.notify is not None:
+        print_notify_summary(console, result.notify)
+    if result.report is not None:
+        console.print(f"[bold]Report:[/] {result.report.html}  (JSON: {result.report.json})")
+    if result.digest_sent:
+        console.print("[bold]Daily digest sent.[/]")
+
+
+def print_notify_summary(console: Any, result: Any) -> None:
+    """One line of counts, then a red line per permanent failure and a yellow one per warning."""
+    from rich.markup import escape
+
+    if result.dry_run:
+        console.print(f"[bold]Notifications (dry run):[/] {len(result.planned)} would be sent, "
+                      f"{len(result.suppressed)} suppressed")
+        for n in result.planned:
+            console.print(f"  would send to {escape(n.notifier)}: {escape(n.title)}")
+    else:
+        parts = [f"{len(result.sent)} sent"]
+        parts.append(f"[red]{len(result.failed)} failed (will retry)[/]" if result.failed else "0 failed")
+        if result.permanent_failures:
+            parts.append(f"[bold red]{len(result.permanent_failures)} failed permanently[/]")
+        parts.append(f"{result.pending} pending in outbox")
+        if result.suppressed:
+            parts.append(f"{len(result.suppressed)} suppressed")
+        console.print("[bold]Notifications:[/] " + ", ".join(parts))
+        for item in result.sent:
+            console.print(f"  [green]sent[/] to {escape(item.notifier)}: {escape(item.title)}")
+    for item in result.permanent_failures:
+        console.print(f"  [bold red]FAILED permanently[/] {escape(item.notifier)}: {escape(item.title)}: "
+                      f"{escape(item.last_error)}")
+    by_reason: dict[str, list[str]] = {}
+    for s in result.suppressed:
+        by_reason.setdefault(s.reason, []).append(s.name or s.alert_key)
+    for reason, names in list(by_reason.items())[:10]:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(f"  [dim]suppressed ({escape(reason)}): {escape(shown)}[/]")
+    if len(by_reason) > 10:
+        console.print(f"  [dim]... and {len(by_reason) - 10} more reasons[/]")
+    for warning in result.warnings:
+        console.print(f"  [yellow]warning:[/] {escape(warning)}")
+
+
+def interval_seconds(config: Any) -> float:
+    """The configured cycle interval (``daemon.interval``, default 15 min), in seconds."""
+    daemon = config.data.get("daemon") or {}
+    try:
+        return parse_duration(daemon.get("interval", "15m")).total_seconds()
+    except ValueError:
+        return 900.0
+
+

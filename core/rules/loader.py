@@ -1,0 +1,615 @@
+"""Rule files: loading, the JSON Schema, and compilation into :class:`Rule` objects.
+
+A rule file holds ``rules: [ ... ]`` or a single rule. Every problem is a ``ConfigError`` with the
+file, line and key path (``rules/x.yaml:12 rules[0].for: ...``). Rules are compiled once; the
+evaluator (``mistwatch.rules.evaluator``) then runs them every cycle.
+
+Keys common to every rule (the kind adds its own, see ``mistwatch.plugins.rulekinds``)::
+
+    id: wifi-coverage-low            # unique across all files
+    description: ...                 # why it matters
+    kind: threshold                  # a registered RuleKind
+    scope: site                      # org | site | device | a kind a plugin adds
+    match: {device_type: ap, site_name: {regex: "^Dublin"}, model: {not: AP12}}
+    severity: major                  # or tiers: [{severity: critical, below: 0.75}, {severity: major, below: 0.9}]
+    for: 10m                         # or {cycles: 3}; how long the condition must hold before firing
+    keep_firing_for: 15m             # stay firing this long after the condition clears
+    recover_when: {above: 0.93}      # hysteresis: kind keys, or an expression string
+    when: "metrics['site.clients'] > 10"   # optional sandboxed expression, must also hold
+    labels: {team: wifi}
+    summary: "{{ labels.site_name }}: coverage {{ value | pct }}"
+    # description is a template too: rendered into each alert (plain text renders as itself)
+    recommendation: ...              # a template too
+    enabled: true
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from mistwatch.durations import parse_duration
+from mistwatch.errors import ConfigError
+from mistwatch.hookspecs import RuleKind
+from mistwatch.model import SEVERITIES, severity_rank
+from mistwatch.rules.expr import Expression, ExpressionError, Template
+
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*)+$"
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+#: the entity kinds of the Mist collector, and the events' scope
+BASE_SCOPES = ("org", "site", "device", "event")
+
+
+class RuleSpecError(ValueError):
+    """Raised by a kind's ``compile`` for a rule it cannot accept; ``key`` names the offending key."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+DURATION_MESSAGE = "must be a duration like 90s, 10m, 2h, 1d (or a number of seconds)"
+
+
+def duration_schema(description: str = "") -> dict[str, Any]:
+    """A duration: ``"90s"``, ``"10m"``, ``"1h30m"``, ``"7d"``, or a number of seconds."""
+    return {"description": description, "oneOf": [
+        {"type": "string", "pattern": DURATION_PATTERN, "x-message": DURATION_MESSAGE},
+        {"type": "number", "minimum": 0, "x-message": DURATION_MESSAGE},
+    ], "x-message": DURATION_MESSAGE}
+
+
+_MATCHER_VALUE: dict[str, Any] = {"oneOf": [
+    {"type": ["string", "number", "boolean"]},
+    {"type": "array", "items": {"type": ["string", "number", "boolean"]}, "minItems": 1},
+    {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+     "properties": {
+         "regex": {"type": "string"}, "not_regex": {"type": "string"},
+         "not": {"type": ["string", "number", "boolean"]},
+         "in": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+         "not_in": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+         "exists": {"type": "boolean"},
+     }},
+], "x-message": "a label matcher is a value, a list of values, or one of "
+                "{regex: ...}, {not_regex: ...}, {not: ...}, {in: [...]}, {not_in: [...]}, {exists: true}"}
+
+_TEMPLATE = {"type": "string", "minLength": 1}
+
+
+def common_properties() -> dict[str, Any]:
+    """The JSON Schema of the keys every rule has."""
+    return {
+        "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+               "x-message": "must be letters, digits and _ . : - (starting with a letter or digit)"},
+        "description": {"type": "string"},
+        "kind": {"type": "string"},
+        "scope": {"type": "string", "pattern": r"^[a-z][a-z0-9_]*$"},
+        "match": {"type": "object", "additionalProperties": _MATCHER_VALUE},
+        "severity": {"enum": list(SEVERITIES)},
+        "tiers": {"type": "array", "minItems": 1},
+        "for": {"description": "how long the condition must hold before the alert fires",
+                "oneOf": [*(dict(alt, **{"x-message": "must be a duration like 10m, or {cycles: N}"})
+                            for alt in duration_schema()["oneOf"]),
+                          {"type": "object", "additionalProperties": False, "required": ["cycles"],
+                           "properties": {"cycles": {"type": "integer", "minimum": 1}}}],
+                "x-message": "must be a duration like 10m, or {cycles: N}"},
+        "keep_firing_for": duration_schema("stay firing this long after the condition clears"),
+        "recover_when": {"description": "the alert resolves only once this holds (hysteresis)"},
+        "when": {"type": "string", "minLength": 1},
+        "labels": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+        "summary": _TEMPLATE,
+        "recommendation": {"type": "string"},
+        "enabled": {"type": "boolean"},
+    }
+
+
+def _kind_schema(kind: RuleKind) -> dict[str, Any]:
+    """One kind's own keys, and its condition keys in tiers and recover_when."""
+    kind_schema = copy.deepcopy(dict(kind.schema or {}))
+    properties = kind_schema.setdefault("properties", {})
+    condition_keys = tuple(getattr(kind, "condition_keys", ()) or ())
+    if condition_keys:
+        condition = {k: properties[k] for k in condition_keys if k in properties}
+        properties["tiers"] = {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["severity"],
+            "properties": {"severity": {"enum": list(SEVERITIES)}, **condition},
+            "minProperties": 2}}
+        properties["recover_when"] = {"oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "object", "additionalProperties": False, "minProperties": 1,
+             "properties": {**condition, **(getattr(kind, "recover_schema", None) or {})}},
+        ], "x-message": "must be an expression, or a mapping of " + ", ".join(
+            [*condition_keys, *(getattr(kind, "recover_schema", None) or {})])}
+    else:
+        properties["tiers"] = {"not": {}, "x-message": f"kind '{kind.name}' has no severity tiers"}
+        properties["recover_when"] = {"type": "string", "minLength": 1,
+                                      "x-message": "must be an expression"}
+    return kind_schema
+
+
+def _kind_branch(kind: RuleKind) -> dict[str, Any]:
+    return {"if": {"properties": {"kind": {"const": kind.name}}, "required": ["kind"]},
+            "then": _kind_schema(kind)}
+
+
+def kind_rule_schema(kind: RuleKind) -> dict[str, Any]:
+    """The flat schema of one rule of ``kind`` (what ``load_rules`` validates each rule against:
+    a flat schema names the real problem, where if/then would also flag every key of a failed branch)."""
+    own = _kind_schema(kind)
+    schema = {key: value for key, value in own.items() if key not in ("properties", "required")}
+    schema.update({
+        "type": "object",
+        "required": ["id", "kind", *own.get("required", [])],
+        "properties": {**common_properties(), **own["properties"]},
+        "additionalProperties": False,
+    })
+    return schema
+
+
+def rule_schema(kinds: Mapping[str, RuleKind]) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of one rule, with every registered kind's keys."""
+    properties = common_properties()
+    properties["kind"] = {"enum": sorted(kinds),
+                          "x-message": "must be one of the rule kinds: " + ", ".join(sorted(kinds))}
+    return {
+        "type": "object",
+        "required": ["id", "kind"],
+        "properties": properties,
+        "allOf": [_kind_branch(kinds[name]) for name in sorted(kinds)],
+        "unevaluatedProperties": False,
+    }
+
+
+def file_schema(kinds: Mapping[str, RuleKind]) -> dict[str, Any]:
+    """The JSON Schema of a rule file: ``{rules: [rule, ...]}`` or a single rule."""
+    rule = rule_schema(kinds)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://mistwatch.dev/schemas/rules.schema.json",
+        "title": "mistwatch rule file",
+        "$defs": {"rule": rule},
+        "if": {"type": "object", "required": ["rules"]},
+        "then": {"type": "object", "additionalProperties": False,
+                 "properties": {"rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}}}},
+        "else": {"$ref": "#/$defs/rule"},
+    }
+
+
+# --- matchers ----------------------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _test(op: str, arg: Any, value: str | None) -> bool:
+    if op == "eq":
+        return value == arg
+    if op == "not":
+        return value != arg
+    if op == "in":
+        return value in arg
+    if op == "not_in":
+        return value not in arg
+    if op == "regex":
+        return value is not None and arg.search(value) is not None
+    if op == "not_regex":
+        return value is None or arg.search(value) is None
+    return (value is not None) == arg  # exists
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Label matchers, all of which must hold. ``signature`` makes equal matchers share a cache.
+
+    Regexes are searched, not anchored: write ``^Dublin`` for "starts with Dublin".
+    """
+
+    tests: tuple[tuple[str, str, Any], ...] = ()
+    signature: str = ""
+
+    def __call__(self, labels: Mapping[str, str]) -> bool:
+        return all(_test(op, arg, labels.get(label)) for label, op, arg in self.tests)
+
+
+def compile_matcher(spec: Mapping[str, Any] | None) -> Matcher:
+    """Build a Matcher; raises RuleSpecError (with the label as key) on a bad regex."""
+    if not spec:
+        return Matcher()
+    tests = []
+    for label, want in spec.items():
+        if isinstance(want, Mapping):
+            (op, arg), = want.items()
+        elif isinstance(want, list):
+            op, arg = "in", want
+        else:
+            op, arg = "eq", want
+        if op in ("regex", "not_regex"):
+            try:
+                arg = re.compile(str(arg))
+            except re.error as exc:
+                raise RuleSpecError(f"invalid regular expression {arg!r}: {exc}", key=f"match.{label}") from None
+        elif op in ("in", "not_in"):
+            arg = frozenset(_text(a) for a in arg)
+        elif op == "exists":
+            arg = bool(arg)
+        else:
+            arg = _text(arg)
+        tests.append((str(label), op, arg))
+    signature = repr(sorted((str(k), repr(v)) for k, v in spec.items()))
+    return Matcher(tuple(tests), signature)
+
+
+# --- compiled rules ----------------------------------------------------------------------------
+
+@dataclass
+class Rule:
+    """One compiled rule. ``check`` is what the kind's ``compile`` returned."""
+
+    id: str
+    kind: str
+    scope: str
+    description: str
+    severities: tuple[str, ...]  # of its tiers, highest first
+    match: Matcher
+    for_duration: timedelta
+    for_cycles: int
+    keep_firing_for: timedelta
+    recover_expr: Expression | None
+    when: Expression | None
+    labels: dict[str, str]
+    summary: Template
+    description_template: Template | None
+    recommendation: Template | None
+    enabled: bool
+    check: Callable[..., Iterable[Any]]
+    spec: Mapping[str, Any]
+    file: str = ""
+    line: int | None = None
+    refs: tuple[str, ...] = ()
+    metrics: frozenset[str] = frozenset()
+    #: where each reference is written: rule id -> (line, key path), for error messages
+    ref_where: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> str:
+        """The highest severity the rule can raise."""
+        return self.severities[0]
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass
+class RuleSet:
+    """The compiled rules of all files, correlations after the rules they reference."""
+
+    rules: list[Rule] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.rules]
+
+    @property
+    def by_id(self) -> dict[str, Rule]:
+        return {r.id: r for r in self.rules}
+
+    def get(self, rule_id: str) -> Rule | None:
+        return self.by_id.get(rule_id)
+
+
+def _default_summary(scope: str) -> str:
+    name = {"site": "labels.site_name", "device": "labels.device_name", "org": "labels.org_name"}.get(scope)
+    subject = f"{{{{ {name} | default(name) }}}}" if name else "{{ name }}"
+    return "{{ rule_id }}: " + subject + "{% if value is not none %} value {{ value | num }}{% endif %}"
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, and ``*.yaml``/``*.yml`` in folders (sorted; a ``tests`` subfolder is skipped)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix in RULE_FILE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _severity_tiers(spec: Mapping[str, Any], kind: RuleKind) -> list[dict[str, Any]]:
+    """Normalise ``severity`` + top-level condition keys, or ``tiers``, into tiers, highest first."""
+    condition_keys = tuple(getattr(kind, "condition_keys", ()) or ())
+    if "tiers" in spec:
+        tiers = [{**t, "_index": i} for i, t in enumerate(spec["tiers"])]
+    else:
+        tier = {"severity": spec.get("severity", "major")}
+        tier.update({k: spec[k] for k in condition_keys if k in spec})
+        tiers = [tier]
+    tiers.sort(key=lambda t: -severity_rank(t["severity"]))
+    return tiers
+
+
+def _sample_labels(scope: str, rule_labels: Mapping[str, str]) -> dict[str, str]:
+    """Plausible labels for a test render of the templates in ``rules check``."""
+    labels = {"org_id": "org-1", "org_name": "Example Org"}
+    if scope in ("site", "device", "event", "correlation"):
+        labels.update(site_id="site-1", site_name="Example Site", timezone="UTC", country_code="US")
+    if scope in ("device", "event"):
+        labels.update(device_id="dev-1", device_name="ap-01", device_type="ap", mac="5c5b35000001",
+                      model="AP45", version="0.14.1")
+    return {**labels, **rule_labels}
+
+
+def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: str,
+                  where: Callable[[Sequence[str | int]], int | None],
+                  prefix: tuple[str | int, ...]) -> Rule:
+    def fail(message: str, key: str | None) -> ConfigError:
+        extra = [int(p) if p.isdigit() else p for p in key.split(".")] if key else []
+        parts: tuple[str | int, ...] = (*prefix, *extra)
+        from mistwatch.yamlfile import format_key_path
+
+        return ConfigError(message, file=file, line=where(parts), key=format_key_path(parts))
+
+    kind = kinds[raw["kind"]]
+    spec = dict(raw)
+    scope = str(spec.get("scope") or getattr(kind, "default_scope", "") or "site")
+    spec["scope"] = scope
+    spec["tiers"] = _severity_tiers(raw, kind)
+    spec["_tiers_given"] = "tiers" in raw  # for error key paths (tiers[1].below vs below)
+    if isinstance(raw.get("recover_when"), str):
+        spec.pop("recover_when")
+    try:
+        check = kind.compile(spec)
+    except RuleSpecError as exc:
+        raise fail(str(exc), exc.key) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise fail(f"kind '{kind.name}' cannot compile this rule: {exc}", None) from None
+
+    def parse(key: str) -> Any:
+        value = raw.get(key)
+        if value is None:
+            return timedelta(0)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise fail(str(exc), key) from None
+
+    for_value = raw.get("for")
+    for_cycles = int(for_value["cycles"]) if isinstance(for_value, Mapping) else 0
+    for_duration = timedelta(0) if isinstance(for_value, Mapping) else parse("for")
+
+    def expression(key: str) -> Expression | None:
+        source = raw.get(key)
+        if not isinstance(source, str):
+            return None
+        try:
+            return Expression(source)
+        except ExpressionError as exc:
+            raise fail(f"invalid expression: {exc}", key) from None
+
+    def template(key: str, default: str | None = None) -> Template | None:
+        source = raw.get(key, default)
+        if source is None:
+            return None
+        try:
+            return Template(str(source))
+        except ExpressionError as exc:
+            raise fail(f"invalid template: {exc}", key) from None
+
+    try:
+        match = compile_matcher(raw.get("match"))
+    except RuleSpecError as exc:
+        raise fail(str(exc), exc.key) from None
+    labels = {str(k): _text(v) for k, v in (raw.get("labels") or {}).items()}
+    metrics = set()
+    if isinstance(raw.get("metric"), str):
+        metrics.add(raw["metric"])
+    when = expression("when")
+    recover_expr = expression("recover_when")
+    for expr in (when, recover_expr):
+        if expr is not None:
+            metrics |= expr.metric_names()
+    refs_of = getattr(kind, "references", None)
+    refs = tuple(refs_of(spec)) if refs_of else ()
+    from mistwatch.yamlfile import format_key_path
+
+    ref_where = {}
+    for ref in refs:  # the key that names it (all_of[1]), so an unknown id is reported right there
+        for key, value in raw.items():
+            items = value if isinstance(value, list) else [value]
+            if ref in items:
+                parts = (*prefix, key, items.index(ref)) if isinstance(value, list) else (*prefix, key)
+                ref_where[ref] = (where(parts), format_key_path(parts))
+                break
+    summary = template("summary", _default_summary(scope))
+    assert summary is not None
+    rule = Rule(
+        id=raw["id"], kind=kind.name, scope=scope, description=str(raw.get("description", "")),
+        severities=tuple(t["severity"] for t in spec["tiers"]), match=match,
+        for_duration=for_duration, for_cycles=for_cycles, keep_firing_for=parse("keep_firing_for"),
+        recover_expr=recover_expr, when=when, labels=labels, summary=summary,
+        description_template=template("description"),
+        recommendation=template("recommendation"), enabled=bool(raw.get("enabled", True)),
+        check=check, spec=spec, file=file, line=where(prefix), refs=refs, metrics=frozenset(metrics),
+        ref_where=ref_where)
+    _test_render(rule, fail)
+    return rule
+
+
+def _test_render(rule: Rule, fail: Callable[[str, str | None], ConfigError]) -> None:
+    """Render each template once with sample values, so ``rules check`` finds template errors."""
+    from mistwatch.rules.evaluator import template_variables
+
+    labels = _sample_labels(rule.scope, rule.labels)
+    variables = template_variables(rule, labels, severity=rule.severity, value=0.5, threshold=0.9,
+                                   baseline=0.95, score=-0.05, extra={"sample": True})
+    for key, tpl in (("summary", rule.summary), ("description", rule.description_template),
+                     ("recommendation", rule.recommendation)):
+        if tpl is None:
+            continue
+        try:
+            tpl.render(variables)
+        except ExpressionError as exc:
+            raise fail(f"template error in a test render: {exc}", key) from None
+    for key, expr in (("when", rule.when), ("recover_when", rule.recover_expr)):
+        if expr is None:
+            continue
+        unknown = expr.names() - set(variables)
+        if unknown:
+            raise fail(f"unknown name '{sorted(unknown)[0]}' (expressions see: "
+                       f"{', '.join(sorted(variables))})", key)
+
+
+_RULES_LIST = {"type": "object", "additionalProperties": False, "required": ["rules"],
+               "properties": {"rules": {"type": ["array", "null"], "items": {"type": "object"}}}}
+_ID_AND_KIND = {"type": "object", "required": ["id", "kind"],
+                "properties": {"kind": {"type": "string"}}}
+
+
+def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
+               known_metrics: Collection[str] | None = None) -> RuleSet:
+    """Load, validate and compile rule files (or folders of them).
+
+    Raises ``ConfigError(file=, line=, key=, message)`` for the first problem: YAML syntax, schema,
+    compilation, a template that fails a test render, a duplicate id, an unknown metric (when
+    ``known_metrics`` is given), an unknown or circular rule reference.
+    """
+    from mistwatch.yamlfile import format_key_path, load_yaml, validate
+
+    per_kind = {name: kind_rule_schema(kind) for name, kind in kinds.items()}
+    scopes = None
+    if known_metrics is not None:  # a scope is an entity kind: Mist's, a kind's default, or a metric prefix
+        scopes = {*BASE_SCOPES, *(getattr(k, "default_scope", "") for k in kinds.values()),
+                  *(m.split(".", 1)[0] for m in known_metrics)}
+    ruleset = RuleSet()
+    seen: dict[str, Rule] = {}
+    files = expand_paths(paths)
+    if not files:
+        raise ConfigError("no rule files found", file=", ".join(str(p) for p in paths) or None)
+    for path in files:
+        file = str(path)
+        data, lines = load_yaml(path)
+        ruleset.files.append(file)
+        if data is None:
+            continue  # an empty file is allowed: no rules
+        if not isinstance(data, Mapping):
+            raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
+        _check_kinds(data, kinds, file, lines)
+        if "rules" in data:
+            validate(data, _RULES_LIST, file=file, lines=lines)
+            items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
+        else:
+            items = [((), data)]
+        for prefix, raw in items:
+            validate(raw, _ID_AND_KIND, file=file, lines=lines, prefix=prefix)
+            validate(raw, per_kind[raw["kind"]], file=file, lines=lines, prefix=prefix)
+            if scopes is not None and "scope" in raw and raw["scope"] not in scopes:
+                where = (*prefix, "scope")
+                raise ConfigError(f"unknown scope '{raw['scope']}'{_close(raw['scope'], BASE_SCOPES)} (scopes: "
+                                  f"{', '.join(BASE_SCOPES)}, or an entity kind a plugin collects)",
+                                  file=file, line=lines.line(where), key=format_key_path(where))
+            rule = _compile_rule(raw, kinds, file, lines.line, prefix)
+            if rule.id in seen:
+                first = seen[rule.id]
+                raise ConfigError(f"duplicate rule id '{rule.id}' (first defined at {first.where})",
+                                  file=file, line=lines.line((*prefix, "id")),
+                                  key=format_key_path((*prefix, "id")))
+            if known_metrics is not None:
+                for metric in sorted(rule.metrics):
+                    if metric not in known_metrics:
+                        close = _close(metric, known_metrics)
+                        where = (*prefix, "metric" if raw.get("metric") == metric else "when")
+                        raise ConfigError(
+                            f"unknown metric '{metric}' (no collector declares it{close})",
+                            file=file, line=lines.line(where), key=format_key_path(where))
+            seen[rule.id] = rule
+    ruleset.rules = _ordered(list(seen.values()))
+    return ruleset
+
+
+def _check_kinds(data: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:
+    """An unknown kind first, with a suggestion: otherwise the schema would complain about every
+    key that kind would have allowed."""
+    from mistwatch.yamlfile import format_key_path
+
+    rules = data.get("rules") if "rules" in data else [data]
+    if not isinstance(rules, list):
+        return
+    prefix: tuple[str | int, ...]
+    for index, rule in enumerate(rules):
+        prefix = ("rules", index) if "rules" in data else ()
+        if isinstance(rule, Mapping) and isinstance(rule.get("kind"), str) and rule["kind"] not in kinds:
+            where = (*prefix, "kind")
+            raise ConfigError(f"unknown rule kind '{rule['kind']}'{_close(rule['kind'], kinds)} "
+                              f"(kinds: {', '.join(sorted(kinds))})",
+                              file=file, line=lines.line(where), key=format_key_path(where))
+
+
+def _close(name: str, known: Collection[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _ordered(rules: list[Rule]) -> list[Rule]:
+    """Rules in file order, except that a rule comes after every rule it references."""
+    by_id = {r.id: r for r in rules}
+    for rule in rules:
+        for ref in rule.refs:
+            line, key = rule.ref_where.get(ref, (rule.line, rule.id))
+            if ref not in by_id:
+                raise ConfigError(f"unknown rule '{ref}' referenced by '{rule.id}'{_close(ref, by_id)}",
+                                  file=rule.file, line=line, key=key)
+            if not by_id[ref].enabled and rule.enabled:
+                raise ConfigError(f"rule '{rule.id}' references '{ref}', which is disabled",
+                                  file=rule.file, line=line, key=key)
+    ordered: list[Rule] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(rule: Rule, chain: tuple[str, ...]) -> None:
+        if state.get(rule.id) == 2:
+            return
+        if state.get(rule.id) == 1:
+            cycle = " -> ".join((*chain, rule.id))
+            raise ConfigError(f"circular rule references: {cycle}", file=rule.file, line=rule.line,
+                              key=rule.id)
+        state[rule.id] = 1
+        for ref in rule.refs:
+            visit(by_id[ref], (*chain, rule.id))
+        state[rule.id] = 2
+        ordered.append(rule)
+
+    for rule in rules:
+        visit(rule, ())
+    return ordered
+
+
+def package_rules_dir() -> Path:
+    """The default rule pack shipped with the package.
+
+    Installed, the YAML files are the package data ``mistwatch.rulepack`` (``mistwatch/rulepack/``);
+    in a source checkout they are in the top-level ``rules/`` folder.
+    """
+    from importlib.resources import files
+
+    try:  # installed: the package data mistwatch.rulepack (pyproject.toml)
+        candidates = [Path(str(files("mistwatch.rulepack")))]
+    except ModuleNotFoundError:
+        candidates = []
+    here = Path(__file__).resolve().parent
+    for candidate in (*candidates, here / "rules", here.parent / "rules"):
+        if any(candidate.glob("*.yaml")):
+            return candidate
+    return here / "rules"

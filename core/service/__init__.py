@@ -1,0 +1,1 @@
+"""The service: the daemon loop, the state-directory lock, logging."""

@@ -1,0 +1,489 @@
+"""The SQLite store under ``state_dir``: metric history, alert states, runs, key-value state.
+
+Notification tables (outbox, notification log, silences) are added by ``mistwatch.notify.outbox`` through
+``MIGRATIONS`` below, on the same connection (``store.db``).
+
+Storage layout of metric history: column-oriented, one row per (timestamp, metric) holding two blobs,
+the entity ids (``array('i')``) and the values (``array('d')``), little-endian, so a run of 10,000
+sites and 60,000 devices is a few dozen rows, and "metric M for every entity near time T" is one
+indexed lookup.
+
+Schema versions: ``PRAGMA user_version`` holds the highest applied migration and the table
+``schema_migrations`` every applied one, so a migration added later with a lower number (versions
+1..9 belong to this module, 10 and up to the notification tables) is still applied on upgrade.
+A database holding a migration this code does not know was written by a newer mistwatch: refused.
+
+Threads: the connection is opened with ``check_same_thread=False`` so a daemon may hand the store
+from one thread to another, but a ``Store`` must be used by one thread at a time (it keeps
+in-memory caches and one connection; there is no locking here). Readers in other processes are
+fine (WAL); writes assume one writing process per state_dir (the state-directory lock), since the
+entity caches are only refreshed for rows added elsewhere, not for rows changed or pruned elsewhere.
+
+Times are stored as UTC epoch seconds (REAL; samples use INTEGER seconds) and returned as
+timezone-aware UTC datetimes. Naive datetimes passed in are taken as UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from array import array
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mistwatch.errors import MistwatchError
+from mistwatch.model import Alert
+from mistwatch.store.history import HistoryMixin
+from mistwatch.store.records import (
+    _DAY,
+    _HOUR,
+    _UTC,
+    RunRecord,
+    Transition,
+    _digest_code,
+    _dt,
+    _dt_or_none,
+    _epoch,
+    _epoch_or_none,
+    _json,
+    _split_sql,
+)
+from mistwatch.store.schema import MIGRATIONS
+
+DB_FILENAME = "mistwatch.db"
+
+#: How long a statement waits for another process's write lock before failing, in seconds.
+DEFAULT_BUSY_TIMEOUT = 10.0
+
+
+
+class Store(HistoryMixin):
+    """One SQLite file (WAL). Open with ``Store.open(state_dir)``; use as a context manager.
+
+    ``store.db`` is the sqlite3 connection, in autocommit mode: other modules (the outbox) run
+    their SQL on it, inside ``store.transaction()`` when they write. ``store.path`` is the file.
+    """
+
+    path: Path
+    db: sqlite3.Connection
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self.db = db
+        self._depth = 0  # transaction nesting: 0 none, 1 BEGIN, >1 savepoints
+        self._entity_ids: dict[str, int] | None = None  # key -> id, loaded on first use
+        # Indexed by id (ids are dense, AUTOINCREMENT from 1): a list and an array cost 8 bytes an
+        # entity where dicts and digest bytes objects cost about 100 (70,000 entities at 10,000 sites).
+        self._entity_keys: list[str | None] = [None]  # id -> key; None: no such id known
+        self._digests = array("q", [0])  # id -> labels_digest as stored, as an int; 0: none
+        self._max_entity_id = 0
+        self._metric_ids: dict[str, int] = {}
+        self._busy_timeout: float | None = None
+        self._closed = False
+
+    # opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, state_dir: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Store:
+        """Create ``state_dir`` if needed, open ``state_dir/mistwatch.db`` and apply migrations.
+
+        ``busy_timeout`` (seconds) is how long a write waits for another process's lock."""
+        state_dir = Path(state_dir)
+        path = state_dir / DB_FILENAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MistwatchError(f"cannot create state directory {state_dir}: {exc.strerror or exc}"
+                                 ) from None
+        try:
+            db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _translate(exc, path, "opening") from None
+        store = cls(path, db)
+        store._busy_timeout = busy_timeout
+        try:
+            with store._errors("opening"):
+                db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                store._check_is_ours()
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise MistwatchError(f"{path}: cannot switch the state database to WAL mode ({mode})")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute("PRAGMA foreign_keys = ON")
+                # Keep the WAL file from staying large after a big write; checkpoints are automatic.
+                db.execute("PRAGMA journal_size_limit = 67108864")
+            store.migrate()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def _check_is_ours(self) -> None:
+        """A SQLite file with tables but no schema version belongs to something else."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            tables = self.db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+            if tables:
+                raise MistwatchError(f"{self.path} is not a mistwatch state database")
+
+    def migrate(self) -> list[int]:
+        """Apply every migration in ``MIGRATIONS`` not applied yet, in version order, each in its own
+        transaction. Called by ``open``; call again after appending migrations at run time.
+        Returns the versions applied."""
+        versions = [v for v, _ in MIGRATIONS]
+        if len(set(versions)) != len(versions):
+            dupes = sorted({v for v in versions if versions.count(v) > 1})
+            raise MistwatchError(f"internal error: duplicate schema migration versions {dupes}")
+        known = dict(MIGRATIONS)
+        applied_now: list[int] = []
+        with self._errors("migrating"):
+            self._refuse_newer(known)
+            # Only pending versions take the write lock, so opening an up-to-date database never
+            # waits for a busy writer.
+            for version in sorted(known.keys() - self._applied_versions()):
+                with self.transaction() as db:
+                    # Re-read inside the write lock: another process may have just migrated.
+                    if version in self._applied_versions():
+                        continue
+                    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                               "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+                    for statement in _split_sql(known[version]):
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                               (version, datetime.now(_UTC).timestamp()))
+                    top = db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+                    db.execute(f"PRAGMA user_version = {int(top)}")
+                    applied_now.append(version)
+        return applied_now
+
+    def _applied_versions(self) -> set[int]:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+            return set()
+        has_table = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+        if not has_table:
+            raise MistwatchError(f"{self.path} is not a mistwatch state database")
+        return {row[0] for row in self.db.execute("SELECT version FROM schema_migrations")}
+
+    def _refuse_newer(self, known: dict[int, str]) -> None:
+        user_version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        unknown = sorted(self._applied_versions() - known.keys())
+        if unknown or user_version > max(known, default=0):
+            newest = max([user_version, *unknown])
+            raise MistwatchError(
+                f"{self.path}: state was written by a newer mistwatch (schema version {newest}, this "
+                f"version knows up to {max(known, default=0)}); upgrade mistwatch or use another state_dir")
+
+    @property
+    def schema_version(self) -> int:
+        """``PRAGMA user_version``: the highest migration applied."""
+        with self._errors("reading the schema version"):
+            return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the connection (idempotent). Using the store afterwards raises MistwatchError."""
+        if self._closed:
+            return
+        self._closed = True
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # errors and transactions --------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, doing, self._busy_timeout) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """Yield the sqlite3 connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error).
+
+        Nested use becomes a SAVEPOINT, so a caller can wrap several store calls (say
+        ``save_alerts`` and an outbox write) in one transaction. sqlite3 errors come out as
+        ``MistwatchError``; any other exception is re-raised unchanged after the rollback."""
+        if self._closed:
+            raise MistwatchError(f"{self.path}: the state database is closed")
+        db = self.db
+        self._depth += 1
+        savepoint = f"mw_{self._depth}"
+        try:
+            with self._errors("starting a transaction"):
+                db.execute("BEGIN IMMEDIATE" if self._depth == 1 else f"SAVEPOINT {savepoint}")
+        except BaseException:
+            self._depth -= 1
+            raise
+        try:
+            with self._errors("writing"):
+                yield db
+            with self._errors("committing"):
+                db.execute("COMMIT" if self._depth == 1 else f"RELEASE {savepoint}")
+        except BaseException:
+            self._forget_caches()
+            try:
+                if self._depth == 1:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                else:
+                    db.execute(f"ROLLBACK TO {savepoint}")
+                    db.execute(f"RELEASE {savepoint}")
+            except sqlite3.Error:
+                pass  # the original error is the one worth reporting
+            raise
+        finally:
+            self._depth -= 1
+
+    # runs ------------------------------------------------------------------------------------
+    def start_run(self, started_at: datetime, mode: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO runs (started_at, mode, status) VALUES (?, ?, 'running')",
+                             (_epoch(started_at), mode))
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, *, finished_at: datetime, status: str, api_calls: int = 0,
+                   errors: Iterable[str] = (), summary: dict[str, Any] | None = None) -> None:
+        errors_json = _json([str(e) for e in errors], f"errors of run {run_id}")
+        summary_json = _json(summary or {}, f"summary of run {run_id}")
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, api_calls = ?, errors = ?, summary = ? "
+                "WHERE id = ?", (_epoch(finished_at), status, api_calls, errors_json, summary_json, run_id))
+            if cur.rowcount == 0:
+                raise MistwatchError(f"{self.path}: no run {run_id} to finish")
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """Newest first."""
+        with self._errors("reading runs"):
+            rows = self.db.execute(_RUN_SELECT + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [_run_record(row) for row in rows]
+
+    def last_successful_run(self) -> RunRecord | None:
+        """The newest run whose status is ``ok`` or ``partial`` (it stored a snapshot)."""
+        with self._errors("reading runs"):
+            row = self.db.execute(
+                _RUN_SELECT + " WHERE status IN ('ok', 'partial') ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else _run_record(row)
+
+    # entity and metric id caches ----------------------------------------------------------------
+    def _load_entity_ids(self) -> dict[str, int]:
+        if self._entity_ids is None:
+            self._entity_ids = {}
+            self._entity_keys = [None]
+            self._digests = array("q", [0])
+            self._max_entity_id = 0
+            self._refresh_entity_ids()
+        return self._entity_ids
+
+    def _refresh_entity_ids(self) -> None:
+        """Pick up entities inserted since the cache was filled (ids only grow: AUTOINCREMENT)."""
+        assert self._entity_ids is not None
+        rows = self.db.execute("SELECT id, key, labels_digest FROM entities WHERE id > ?",
+                               (self._max_entity_id,)).fetchall()
+        if not rows:
+            return
+        self._max_entity_id = max(self._max_entity_id, max(row[0] for row in rows))
+        grow = self._max_entity_id + 1 - len(self._entity_keys)
+        if grow > 0:
+            self._entity_keys.extend([None] * grow)
+            self._digests.extend(array("q", bytes(8 * grow)))
+        for entity_id, key, digest in rows:
+            self._entity_ids[key] = entity_id
+            self._entity_keys[entity_id] = key
+            self._digests[entity_id] = _digest_code(digest)
+
+    def _forget_caches(self) -> None:
+        """After a rollback the caches may name rows (and AUTOINCREMENT ids) that no longer exist."""
+        self._entity_ids = None
+        self._metric_ids = {}
+
+    def _keys_of(self, entity_ids: Iterable[int]) -> list[str | None]:
+        self._load_entity_ids()
+        ids = list(entity_ids)
+        keys = self._entity_keys
+        try:
+            found = list(map(keys.__getitem__, ids))
+            if None not in found and (not ids or min(ids) > 0):
+                return found
+        except (IndexError, TypeError):
+            pass
+        self._refresh_entity_ids()  # written by another process since we loaded
+        keys = self._entity_keys
+        return [keys[i] if type(i) is int and 0 < i < len(keys) else None for i in ids]
+
+    def _key_or_id(self, entity_id: int) -> str | int:
+        keys = self._entity_keys
+        return keys[entity_id] or entity_id if 0 < entity_id < len(keys) else entity_id
+
+    def _ids_of(self, keys: Iterable[str]) -> set[int]:
+        ids = self._load_entity_ids()
+        return {ids[k] for k in keys if k in ids}
+
+    def _metric_id(self, name: str, *, create: bool) -> int | None:
+        metric_id = self._metric_ids.get(name)
+        if metric_id is None:
+            if create:
+                self.db.execute("INSERT OR IGNORE INTO metrics (name) VALUES (?)", (name,))
+            row = self.db.execute("SELECT id FROM metrics WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            metric_id = self._metric_ids[name] = row[0]
+        return metric_id
+
+    # alerts -----------------------------------------------------------------------------------
+    def load_alerts(self) -> dict[str, Alert]:
+        """Every alert not inactive, by key."""
+        with self._errors("reading alerts"):
+            rows = self.db.execute(f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts "
+                                   "WHERE state != 'inactive' ORDER BY key").fetchall()
+        return {row[0]: _alert_from_row(row) for row in rows}
+
+    def save_alerts(self, alerts: Iterable[Alert], transitions: Iterable[Transition] = ()) -> None:
+        """Upsert alert states and append transitions, in one transaction. An alert saved with
+        state ``inactive`` is deleted."""
+        upserts, deletes = [], []
+        for alert in alerts:
+            if alert.state == "inactive":
+                deletes.append((alert.key,))
+            else:
+                upserts.append(_alert_to_row(alert))
+        transition_rows = [(t.alert_key, t.rule_id, _epoch(t.at), t.from_state, t.to_state, t.severity,
+                            t.value) for t in transitions]
+        placeholders = ", ".join("?" * len(_ALERT_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _ALERT_COLUMNS[1:])
+        with self.transaction() as db:
+            db.executemany("DELETE FROM alerts WHERE key = ?", deletes)
+            db.executemany(f"INSERT INTO alerts ({', '.join(_ALERT_COLUMNS)}) VALUES ({placeholders}) "
+                           f"ON CONFLICT (key) DO UPDATE SET {updates}", upserts)
+            db.executemany("INSERT INTO transitions (alert_key, rule_id, at, from_state, to_state, "
+                           "severity, value) VALUES (?, ?, ?, ?, ?, ?, ?)", transition_rows)
+
+    def transitions(self, alert_key: str | None = None, since: datetime | None = None) -> list[Transition]:
+        """Recorded transitions (of ``alert_key``, at or after ``since``), oldest first."""
+        where, params = [], []
+        if alert_key is not None:
+            where.append("alert_key = ?")
+            params.append(alert_key)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(_epoch(since))
+        sql = "SELECT alert_key, rule_id, at, from_state, to_state, severity, value FROM transitions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._errors("reading transitions"):
+            rows = self.db.execute(sql + " ORDER BY at, id", params).fetchall()
+        return [Transition(key, rule, _dt(at), frm, to, sev, value)
+                for key, rule, at, frm, to, sev, value in rows]
+
+    # small persistent values (collector cursors, digest dates) ----------------------------------
+    def kv_get(self, key: str, default: Any = None) -> Any:
+        with self._errors(f"reading {key}"):
+            row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def kv_set(self, key: str, value: Any) -> None:
+        """``value`` must be JSON-serialisable."""
+        text = _json(value, f"state value {key!r}")
+        with self.transaction() as db:
+            db.execute("INSERT INTO kv (key, value) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, text))
+
+    # retention --------------------------------------------------------------------------------
+    def prune(self, now: datetime, *, raw_hours: float = 48, hourly_days: float = 8,
+              retention_days: float = 35) -> dict[str, int]:
+        """Thin history: keep every run's samples for ``raw_hours``, then one run per hour until
+        ``hourly_days``, then one per day until ``retention_days``, then nothing. Old runs and
+        transitions go too. Returns counts of what was deleted.
+
+        "One per hour/day" is the earliest sample row of each metric in each UTC hour/day bucket
+        (epoch seconds // 3600 or // 86400), so repeated prunes keep the same rows. Entities not
+        seen for ``retention_days`` are deleted. Counts: ``samples`` (total) split into
+        ``samples_hourly``, ``samples_daily`` (thinned) and ``samples_expired``; ``runs``,
+        ``transitions``, ``entities``. Does not VACUUM: freed pages are reused."""
+        t = _epoch(now)
+        raw_cut = t - raw_hours * _HOUR
+        hourly_cut = min(t - hourly_days * _DAY, raw_cut)
+        retention_cut = min(t - retention_days * _DAY, hourly_cut)
+        thin = ("DELETE FROM samples WHERE ts >= :lo AND ts < :hi AND id NOT IN ("
+                " SELECT s.id FROM samples s JOIN ("
+                "  SELECT metric_id, min(ts) AS ts FROM samples WHERE ts >= :lo AND ts < :hi"
+                "  GROUP BY metric_id, ts / :bucket) first USING (metric_id, ts))")
+        with self.transaction() as db:
+            expired = db.execute("DELETE FROM samples WHERE ts < ?", (retention_cut,)).rowcount
+            daily = db.execute(thin, {"lo": retention_cut, "hi": hourly_cut, "bucket": _DAY}).rowcount
+            hourly = db.execute(thin, {"lo": hourly_cut, "hi": raw_cut, "bucket": _HOUR}).rowcount
+            # A "running" run that old crashed long ago: it goes too.
+            runs = db.execute("DELETE FROM runs WHERE started_at < ?", (retention_cut,)).rowcount
+            transitions = db.execute("DELETE FROM transitions WHERE at < ?", (retention_cut,)).rowcount
+            entities = db.execute("DELETE FROM entities WHERE last_seen < ?", (retention_cut,)).rowcount
+        if entities:
+            self._entity_ids = None  # reload lazily rather than track the deleted ids
+        return {"samples": expired + daily + hourly, "samples_expired": expired, "samples_daily": daily,
+                "samples_hourly": hourly, "runs": runs, "transitions": transitions, "entities": entities}
+
+
+# row helpers -----------------------------------------------------------------------------------
+_RUN_SELECT = "SELECT id, started_at, finished_at, mode, status, api_calls, errors, summary FROM runs"
+
+_ALERT_COLUMNS = ("key", "rule_id", "state", "severity", "labels", "value", "threshold", "baseline",
+                  "summary", "description", "recommendation", "pending_since", "firing_since",
+                  "resolved_at", "last_true_at", "last_eval_at", "true_count", "causes", "annotations")
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    run_id, started, finished, mode, status, api_calls, errors, summary = row
+    return RunRecord(run_id, _dt(started), _dt_or_none(finished), mode, status, api_calls,
+                     json.loads(errors), json.loads(summary))
+
+
+def _alert_to_row(a: Alert) -> tuple[Any, ...]:
+    return (a.key, a.rule_id, a.state, a.severity, _json(dict(a.labels), f"labels of alert {a.key}"),
+            a.value, a.threshold, a.baseline, a.summary, a.description, a.recommendation,
+            _epoch_or_none(a.pending_since), _epoch_or_none(a.firing_since), _epoch_or_none(a.resolved_at),
+            _epoch_or_none(a.last_true_at), _epoch_or_none(a.last_eval_at), a.true_count,
+            _json(list(a.causes), f"causes of alert {a.key}"),
+            _json(a.annotations, f"annotations of alert {a.key}"))
+
+
+def _alert_from_row(row: tuple[Any, ...]) -> Alert:
+    (key, rule_id, state, severity, labels, value, threshold, baseline, summary, description,
+     recommendation, pending_since, firing_since, resolved_at, last_true_at, last_eval_at, true_count,
+     causes, annotations) = row
+    return Alert(key=key, rule_id=rule_id, labels=json.loads(labels), state=state, severity=severity,
+                 value=value, threshold=threshold, baseline=baseline, summary=summary,
+                 description=description, recommendation=recommendation,
+                 pending_since=_dt_or_none(pending_since), firing_since=_dt_or_none(firing_since),
+                 resolved_at=_dt_or_none(resolved_at), last_true_at=_dt_or_none(last_true_at),
+                 last_eval_at=_dt_or_none(last_eval_at), true_count=true_count,
+                 causes=tuple(json.loads(causes)), annotations=json.loads(annotations))
+
+
+def _translate(exc: sqlite3.Error, path: Path, doing: str,
+               busy_timeout: float | None = None) -> MistwatchError:
+    """One clear line for what SQLite reports; the cases a user can act on are named."""
+    text = str(exc)
+    low = text.lower()
+    if "file is not a database" in low or "file is encrypted" in low:
+        return MistwatchError(f"{path} is not a mistwatch state database")
+    if "database is locked" in low or "database is busy" in low or "database table is locked" in low:
+        waited = f", waited {busy_timeout:g} s" if busy_timeout is not None else ""
+        return MistwatchError(f"{path} is locked by another process ({doing}{waited})")
+    if "disk is full" in low or "database or disk is full" in low:
+        return MistwatchError(f"{path}: disk full while {doing}")
+    if "readonly" in low or "read-only" in low:
+        return MistwatchError(f"{path} is read-only (cannot write while {doing})")
+    if "unable to open" in low:
+        return MistwatchError(f"cannot open {path}: {text}")
+    if "malformed" in low or "corrupt" in low:
+        return MistwatchError(f"{path} is damaged ({text}); restore it or move it away to start afresh")
+    return MistwatchError(f"{path}: {text} (while {doing})")
+

@@ -1,0 +1,140 @@
+"""The store's schema: every table of the state database, as ordered migrations.
+
+Versions 1..9 are the core tables (runs, entities, metric history, alert states, key-value state),
+10 and up the notification tables (outbox, notification log, silences), which ``mistwatch.notify.outbox``
+reads and writes. All of them live here so any command, whatever it imported, knows the whole schema
+and never takes a database migrated by another command for one written by a newer mistwatch.
+"""
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at  REAL NOT NULL,
+    finished_at REAL,
+    mode        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    api_calls   INTEGER NOT NULL DEFAULT 0,
+    errors      TEXT NOT NULL DEFAULT '[]',
+    summary     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX runs_started_at ON runs (started_at);
+
+-- AUTOINCREMENT: ids are never reused, so a cached id -> key mapping can never point at the wrong
+-- entity, even after pruning.
+-- labels_digest fingerprints (kind, labels) so a write can skip re-encoding and rewriting the
+-- labels of the (many) entities whose labels did not change; only last_seen is updated for them.
+-- No index on last_seen: it changes on every row every run, and only prune filters on it.
+CREATE TABLE entities (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    key           TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL,
+    labels        TEXT NOT NULL DEFAULT '{}',
+    first_seen    REAL NOT NULL,
+    last_seen     REAL NOT NULL,
+    labels_digest BLOB
+);
+
+CREATE TABLE metrics (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL UNIQUE
+);
+
+CREATE TABLE samples (
+    id          INTEGER PRIMARY KEY,
+    run_id      INTEGER REFERENCES runs (id) ON DELETE SET NULL,
+    ts          INTEGER NOT NULL,
+    metric_id   INTEGER NOT NULL REFERENCES metrics (id),
+    entity_ids  BLOB NOT NULL,
+    vals        BLOB NOT NULL
+);
+CREATE UNIQUE INDEX samples_metric_ts ON samples (metric_id, ts);
+CREATE INDEX samples_ts ON samples (ts);
+CREATE INDEX samples_run ON samples (run_id);
+
+CREATE TABLE alerts (
+    key             TEXT PRIMARY KEY,
+    rule_id         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    severity        TEXT NOT NULL,
+    labels          TEXT NOT NULL DEFAULT '{}',
+    value           REAL,
+    threshold       REAL,
+    baseline        REAL,
+    summary         TEXT NOT NULL DEFAULT '',
+    description     TEXT NOT NULL DEFAULT '',
+    recommendation  TEXT NOT NULL DEFAULT '',
+    pending_since   REAL,
+    firing_since    REAL,
+    resolved_at     REAL,
+    last_true_at    REAL,
+    last_eval_at    REAL,
+    true_count      INTEGER NOT NULL DEFAULT 0,
+    causes          TEXT NOT NULL DEFAULT '[]',
+    annotations     TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE transitions (
+    id          INTEGER PRIMARY KEY,
+    alert_key   TEXT NOT NULL,
+    rule_id     TEXT NOT NULL,
+    at          REAL NOT NULL,
+    from_state  TEXT NOT NULL,
+    to_state    TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    value       REAL
+);
+CREATE INDEX transitions_at ON transitions (at);
+CREATE INDEX transitions_alert_key ON transitions (alert_key, at);
+
+CREATE TABLE kv (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
+"""
+
+#: Ordered schema migrations: (version, SQL script). Append only; never edit a released one.
+#: Versions 1..9 belong to this module, 10 and up to ``mistwatch.notify.outbox``. A script runs inside
+#: one transaction together with its version bump, so it must not contain BEGIN/COMMIT itself.
+
+_SCHEMA_V10_NOTIFICATIONS = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    notifier TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    group_key TEXT NOT NULL DEFAULT '',
+    title TEXT NOT NULL DEFAULT '',
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    next_attempt_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at TEXT,
+    permanent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS notify_log (
+    group_key TEXT NOT NULL,
+    notifier TEXT NOT NULL,
+    last_sent_at TEXT,
+    firing_hash TEXT NOT NULL DEFAULT '',
+    thread_id TEXT,
+    firing TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (group_key, notifier)
+);
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    ends_at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    author TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    expired_at TEXT
+);
+"""
+
+#: Ordered schema migrations: (version, SQL script). Append only; never edit a released one.
+#: A script runs inside one transaction together with its version bump, so it must not contain
+#: BEGIN/COMMIT itself.
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (10, _SCHEMA_V10_NOTIFICATIONS)]

@@ -1,0 +1,29 @@
+"""The Juniper Mist plugin: the API client (``client``), the collector (``collector``), the simulated
+org served on loopback (``simulator`` with its data in ``simdata``) and the commands built on it
+(``commands``: ``mistwatch simulate`` and ``mistwatch demo``).
+
+It registers through the same hooks a third-party plugin uses and imports only mistwatch's public API.
+Its modules load when a hook is first called, so ``mistwatch --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from mistwatch import Collector, hookimpl
+
+
+@hookimpl
+def mistwatch_collectors() -> Iterator[Collector]:
+    from mistwatch.plugins.mist.collector import collector
+
+    yield collector()
+
+
+@hookimpl
+def mistwatch_commands() -> Iterator[Any]:
+    from mistwatch.plugins.mist.commands import demo, simulate
+
+    yield simulate
+    yield demo

@@ -169,7 +169,7 @@ def naive_evaluate(ruleset: RuleSet, snapshot: Snapshot, store: Store, now: date
     """Per rule, per entity, one history query per entity: what batching avoids. Only the entities
     of ``site_ids`` (a sample), so it finishes; returns the number of findings."""
     from mistwatch.durations import parse_duration
-    from mistwatch.rules.evaluator import template_variables
+    from mistwatch.rules.variables import template_variables
 
     entities = [e for e in snapshot.entities if e.labels.get("site_id") in site_ids]
     found = 0

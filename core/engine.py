@@ -18,6 +18,8 @@ from typing import Any
 from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
 from mistwatch.model import Attachment, CollectorError, Snapshot
+from mistwatch.notify.pipeline import notify, send_outbox
+from mistwatch.secrets import redact
 
 log = logging.getLogger("mistwatch.engine")
 
@@ -110,8 +112,6 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
         try:
             part = collector.collect(ctx)
         except Exception as exc:  # isolate the plugin; its data is unknown, not down
-            from mistwatch.secrets import redact
-
             message = redact(str(exc)) or type(exc).__name__
             failures.append(f"{collector.name}: {message}")
             snapshot.errors.append(CollectorError(collector=collector.name, endpoint="*", message=message))
@@ -176,8 +176,6 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         attachments = _report(app, result, now, dry_run)
 
     if mode == "all":
-        from mistwatch.notify.pipeline import notify
-
         result.notify = notify(app.config, app.host, store, result.rules.alerts, now,
                                dry_run=dry_run, attachments=attachments)
 
@@ -222,8 +220,6 @@ def _report(app: App, result: CycleResult, now: datetime, dry_run: bool) -> tupl
 
 
 def _send_outbox(app: App, now: datetime) -> Any:
-    from mistwatch.notify.pipeline import send_outbox
-
     try:
         return send_outbox(app.config, app.host, app.store, now)
     except Exception as exc:  # never let a notifier problem hide the collection failure

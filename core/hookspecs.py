@@ -63,7 +63,8 @@ class Collector:
     ``config.yaml`` holding its settings, validated against ``settings_schema`` (a JSON Schema); a
     property's ``default`` fills a missing key, and a default such as ``"${MIST_API_TOKEN}"`` is
     expanded from the environment. ``calls_per_hour`` is the API budget its source allows (0: none),
-    so the run summary can show how much of it the current interval uses.
+    so the run summary can show how much of it the current interval uses. ``describe(settings)``,
+    optional, returns ``(label, value)`` lines for ``config check`` (never a secret's value).
     """
 
     name: str
@@ -73,6 +74,7 @@ class Collector:
     settings_schema: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     calls_per_hour: int = 0
+    describe: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

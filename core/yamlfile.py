@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mistwatch.errors import ConfigError
+from mistwatch.secrets import redact
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -167,8 +168,6 @@ def _json_type(value: Any) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    from mistwatch.secrets import redact
-
     text = redact(repr(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

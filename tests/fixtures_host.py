@@ -25,7 +25,7 @@ from mistwatch import Collector, Delivery, Notifier, Snapshot, hookimpl
 from mistwatch.host import PluginHost, make_host
 
 FAKEDIST = Path(__file__).parent / "data" / "fakedist"
-FAKE_MODULES = ("mistwatch_fake_good", "mistwatch_fake_broken", "mistwatch_fake_raises")
+FAKE_MODULES = ("mistwatch_fake_good", "mistwatch_fake_broken", "mistwatch_fake_raises", "mistwatch_fake_command")
 
 TESTMIST_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -71,7 +71,8 @@ def make_module(name: str, **hooks: Any) -> ModuleType:
 @hookimpl
 def _testmist_collectors() -> Iterator[Collector]:
     yield Collector(name="testmist", collect=lambda ctx: Snapshot(taken_at=ctx.now), config_key="mist",
-                    settings_schema=TESTMIST_SCHEMA, metrics={"device.connected": "1 when connected"})
+                    settings_schema=TESTMIST_SCHEMA, metrics={"device.connected": "1 when connected"},
+                    describe=lambda s: [("Org id", s["org_id"]), ("Token", s["token"])])
 
 
 @hookimpl

@@ -14,8 +14,8 @@ from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
 from mistwatch.model import Snapshot
 from mistwatch.plugins import mist
-from mistwatch.plugins.mist.collector import METRICS, MistCollector, device_metrics, epoch, settings_schema
 from mistwatch.plugins.mist.client import MistClient
+from mistwatch.plugins.mist.collector import METRICS, MistCollector, device_metrics, epoch, settings_schema
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -95,6 +95,13 @@ def test_plugin_registers_the_mist_collector_with_its_settings_schema():
     assert collector.name == "mist" and collector.config_key == "mist"
     assert collector.metrics == METRICS
     jsonschema.Draft202012Validator.check_schema(collector.settings_schema)
+
+
+def test_config_check_lines_name_the_api_host_of_the_cloud_and_mask_the_token():
+    from mistwatch.plugins.mist.collector import describe
+
+    lines = dict(describe({"cloud": "global01", "org_id": "org-123", "token": "tok-secret"}))
+    assert lines == {"Mist API": "https://api.mist.com (cloud global01)", "Org id": "org-123", "Token": "***"}
 
 
 def test_settings_schema_accepts_a_cloud_or_a_base_url_and_rejects_the_rest():

@@ -59,9 +59,9 @@ def test_builtins_load_first_in_their_fixed_order(known_builtins, fake_dist, tmp
     sources = [info.source.split(" ")[0] for info in host.plugins()]
     assert names[:2] == ["mwtest_builtin_collect", "mwtest_builtin_notify"]
     assert sources[:2] == ["builtin", "builtin"]
-    assert sources[2:5] == ["entry", "entry", "entry"]
-    assert names[5:] == ["local", "inline"]
-    assert sources[5:] == ["plugins_dir", "inline"]
+    assert sources[2:6] == ["entry", "entry", "entry", "entry"]
+    assert names[6:] == ["local", "inline"]
+    assert sources[6:] == ["plugins_dir", "inline"]
 
 
 def test_the_same_builtins_give_the_same_order_every_time(known_builtins):
@@ -288,3 +288,42 @@ def test_fake_dist_is_not_on_the_session_path():
     # other tests build hosts with entry points; the fake plugins must not leak into them
     assert str(FAKEDIST) not in sys.path
     assert not Path(FAKEDIST).samefile(Path(__file__).parent / "data")
+
+
+# --- commands from plugins ----------------------------------------------------------------------
+
+def test_installed_plugin_adds_a_cli_command(fake_dist, tmp_path, monkeypatch, capsys):
+    from mistwatch.cli import main
+    from mistwatch.store.database import Store
+
+    monkeypatch.delenv("MISTWATCH_LOAD_PLUGINS", raising=False)
+    Store.open(tmp_path).close()  # an empty state database: nothing waits
+    main(["outbox-size", "--state-dir", str(tmp_path)])
+    assert capsys.readouterr().out == "0\n"
+
+
+def test_plugin_commands_are_listed_in_top_level_help(fake_dist, monkeypatch, capsys):
+    from mistwatch.cli import main
+
+    monkeypatch.delenv("MISTWATCH_LOAD_PLUGINS", raising=False)
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert "outbox-size  Print how many notifications wait in the outbox." in out
+    assert "demo " in out and "simulate " in out  # the Mist plugin's own commands
+
+
+def test_plugin_command_cannot_take_a_built_in_name(tmp_path, monkeypatch):
+    import click
+
+    from mistwatch.cli import cli
+
+    @click.command("run")
+    def fake_run() -> None:
+        raise AssertionError("the built-in run must win")
+
+    plugin = make_module("takes_run", mistwatch_commands=hookimpl(lambda: [fake_run]))
+    monkeypatch.setattr("mistwatch.host.make_host", lambda **kw: make_host(entry_points=False,
+                                                                            extra=[("takes_run", plugin)]))
+    monkeypatch.setattr(cli, "_plugin_commands", None)
+    assert "run" not in cli.plugin_commands()
+    assert cli.get_command(click.Context(cli), "run") is not fake_run

@@ -8,9 +8,9 @@ from io import StringIO
 from fixtures_notify import T0, make_alert, resolved
 
 from mistwatch import hookimpl
-from mistwatch.notify import outbox
 from mistwatch.hookspecs import Notifier
 from mistwatch.model import Attachment, Delivery
+from mistwatch.notify import outbox
 
 
 class Flaky:

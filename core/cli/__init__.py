@@ -82,6 +82,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    cli._plugin_commands = None  # plugins are found anew at each invocation (tests call main() repeatedly)
     try:
         return cli.main(args=argv, prog_name="mistwatch", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -16,22 +16,16 @@ def config() -> None:
     """Check the configuration file, or print its JSON Schema."""
 
 
-def _mist_lines(config: Any) -> list[tuple[str, str]]:
-    from mistwatch.errors import ConfigError
-
-    mist = config.data.get("mist")
-    if not isinstance(mist, dict):
-        return []
-    cloud = mist.get("cloud")
-    try:
-        from mistwatch.plugins.mist.client import resolve_base_url
-
-        url = resolve_base_url(cloud, mist.get("base_url"))
-    except ConfigError:
-        url = mist.get("base_url") or "?"
-    where = f"{url} (cloud {cloud})" if cloud and not mist.get("base_url") else url
-    return [("Mist API", where), ("Org id", str(mist.get("org_id") or "-")),
-            ("Token", "***" if mist.get("token") else "(not set)")]
+def _collector_lines(config: Any, host: Any) -> list[tuple[str, str]]:
+    """What each enabled collector says about its settings (the Mist one: API host, org id, token)."""
+    lines: list[tuple[str, str]] = []
+    enabled = config.data.get("collectors")
+    for name, collector in sorted(host.collectors().items()):
+        settings = config.data.get(collector.config_key) if collector.config_key else None
+        if collector.describe is None or not isinstance(settings, dict) or (enabled and name not in enabled):
+            continue
+        lines.extend(collector.describe(settings))
+    return lines
 
 
 @config.command("check")
@@ -47,7 +41,7 @@ def check(config_path: str) -> None:
     host = host_for_config(config_path)
     loaded = load_config(config_path, host)  # ConfigError -> "mistwatch: file:line key: message", exit 2
     collectors = loaded.data.get("collectors") or sorted(host.collectors())
-    rows: list[tuple[str, str]] = [("File", str(loaded.path)), *_mist_lines(loaded)]
+    rows: list[tuple[str, str]] = [("File", str(loaded.path)), *_collector_lines(loaded, host)]
     rows += [
         ("State dir", str(loaded.state_dir)),
         ("Reports", f"{loaded.reports_dir} (kept {loaded.data['reports'].get('retention_days')} days)"),

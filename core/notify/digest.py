@@ -24,6 +24,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mistwatch.errors import ConfigError
 from mistwatch.model import Attachment, Notification
+from mistwatch.notify import outbox
+from mistwatch.notify.pipeline import send_outbox
+from mistwatch.yamlfile import load_yaml
 
 log = logging.getLogger("mistwatch.notify.digest")
 
@@ -58,8 +61,6 @@ def digest_settings(config: Any) -> DigestSettings | None:
         line = None
         if path:
             try:  # errors are rare: read the file again for the line number
-                from mistwatch.yamlfile import load_yaml
-
                 line = load_yaml(path)[1].line(["reports", "digest", key])
             except Exception:  # a line number is a nicety; never fail on it
                 line = None
@@ -159,7 +160,6 @@ def send_digest(config: Any, host: Any, store: Any, report: Mapping[str, Any], p
     The day is claimed and the digest written to the outbox in one transaction, so it is never
     queued twice for a day, whatever crashes or restarts. ``deliver(ids)`` sends the queued ids
     (default: ``mistwatch.notify.pipeline.send_outbox``); a failed send stays in the outbox for retry."""
-    from mistwatch.notify import outbox
     settings = digest_settings(config)
     if settings is None:
         return False
@@ -176,8 +176,6 @@ def send_digest(config: Any, host: Any, store: Any, report: Mapping[str, Any], p
     log.info("daily digest for %s queued for %s", day.isoformat(), ", ".join(settings.notifiers))
     ids = [n.id for n in notes]
     if deliver is None:
-        from mistwatch.notify.pipeline import send_outbox
-
         result = send_outbox(config, host, store, now, ids=ids)
         for warning in getattr(result, "warnings", []):
             log.warning("digest: %s", warning)

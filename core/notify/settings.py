@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from mistwatch.durations import parse_duration
 from mistwatch.errors import ConfigError
 from mistwatch.model import Alert
+from mistwatch.secrets import register
+from mistwatch.yamlfile import load_yaml
 
 DEFAULT_GROUP_BY: tuple[str, ...] = ("site_id",)
 DEFAULT_REPEAT = timedelta(hours=4)
@@ -162,8 +164,6 @@ def _error(config: Any, key: str, message: str) -> ConfigError:
     line = None
     if path:
         try:  # errors are rare: read the file again for the line number
-            from mistwatch.yamlfile import load_yaml
-
             parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key)]
             line = load_yaml(path)[1].line(parts)
         except Exception:  # a line number is a nicety; never fail on it
@@ -255,8 +255,6 @@ def load_settings(config: Any) -> NotifySettings:
 
     Raises ConfigError (file, key) for a bad matcher, duration, time zone or unknown notifier name;
     ``config check`` calls this too."""
-    from mistwatch.secrets import register
-
     data = getattr(config, "data", {}) or {}
     defaults = _defaults()
     entries = list(getattr(config, "notifiers", None) or data.get("notifiers") or [])

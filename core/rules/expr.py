@@ -25,6 +25,8 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
+from mistwatch.durations import format_duration
+
 #: The only attributes (methods) an expression or template may touch, by type.
 _ALLOWED_ATTRIBUTES: dict[type, frozenset[str]] = {
     dict: frozenset({"get", "keys", "values", "items"}),
@@ -56,8 +58,6 @@ def _fmt_num(value: Any, digits: int = 2) -> str:
 
 
 def _fmt_duration(seconds: Any) -> str:
-    from mistwatch.durations import format_duration
-
     return "n/a" if seconds is None else format_duration(float(seconds))
 
 

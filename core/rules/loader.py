@@ -38,6 +38,8 @@ from mistwatch.errors import ConfigError
 from mistwatch.hookspecs import RuleKind
 from mistwatch.model import SEVERITIES, severity_rank
 from mistwatch.rules.expr import Expression, ExpressionError, Template
+from mistwatch.rules.variables import template_variables
+from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*)+$"
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -357,8 +359,6 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
     def fail(message: str, key: str | None) -> ConfigError:
         extra = [int(p) if p.isdigit() else p for p in key.split(".")] if key else []
         parts: tuple[str | int, ...] = (*prefix, *extra)
-        from mistwatch.yamlfile import format_key_path
-
         return ConfigError(message, file=file, line=where(parts), key=format_key_path(parts))
 
     kind = kinds[raw["kind"]]
@@ -422,8 +422,6 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
             metrics |= expr.metric_names()
     refs_of = getattr(kind, "references", None)
     refs = tuple(refs_of(spec)) if refs_of else ()
-    from mistwatch.yamlfile import format_key_path
-
     ref_where = {}
     for ref in refs:  # the key that names it (all_of[1]), so an unknown id is reported right there
         for key, value in raw.items():
@@ -449,8 +447,6 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
 
 def _test_render(rule: Rule, fail: Callable[[str, str | None], ConfigError]) -> None:
     """Render each template once with sample values, so ``rules check`` finds template errors."""
-    from mistwatch.rules.evaluator import template_variables
-
     labels = _sample_labels(rule.scope, rule.labels)
     variables = template_variables(rule, labels, severity=rule.severity, value=0.5, threshold=0.9,
                                    baseline=0.95, score=-0.05, extra={"sample": True})
@@ -485,8 +481,6 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
     compilation, a template that fails a test render, a duplicate id, an unknown metric (when
     ``known_metrics`` is given), an unknown or circular rule reference.
     """
-    from mistwatch.yamlfile import format_key_path, load_yaml, validate
-
     per_kind = {name: kind_rule_schema(kind) for name, kind in kinds.items()}
     scopes = None
     if known_metrics is not None:  # a scope is an entity kind: Mist's, a kind's default, or a metric prefix
@@ -541,8 +535,6 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
 def _check_kinds(data: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:
     """An unknown kind first, with a suggestion: otherwise the schema would complain about every
     key that kind would have allowed."""
-    from mistwatch.yamlfile import format_key_path
-
     rules = data.get("rules") if "rules" in data else [data]
     if not isinstance(rules, list):
         return

@@ -46,6 +46,7 @@ from mistwatch.model import SEVERITIES, Alert, CollectorError, Entity, Event, Sn
 from mistwatch.rules.evaluator import MemoryHistory, evaluate
 from mistwatch.rules.lifecycle import advance
 from mistwatch.rules.loader import RuleSet, duration_schema, load_rules
+from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 UNKNOWN, MISSING = "_", "x"
@@ -196,8 +197,6 @@ def _compare(expected: list[Mapping[str, Any]], actual: list[Alert]) -> list[str
 
 class _TestFile:
     def __init__(self, path: Path, kinds: Mapping[str, RuleKind]) -> None:
-        from mistwatch.yamlfile import format_key_path, load_yaml, validate
-
         self.path, self.file = path, str(path)
         data, self.lines = load_yaml(path)
         if not isinstance(data, Mapping):

@@ -738,9 +738,24 @@ class MistCollector:
 _COLLECTOR = MistCollector()
 
 
+def describe(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """For ``config check``: where the collector connects, for which org, and whether a token is set."""
+    from mistwatch.errors import ConfigError
+    from mistwatch.plugins.mist.client import resolve_base_url
+
+    cloud = settings.get("cloud")
+    try:
+        url = resolve_base_url(cloud, settings.get("base_url"))
+    except ConfigError:
+        url = settings.get("base_url") or "?"
+    where = f"{url} (cloud {cloud})" if cloud and not settings.get("base_url") else url
+    return [("Mist API", where), ("Org id", str(settings.get("org_id") or "-")),
+            ("Token", "***" if settings.get("token") else "(not set)")]
+
+
 def collector() -> Collector:
     """The Mist collector's descriptor (registered by ``mistwatch.plugins.mist``)."""
     return Collector(name=NAME, collect=_COLLECTOR.collect, metrics=METRICS, config_key="mist",
-                     settings_schema=settings_schema(), calls_per_hour=CALLS_PER_HOUR,
+                     settings_schema=settings_schema(), calls_per_hour=CALLS_PER_HOUR, describe=describe,
                      description="Juniper Mist org: sites, devices, SLEs, alarms and device events "
                                  "from org-level API calls (about ten calls per cycle, any org size).")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-#: Mist's own alarm levels, lowest first. Index order is severity order.
+#: mistwatch's alert severities, lowest first. Index order is severity order. (Collectors map their
+#: source's levels onto these; the Mist plugin documents its table in docs/metrics.md.)
 SEVERITIES: tuple[str, ...] = ("info", "minor", "major", "critical")
 
 #: Labels that identify an entity; rule identity is the rule id plus these (never values).

@@ -43,7 +43,7 @@ from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*)+$"
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
-#: the entity kinds of the Mist collector, and the events' scope
+#: the entity kinds of the hierarchy every collector fills (org > site > device), and the events' scope
 BASE_SCOPES = ("org", "site", "device", "event")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mistwatch.hookspecs import CollectContext, Collector, Notifier, RuleKind, hookimpl
+from mistwatch.hookspecs import CollectContext, Collector, Notifier, RuleKind, RuleSpecError, duration_schema, hookimpl
 from mistwatch.model import (
     SEVERITIES,
     Alert,
@@ -25,18 +25,16 @@ from mistwatch.model import (
     Entity,
     Event,
     Notification,
+    Result,
     Snapshot,
+    identity_of,
 )
 
 __version__ = "0.1.0"
 
 # Loaded on first use, so `import mistwatch` (every plugin, `mistwatch --help`) stays light.
 _LAZY: dict[str, tuple[str, str]] = {
-    "Result": ("mistwatch.rules.evaluator", "Result"),
     "RuleContext": ("mistwatch.rules.evaluator", "RuleContext"),
-    "identity_of": ("mistwatch.rules.evaluator", "identity_of"),
-    "RuleSpecError": ("mistwatch.rules.loader", "RuleSpecError"),
-    "duration_schema": ("mistwatch.rules.loader", "duration_schema"),
     "open_app": ("mistwatch.engine", "open_app"),
     "run_cycle": ("mistwatch.engine", "run_cycle"),
     "close_app": ("mistwatch.engine", "close_app"),
@@ -71,5 +69,9 @@ __all__ = [
     "Snapshot",
     "__version__",
     "hookimpl",
+    "Result",
+    "RuleSpecError",
+    "duration_schema",
+    "identity_of",
     *_LAZY,
 ]

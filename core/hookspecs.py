@@ -106,10 +106,10 @@ class RuleKind:
     ``compile(spec)`` is called once per rule, when the rule files load, with the rule as a dict
     (``spec["tiers"]`` is always a list of ``{severity, <condition keys>}``, highest severity first,
     built from ``severity:`` and the top-level condition keys when the rule has no ``tiers:``).
-    Raise ``mistwatch.rules.loader.RuleSpecError(message, key=...)`` for a rule you cannot accept. It returns
-    ``check(ctx)``, a pure function called every cycle with a :class:`mistwatch.rules.evaluator.RuleContext`
+    Raise ``mistwatch.RuleSpecError(message, key=...)`` for a rule you cannot accept. It returns
+    ``check(ctx)``, a pure function called every cycle with a :class:`mistwatch.RuleContext`
     (the snapshot, batched history queries, the previous alerts) that yields
-    :class:`mistwatch.rules.evaluator.Result` objects: one per subject whose condition holds
+    :class:`mistwatch.Result` objects: one per subject whose condition holds
     (``severity`` set), and, only when ``ctx.wants(key)``, inactive (``severity=None``) or
     ``unknown=True`` ones, so existing alerts can resolve or freeze.
 
@@ -123,8 +123,7 @@ class RuleKind:
 
     Example, a kind that fires when a metric is exactly zero::
 
-        from mistwatch import hookimpl, RuleKind
-        from mistwatch.rules.evaluator import Result
+        from mistwatch import hookimpl, Result, RuleKind
 
         def compile_zero(spec):
             metric = spec["metric"]
@@ -157,6 +156,28 @@ class RuleKind:
     recover_schema: Mapping[str, Any] = field(default_factory=dict)
     references: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
     default_scope: str = ""
+
+
+# --- for rule kinds: rejecting a rule, and the schema of a duration ------------------------------
+
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*)+$"
+DURATION_MESSAGE = "must be a duration like 90s, 10m, 2h, 1d (or a number of seconds)"
+
+
+class RuleSpecError(ValueError):
+    """Raised by a kind's ``compile`` for a rule it cannot accept; ``key`` names the offending key."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def duration_schema(description: str = "") -> dict[str, Any]:
+    """A duration: ``"90s"``, ``"10m"``, ``"1h30m"``, ``"7d"``, or a number of seconds."""
+    return {"description": description, "oneOf": [
+        {"type": "string", "pattern": DURATION_PATTERN, "x-message": DURATION_MESSAGE},
+        {"type": "number", "minimum": 0, "x-message": DURATION_MESSAGE},
+    ], "x-message": DURATION_MESSAGE}
 
 
 class MistwatchSpec:

@@ -134,7 +134,20 @@ class PluginHost:
         return dict(self._load()["mistwatch_rule_kinds"])
 
     def commands(self) -> dict[str, click.Command]:
-        return dict(self._load()["mistwatch_commands"])
+        """Plugin commands, asking only the commands hook (``mistwatch --help`` must not build every
+        collector's schema): a plugin that raises here, or repeats a name, contributes none."""
+        if self._chosen is not None:
+            return dict(self._chosen["mistwatch_commands"])
+        found: dict[str, click.Command] = {}
+        for info in self.infos:
+            if info.status != "ok" or "mistwatch_commands" not in info.hooks:
+                continue
+            try:
+                mine = {cmd.name: cmd for cmd in self._call(info, "mistwatch_commands")}
+            except Exception:  # reported with the other hooks by `mistwatch plugins`
+                continue
+            found.update({name: cmd for name, cmd in mine.items() if name not in found})
+        return found
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin with its final status (descriptors are loaded first, so hook failures show)."""

@@ -189,3 +189,34 @@ class Delivery:
     error: str = ""
     permanent: bool = False
     retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    """What a kind's check yields for one subject (an entity, an event group, a joined group).
+
+    ``severity`` None means the condition is false. ``recovered`` matters for a firing alert whose
+    condition is false: False holds it firing (hysteresis); None lets the rule's ``recover_when``
+    expression decide (no expression: recovered). ``key`` is the subject's stable key (an entity key),
+    ``identity`` the labels that make the alert identity (default: org_id/site_id/device_id found
+    in ``labels``). ``extra`` is passed to templates as ``extra`` and stored in the alert annotations.
+    """
+
+    key: str
+    labels: Mapping[str, str]
+    severity: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    baseline: float | None = None
+    score: float | None = None
+    unknown: bool = False
+    recovered: bool | None = None
+    identity: Mapping[str, str] | None = None
+    metrics: Mapping[str, float] | None = None
+    causes: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def identity_of(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels that identify an entity (org_id, site_id, device_id), from any labels."""
+    return {k: labels[k] for k in IDENTITY_LABELS if k in labels}

@@ -22,14 +22,17 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mistwatch import Result, RuleContext, RuleSpecError, duration_schema, identity_of
+from mistwatch import Result, RuleSpecError, duration_schema, identity_of
 from mistwatch.durations import format_duration, parse_duration
 from mistwatch.hookspecs import RuleKind, hookimpl
 from mistwatch.model import SEVERITIES, Entity, severity_rank
 
-Check = Callable[[RuleContext], Iterator[Result]]
+if TYPE_CHECKING:  # the evaluator loads with the rules, not when `mistwatch --help` lists plugins
+    from mistwatch import RuleContext
+
+Check = Callable[["RuleContext"], Iterator[Result]]
 
 _DURATION = duration_schema()
 _NUMBER = {"type": "number"}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mistwatch.model import IDENTITY_LABELS, Alert, Entity, Snapshot
+from mistwatch.model import Alert, Entity, Result, Snapshot, identity_of
 from mistwatch.rules.expr import ExpressionError
 from mistwatch.rules.loader import Matcher
 from mistwatch.rules.variables import template_variables
@@ -40,32 +40,6 @@ class History(Protocol):
 
     def entities(self, kind: str | None = None, *,
                  seen_before: datetime | None = None) -> list[EntityRecord]: ...
-
-
-@dataclass(slots=True)
-class Result:
-    """What a kind's check yields for one subject (an entity, an event group, a joined group).
-
-    ``severity`` None means the condition is false. ``recovered`` matters for a firing alert whose
-    condition is false: False holds it firing (hysteresis); None lets the rule's ``recover_when``
-    expression decide (no expression: recovered). ``key`` is the subject's stable key (an entity key),
-    ``identity`` the labels that make the alert identity (default: org_id/site_id/device_id found
-    in ``labels``). ``extra`` is passed to templates as ``extra`` and stored in the alert annotations.
-    """
-
-    key: str
-    labels: Mapping[str, str]
-    severity: str | None = None
-    value: float | None = None
-    threshold: float | None = None
-    baseline: float | None = None
-    score: float | None = None
-    unknown: bool = False
-    recovered: bool | None = None
-    identity: Mapping[str, str] | None = None
-    metrics: Mapping[str, float] | None = None
-    causes: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -129,10 +103,6 @@ def alert_key(rule_id: str, identity: Mapping[str, str]) -> str:
     """Rule id plus identity labels, never values: ``rule{site_id=...,device_id=...}``."""
     inner = ",".join(f"{k}={identity[k]}" for k in sorted(identity))
     return f"{rule_id}{{{inner}}}"
-
-
-def identity_of(labels: Mapping[str, str]) -> dict[str, str]:
-    return {k: labels[k] for k in IDENTITY_LABELS if k in labels}
 
 
 class _Shared:

@@ -35,37 +35,19 @@ from typing import Any
 
 from mistwatch.durations import parse_duration
 from mistwatch.errors import ConfigError
-from mistwatch.hookspecs import RuleKind
+from mistwatch.hookspecs import RuleKind, RuleSpecError, duration_schema
 from mistwatch.model import SEVERITIES, severity_rank
 from mistwatch.rules.expr import Expression, ExpressionError, Template
 from mistwatch.rules.variables import template_variables
 from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
-DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*)+$"
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 #: the entity kinds of the hierarchy every collector fills (org > site > device), and the events' scope
 BASE_SCOPES = ("org", "site", "device", "event")
 
 
-class RuleSpecError(ValueError):
-    """Raised by a kind's ``compile`` for a rule it cannot accept; ``key`` names the offending key."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-
-
 # --- schema ------------------------------------------------------------------------------------
 
-DURATION_MESSAGE = "must be a duration like 90s, 10m, 2h, 1d (or a number of seconds)"
-
-
-def duration_schema(description: str = "") -> dict[str, Any]:
-    """A duration: ``"90s"``, ``"10m"``, ``"1h30m"``, ``"7d"``, or a number of seconds."""
-    return {"description": description, "oneOf": [
-        {"type": "string", "pattern": DURATION_PATTERN, "x-message": DURATION_MESSAGE},
-        {"type": "number", "minimum": 0, "x-message": DURATION_MESSAGE},
-    ], "x-message": DURATION_MESSAGE}
 
 
 _MATCHER_VALUE: dict[str, Any] = {"oneOf": [

@@ -11,7 +11,7 @@ from fixtures_rules import REPO
 
 from mistwatch.cli import main
 from mistwatch.plugins.rulekinds import builtin_kinds
-from mistwatch.rules.loader import file_schema
+from mistwatch.rules.schema import file_schema
 
 GOOD = "id: ok\nkind: threshold\nmetric: device.cpu\nscope: device\nabove: 90\n"
 

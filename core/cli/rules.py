@@ -153,6 +153,6 @@ def test(ctx: click.Context, files: tuple[Path, ...], config_path: Path | None) 
 @_CONFIG_OPTION
 def schema(config_path: Path | None) -> None:
     """Print the JSON Schema of rule files (for editors), with every registered kind."""
-    from mistwatch.rules.loader import file_schema
+    from mistwatch.rules.schema import file_schema
 
     click.echo(json.dumps(file_schema(_host(_config_plugins_dir(config_path)).rule_kinds()), indent=2))

@@ -41,11 +41,11 @@ from typing import Any
 
 from mistwatch.durations import parse_duration, parse_time
 from mistwatch.errors import ConfigError
-from mistwatch.hookspecs import RuleKind
+from mistwatch.hookspecs import RuleKind, duration_schema
 from mistwatch.model import SEVERITIES, Alert, CollectorError, Entity, Event, Snapshot
 from mistwatch.rules.evaluator import MemoryHistory, evaluate
 from mistwatch.rules.lifecycle import advance
-from mistwatch.rules.loader import RuleSet, duration_schema, load_rules
+from mistwatch.rules.loader import RuleSet, load_rules
 from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)

@@ -105,6 +105,16 @@ def inhibited(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str
     return out
 
 
+def superseded_reason(alert: Alert) -> str | None:
+    """Why a firing alert is held back because a more telling alert of the same entity replaces it
+    (the rules stage marks it: ``supersedes:`` in the rules)."""
+    rule = alert.annotations.get("superseded_by_rule")
+    if not rule:
+        return None
+    site = alert.labels.get("site_name") or alert.labels.get("site_id")
+    return f"superseded by {rule}" + (f" at {site}" if site else "")
+
+
 def active_silences(silences: Sequence[outbox.Silence], now: datetime) -> list[tuple[outbox.Silence, list[Matcher]]]:
     """The silences in force at ``now`` with their parsed matchers (a stored matcher that no longer
     parses is skipped rather than muting everything)."""
@@ -182,7 +192,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
     routes: dict[tuple[str, str], tuple[Route, tuple[tuple[str, str], ...]]] = {}
     for alert in firing:
         targets = route_targets(alert, settings.routes)
-        why = reasons.get(alert.key) or muted(alert, in_force, settings.maintenance, now)
+        why = reasons.get(alert.key) or superseded_reason(alert) or muted(alert, in_force, settings.maintenance, now)
         if why:
             suppressed.append(Suppressed(alert.key, why, alert_name(alert)))
         elif not targets:

@@ -213,6 +213,8 @@ def alert_dict(a: Alert) -> dict[str, Any]:
         "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
         "pending_since": iso(a.pending_since), "firing_since": iso(a.firing_since),
         "resolved_at": iso(a.resolved_at),
+        # held back from notifications because a more telling alert of the same entity replaces it
+        "superseded_by": a.annotations.get("superseded_by_rule") if a.state == "firing" else None,
     }
 
 

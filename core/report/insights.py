@@ -72,7 +72,10 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
         for alert in alerts:
             since = _since(alert)
             ago = f"{format_duration(now - since)} ago" if since is not None and now >= since else ""
-            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", alert.rule_id,
+            rule = alert.rule_id
+            if alert.state == "firing" and alert.annotations.get("superseded_by_rule"):
+                rule += f"\n[dim](superseded by {alert.annotations['superseded_by_rule']})[/dim]"
+            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", rule,
                    alert.labels.get("site_name", ""), alert.labels.get("device_name", ""), versus(alert),
                    f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", ago]
             if wide:
@@ -131,6 +134,7 @@ def insights_json(outcome: Any) -> dict[str, Any]:
             "summary": a.summary, "description": a.description, "recommendation": a.recommendation,
             "pending_since": _iso(a.pending_since), "firing_since": _iso(a.firing_since),
             "resolved_at": _iso(a.resolved_at), "causes": list(a.causes),
+            "superseded_by": a.annotations.get("superseded_by") if a.state == "firing" else None,
         } for a in alerts],
         "notes": [{"rule": n.rule_id, "kind": n.kind, "text": n.text} for n in outcome.notes],
     }

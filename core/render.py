@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mistwatch.durations import format_duration
-from mistwatch.model import Alert, Notification
+from mistwatch.model import Alert, Notification, severity_rank
 
 #: Colours per severity (and for resolved), shared by the notifiers so every channel looks alike.
 SEVERITY_COLORS: dict[str, str] = {
@@ -39,6 +39,14 @@ class AlertRow:
     recommendation: str
     description: str
     new: bool = False  # firing and not in the group's previous message
+
+
+def alert_order(a: Alert) -> tuple[object, ...]:
+    """The one order of alerts in every message and listing: firing before resolved, then the most
+    severe first, then by site, rule and device (the key breaks the last ties), so the same alerts
+    always read the same way."""
+    return (a.state == "resolved", -severity_rank(a.severity), (a.labels.get("site_name") or "").casefold(),
+            a.rule_id, (a.labels.get("device_name") or "").casefold(), a.key)
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -93,7 +101,7 @@ def _value_and_reference(a: Alert) -> tuple[str, str]:
 def alert_rows(n: Notification) -> list[AlertRow]:
     rows = []
     new_keys = set(n.data.get("new") or ())
-    for a in n.alerts:
+    for a in sorted(n.alerts, key=alert_order):
         value, reference = _value_and_reference(a)
         start = a.firing_since or a.pending_since
         if a.state == "resolved":

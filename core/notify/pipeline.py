@@ -37,7 +37,7 @@ from mistwatch.notify.settings import (
     matches_all,
     parse_matcher,
 )
-from mistwatch.render import fmt_time, plain_text
+from mistwatch.render import alert_order, fmt_time, plain_text
 
 TITLE_PREFIX = "[mistwatch]"
 
@@ -180,7 +180,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
          silences: Sequence[outbox.Silence], now: datetime, *, attachments: Sequence[Attachment] = (),
          new_id: Any = outbox.new_id) -> Plan:
     """Decide what to send this cycle. Pure: no I/O."""
-    firing = [a for a in alerts if a.state == "firing"]
+    firing = sorted((a for a in alerts if a.state == "firing"), key=alert_order)
     resolved = {a.key: a for a in alerts if a.state == "resolved"}
     reasons = inhibited(firing, settings.inhibit)
     in_force = active_silences(silences, now)
@@ -222,13 +222,13 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
                             [a.key for a in visible.get(slot, [])] + sorted(muted_keys.get(slot, set())),
                             told_before)
         settings_entry = settings.notifiers.get(name)
-        now_visible = sorted(visible.get(slot, []), key=lambda a: (-severity_rank(a.severity), a.key))
+        now_visible = sorted(visible.get(slot, []), key=alert_order)
         hidden = muted_keys.get(slot, set())
         prev = entry.firing
         new = [a for a in now_visible if a.key not in prev]
         raised = [a for a in now_visible
                   if a.key in prev and severity_rank(a.severity) > severity_rank(prev[a.key])]
-        gone_resolved = [resolved[k] for k in sorted(prev) if k in resolved]
+        gone_resolved = sorted((resolved[k] for k in prev if k in resolved), key=alert_order)
         send_resolved = bool(settings_entry.get("send_resolved", True)) if settings_entry else False
         route_info = routes.get(slot)
         repeat = route_info[0].repeat_interval if route_info else DEFAULT_REPEAT
@@ -253,9 +253,17 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
                 entry.thread_id = n.id
         entries.append(entry)
 
+    notifications.sort(key=_message_order)
     warnings = [f"alerts are routed to notifier {name!r}, which is not configured"
                 for name in sorted({n for _, n in visible} - set(settings.notifiers))]
     return Plan(notifications, entries, suppressed, warnings)
+
+
+def _message_order(n: Notification) -> tuple[object, ...]:
+    """Messages in the order of their first alert (the most severe, then site, then rule), then by
+    notifier: a cycle's messages arrive in the same order every time."""
+    first = min(n.alerts, key=alert_order) if n.alerts else None
+    return (alert_order(first) if first is not None else (), n.notifier)
 
 
 def _carry_over(entry: LogEntry, keys: Sequence[str], told_before: Mapping[tuple[str, str], LogEntry]) -> LogEntry:

@@ -133,53 +133,24 @@ def test_the_report_lists_a_superseded_alert_with_the_rule_that_replaces_it():
 
 # -- the default pack on the demo's bad morning -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo_morning(tmp_path_factory):
-    """Run the demo's timeline up to the worst cycle; the notified firing alerts and the alerts
-    of that cycle."""
-    import contextlib
-    import io
-    from datetime import datetime, timezone
-
-    from mistwatch import close_app, open_app, run_cycle
-    from mistwatch.plugins.mist.commands import DEMO_TIMELINE, write_demo_config
-    from mistwatch.plugins.mist.simulator import SimulatedOrg, serve
-
-    start = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
-    org = SimulatedOrg(sites=12, now=start)
-    notified, last = [], None
-    with serve(org) as server:
-        app = open_app(write_demo_config(tmp_path_factory.mktemp("demo"), server))
-        try:
-            for scenario, offset, _ in DEMO_TIMELINE[:6]:  # up to the last degraded cycle
-                org.set_scenario(scenario)
-                org.now = start + offset
-                with contextlib.redirect_stdout(io.StringIO()):
-                    last = run_cycle(app, mode="all", now=org.now)
-                notified += [a for n in last.notify.planned for a in n.alerts if a.state == "firing"]
-        finally:
-            close_app(app)
-    return notified, last.rules.alerts
-
-
 def _rules_at(alerts, site_name):
     return sorted({a.rule_id for a in alerts if a.labels.get("site_name") == site_name})
 
 
 def test_the_demo_notifies_one_alert_per_sle_at_vienna(demo_morning):
-    notified, _ = demo_morning
+    notified = demo_morning.notified
     assert _rules_at(notified, "Vienna Branch 1") == [
         "site-clients-drop", "wifi-capacity-drop", "wifi-coverage-drop", "wifi-time-to-connect-drop"]
 
 
 def test_the_demo_keeps_the_superseded_sle_levels_firing_for_the_report(demo_morning):
-    _, alerts = demo_morning
+    alerts = demo_morning.result.rules.alerts
     low = [a for a in alerts if a.labels.get("site_name") == "Vienna Branch 1" and a.rule_id.endswith("-low")]
     assert low and all(a.state == "firing" and a.annotations["superseded_by_rule"].endswith("-drop") for a in low)
 
 
 def test_the_demo_correlation_names_its_causes_instead_of_pasting_their_summaries(demo_morning):
-    _, alerts = demo_morning
+    alerts = demo_morning.result.rules.alerts
     degraded = next(a for a in alerts if a.rule_id == "site-degraded")
     assert degraded.summary == ("Seattle Branch 1 degraded: site-devices-down, wan-gateway-health-drop, "
                                 "wired-switch-health-drop")

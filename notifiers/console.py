@@ -47,6 +47,8 @@ def render(n: Notification, *, recommendations: bool = False) -> Any:
         summary = Text(redact(r.summary))
         if recommendations and r.recommendation and r.state == "firing":
             summary.append("\n" + redact(r.recommendation), style="dim")
+        if r.link:
+            summary.append("\n" + r.link, style=f"dim link {r.link}")
         table.add_row(state, summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
                       Text(r.reference), Text(f"{r.since}\n{r.duration}".strip()))
     return Panel(table, title=Text(redact(n.title)), border_style=style)

@@ -1,6 +1,12 @@
 """Rendering a notification for people, shared by every notifier (built-in or third-party): one row per
 alert with values in the units people use, severity colours, a plain-text body.
 
+- ``alert_rows(n)``: the rows, in ``alert_order`` (firing first, then severity, site, rule), each with
+  ``new`` (not in the group's previous message), ``link`` (the entity's ``portal_url`` label) and, for
+  a resolved alert, a ``summary`` that gives the value it resolved at (the firing one is ``problem``).
+- ``value_texts(alert)``: value and threshold/baseline texts, also used by listings and reports.
+- ``plain_text(n)``: a plain-text body.
+
 Part of the public API for notifier authors, with ``mistwatch``, ``mistwatch.hookspecs`` and
 ``mistwatch.model``.
 """

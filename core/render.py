@@ -1,6 +1,12 @@
 """Rendering a notification for people, shared by every notifier (built-in or third-party): one row per
 alert with values in the units people use, severity colours, a plain-text body.
 
+- ``alert_rows(n)``: the rows, in ``alert_order`` (firing first, then severity, site, rule), each with
+  ``new`` (not in the group's previous message), ``link`` (the entity's ``portal_url`` label) and, for
+  a resolved alert, a ``summary`` that gives the value it resolved at (the firing one is ``problem``).
+- ``value_texts(alert)``: value and threshold/baseline texts, also used by listings and reports.
+- ``plain_text(n)``: a plain-text body.
+
 Part of the public API for notifier authors, with ``mistwatch``, ``mistwatch.hookspecs`` and
 ``mistwatch.model``.
 """
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mistwatch.durations import format_duration
-from mistwatch.model import Alert, Notification
+from mistwatch.model import Alert, Notification, severity_rank
 
 #: Colours per severity (and for resolved), shared by the notifiers so every channel looks alike.
 SEVERITY_COLORS: dict[str, str] = {
@@ -39,6 +45,18 @@ class AlertRow:
     recommendation: str
     description: str
     new: bool = False  # firing and not in the group's previous message
+    #: the page for this alert in the source's own portal (an entity's ``portal_url`` label), or ""
+    link: str = ""
+    #: the firing summary, also for a resolved row (whose ``summary`` is its resolved line)
+    problem: str = ""
+
+
+def alert_order(a: Alert) -> tuple[object, ...]:
+    """The one order of alerts in every message and listing: firing before resolved, then the most
+    severe first, then by site, rule and device (the key breaks the last ties), so the same alerts
+    always read the same way."""
+    return (a.state == "resolved", -severity_rank(a.severity), (a.labels.get("site_name") or "").casefold(),
+            a.rule_id, (a.labels.get("device_name") or "").casefold(), a.key)
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -61,26 +79,43 @@ def fmt_number(value: float | None, unit: str = "") -> str:
     return f"{text}{unit}" if unit == "%" else f"{text} {unit}"
 
 
-def _value_and_reference(a: Alert) -> tuple[str, str]:
-    """The value and ``threshold ..., baseline ...`` texts of a row, in the units the summaries use.
+#: Metrics that are fractions 0..1, shown as percent like the rules' ``pct`` filter: by prefix or suffix.
+PERCENT_PREFIXES: tuple[str, ...] = ("sle.",)
+PERCENT_SUFFIXES: tuple[str, ...] = ("_ratio",)
 
-    SLE metrics are fractions (0.12) that every summary shows as percent (12%); a change rule's
-    threshold is the size of the change (``unit`` absolute or percent), not a level of the value."""
+
+def is_flag(a: Alert) -> bool:
+    """A yes/no metric (1 connected, 0 not) held against 0.5: its summary says it all ("is offline"),
+    and "0 / threshold 0.5" would only puzzle people."""
+    return a.threshold == 0.5 and a.value in (0.0, 1.0, None) and not a.annotations.get("unit")
+
+
+def value_texts(a: Alert) -> tuple[str, str]:
+    """The value and ``threshold ..., baseline ...`` texts of an alert, in the units people use, for
+    every notifier, listing and report alike.
+
+    Fractions (SLEs, ``*_ratio`` metrics) are percent with no decimals, as the summaries' ``pct``
+    shows them (0.551 -> 55%); counts are whole numbers; a yes/no metric shows neither; a change
+    rule's threshold is the size of the change (``unit`` absolute: points for a percent value;
+    percent: %), not a level of the value."""
+    if is_flag(a):
+        return "", ""
     unit = str(a.annotations.get("value_unit", "") or "")  # e.g. "ms" if a rule kind provides one
-    scale = 1.0
-    if not unit and str(a.annotations.get("metric", "")).startswith("sle."):
-        unit, scale = "%", 100.0
+    metric = str(a.annotations.get("metric", "") or "")
+    percent = not unit and (metric.startswith(PERCENT_PREFIXES) or metric.endswith(PERCENT_SUFFIXES))
     change = a.annotations.get("unit") if a.annotations.get("unit") in ("absolute", "percent") else None
 
     def show(v: float | None) -> str:
-        return fmt_number(None if v is None else v * scale, unit)
+        if v is None:
+            return ""
+        return f"{v * 100:.0f}%" if percent else fmt_number(v, unit)
 
     parts = []
     if a.threshold is not None:
         if change == "percent":
             parts.append(f"change threshold {fmt_number(a.threshold)}%")
-        elif change == "absolute" and unit == "%":
-            parts.append(f"change threshold {fmt_number(a.threshold * scale)} points")
+        elif change == "absolute" and percent:
+            parts.append(f"change threshold {fmt_number(round(a.threshold * 100, 1))} points")
         elif change == "absolute":
             parts.append(f"change threshold {fmt_number(a.threshold, unit)}")
         else:
@@ -90,11 +125,24 @@ def _value_and_reference(a: Alert) -> tuple[str, str]:
     return show(a.value), ", ".join(parts)
 
 
+_value_and_reference = value_texts  # the name notifiers used before it was public
+
+
+def resolved_line(a: Alert) -> str:
+    """What a resolved alert says: the rule and where, and the value it resolved at, never the
+    firing summary (``ap-offline AP-01 at Dublin: resolved, now 97%``)."""
+    device = a.labels.get("device_name") or a.labels.get("device_id")
+    site = a.labels.get("site_name") or a.labels.get("site_id")
+    where = " ".join(x for x in ((device or ""), (f"at {site}" if site else "")) if x)
+    value, _ = value_texts(a)
+    return f"{a.rule_id}{' ' + where if where else ''}: resolved" + (f", now {value}" if value else "")
+
+
 def alert_rows(n: Notification) -> list[AlertRow]:
     rows = []
     new_keys = set(n.data.get("new") or ())
-    for a in n.alerts:
-        value, reference = _value_and_reference(a)
+    for a in sorted(n.alerts, key=alert_order):
+        value, reference = value_texts(a)
         start = a.firing_since or a.pending_since
         if a.state == "resolved":
             end = a.resolved_at or n.created_at
@@ -111,12 +159,18 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             key=a.key, state=a.state, severity=a.severity,
             color=SEVERITY_COLORS["resolved" if a.state == "resolved" else a.severity]
             if (a.state == "resolved" or a.severity in SEVERITY_COLORS) else SEVERITY_COLORS["info"],
-            rule_id=a.rule_id, summary=a.summary or a.rule_id,
+            rule_id=a.rule_id, summary=resolved_line(a) if a.state == "resolved" else (a.summary or a.rule_id),
             site=a.labels.get("site_name") or a.labels.get("site_id") or "", device=device,
             value=value, reference=reference, since=fmt_time(start), duration=duration,
             resolved_at=fmt_time(a.resolved_at), recommendation=a.recommendation, description=a.description,
-            new=a.state == "firing" and a.key in new_keys))
+            new=a.state == "firing" and a.key in new_keys, link=alert_link(a), problem=a.summary or a.rule_id))
     return rows
+
+
+def alert_link(a: Alert) -> str:
+    """The alert's ``portal_url`` label (a collector sets it on its entities), if it is a web address."""
+    url = str(a.labels.get("portal_url") or "")
+    return url if url.startswith(("https://", "http://")) and not any(c in url for c in " \r\n\t<>\"") else ""
 
 
 def plain_text(n: Notification) -> str:
@@ -138,6 +192,8 @@ def plain_text(n: Notification) -> str:
                 lines.append(f"  value{' at resolution' if state == 'resolved' else ''}: {value}")
             if r.since:
                 lines.append(f"  since: {r.since}, {r.duration}" if r.duration else f"  since: {r.since}")
+            if r.link:
+                lines.append(f"  open: {r.link}")
             if r.recommendation and state == "firing":
                 lines.append(f"  recommendation: {r.recommendation}")
         lines.append("")

@@ -40,12 +40,16 @@ def render(n: Notification, *, recommendations: bool = False) -> Any:
     for column in ("State", "Alert", "Site", "Device", "Value", "Threshold / baseline", "Since"):
         table.add_column(column)
     for r in rows:
-        state = "RESOLVED" if r.state == "resolved" else r.severity.upper()
+        state = Text("RESOLVED" if r.state == "resolved" else r.severity.upper(),
+                     style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, ""))
+        if r.new:  # as email, Slack and Teams do: what this message adds to the group's last one
+            state.append("\nNEW", style="bold reverse")
         summary = Text(redact(r.summary))
         if recommendations and r.recommendation and r.state == "firing":
             summary.append("\n" + redact(r.recommendation), style="dim")
-        table.add_row(Text(state, style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, "")),
-                      summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
+        if r.link:
+            summary.append("\n" + r.link, style=f"dim link {r.link}")
+        table.add_row(state, summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
                       Text(r.reference), Text(f"{r.since}\n{r.duration}".strip()))
     return Panel(table, title=Text(redact(n.title)), border_style=style)
 

@@ -58,6 +58,8 @@ def payload(n: Notification) -> dict[str, Any]:
             lines.append(f"*Since:* {escape(r.since)}" + (f", {escape(r.duration)}" if r.duration else ""))
         if r.recommendation and r.state == "firing":
             lines.append(f"_{escape(r.recommendation)}_")
+        if r.link:
+            lines.append(f"<{escape(r.link)}|Open in the portal>")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}})
     if len(rows) > MAX_ALERT_BLOCKS:
         more = len(rows) - MAX_ALERT_BLOCKS

@@ -55,11 +55,13 @@ def card(n: Notification) -> dict[str, Any]:
             facts.append({"title": "Since", "value": r.since + (f", {r.duration}" if r.duration else "")})
         if r.recommendation and r.state == "firing":
             facts.append({"title": "Recommendation", "value": r.recommendation})
-        container = {"type": "Container", "style": _STYLE.get(state, "default"), "items": [
+        container: dict[str, Any] = {"type": "Container", "style": _STYLE.get(state, "default"), "items": [
             {"type": "TextBlock", "text": f"{state.upper()}{' (new)' if r.new else ''}: {r.summary}",
              "weight": "Bolder", "wrap": True},
             {"type": "FactSet", "facts": [f for f in facts if f["value"]]},
         ]}
+        if r.link:
+            container["selectAction"] = {"type": "Action.OpenUrl", "url": r.link, "title": "Open in the portal"}
         if shown and size + _size(container) > MAX_CARD_BYTES:
             break
         body.append(container)

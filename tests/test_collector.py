@@ -104,6 +104,35 @@ def test_config_check_lines_name_the_api_host_of_the_cloud_and_mask_the_token():
     assert lines == {"Mist API": "https://api.mist.com (cloud global01)", "Org id": "org-123", "Token": "***"}
 
 
+@pytest.mark.parametrize(("base_url", "portal"), [
+    ("https://api.mist.com", "https://manage.mist.com"),
+    ("https://api.eu.mist.com", "https://manage.eu.mist.com"),
+    ("https://api.gc1.mist.com", "https://manage.gc1.mist.com"),
+    ("https://api.ac5.mist.com", "https://manage.ac5.mist.com"),
+    ("http://127.0.0.1:8765", None),
+    ("https://api.example.com", None),
+])
+def test_the_portal_follows_the_configured_cloud(base_url, portal):
+    from mistwatch.plugins.mist.client import portal_root
+
+    assert portal_root(base_url) == portal
+
+
+def test_every_entity_links_to_its_page_in_the_portal(collector, healthy):
+    snap = collect(collector, healthy, portal_url="https://manage.eu.mist.com")
+    org_id = healthy.org.org_id
+    home = f"https://manage.eu.mist.com/admin/?org_id={org_id}"
+    (org,) = by_kind(snap, "org")
+    assert org.labels["portal_url"] == home
+    site = by_kind(snap, "site")[0]
+    sid = site.labels["site_id"]
+    assert site.labels["portal_url"] == f"{home}#!dashboard/insights/site/{sid}/today/{sid}"
+    for device in by_kind(snap, "device"):
+        labels = device.labels
+        assert labels["portal_url"] == (f"{home}#!{labels['device_type']}/detail/{labels['device_id']}/"
+                                        f"{labels['site_id']}")
+
+
 def test_settings_schema_accepts_a_cloud_or_a_base_url_and_rejects_the_rest():
     validator = jsonschema.Draft202012Validator(settings_schema())
     assert validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o"})

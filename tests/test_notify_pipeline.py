@@ -365,7 +365,7 @@ def test_a_row_shows_threshold_and_baseline_when_the_rule_has_both():
 @pytest.mark.parametrize(("rule_id", "value", "threshold", "baseline", "annotations", "expected"), [
     ("wifi-coverage-low", 0.12, 0.75, None, {"metric": "sle.wifi.coverage"}, ("12%", "threshold 75%")),
     ("wifi-coverage-drop", 0.1, 0.2, 0.975, {"metric": "sle.wifi.coverage", "unit": "absolute"},
-     ("10%", "change threshold 20 points, baseline 97.5%")),
+     ("10%", "change threshold 20 points, baseline 98%")),
     ("site-clients-drop", 14.0, 40.0, 35.0, {"metric": "site.clients", "unit": "percent"},
      ("14", "change threshold 40%, baseline 35")),
     ("site-gateway-down", 0.0, 1.0, None, {"metric": "site.gateway_connected"}, ("0", "threshold 1")),

@@ -54,8 +54,8 @@ def test_table_lists_alerts_by_state_severity_and_site_with_value_vs_threshold(t
     outcome, cycles = _outcome(tmp_path)
     text = _render(outcome, 200, cycles.now + timedelta(minutes=5))
     rows = [line for line in text.splitlines() if "cov-low" in line or "ap-down" in line]
-    assert "critical" in rows[0] and "Dublin" in rows[0] and "70.0% / 75.0%" in rows[0]
-    assert "major" in rows[1] and "Cork" in rows[1] and "85.0% / 90.0%" in rows[1]
+    assert "critical" in rows[0] and "Dublin" in rows[0] and "70% / 75%" in rows[0]
+    assert "major" in rows[1] and "Cork" in rows[1] and "85% / 90%" in rows[1]
     assert "pending" in rows[2] and "ap-01" in rows[2] and "5m ago" in rows[2]
     assert "Check AP placement." in text
     assert "insufficient history for sle.wifi.coverage" in text

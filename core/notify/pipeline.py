@@ -37,7 +37,7 @@ from mistwatch.notify.settings import (
     matches_all,
     parse_matcher,
 )
-from mistwatch.render import fmt_time, plain_text
+from mistwatch.render import alert_order, fmt_time, plain_text
 
 TITLE_PREFIX = "[mistwatch]"
 
@@ -105,6 +105,16 @@ def inhibited(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str
     return out
 
 
+def superseded_reason(alert: Alert) -> str | None:
+    """Why a firing alert is held back because a more telling alert of the same entity replaces it
+    (the rules stage marks it: ``supersedes:`` in the rules)."""
+    rule = alert.annotations.get("superseded_by_rule")
+    if not rule:
+        return None
+    site = alert.labels.get("site_name") or alert.labels.get("site_id")
+    return f"superseded by {rule}" + (f" at {site}" if site else "")
+
+
 def active_silences(silences: Sequence[outbox.Silence], now: datetime) -> list[tuple[outbox.Silence, list[Matcher]]]:
     """The silences in force at ``now`` with their parsed matchers (a stored matcher that no longer
     parses is skipped rather than muting everything)."""
@@ -170,7 +180,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
          silences: Sequence[outbox.Silence], now: datetime, *, attachments: Sequence[Attachment] = (),
          new_id: Any = outbox.new_id) -> Plan:
     """Decide what to send this cycle. Pure: no I/O."""
-    firing = [a for a in alerts if a.state == "firing"]
+    firing = sorted((a for a in alerts if a.state == "firing"), key=alert_order)
     resolved = {a.key: a for a in alerts if a.state == "resolved"}
     reasons = inhibited(firing, settings.inhibit)
     in_force = active_silences(silences, now)
@@ -182,7 +192,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
     routes: dict[tuple[str, str], tuple[Route, tuple[tuple[str, str], ...]]] = {}
     for alert in firing:
         targets = route_targets(alert, settings.routes)
-        why = reasons.get(alert.key) or muted(alert, in_force, settings.maintenance, now)
+        why = reasons.get(alert.key) or superseded_reason(alert) or muted(alert, in_force, settings.maintenance, now)
         if why:
             suppressed.append(Suppressed(alert.key, why, alert_name(alert)))
         elif not targets:
@@ -212,13 +222,13 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
                             [a.key for a in visible.get(slot, [])] + sorted(muted_keys.get(slot, set())),
                             told_before)
         settings_entry = settings.notifiers.get(name)
-        now_visible = sorted(visible.get(slot, []), key=lambda a: (-severity_rank(a.severity), a.key))
+        now_visible = sorted(visible.get(slot, []), key=alert_order)
         hidden = muted_keys.get(slot, set())
         prev = entry.firing
         new = [a for a in now_visible if a.key not in prev]
         raised = [a for a in now_visible
                   if a.key in prev and severity_rank(a.severity) > severity_rank(prev[a.key])]
-        gone_resolved = [resolved[k] for k in sorted(prev) if k in resolved]
+        gone_resolved = sorted((resolved[k] for k in prev if k in resolved), key=alert_order)
         send_resolved = bool(settings_entry.get("send_resolved", True)) if settings_entry else False
         route_info = routes.get(slot)
         repeat = route_info[0].repeat_interval if route_info else DEFAULT_REPEAT
@@ -243,9 +253,17 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
                 entry.thread_id = n.id
         entries.append(entry)
 
+    notifications.sort(key=_message_order)
     warnings = [f"alerts are routed to notifier {name!r}, which is not configured"
                 for name in sorted({n for _, n in visible} - set(settings.notifiers))]
     return Plan(notifications, entries, suppressed, warnings)
+
+
+def _message_order(n: Notification) -> tuple[object, ...]:
+    """Messages in the order of their first alert (the most severe, then site, then rule), then by
+    notifier: a cycle's messages arrive in the same order every time."""
+    first = min(n.alerts, key=alert_order) if n.alerts else None
+    return (alert_order(first) if first is not None else (), n.notifier)
 
 
 def _carry_over(entry: LogEntry, keys: Sequence[str], told_before: Mapping[tuple[str, str], LogEntry]) -> LogEntry:

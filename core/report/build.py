@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mistwatch.model import Alert, Snapshot, severity_rank
+from mistwatch.render import alert_link
 from mistwatch.report.health import HealthResult, Score
 from mistwatch.secrets import redact
 
@@ -213,6 +214,9 @@ def alert_dict(a: Alert) -> dict[str, Any]:
         "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
         "pending_since": iso(a.pending_since), "firing_since": iso(a.firing_since),
         "resolved_at": iso(a.resolved_at),
+        # held back from notifications because a more telling alert of the same entity replaces it
+        "superseded_by": a.annotations.get("superseded_by_rule") if a.state == "firing" else None,
+        "link": alert_link(a) or None,
     }
 
 

@@ -1,39 +1,19 @@
 """Health scores, 0 to 100, per site and per device, explained component by component.
 
-A score starts at 100 and each component costs points in proportion to how bad it is:
+A score starts at 100 and loses points for what is measured at the site and for our firing alerts
+there. The model, with the demo's worked examples, is in ``docs/health.md``:
 
-    points lost = effective weight x badness (0 = fine, 1 = as bad as it gets)
-
-Site components and their default weights (``health.weights`` in the config overrides any of them):
-
-==================  ======  ===================================================================
-component           weight  badness
-==================  ======  ===================================================================
-``availability``    40      share of the site's devices that are disconnected
-``sle.<family>.*``  30      for each SLE the site reports, how far it is below its target:
-                            0 at or above ``sle.target`` (0.90), 1 at or below ``sle.floor``
-                            (0.50), linear between. The SLEs share the 30 points as a group: the
-                            group costs 30 x min(1, sum of the SLEs' badness), split among them in
-                            proportion to their badness, so one collapsed SLE costs the whole 30
-                            however many SLEs the site has. A weight naming an SLE
-                            (``sle.wifi.coverage: 15``) takes it out of the group as a component
-                            of its own.
-``mist_alarms``     10      open Mist alarms: each critical costs ``alarm.critical`` (1.0) of the
-                            component, each major ``alarm.major`` (0.5), others ``alarm.other``
-                            (0.2); capped at 1
-``alerts``          20      our firing alerts at the site (device alerts included): each costs
-                            ``alert.<severity>`` (critical 1.0, major 0.5, minor 0.25, info 0)
-==================  ======  ===================================================================
-
-Device components: ``device.connected`` (60; a disconnected device scores 0 outright),
-``device.cpu`` (10; badness rises from 0 at ``device.cpu_from`` = 80 % to 1 at 100 %),
-``device.memory`` (10; from ``device.memory_from`` = 85 %), ``device.alerts`` (20; as above, for
-alerts naming the device).
+- measured components share ``100 - alerts`` points (80 by default) in proportion to their weights:
+  ``availability`` (50: the impact of disconnected devices by role: a site without its WAN edge or
+  its switches is worse off than one with some APs down), ``sle`` (20, shared by the site's SLEs)
+  and ``mist_alarms`` (10);
+- ``alerts`` (20) is never rescaled: each firing alert costs its severity's share of it (critical
+  1.0 = 20 points, major 0.5 = 10, minor 0.25 = 5, info 0), capped at the whole 20.
 
 Unknown data is never read as good or bad: a component whose source failed this cycle is skipped and
-listed in ``Score.unknown``, and the weights of the known components are scaled up to share the 100
-points, so ``sum(points lost) == 100 - score`` always holds. With no measured component known (only
-our alerts), the score is ``None``.
+listed in ``Score.unknown``, and the known measured components are scaled up to share their points,
+so ``sum(points lost) == 100 - score`` always holds. With nothing measured (only our alerts, or
+an entity no collector measures) the score is ``None``.
 A component that does not apply (a site without devices or SLEs) is left out silently.
 
 Everything here is pure: no I/O, no clock.
@@ -47,10 +27,14 @@ from dataclasses import dataclass, field
 from mistwatch.model import Alert, Entity, Snapshot, severity_rank
 
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "availability": 40.0,
-    "sle": 30.0,
+    "availability": 50.0,
+    "sle": 20.0,
     "mist_alarms": 10.0,
     "alerts": 20.0,
+    # what losing every device of a role does to a site (availability badness, 0..1)
+    "impact.gateway": 1.0,  # no WAN edge: the site is cut off
+    "impact.switch": 0.8,  # no switching: wired clients and most APs are down with it
+    "impact.ap": 0.6,  # no Wi-Fi, but wired and WAN still work
     "alarm.critical": 1.0,
     "alarm.major": 0.5,
     "alarm.other": 0.2,
@@ -123,16 +107,22 @@ class _Shared(dict):
         return self.setdefault(component, component)
 
 
+_ALERT_PARTS = ("alerts", "device.alerts")
+
+
 def _finish(key: str, name: str, parts: list[_Part], unknown: list[str], shared: _Shared | None = None) -> Score:
-    """Scale the parts' weights to share 100 points and turn badness into points lost."""
-    total = sum(p[1] for p in parts)
-    measured = [p for p in parts if p[0] not in ("alerts", "device.alerts")]
-    if total <= 0 or (unknown and not measured):
-        # only our own alerts are left: a site we cannot see is unknown, not healthy
+    """Scale the measured parts' weights to share what the alerts leave of 100 points, and turn
+    badness into points lost. Alerts cost their stated weight, never scaled up."""
+    alert_weight = sum(p[1] for p in parts if p[0] in _ALERT_PARTS)
+    measured_weight = sum(p[1] for p in parts if p[0] not in _ALERT_PARTS)
+    if measured_weight <= 0:
+        # only our own alerts are left: what we cannot measure has no score, not a healthy one
         return Score(key, name, None, [], unknown)
+    scale = max(0.0, 100.0 - alert_weight) / measured_weight
     components: list[_Component] = []
     for comp, weight, badness, detail, members in parts:
-        lost = weight * 100.0 / total * min(1.0, max(0.0, badness))
+        effective = weight if comp in _ALERT_PARTS else weight * scale
+        lost = effective * min(1.0, max(0.0, badness))
         if not members:
             components.append((comp, round(lost, 1), detail))
             continue
@@ -157,6 +147,36 @@ def _alert_cost(alerts: Sequence[Alert], w: Mapping[str, float]) -> tuple[float,
     return cost, f"{text} firing"
 
 
+_ROLES = (("gateway", "gateway", "no WAN edge"), ("switch", "switch", "no switching"), ("ap", "AP", ""))
+
+
+def _availability(m: Mapping[str, float], w: Mapping[str, float]) -> tuple[float, str]:
+    """The impact of the site's disconnected devices, 0..1, by role: losing every device of a role
+    costs ``impact.<role>`` (gateway 1.0, switch 0.8, AP 0.6), losing some of them that share of it.
+    Roles combine like independent failures, 1 - (1 - a)(1 - b)...: a site without its gateway is
+    as bad as it gets, one without switches nearly so, whatever share of its devices that is. Without
+    per-role counts (another collector), the share of devices down."""
+    total, up = m["site.devices_total"], min(m["site.devices_connected"], m["site.devices_total"])
+    down = int(total - up)
+    detail = f"{down} of {int(total)} devices disconnected" if down else f"all {int(total)} devices connected"
+    roles = [(role, label, note, m[f"site.{role}_total"], m.get(f"site.{role}_connected"))
+             for role, label, note in _ROLES if m.get(f"site.{role}_total", 0) > 0]
+    if not roles or any(r[4] is None for r in roles):
+        return (total - up) / total, detail
+    intact, lost = 1.0, []
+    for role, label, note, role_total, role_up in roles:
+        role_down = role_total - min(role_up, role_total)
+        if role_down <= 0:
+            continue
+        intact *= 1.0 - w[f"impact.{role}"] * role_down / role_total
+        plural = "s" if role_total != 1 else ""
+        lost.append(f"{int(role_down)} of {int(role_total)} {label}{plural} down"
+                    + (f" ({note})" if note and role_down >= role_total else ""))
+    if lost:
+        detail = "; ".join(lost)
+    return 1.0 - intact, detail
+
+
 def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Mapping[str, float],
                 shared: _Shared | None = None) -> Score:
     m = site.metrics
@@ -166,11 +186,8 @@ def _site_score(site: Entity, snapshot: Snapshot, alerts: Sequence[Alert], w: Ma
     if snapshot.is_unknown(site, "site.devices_connected") or snapshot.is_unknown(site, "site.devices_total"):
         unknown.append("availability")
     elif m.get("site.devices_total", 0) > 0 and "site.devices_connected" in m:
-        total, up = m["site.devices_total"], min(m["site.devices_connected"], m["site.devices_total"])
-        down = int(total - up)
-        detail = (f"{down} of {int(total)} devices disconnected" if down
-                  else f"all {int(total)} devices connected")
-        parts.append(("availability", w["availability"], (total - up) / total, detail, ()))
+        badness, detail = _availability(m, w)
+        parts.append(("availability", w["availability"], badness, detail, ()))
 
     sles = sorted(k for k in m if k.startswith("sle.") and not snapshot.is_unknown(site, k))
     for family in SLE_FAMILIES:

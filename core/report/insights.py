@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from mistwatch.durations import format_duration
 from mistwatch.model import Alert, severity_rank
+from mistwatch.render import value_texts
 
 _SEVERITY_STYLE = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "cyan"}
 _STATE_STYLE = {"firing": "bold", "pending": "dim", "resolved": "green"}
-
-
-def _fmt(value: float | None, alert: Alert) -> str:
-    if value is None:
-        return "n/a"
-    metric = str(alert.annotations.get("metric") or "")
-    if metric.startswith("sle.") or metric.endswith("_ratio"):  # ratios 0..1
-        return f"{value * 100:.1f}%"
-    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
 
 
 def _since(alert: Alert) -> datetime | None:
@@ -36,12 +29,15 @@ def _order(alert: Alert) -> tuple[Any, ...]:
 
 
 def versus(alert: Alert) -> str:
-    """``value vs threshold/baseline`` as one short cell."""
-    value = _fmt(alert.value, alert)
+    """``value / threshold`` or ``value (was baseline)`` as one short cell, in the units and format of
+    the notifications (``mistwatch.render.value_texts``); empty for a yes/no metric."""
+    value, _ = value_texts(alert)
+    if not value:
+        return ""
     if alert.baseline is not None:
-        return f"{value} (was {_fmt(alert.baseline, alert)})"
-    if alert.threshold is not None:
-        return f"{value} / {_fmt(alert.threshold, alert)}"
+        return f"{value} (was {value_texts(replace(alert, value=alert.baseline, threshold=None))[0]})"
+    if alert.threshold is not None and not alert.annotations.get("unit"):
+        return f"{value} / {value_texts(replace(alert, value=alert.threshold))[0]}"
     return value
 
 
@@ -72,7 +68,10 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
         for alert in alerts:
             since = _since(alert)
             ago = f"{format_duration(now - since)} ago" if since is not None and now >= since else ""
-            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", alert.rule_id,
+            rule = alert.rule_id
+            if alert.state == "firing" and alert.annotations.get("superseded_by_rule"):
+                rule += f"\n[dim](superseded by {alert.annotations['superseded_by_rule']})[/dim]"
+            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", rule,
                    alert.labels.get("site_name", ""), alert.labels.get("device_name", ""), versus(alert),
                    f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", ago]
             if wide:
@@ -131,6 +130,7 @@ def insights_json(outcome: Any) -> dict[str, Any]:
             "summary": a.summary, "description": a.description, "recommendation": a.recommendation,
             "pending_since": _iso(a.pending_since), "firing_since": _iso(a.firing_since),
             "resolved_at": _iso(a.resolved_at), "causes": list(a.causes),
+            "superseded_by": a.annotations.get("superseded_by") if a.state == "firing" else None,
         } for a in alerts],
         "notes": [{"rule": n.rule_id, "kind": n.kind, "text": n.text} for n in outcome.notes],
     }

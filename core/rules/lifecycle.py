@@ -17,13 +17,13 @@ keeps, so one-shot ``--now`` runs and daemon cycles behave the same.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from mistwatch.model import Alert, Snapshot
-from mistwatch.rules.evaluator import Evaluation, Finding, Note, evaluate
+from mistwatch.model import Alert, Snapshot, severity_rank
+from mistwatch.rules.evaluator import Evaluation, Finding, Note, evaluate, identity_of
 from mistwatch.store.records import Transition
 
 if TYPE_CHECKING:
@@ -244,6 +244,53 @@ def _retire(prev: Alert, now: datetime, record: _Recorder) -> Alert:
     return alert
 
 
+def superseded(alerts: Sequence[Alert], ruleset: RuleSet) -> dict[str, Alert]:
+    """Firing alerts replaced by a more telling firing alert, as {alert key: the alert replacing it}.
+
+    A rule's ``supersedes: [rule ids]`` names the rules it replaces. A firing alert of such a rule
+    supersedes the firing alerts of those rules on the same entity: every identity label of the
+    superseding alert (``site_id`` for a site or a correlation joined on sites, ``device_id`` too for
+    a device) has the same value in the other alert. It never supersedes a more severe alert (a
+    major drop does not hide a critical level), and two rules that name each other cancel out, so
+    one of them always notifies. Pure; the superseded alerts stay firing (reports, listings)."""
+    rules = ruleset.by_id
+    firing = sorted((a for a in alerts if a.state == "firing"), key=lambda a: (-severity_rank(a.severity), a.key))
+    by_rule: dict[str, list[Alert]] = {}
+    for a in firing:
+        by_rule.setdefault(a.rule_id, []).append(a)
+    out: dict[str, Alert] = {}
+    for source in firing:
+        rule = rules.get(source.rule_id)
+        if rule is None or not rule.supersedes:
+            continue
+        identity = identity_of(source.labels)
+        for target_rule in rule.supersedes:
+            other = rules.get(target_rule)
+            if other is not None and source.rule_id in other.supersedes:
+                continue
+            for target in by_rule.get(target_rule, ()):
+                if (target.key not in out and target.key != source.key
+                        and severity_rank(target.severity) <= severity_rank(source.severity)
+                        and all(target.labels.get(k) == v for k, v in identity.items())):
+                    out[target.key] = source
+    return out
+
+
+def mark_superseded(alerts: Sequence[Alert], ruleset: RuleSet) -> None:
+    """Record on each alert whether it is superseded this cycle (``superseded_by``: the key of the
+    alert replacing it, ``superseded_by_rule``: its rule), so notifications hold it back and reports
+    and listings say why."""
+    replaced = superseded(alerts, ruleset)
+    for alert in alerts:
+        source = replaced.get(alert.key)
+        if source is None:
+            alert.annotations.pop("superseded_by", None)
+            alert.annotations.pop("superseded_by_rule", None)
+        else:
+            alert.annotations["superseded_by"] = source.key
+            alert.annotations["superseded_by_rule"] = source.rule_id
+
+
 def run_rules(store: Store, ruleset: RuleSet, snapshot: Snapshot, now: datetime, *,
               dry_run: bool = False) -> RulesOutcome:
     """Evaluate against the store's history and alert states, advance the states, save them.
@@ -253,6 +300,7 @@ def run_rules(store: Store, ruleset: RuleSet, snapshot: Snapshot, now: datetime,
     previous = store.load_alerts()
     evaluation = evaluate(ruleset, snapshot, store, now, alerts=previous)
     alerts, transitions = advance(previous, evaluation, ruleset, now)
+    mark_superseded(alerts, ruleset)
     if not dry_run:
         store.save_alerts(alerts, transitions)
     return RulesOutcome(alerts=[a for a in alerts if a.state != "inactive"], transitions=transitions,

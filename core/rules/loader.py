@@ -142,6 +142,8 @@ class Rule:
     metrics: frozenset[str] = frozenset()
     #: where each reference is written: rule id -> (line, key path), for error messages
     ref_where: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    #: rule ids whose firing alerts this rule's firing alert supersedes (``supersedes:``)
+    supersedes: tuple[str, ...] = ()
 
     @property
     def severity(self) -> str:
@@ -287,11 +289,17 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
     ref_where = {}
     for ref in refs:  # the key that names it (all_of[1]), so an unknown id is reported right there
         for key, value in raw.items():
+            if key == "supersedes":
+                continue
             items = value if isinstance(value, list) else [value]
             if ref in items:
                 parts = (*prefix, key, items.index(ref)) if isinstance(value, list) else (*prefix, key)
                 ref_where[ref] = (where(parts), format_key_path(parts))
                 break
+    # a superseded rule need not be loaded (a pack used without one of its files): nothing to check
+    supersedes = tuple(str(r) for r in raw.get("supersedes") or ())
+    if raw["id"] in supersedes:
+        raise fail("a rule cannot supersede itself", f"supersedes.{supersedes.index(raw['id'])}")
     summary = template("summary", _default_summary(scope))
     assert summary is not None
     rule = Rule(
@@ -302,7 +310,7 @@ def _compile_rule(raw: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: s
         description_template=template("description"),
         recommendation=template("recommendation"), enabled=bool(raw.get("enabled", True)),
         check=check, spec=spec, file=file, line=where(prefix), refs=refs, metrics=frozenset(metrics),
-        ref_where=ref_where)
+        ref_where=ref_where, supersedes=supersedes)
     _test_render(rule, fail)
     return rule
 

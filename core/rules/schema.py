@@ -51,6 +51,10 @@ def common_properties() -> dict[str, Any]:
         "summary": _TEMPLATE,
         "recommendation": {"type": "string"},
         "enabled": {"type": "boolean"},
+        "supersedes": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                       "description": "rule ids whose alerts this rule's firing alert replaces in "
+                                      "notifications (same entity, same or lower severity)",
+                       "x-message": "must be a list of rule ids"},
     }
 
 

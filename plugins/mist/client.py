@@ -130,6 +130,16 @@ def resolve_base_url(cloud: str | None = None, base_url: str | None = None) -> s
                       key="mist")
 
 
+def portal_root(base_url: str) -> str | None:
+    """The Mist portal (web UI) of the cloud an API host belongs to: ``https://api.eu.mist.com`` ->
+    ``https://manage.eu.mist.com``; every Mist cloud names its API ``api.<cloud>`` and its portal
+    ``manage.<cloud>``. None for any other host (a proxy, the simulator): set ``portal_url`` then."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    if not host.startswith("api.") or not host.endswith(".mist.com"):
+        return None
+    return "https://manage." + host[len("api."):]
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date); None if absent/bad."""
     if value is None or not value.strip():

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext, Collector
@@ -80,6 +81,19 @@ for _sle, _names in SLE_METRICS.items():
     for _name in _names:
         METRICS[f"sle.{_sle}.{_name}"] = f"{_sle} SLE {_name.replace('_', ' ')}: share of good user-minutes, 0..1"
 
+#: The portal's page kind per device type (``#!ap/detail/<device_id>/<site_id>``).
+_DEVICE_PAGES = {"ap": "ap", "switch": "switch", "gateway": "gateway"}
+
+
+def portal_base(settings: Mapping[str, Any], base_url: str) -> str | None:
+    """The org's home in the Mist portal, which entity links extend: the configured ``portal_url``,
+    else the cloud's portal; None when neither is known (no links then)."""
+    from mistwatch.plugins.mist.client import portal_root
+
+    root = str(settings.get("portal_url") or "").rstrip("/") or portal_root(base_url)
+    return f"{root}/admin/?org_id={quote(str(settings['org_id']))}" if root else None
+
+
 def settings_schema() -> dict[str, Any]:
     """JSON Schema of the ``mist:`` section of config.yaml."""
     from mistwatch.plugins.mist.client import CLOUDS
@@ -95,6 +109,9 @@ def settings_schema() -> dict[str, Any]:
                       "description": "regional cloud: global01..05, emea01..04, apac01..03, or us, eu, gc1..."},
             "base_url": {"type": "string", "format": "uri", "pattern": "^https?://",
                          "description": "API host root, e.g. https://api.eu.mist.com (wins over cloud)"},
+            "portal_url": {"type": "string", "pattern": "^https://[^\\s/]+$",
+                           "description": "the Mist portal alerts link to (default: the cloud's, e.g. "
+                                          "https://manage.eu.mist.com for api.eu.mist.com)"},
             "token": {"type": "string", "minLength": 1, "default": "${MIST_API_TOKEN}",
                       "description": "API token (an org token with the read role is enough)"},
             "org_id": {"type": "string", "minLength": 1, "default": "${MIST_ORG_ID}"},
@@ -288,6 +305,7 @@ class _Cycle:
     refused: list[str] = field(default_factory=list)  # 403 messages
     unreachable: int = 0  # endpoints in a row that failed without any HTTP answer
     stop_reason: str = ""  # set when asking further endpoints this cycle is pointless
+    portal: str | None = None  # "https://manage.mist.com/admin/?org_id=...": entities' portal_url labels
 
     def share(self, metrics: dict[str, float]) -> dict[str, float]:
         """``metrics`` with equal positive values as one float object (SLE values repeat across
@@ -384,7 +402,7 @@ class MistCollector:
         client.reset_calls()
         org_name = self._check_self(client, key, org_id)
         now_ts = ctx.now.timestamp()
-        cycle = _Cycle(org_id=org_id, now_ts=now_ts)
+        cycle = _Cycle(org_id=org_id, now_ts=now_ts, portal=portal_base(settings, key[0]))
         snap = Snapshot(taken_at=ctx.now)
         base = f"/api/v1/orgs/{org_id}"
 
@@ -556,6 +574,10 @@ class MistCollector:
             if mac is not None:
                 labels["mac"] = mac
                 by_mac[mac] = labels
+            page = _DEVICE_PAGES.get(labels.get("device_type", ""))
+            if cycle.portal and page and site_id is not None:
+                # ids come from Mist: quoted, so a hostile one cannot bend the link
+                labels["portal_url"] = f"{cycle.portal}#!{page}/detail/{quote(device_id)}/{quote(site_id)}"
             entities.append(Entity(f"device:{device_id}", "device", labels, device_metrics(row, now_ts)))
 
         ok = self._call(cycle, "stats/devices", {"device"}, ["*"], lambda: self._pages(
@@ -714,6 +736,9 @@ class MistCollector:
     @staticmethod
     def _site_entities(cycle: _Cycle) -> Iterator[Entity]:
         for site_id, labels in cycle.sites.items():
+            if cycle.portal:
+                site = quote(site_id)
+                labels = {**labels, "portal_url": f"{cycle.portal}#!dashboard/insights/site/{site}/today/{site}"}
             yield Entity(key=f"site:{site_id}", kind="site", labels=labels,
                          metrics=cycle.share(cycle.site_metrics.get(site_id, {})))
 
@@ -731,8 +756,10 @@ class MistCollector:
         if "clients/count?distinct=site_id" not in failed:
             clients = [m["site.clients"] for m in cycle.site_metrics.values() if "site.clients" in m]
             metrics["org.clients"] = float(sum(clients))
-        return Entity(key=f"org:{org_id}", kind="org", labels={"org_id": org_id, "org_name": org_name},
-                      metrics=metrics)
+        labels = {"org_id": org_id, "org_name": org_name}
+        if cycle.portal:
+            labels["portal_url"] = cycle.portal
+        return Entity(key=f"org:{org_id}", kind="org", labels=labels, metrics=metrics)
 
 
 _COLLECTOR = MistCollector()

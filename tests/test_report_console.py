@@ -146,3 +146,25 @@ def test_other_modes_leave_the_devices_to_the_insights():
     from mistwatch.report.console import print_summary
 
     assert "Devices" not in _print_80(print_summary, _result(mode="insights"))
+
+
+def test_the_console_notifier_keeps_its_words_together_at_80_columns():
+    import io
+
+    from fixtures_reports import T0, alert
+    from rich.console import Console
+
+    from mistwatch.model import Notification
+    from mistwatch.notifiers.console import render
+
+    summary = "Seattle Branch 1: wired Switch health SLE 12%, down 85.6 points from 98% 1d ago"
+    n = Notification(id="n1", notifier="console", kind="alerts", title="[mistwatch] CRITICAL at Seattle Branch 1",
+                     created_at=T0, alerts=(alert("wired-switch-health-drop", "critical", "s1", "Seattle Branch 1",
+                                                  since=T0, summary=summary),))
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    console.print(render(n, width=console.width))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    body = [line.strip("│ ").split("  ")[-1].strip() for line in lines[3:-1]]
+    assert all(len(text.split()) >= 3 for text in body if text), body  # never one word per line

@@ -25,7 +25,12 @@ SETTINGS_SCHEMA: dict[str, Any] = {
 _STYLES = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "blue", "resolved": "green"}
 
 
-def render(n: Notification, *, recommendations: bool = False) -> Any:
+#: Below this width (80 columns, a log file, ``| cat``) an alert is one row of two columns, its facts
+#: on a second line: seven columns there wrapped every cell one word per line.
+NARROW = 120
+
+
+def render(n: Notification, *, recommendations: bool = False, width: int | None = None) -> Any:
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -36,6 +41,8 @@ def render(n: Notification, *, recommendations: bool = False) -> Any:
     style = _STYLES.get(str(n.data.get("severity", "info")), "blue")
     if not rows:
         return Panel(Text(redact(n.text)), title=Text(redact(n.title)), border_style=style)
+    if width is not None and width < NARROW:
+        return _render_narrow(n, rows, style, recommendations)
     table = Table(expand=True, show_lines=False)
     for column in ("State", "Alert", "Site", "Device", "Value", "Threshold / baseline", "Since"):
         table.add_column(column)
@@ -54,6 +61,27 @@ def render(n: Notification, *, recommendations: bool = False) -> Any:
     return Panel(table, title=Text(redact(n.title)), border_style=style)
 
 
+def _render_narrow(n: Notification, rows: list[Any], style: str, recommendations: bool) -> Any:
+    from rich import box
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=True, padding=(0, 1))
+    table.add_column("State", no_wrap=True)
+    table.add_column("Alert", ratio=1)
+    for r in rows:
+        state = "RESOLVED" if r.state == "resolved" else r.severity.upper()
+        text = Text(redact(r.summary))
+        facts = " · ".join(redact(x) for x in (r.site, r.device, " ".join(filter(None, (r.value, r.reference))),
+                                              " ".join(filter(None, (r.since, r.duration)))) if x)
+        text.append("\n" + facts, style="dim")
+        if recommendations and r.recommendation and r.state == "firing":
+            text.append("\n" + redact(r.recommendation), style="dim")
+        table.add_row(Text(state, style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, "")), text)
+    return Panel(table, title=Text(redact(n.title)), border_style=style)
+
+
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
     from rich.console import Console
 
@@ -61,7 +89,7 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
     results = []
     for n in notifications:
         try:
-            console.print(render(n, recommendations=bool(settings.get("recommendations"))))
+            console.print(render(n, recommendations=bool(settings.get("recommendations")), width=console.width))
             results.append(Delivery(n.id, ok=True))
         except OSError as exc:  # stdout closed or broken pipe
             results.append(Delivery(n.id, ok=False, error=f"cannot write to the console: {exc}"))

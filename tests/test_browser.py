@@ -1,8 +1,10 @@
 """The HTML report in a real browser (headless Chromium): what a person would see, on a desktop and a
-phone. Screenshots are kept under test-artifacts/ for a human to look at."""
+phone, in the dark theme and printed to A4. Screenshots are kept under test-artifacts/ for a human to
+look at (bench/report_pages.py keeps those of the demo's report and its page counts)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -78,7 +80,7 @@ def test_the_report_reads_right_in_a_browser(report_file, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     # the title and the headline a person sees first
-    assert "<title>Network report: Acme — 2026-11-27T08:00:00Z</title>" in dom
+    assert "<title>Network report: Acme — Fri 27 Nov 08:00 UTC</title>" in dom
     assert "Executive summary" in dom
     # the worst site, by name, escaped: shown as text, never turned into a <b> element
     assert "&lt;b&gt;Dublin&lt;/b&gt; &amp; \"HQ\"" in dom
@@ -87,9 +89,11 @@ def test_the_report_reads_right_in_a_browser(report_file, tmp_path):
     summary = dom[dom.index("Worst sites"):dom.index("What changed since yesterday")]
     assert summary.index("&lt;b&gt;Dublin") < summary.index("Site 0001")
     # what changed since yesterday is there, with the SLE drop
-    assert "wifi.coverage SLE" in dom[dom.index("What changed since yesterday"):]
+    assert "Wi-Fi coverage SLE" in dom[dom.index("What changed since yesterday"):]
+    # the script ran: the tables got their filter box
+    assert dom.count('type="search"') >= 1
     # the sparklines survived parsing as SVG
-    assert dom.count("<svg") >= 8
+    assert dom.count("<svg") >= 6  # the two org charts and the sparklines of the sites that need attention
 
 
 @pytest.mark.parametrize(("name", "size"), [("desktop", (1280, 2000)), ("phone", (390, 1600))])
@@ -101,3 +105,35 @@ def test_a_screenshot_of_the_report_is_kept(report_file, tmp_path, name, size):
     assert done.returncode == 0, done.stderr[-2000:]
     assert png_size(shot) == size
     assert png_colours(shot) > 50, "the page rendered blank"
+
+
+def test_the_dark_theme_follows_the_system_setting(report_file, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    light, dark = tmp_path / "light.png", ARTIFACTS / "report-dark-test.png"
+    for shot, extra in ((light, []), (dark, ["--force-dark-mode"])):
+        done = chromium(tmp_path, *extra, f"--screenshot={shot}", "--window-size=800,600", report_file.as_uri())
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert corner_pixel(dark) != corner_pixel(light)
+    assert sum(corner_pixel(dark)[:3]) < 100  # a dark background, not the light grey
+
+
+def corner_pixel(path: Path) -> tuple[int, ...]:
+    data = path.read_bytes()
+    pos, idat = 8, b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    return tuple(raw[1:5])  # first row, filter byte then RGBA of the first pixel (filter 0 or 1 keep it raw)
+
+
+def test_the_report_prints_to_a4_pages(report_file, tmp_path):
+    pdf = tmp_path / "report.pdf"
+    done = chromium(tmp_path, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", report_file.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = pdf.read_bytes()
+    sizes = re.findall(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", data)
+    assert sizes and all(abs(float(w) - 595.9) < 2 and abs(float(h) - 842.9) < 2 for w, h in sizes)  # A4
+    assert 1 <= len(re.findall(rb"/Type\s*/Page(?![s\w])", data)) <= 3  # a 4-site org

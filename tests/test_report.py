@@ -113,7 +113,7 @@ def test_html_shows_a_hostile_site_name_as_text_never_markup(store):
     page = render_html(report)
     assert "<b>Dublin</b>" not in page
     assert "&lt;b&gt;Dublin&lt;/b&gt; &amp; &#34;HQ&#34;" in page
-    assert "<script" not in page
+    assert page.count("<script") == 1 and "alert(1)</script>" not in page  # only our own inline script
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
@@ -121,7 +121,7 @@ def test_html_is_self_contained(store):
     report, _ = cycle(store, 0)
     page = render_html(report)
     assert "<svg" in page and "<style>" in page
-    assert not re.search(r"<script|<link|<img|<iframe|@import|url\(", page, re.I)
+    assert not re.search(r"<script[^>]*src|<link|<img|<iframe|@import|url\(", page, re.I)
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page, re.I)
 
 
@@ -208,3 +208,105 @@ def test_spark_svg_refuses_a_colour_that_is_not_a_hex_colour():
 
     with pytest.raises(ValueError):
         spark_svg([1, 2], color='red" onload="x')
+
+
+# -- the executive report (issue 11) --------------------------------------------------------------
+
+def test_problem_sites_get_a_section_and_healthy_sites_only_a_row_of_one_table(store):
+    report, _ = cycle(store, 0, n_sites=4)  # site 0 has a device down; sites 1-3 are healthy
+    page = render_html(report)
+    assert page.count('<div class="site" id="site-') == 1
+    assert 'id="site-1"' in page and "<h3>Site 0000" in page
+    healthy = page[page.index("Healthy sites (3)"):]
+    assert all(f"Site {i:04d}" in healthy for i in (1, 2, 3)) and "Site 0000" not in healthy
+    assert "<h3>Site 0001" not in page
+
+
+def test_metric_ids_are_shown_by_their_human_names(store):
+    cycle(store, 0)
+    report, _ = cycle(store, 1, degrade=0.2)  # every SLE drops: "what changed" names them
+    page = render_html(report)
+    assert "Wi-Fi coverage" in page and "Wired switch health" in page
+    assert not re.search(r"(sle\.)?(wifi|wired|wan)\.[a-z_]+", page.split("</style>")[1].split("<script>")[0])
+
+
+def test_alert_times_show_in_the_sites_own_zone_with_the_zone_named(store):
+    crit = alert("site_down", "critical", "s0000", "Site 0000", since=T0 - timedelta(hours=2))
+    report, _ = cycle(store, 0, alerts=[crit])
+    report["sites"][0]["timezone"] = "America/Los_Angeles"  # T0 - 2 h = 06:00 UTC = 22:00 PST the day before
+    page = render_html(report)
+    assert "since Thu 19 Nov 22:00 PST" in page
+    assert "2026-11-20T06:00:00Z" not in page and "T06:00" not in page
+
+
+def test_a_site_without_a_known_zone_shows_times_in_utc_and_says_so(store):
+    crit = alert("site_down", "critical", "s0000", "Site 0000", since=T0 - timedelta(hours=2))
+    report, _ = cycle(store, 0, alerts=[crit])
+    report["sites"][0]["timezone"] = "Mars/Olympus_Mons"
+    page = render_html(report)
+    assert "since Fri 20 Nov 06:00 UTC" in page and "Time zone UTC" in page
+
+
+def test_client_sparklines_draw_on_a_fixed_scale_from_zero_with_the_range_labelled():
+    from mistwatch.report.labels import nice_ceiling
+    from mistwatch.report.sparkline import spark_svg
+
+    assert nice_ceiling(64) == 100 and nice_ceiling(292) == 500 and nice_ceiling(0) == 1
+    svg = spark_svg([64.0, 63.0], lo=0, hi=nice_ceiling(64), axis=("100", "0"), width=110)
+    ys = [float(p.split(",")[1]) for p in re.search(r'points="([^"]+)"', svg).group(1).split()]
+    assert abs(ys[0] - ys[1]) < 0.5  # a 64 -> 63 dip is a dip, not a crash across the whole height
+    assert ">100</text>" in svg and ">0</text>" in svg
+
+
+def test_the_client_sparkline_of_a_site_section_uses_that_scale(store):
+    report, _ = cycle(store, 0)
+    page = render_html(report)
+    assert "Clients at Site 0000, last 7 days, 0 to 50" in page  # 40 clients: axis 0-50
+
+
+def test_the_org_health_has_a_30_day_trend_in_the_json_and_a_chart(store):
+    from mistwatch.report.health import compute_health, health_metrics
+
+    old = T0 - timedelta(days=20)
+    snap = synthetic_org(3, 3, at=old)
+    store.write_metrics(old, health_metrics(compute_health(snap, [])))
+    report, _ = cycle(store, 0)
+    trend = report["org"]["health_30d"]
+    assert len(trend) == 31 and trend[-1] == report["org"]["health"]["value"]
+    assert trend[10] is not None and trend[9] is None  # 20 days ago, and nothing the day before
+    assert "Org health, last 30 days" in render_html(report)
+
+
+def test_the_page_has_print_and_dark_stylesheets(store):
+    report, _ = cycle(store, 0)
+    page = render_html(report)
+    assert "@media print" in page and "size: A4" in page and "break-inside: avoid" in page
+    assert "prefers-color-scheme: dark" in page
+
+
+def test_tables_sort_and_filter_only_as_an_enhancement_every_row_is_in_the_page(store):
+    report, _ = cycle(store, 0, n_sites=5)
+    page = render_html(report)
+    script = page[page.index("<script>"):]
+    assert "<input" not in page.replace(script, "")  # the filter box is made by the script, no dead control
+    assert all(f"Site {i:04d}" in page.replace(script, "") for i in range(5))
+    assert "Site 0" not in script  # the script carries no report data
+
+
+def test_the_digest_summary_has_no_script(store):
+    from mistwatch.report.build import summary_html
+
+    report, _ = cycle(store, 0)
+    assert "<script" not in summary_html(report)
+
+
+def test_a_long_list_of_healthy_sites_is_left_out_of_print_but_kept_on_screen(store):
+    from mistwatch.report.build import PRINT_HEALTHY_ROWS
+
+    report, _ = cycle(store, 0, n_sites=PRINT_HEALTHY_ROWS + 2)
+    page = render_html(report)
+    assert '<div class="scroll noprint"><table class="sortable" data-filter="healthy sites">' in page
+    assert "left out of print" in page
+    assert f"Site {PRINT_HEALTHY_ROWS + 1:04d}" in page  # still on screen
+    short, _ = cycle(store, 1, n_sites=4)
+    assert "left out of print" not in render_html(short)

@@ -48,3 +48,123 @@ def test_the_console_shows_a_week_of_each_sites_health_as_a_unicode_sparkline(tm
 def test_health_sparklines_use_the_0_to_100_scale_and_leave_missing_days_blank():
     assert health_sparkline([None, 100.0, 50.0], 0.0) == " █▅▁"
     assert health_sparkline(None, 30.0) == "▃"
+
+
+def _print_80(printer, *args, **kwargs) -> str:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    printer(Console(file=out, width=80, force_terminal=False), *args, **kwargs)
+    return out.getvalue()
+
+
+def _result(mode="insights", names=None, n_sites=4):
+    from fixtures_reports import T0, synthetic_org
+
+    from mistwatch.engine import CycleResult
+    from mistwatch.report.health import compute_health
+
+    snap = synthetic_org(n_sites, 3, names=names)
+    health = compute_health(snap, []) if mode != "monitor" else None
+    return CycleResult(run_id=None, mode=mode, started_at=T0, snapshot=snap, health=health)
+
+
+SIMILAR = ["Seattle Branch 1", "Seattle Store 1", "Copenhagen Store 1", "Manchester Store 12"]
+
+
+def test_at_80_columns_every_site_name_stays_whole_on_one_line():
+    from mistwatch.report.console import print_summary
+
+    text = _print_80(print_summary, _result(names=SIMILAR), health_past={})
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in SIMILAR:  # each on its own row, never cut to a shared prefix like "Seattle…"
+        assert sum(1 for line in lines if name in line) == 1, name
+    assert "…" not in text
+
+
+def test_at_80_columns_the_insights_table_keeps_rule_ids_whole():
+    from types import SimpleNamespace
+
+    from fixtures_reports import T0, alert
+
+    from mistwatch.report.insights import print_insights
+
+    rules = ["wired-switch-throughput-low", "wifi-time-to-connect-drop", "site-ap-availability-low"]
+    outcome = SimpleNamespace(notes=[], alerts=[
+        alert(rule, "critical", "s1", "Manchester Store 12", device="ap-manchester-12-floor-3", since=T0)
+        for rule in rules])
+    text = _print_80(print_insights, outcome, now=T0)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for rule in rules:
+        assert any(rule in line for line in text.splitlines()), rule
+
+
+def test_insights_show_hostile_names_as_text_not_console_markup():
+    from types import SimpleNamespace
+
+    from fixtures_reports import T0, alert
+
+    from mistwatch.report.insights import print_insights
+
+    outcome = SimpleNamespace(notes=[], alerts=[alert("ap-offline", "major", "s1", "[bold red]Lab[/]", since=T0)])
+    assert "[bold red]Lab[/]" in _print_80(print_insights, outcome, now=T0)
+
+
+def test_the_sites_table_title_gives_a_short_local_time_with_its_zone():
+    from datetime import datetime, timezone
+
+    from mistwatch.report.console import local_time
+
+    text = local_time(datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc))
+    local = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc).astimezone()
+    assert text == f"{local:%a %d %b %H:%M} {local.tzname()}"
+    assert "2026-" not in text and "T08" not in text
+
+
+def test_monitor_mode_lists_the_problem_devices_of_each_site():
+    from mistwatch.report.console import print_summary
+
+    text = _print_80(print_summary, _result(mode="monitor"))
+    assert "Devices with problems" in text
+    assert "Site 0000-AP0" in text and "disconnected" in text  # site 0's first AP is down
+    assert "Site 0001-AP1" not in text  # healthy devices only with -v
+
+
+def test_monitor_mode_lists_every_device_with_verbose():
+    from mistwatch.report.console import print_summary
+
+    text = _print_80(print_summary, _result(mode="monitor"), verbose=True)
+    for site in range(4):
+        for device in range(3):
+            assert f"Site {site:04d}-AP{device}" in text
+
+
+def test_other_modes_leave_the_devices_to_the_insights():
+    from mistwatch.report.console import print_summary
+
+    assert "Devices" not in _print_80(print_summary, _result(mode="insights"))
+
+
+def test_the_console_notifier_keeps_its_words_together_at_80_columns():
+    import io
+
+    from fixtures_reports import T0, alert
+    from rich.console import Console
+
+    from mistwatch.model import Notification
+    from mistwatch.notifiers.console import render
+
+    summary = "Seattle Branch 1: wired Switch health SLE 12%, down 85.6 points from 98% 1d ago"
+    n = Notification(id="n1", notifier="console", kind="alerts", title="[mistwatch] CRITICAL at Seattle Branch 1",
+                     created_at=T0, alerts=(alert("wired-switch-health-drop", "critical", "s1", "Seattle Branch 1",
+                                                  since=T0, summary=summary),))
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    console.print(render(n, width=console.width))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    body = [line.strip("│ ").split("  ")[-1].strip() for line in lines[3:-1]]
+    assert all(len(text.split()) >= 3 for text in body if text), body  # never one word per line

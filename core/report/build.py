@@ -1,8 +1,9 @@
 """The report: one JSON document per run (``report.schema.json``), rendered to one self-contained HTML file.
 
 ``build_report`` turns a cycle (snapshot, health, alerts, notes) plus stored history into a plain dict;
-``render_html`` renders it (Jinja2, autoescape on, inline CSS and SVG, no JavaScript, no external
-assets); ``write_reports`` writes ``latest.json`` / ``latest.html`` atomically plus one dated copy per
+``render_html`` renders it as an executive report (Jinja2, autoescape on, inline CSS and SVG, print
+and dark-mode stylesheets, one small inline script for sortable and filterable tables that reads no
+data, no external assets); ``write_reports`` writes ``latest.json`` / ``latest.html`` atomically plus one dated copy per
 UTC day under ``history/`` (a later run the same day replaces that day's copy), and prunes copies
 older than ``retention_days``.
 
@@ -31,8 +32,10 @@ from mistwatch.render import alert_link
 from mistwatch.report.health import HealthResult, Score
 from mistwatch.secrets import redact
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 TREND_DAYS = 7
+#: The org health chart's long view (days); the store keeps one sample a day for 35 days.
+LONG_TREND_DAYS = 30
 _ZERO, _MINUS_ZERO = 0.0, -0.0  # shared by _Shared.number
 #: HTML: sites beyond this many get a row in the overview table but no section of their own (the
 #: JSON always has every site). Sites with problems are detailed first.
@@ -332,6 +335,7 @@ def _build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: 
     recommendations = _recommendations(sites, open_alerts)
     del trends, wanted, site_sles
     org = _org(snapshot, org_e, sites, devices, open_alerts, health, org_past)
+    org["health_30d"] = _org_long_trend(store, now, org_past, org["health"]["value"])
     worst = [{"key": s["key"], "name": s["name"], "score": s["health"]["score"],
               "delta_1d": s["health"]["delta_1d"],
               "reason": _reason(s)} for s in sites if s["health"]["score"] is not None
@@ -407,6 +411,18 @@ def _org(snapshot: Snapshot, org_e: Any, sites: list[dict[str, Any]], devices: l
         "alerts_firing": by_sev,
         "alerts_pending": sum(1 for a in open_alerts if a.state == "pending"),
     }
+
+
+def _org_long_trend(store: Any, now: datetime, week: list[float | None], today: float | None) -> list[float | None]:
+    """The org's health LONG_TREND_DAYS days ago ... today (the mean of each day's site scores): the
+    last week as in the 7-day trend, older days read with a half-day tolerance because the store
+    thins old history to one sample a day."""
+    older = []
+    for days_ago in range(LONG_TREND_DAYS, TREND_DAYS, -1):
+        day = store.values_at("site.health", now - timedelta(days=days_ago), tolerance=timedelta(hours=12))
+        older.append(_r(_mean(day.values()), 1))
+        del day
+    return [*older, *(_r(v, 1) for v in week), _r(today, 1)]
 
 
 def _mean(values: Any) -> float | None:
@@ -495,6 +511,7 @@ def _env() -> Any:
         import jinja2
         from markupsafe import Markup
 
+        from mistwatch.report import labels
         from mistwatch.report.sparkline import spark_svg
 
         env = jinja2.Environment(loader=jinja2.PackageLoader("mistwatch.report", "templates"),
@@ -502,17 +519,43 @@ def _env() -> Any:
                                  undefined=jinja2.StrictUndefined)
 
         def spark(values: Sequence[float | None], label: str = "", lo: float | None = None,
-                  hi: float | None = None, color: str = "#2563eb") -> Markup:
-            # spark_svg builds markup from numbers and escapes the label itself
-            return Markup(spark_svg(values, lo=lo, hi=hi, label=label, color=color))
+                  hi: float | None = None, color: str = "#2563eb", axis: tuple[str, str] | None = None,
+                  width: int = 96, height: int = 24) -> Markup:
+            # spark_svg builds markup from numbers and escapes the label and axis itself
+            return Markup(spark_svg(values, lo=lo, hi=hi, label=label, color=color, axis=axis,
+                                    width=width, height=height))
 
         env.filters["spark"] = spark
         env.filters["pct"] = lambda v: "–" if v is None else f"{v:.0%}"
         env.filters["num"] = lambda v, nd=0: "–" if v is None else f"{v:,.{nd}f}"
         env.filters["signed"] = _signed
         env.filters["score_class"] = _score_class
+        env.filters["label"] = labels.metric_label
+        env.filters["humanize"] = _humanize
+        env.filters["when"] = lambda iso, zone_name=None: labels.local_time(iso, zone_name)
+        env.filters["day"] = lambda d: "" if not d else f"{date.fromisoformat(d):%d %b}"
+        env.filters["zone_name"] = lambda name: name if name and labels.zone(name) is not timezone.utc else "UTC"
+        env.filters["ceiling"] = lambda values: labels.nice_ceiling(max((v for v in values if v is not None),
+                                                                        default=None))
+        env.tests["weak_sle"] = _weak_sle
         _ENV = env
     return _ENV
+
+
+def _weak_sle(sle: dict[str, Any]) -> bool:
+    """An SLE a site section shows as a row: below 90%, unknown, or moved by CHANGE_SLE in a day."""
+    value, moved = sle["value"], sle["delta_1d"]
+    return value is None or value < 0.9 or (moved is not None and abs(moved) >= CHANGE_SLE)
+
+
+_METRIC_ID = re.compile(r"\b(?:sle\.)?(?:wifi|wired|wan)\.[a-z_]+")
+
+
+def _humanize(text: str) -> str:
+    """Metric ids inside a sentence (``wifi.coverage SLE 70% → 58%``) in their human names."""
+    from mistwatch.report.labels import metric_label
+
+    return _METRIC_ID.sub(lambda m: metric_label(m.group(0)), text)
 
 
 def _signed(value: float | None, kind: str = "num") -> str:
@@ -529,15 +572,51 @@ def _score_class(score: float | None) -> str:
     return "good" if score >= 90 else "warn" if score >= 70 else "bad"
 
 
+#: In print, a longer list of healthy sites is left out (said so on the page): at 1,000 sites it was
+#: 19 of 21 A4 pages of rows that need nobody. The screen and the JSON keep every row.
+PRINT_HEALTHY_ROWS = 40
+#: A site needs attention below this health, with an open alert, or with a device down.
+ATTENTION_BELOW = 90
+
+
+def _needs_attention(site: dict[str, Any]) -> bool:
+    score = site["health"]["score"]
+    return score is None or score < ATTENTION_BELOW or bool(site["alerts"]) or bool(site["devices"]["disconnected"])
+
+
+def _incidents(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Open critical and major alerts as one incident per site (its most severe alert as the headline),
+    most severe first: what needs a person now."""
+    from mistwatch.report.labels import local_time
+
+    zones = {s["id"]: s.get("timezone") for s in report["sites"]}
+    by_site: dict[str, dict[str, Any]] = {}
+    for a in report["alerts"]:  # already most severe first
+        if a["state"] != "firing" or a["severity"] not in ("critical", "major"):
+            continue
+        item = by_site.get(a["site_id"] or "")
+        if item is None:
+            headline = a["summary"] or a["rule_id"]
+            item = by_site[a["site_id"] or ""] = {"site_name": a["site_name"], "severity": a["severity"],
+                                                  "headline": headline, "count": 0, "first": a["firing_since"]}
+        item["count"] += 1
+        if a["firing_since"] and (item["first"] is None or a["firing_since"] < item["first"]):
+            item["first"] = a["firing_since"]
+    out = list(by_site.values())
+    for item, site_id in zip(out, by_site, strict=True):
+        item["since"] = local_time(item.pop("first"), zones.get(site_id))
+    out.sort(key=lambda i: (-severity_rank(i["severity"]), -i["count"], i["site_name"] or ""))
+    return out
+
+
 def _html_chunks(report: dict[str, Any]) -> Iterator[str]:
     """The HTML page in pieces, as Jinja renders it (``render_html`` joins them)."""
     sites = report["sites"]
-    # sites with problems get their section first; sites stay in report order (worst first)
-    troubled = [s["key"] for s in sites
-                if s["health"]["score"] is None or s["health"]["score"] < 100 or s["alerts"]]
-    seen = set(troubled)
-    rest = [s["key"] for s in sites if s["key"] not in seen]
-    detailed = set((troubled + rest)[:HTML_DETAIL_SITES])
+    # problem sites in full (report order: worst first), healthy ones as one compact table
+    attention = [s for s in sites if _needs_attention(s)]
+    healthy = [s for s in sites if not _needs_attention(s)]
+    healthy.sort(key=lambda s: s["name"].lower())
+    detailed = {s["key"] for s in attention[:HTML_DETAIL_SITES]}
     weak: dict[str, list[dict[str, Any]]] = {}
     for d in report["devices"]:
         if d["connected"] is not False and (d["health"]["score"] is None or d["health"]["score"] < 100):
@@ -545,7 +624,14 @@ def _html_chunks(report: dict[str, Any]) -> Iterator[str]:
     for devs in weak.values():
         devs.sort(key=lambda d: (d["health"]["score"] is not None, d["health"]["score"] or 0, d["name"]))
     return _env().get_template("report.html.j2").generate(
-        r=report, detailed=detailed, hidden=len(sites) - len(detailed), weak=weak, summary_only=False)
+        r=report, detailed=detailed, hidden=len(attention) - len(detailed), weak=weak, summary_only=False,
+        attention=attention, healthy=healthy, index={s["key"]: i for i, s in enumerate(attention, 1)},
+        incidents=_incidents(report), long_from=_long_from(report), print_healthy_rows=PRINT_HEALTHY_ROWS)
+
+
+def _long_from(report: dict[str, Any]) -> str:
+    first = report["trend_dates"][-1]
+    return (date.fromisoformat(first) - timedelta(days=LONG_TREND_DAYS)).isoformat()
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -555,8 +641,11 @@ def render_html(report: dict[str, Any]) -> str:
 
 def summary_html(report: dict[str, Any]) -> str:
     """Only the executive summary, as a self-contained HTML fragment page (the digest's body)."""
+    sites = report["sites"]
     return _env().get_template("report.html.j2").render(
-        r=report, detailed=set(), hidden=0, weak={}, summary_only=True)
+        r=report, detailed=set(), hidden=0, weak={}, summary_only=True,
+        attention=[s for s in sites if _needs_attention(s)], healthy=[], index={},
+        incidents=_incidents(report), long_from=_long_from(report), print_healthy_rows=PRINT_HEALTHY_ROWS)
 
 
 # -- files --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from mistwatch.durations import parse_duration
@@ -127,26 +128,61 @@ def _sle(value: tuple[str, float] | None) -> str:
     return f"[{colour}]{number:.0%}[/] {name.replace('_', ' ')}"
 
 
+#: Below this many columns (a log file, ``| cat``, an 80-column terminal) tables drop their grid and
+#: outer padding so every column keeps its words on one line.
+NARROW = 120
+
+
+def compact_table(console: Any, *, tight: bool = False, **kwargs: Any) -> Any:
+    """A rich Table that fits ``console``: boxed when wide, gridless with one-space gutters when
+    narrow (the box and padding cost three columns per column, which is what wrapped one word per
+    line at 80 columns). ``tight``: one space between columns instead of two."""
+    from rich import box
+    from rich.table import Table
+
+    if getattr(console, "width", 80) >= NARROW:
+        return Table(title_justify="left", **kwargs)
+    return Table(title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0 if tight else 1), pad_edge=False,
+                 collapse_padding=True, show_edge=False, **kwargs)
+
+
+def local_time(value: datetime) -> str:
+    """A time as people read it in a terminal: the machine's local zone, short, zone named."""
+    local = value.astimezone()
+    return f"{local:%a %d %b %H:%M} {local.tzname() or ''}".rstrip()
+
+
+def name_column_width(names: list[str], cap: int = 30) -> int:
+    """Room for the longest name (up to ``cap``), so names that share a prefix ("Seattle Branch 1",
+    "Seattle Store 1") are never cut to the same few characters."""
+    return min(cap, max((len(n) for n in names), default=4))
+
+
 def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sites: int = 25,
                   verbose: bool = False, health_past: dict[str, list[float | None]] | None = None) -> None:
     """Per site: APs, switches, gateways up/total, clients, worst wifi SLE, health (with its last 7 days
     as a unicode sparkline when ``health_past``, site key -> daily scores oldest first, is given);
-    totals; errors; API budget."""
+    in monitor mode the devices (those with problems, every one with ``verbose``); totals; errors;
+    API budget."""
     from rich.markup import escape
-    from rich.table import Table
 
     snapshot: Snapshot | None = result.snapshot
     if snapshot is None:  # collection failed: the command reports the error on stderr
         return
     rows = site_rows(snapshot, result.health)
     shown = rows if verbose else rows[:max_sites]
-    table = Table(title=f"Sites at {snapshot.taken_at:%Y-%m-%d %H:%M} UTC", title_justify="left")
-    for column in ("Site", "APs", "Switches", "Gateways", "Clients", "Worst Wi-Fi SLE"):
-        table.add_column(column, justify="left" if column in ("Site", "Worst Wi-Fi SLE") else "right")
+    table = compact_table(console, title=f"Sites at {local_time(snapshot.taken_at)}", tight=True)
+    width = name_column_width([r.name for r in shown])
+    narrow = getattr(console, "width", 80) < NARROW
+    table.add_column("Site", no_wrap=True, min_width=width, max_width=max(width, 30), overflow="ellipsis")
+    for column in (("APs", "Sw", "GW") if narrow else ("APs", "Switches", "Gateways")) + ("Clients",):
+        table.add_column(column, justify="right", no_wrap=True)
+    # the one column that gives way when names are long: it wraps between words
+    table.add_column("Worst Wi-Fi SLE", min_width=12)
     if result.health is not None:
-        table.add_column("Health", justify="right")
+        table.add_column("Health", justify="right", no_wrap=True)
         if health_past is not None:
-            table.add_column("7 days", no_wrap=True)
+            table.add_column("7 days", no_wrap=True, min_width=8)
     for row in shown:
         cells = [escape(row.name), _ratio(row.ap), _ratio(row.switch), _ratio(row.gateway),
                  "?" if row.clients is None else f"{int(row.clients)}", _sle(row.wifi_sle)]
@@ -158,6 +194,8 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     if len(rows) > len(shown):
         table.caption = f"{len(rows) - len(shown)} more sites without problems (-v shows all)"
     console.print(table)
+    if getattr(result, "mode", None) == "monitor":
+        print_devices(console, snapshot, result.health, verbose=verbose)
 
     t = totals(snapshot)
     device_text = devices_up_text(t["devices"])
@@ -171,6 +209,70 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     of = f" of the {allowed} allowed per token" if allowed else ""
     console.print(f"[bold]API:[/] {result.api_calls} calls this cycle; at a {interval_s / 60:g} min interval "
                   f"[{colour}]{per_hour} calls/hour[/]{of} ({result.duration_s:.2f} s)")
+
+
+@dataclass
+class DeviceRow:
+    site: str
+    name: str
+    type: str
+    state: str  # up | down | ?
+    clients: float | None
+    problems: list[str]
+
+
+def device_rows(snapshot: Snapshot, health: Any = None, *, every: bool = False) -> list[DeviceRow]:
+    """The devices with a problem (down, state unknown, CPU or memory high, a health below 100), or
+    every device with ``every``; by site name, problem devices first within a site, then by name."""
+    cpu_from, memory_from = 80.0, 85.0  # where the health score starts to take points off
+    rows = []
+    for e in snapshot.entities:
+        if e.kind != "device":
+            continue
+        connected = _metric(snapshot, e, "device.connected")
+        state = "?" if connected is None else "up" if connected >= 0.5 else "down"
+        problems = [] if state == "up" else ["disconnected" if state == "down" else "state unknown"]
+        for metric, start, label in (("device.cpu", cpu_from, "CPU"), ("device.memory", memory_from, "memory")):
+            value = _metric(snapshot, e, metric)
+            if value is not None and value >= start:
+                problems.append(f"{label} {value:.0f}%")
+        score = getattr(health, "devices", {}).get(e.key) if health is not None else None
+        if score is not None and score.score is not None and score.score < 100 and not problems:
+            problems.extend(d for _, lost, d in score.components if lost > 0)
+        if problems or every:
+            rows.append(DeviceRow(site=e.labels.get("site_name", ""), name=e.name,
+                                  type=e.labels.get("device_type", ""), state=state,
+                                  clients=_metric(snapshot, e, "device.clients"), problems=problems))
+    rows.sort(key=lambda r: (r.site.lower(), not r.problems, r.name.lower()))
+    return rows
+
+
+def print_devices(console: Any, snapshot: Snapshot, health: Any = None, *, verbose: bool = False) -> None:
+    """`run --mode monitor`: the problem devices of each site (every device with ``verbose``)."""
+    from rich.markup import escape
+
+    rows = device_rows(snapshot, health, every=verbose)
+    if not rows:
+        console.print("[green]Devices: every device is up and well.[/]")
+        return
+    title = "Devices" if verbose else "Devices with problems (-v shows all)"
+    table = compact_table(console, title=title)
+    site_width = name_column_width([r.site for r in rows], 24)
+    table.add_column("Site", no_wrap=True, min_width=site_width, overflow="ellipsis")
+    table.add_column("Device", no_wrap=True, min_width=name_column_width([r.name for r in rows], 24),
+                     overflow="ellipsis")
+    table.add_column("Type", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Clients", justify="right", no_wrap=True)
+    table.add_column("Problem", ratio=1)
+    previous = None
+    for row in rows:
+        state = {"down": "[bold red]down[/]", "?": "[yellow]?[/]"}.get(row.state, "up")
+        site = "" if row.site == previous else escape(row.site)  # each site named once
+        previous = row.site
+        table.add_row(site, escape(row.name), escape(row.type), state,
+                      "" if row.clients is None else f"{int(row.clients)}", escape("; ".join(row.problems)))
+    console.print(table)
 
 
 def summary_json(result: Any) -> dict[str, Any]:

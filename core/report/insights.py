@@ -46,40 +46,56 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
     (each rule's recommendation once) and the notes (insufficient history, unknown data).
 
     On a very wide console (>= 200 columns) summary and recommendation are a column of the table."""
-    from rich.table import Table
+    from rich.markup import escape
 
     alerts = sorted(outcome.alerts, key=_order)
     wide = getattr(console, "width", 80) >= 200
     if not alerts:
         console.print("[green]No findings: every rule is quiet.[/green]")
     else:
+        from mistwatch.report.console import compact_table, name_column_width
+
         counts = {state: sum(1 for a in alerts if a.state == state) for state in ("firing", "pending", "resolved")}
         title = "Insights: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-        table = Table(title=title, expand=wide)
+        table = compact_table(console, title=title, expand=wide)
+        narrow = getattr(console, "width", 80) < 120
         table.add_column("severity", no_wrap=True)
-        table.add_column("rule", overflow="fold")
-        table.add_column("site", overflow="fold")
-        table.add_column("device", overflow="fold")
-        table.add_column("value vs threshold/baseline", justify="right")
-        table.add_column("state", no_wrap=True)
+        # rule ids and device names are identifiers: never broken mid-word (they were folded at 80 columns)
+        table.add_column("rule", no_wrap=True, min_width=name_column_width([a.rule_id for a in alerts]))
+        if narrow:  # site and device share a cell, which wraps between words
+            table.add_column("where", min_width=16)
+        else:
+            table.add_column("site")
+            table.add_column("device", no_wrap=True)
+        table.add_column("value" if narrow else "value vs threshold/baseline", justify="right",
+                         min_width=11 if narrow else None)
+        if not narrow:
+            table.add_column("state", no_wrap=True)
         table.add_column("since", no_wrap=True)
         if wide:
             table.add_column("summary / recommendation", ratio=1)
         for alert in alerts:
             since = _since(alert)
-            ago = f"{format_duration(now - since)} ago" if since is not None and now >= since else ""
+            ago = format_duration(now - since) if since is not None and now >= since else ""
+            site, device = alert.labels.get("site_name", ""), alert.labels.get("device_name", "")
             rule = alert.rule_id
             if alert.state == "firing" and alert.annotations.get("superseded_by_rule"):
-                rule += f"\n[dim](superseded by {alert.annotations['superseded_by_rule']})[/dim]"
-            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", rule,
-                   alert.labels.get("site_name", ""), alert.labels.get("device_name", ""), versus(alert),
-                   f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", ago]
+                rule += f"\n[dim](superseded by {escape(str(alert.annotations['superseded_by_rule']))})[/dim]"
+            row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", rule]
+            if narrow:
+                row.append(escape(f"{site} · {device}" if device else site))
+                row.append(versus(alert).replace(" (was", "\n(was"))
+                row.append(f"{ago} ago" if alert.state == "firing" else
+                           f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/] {ago}")
+            else:
+                row += [escape(site), escape(device), versus(alert),
+                        f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", f"{ago} ago" if ago else ""]
             if wide:
-                text = alert.summary
+                text = escape(alert.summary)
                 if alert.recommendation and alert.state != "resolved":
-                    text += f"\n[dim]{alert.recommendation}[/dim]"
+                    text += f"\n[dim]{escape(alert.recommendation)}[/dim]"
                 if alert.causes:
-                    text += f"\n[dim]causes: {', '.join(alert.causes)}[/dim]"
+                    text += f"\n[dim]causes: {escape(', '.join(alert.causes))}[/dim]"
                 row.append(text)
             table.add_row(*row)
         console.print(table)

@@ -45,24 +45,37 @@ def spark_unicode(values: Sequence[float | None], *, lo: float | None = None, hi
 
 def spark_svg(values: Sequence[float | None], *, width: int = 96, height: int = 24,
               lo: float | None = None, hi: float | None = None, label: str = "",
-              color: str = "#2563eb") -> str:
+              color: str = "#2563eb", axis: tuple[str, str] | None = None) -> str:
     """A small inline ``<svg>`` polyline (gaps split the line), last point marked with a dot.
 
-    The result is markup built only from numbers and ``label``, which is escaped here, so the
-    template may mark it safe.
+    ``axis`` = (top label, bottom label) writes the scale's range at the left, so a reader can tell a
+    dip on a fixed 0-100 scale from a crash (``width`` includes that gutter). The result is markup
+    built only from numbers, ``label`` and ``axis``, which are escaped here, so the template may mark
+    it safe.
     """
     if not _COLOR.fullmatch(color):  # it goes into markup unescaped
         raise ValueError(f"spark_svg color must be a hex colour like #2563eb, not {color!r}")
     n = len(values)
+    gutter = 0.0
+    ticks = ""
+    if axis is not None:
+        top, bottom = (_esc(str(t)) for t in axis)
+        gutter = 5.0 * max(len(top), len(bottom)) + 4
+        ticks = (f'<g fill="currentColor" opacity=".65" font-size="8" font-family="sans-serif" text-anchor="end">'
+                 f'<text x="{gutter - 2:.0f}" y="8">{top}</text>'
+                 f'<text x="{gutter - 2:.0f}" y="{height - 1}">{bottom}</text></g>'
+                 f'<line x1="{gutter:.0f}" y1="2" x2="{gutter:.0f}" y2="{height - 2}" stroke="currentColor" '
+                 f'stroke-opacity=".25"/>')
     title = f"<title>{_esc(label)}</title>" if label else ""
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(label or "trend")}">{title}')
+    head += ticks
     if n == 0 or not any(v is not None for v in values):
         return head + "</svg>"
     low, high = _scale(values, lo, hi)
     span = high - low
     pad = 3.0
-    step = (width - 2 * pad) / max(1, n - 1)
+    step = (width - gutter - 2 * pad) / max(1, n - 1)
     scale = (height - 2 * pad) / span if span > 0 else 0.0
     mid = height / 2
     base = height - pad
@@ -75,7 +88,7 @@ def spark_svg(values: Sequence[float | None], *, width: int = 96, height: int = 
                 segments.append([])
             continue
         y = mid if span <= 0 else base - (min(high, max(low, v)) - low) * scale
-        last = f"{pad + i * step:.1f},{y:.1f}"
+        last = f"{gutter + pad + i * step:.1f},{y:.1f}"
         segments[-1].append(last)
     parts = []
     for seg in segments:

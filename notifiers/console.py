@@ -7,6 +7,7 @@ from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
+from mistwatch.sanitize import TEXT_LIMIT, terminal
 from mistwatch.secrets import redact
 
 SETTINGS_SCHEMA: dict[str, Any] = {
@@ -25,6 +26,14 @@ SETTINGS_SCHEMA: dict[str, Any] = {
 _STYLES = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "blue", "resolved": "green"}
 
 
+def _safe(text: str, limit: int | None = None, *, lines: bool = False) -> Any:
+    """Data as a rich Text (never markup), without terminal controls: a site name holding ESC ]52
+    would otherwise write the reader's clipboard. Names are already capped by alert_rows."""
+    from rich.text import Text
+
+    return Text(terminal(redact(text), limit, keep_newlines=lines))
+
+
 def render(n: Notification, *, recommendations: bool = False) -> Any:
     from rich.panel import Panel
     from rich.table import Table
@@ -35,19 +44,19 @@ def render(n: Notification, *, recommendations: bool = False) -> Any:
     rows = alert_rows(n)
     style = _STYLES.get(str(n.data.get("severity", "info")), "blue")
     if not rows:
-        return Panel(Text(redact(n.text)), title=Text(redact(n.title)), border_style=style)
+        return Panel(_safe(n.text, 20 * TEXT_LIMIT, lines=True), title=_safe(n.title, 300), border_style=style)
     table = Table(expand=True, show_lines=False)
     for column in ("State", "Alert", "Site", "Device", "Value", "Threshold / baseline", "Since"):
         table.add_column(column)
     for r in rows:
         state = "RESOLVED" if r.state == "resolved" else r.severity.upper()
-        summary = Text(redact(r.summary))
+        summary = _safe(r.summary)
         if recommendations and r.recommendation and r.state == "firing":
-            summary.append("\n" + redact(r.recommendation), style="dim")
+            summary.append("\n" + terminal(redact(r.recommendation), None, keep_newlines=True), style="dim")
         table.add_row(Text(state, style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, "")),
-                      summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
+                      summary, _safe(r.site), _safe(r.device), Text(r.value),
                       Text(r.reference), Text(f"{r.since}\n{r.duration}".strip()))
-    return Panel(table, title=Text(redact(n.title)), border_style=style)
+    return Panel(table, title=_safe(n.title, 300), border_style=style)
 
 
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:

@@ -115,3 +115,63 @@ def test_console_notifier_caps_a_100_kb_name_with_an_ellipsis(notify_env, capsys
     notify_env.notify([make_alert(site="Dublin " * 15_000, summary="AP-01 is offline")], T0)  # wraps
     out = capsys.readouterr().out
     assert len(out) < 20_000 and "…" in out
+
+
+# -- the run summary and status -------------------------------------------------------------------
+
+MARKUP = "[link=https://evil.example]Cork[/link]"
+
+
+def _summary_text(site_name: str) -> str:
+    import io
+
+    from fixtures_reports import T0 as R0
+    from fixtures_reports import alert, site_entity
+    from rich.console import Console
+
+    from mistwatch.engine import CycleResult
+    from mistwatch.model import Snapshot
+    from mistwatch.report.console import print_summary
+    from mistwatch.report.insights import print_insights
+    from mistwatch.rules.lifecycle import RulesOutcome
+
+    snap = Snapshot(taken_at=R0, entities=[site_entity("s1", site_name)])
+    out = io.StringIO()
+    console = Console(file=out, width=120)
+    print_summary(console, CycleResult(run_id=None, mode="insights", started_at=R0, snapshot=snap))
+    found = alert("site_down", "critical", "s1", site_name, device="ap-01")
+    print_insights(console, RulesOutcome(alerts=[found]), now=R0)
+    return out.getvalue()
+
+
+def test_run_summary_and_insights_print_no_terminal_escape_from_names():
+    text = _summary_text(ESCAPES)
+    assert "Lab" in text
+    assert "\x1b" not in text and "\x9b" not in text and "\x07" not in text
+
+
+def test_run_insights_show_rich_markup_in_a_name_as_text():
+    assert _summary_text(MARKUP).count("[link=https://evil.example]") == 2  # sites table and insights
+
+
+def test_run_summary_caps_a_100_kb_site_name_with_an_ellipsis():
+    text = _summary_text("Dublin " * 15_000)
+    assert len(text) < 20_000 and "…" in text
+
+
+def test_status_prints_no_terminal_escape_from_an_outbox_title(notify_env, http_receiver):
+    from click.testing import CliRunner
+
+    from mistwatch.cli.daemon import status
+
+    from mistwatch.model import Notification
+    from mistwatch.notify import outbox
+
+    http_receiver.respond(404)  # a permanent failure: status lists it with its title
+    config = notify_env.configure([{"name": "hook", "type": "webhook", "url": http_receiver.url()}])
+    outbox.enqueue(notify_env.store, [Notification(id="n1", notifier="hook", kind="test", title=ESCAPES,
+                                                   created_at=T0, text="")], T0)
+    notify_env.send_outbox(T0)
+    output = CliRunner().invoke(status, ["--config", str(config.path)]).output
+    assert "FAILED" in output.upper() and "Lab" in output
+    assert "\x1b" not in output and "\x9b" not in output and "\x07" not in output

@@ -73,7 +73,9 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
     from mistwatch.service.logsetup import setup_console_logging
 
     setup_console_logging(verbose)
-    console = Console(stderr=as_json)
+    # no highlighting: rich's highlighter is quadratic on long lines (a 100 KB name took minutes)
+    # and would colour numbers inside names
+    console = Console(stderr=as_json, highlight=False)
     app = open_app(config_path, console=console)
     try:
         with ExitStack() as stack:

@@ -163,7 +163,6 @@ def test_status_prints_no_terminal_escape_from_an_outbox_title(notify_env, http_
     from click.testing import CliRunner
 
     from mistwatch.cli.daemon import status
-
     from mistwatch.model import Notification
     from mistwatch.notify import outbox
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import ExitStack, redirect_stdout
 from datetime import datetime
@@ -77,6 +78,8 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
     # and would colour numbers inside names
     console = Console(stderr=as_json, highlight=False)
     app = open_app(config_path, console=console)
+    if app.config.data.get("log"):  # honour log.file, as the daemon does
+        setup_console_logging(verbose, app.config.data.get("log"), resolve=app.config.resolve)
     try:
         with ExitStack() as stack:
             if not dry_run:
@@ -88,6 +91,9 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
             if as_json:  # stdout carries the JSON only; what notifiers print goes to stderr
                 stack.enter_context(redirect_stdout(sys.stderr))
             result = run_cycle(app, mode=mode, now=now, dry_run=dry_run, progress=progress)
+        from mistwatch.cli.daemon import _cycle_line
+
+        logging.getLogger("mistwatch.cli.run").info("run --mode %s: %s", mode, _cycle_line(result))
         if as_json:
             from mistwatch.report.console import summary_json
 

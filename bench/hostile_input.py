@@ -35,6 +35,12 @@ def _files(folder: Path) -> list[tuple[str, list[str]]]:
                                                             for i in range(19_000)), encoding="utf-8")
     (folder / "deep.yaml").write_text("rules: " + "[" * 10_000 + "]" * 10_000 + "\n", encoding="utf-8")
     (folder / "recursive.yaml").write_text("rules: &a [*a]\n", encoding="utf-8")
+    head = "id: x\nkind: threshold\nmetric: site.clients\nbelow: 1\n"
+    templates = {"macro": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "center": "{{ 'x' | center(600000000) }}",
+                 "loops": "{% for a in [1] * 100000 %}{% for b in [1] * 100000 %}{{ a }}{% endfor %}{% endfor %}",
+                 "power": "{{ ((9**1000)**1000)**1000 }}"}
+    for name, template in templates.items():
+        (folder / f"tpl-{name}.yaml").write_text(head + f"summary: \"{template}\"\n", encoding="utf-8")
     return [
         ("config alias bomb (342 B)", ["config", "check", "--config", str(folder / "config-bomb.yaml")]),
         ("rule file alias bomb (342 B)", ["rules", "check", str(rules / "bomb.yaml")]),
@@ -43,6 +49,10 @@ def _files(folder: Path) -> list[tuple[str, list[str]]]:
         ("rule file within the bounds (95,000 nodes)", ["rules", "check", str(folder / "under.yaml")]),
         ("rule file nested 10,000 deep", ["rules", "check", str(folder / "deep.yaml")]),
         ("recursive alias", ["rules", "check", str(folder / "recursive.yaml")]),
+        ("summary: a recursive macro", ["rules", "check", str(folder / "tpl-macro.yaml")]),
+        ("summary: center(600000000)", ["rules", "check", str(folder / "tpl-center.yaml")]),
+        ("summary: nested loops over [1]*100000", ["rules", "check", str(folder / "tpl-loops.yaml")]),
+        ("summary: ((9**1000)**1000)**1000", ["rules", "check", str(folder / "tpl-power.yaml")]),
     ]
 
 
@@ -66,6 +76,37 @@ def _measure(args: list[str]) -> tuple[float, float, int, str]:
 ERR = ""
 
 
+def console_with_huge_names() -> None:
+    """The run summary, insights and a console notification with 100 KB site names (wall time)."""
+    import io
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+
+    from mistwatch.engine import CycleResult
+    from mistwatch.model import Alert, Entity, Notification, Snapshot
+    from mistwatch.notifiers.console import render
+    from mistwatch.report.console import print_summary
+    from mistwatch.report.insights import print_insights
+    from mistwatch.rules.lifecycle import RulesOutcome
+
+    now = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+    names = ["Dublin " * 15_000, "x" * 100_000 + " 10.0.0.1 2026-11-20"]
+    sites = [Entity(f"site:s{i}", "site", {"site_id": f"s{i}", "site_name": name}, {"site.clients": 3.0})
+             for i, name in enumerate(names)]
+    alerts = [Alert(key=f"k{i}", rule_id="r", labels=dict(s.labels), state="firing", severity="major",
+                    summary=f"{s.labels['site_name']} is degraded", firing_since=now) for i, s in enumerate(sites)]
+    start = time.perf_counter()
+    out = io.StringIO()
+    console = Console(file=out, width=120, highlight=False)
+    print_summary(console, CycleResult(run_id=None, mode="all", started_at=now, snapshot=Snapshot(now, sites)))
+    print_insights(console, RulesOutcome(alerts=alerts), now=now)
+    console.print(render(Notification(id="n", notifier="c", kind="alerts", title="t", created_at=now,
+                                      alerts=tuple(alerts))))
+    print(f"console output with two 100 KB site names: {time.perf_counter() - start:.2f} s, "
+          f"{len(out.getvalue()) / 1024:.0f} KB printed")
+
+
 def main() -> None:
     global ERR
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # an unbounded loader fails rather than swaps
@@ -76,6 +117,7 @@ def main() -> None:
         for label, args in _files(folder):
             seconds, rss, code, line = _measure(args)
             print(f"{label:40} {seconds:6.2f} {rss:7.1f} {code:>4}  {line.replace(tmp, '<tmp>')[:90]}")
+    console_with_huge_names()
     print(f"({platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs)")
 
 

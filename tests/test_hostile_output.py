@@ -174,3 +174,18 @@ def test_status_prints_no_terminal_escape_from_an_outbox_title(notify_env, http_
     output = CliRunner().invoke(status, ["--config", str(config.path)]).output
     assert "FAILED" in output.upper() and "Lab" in output
     assert "\x1b" not in output and "\x9b" not in output and "\x07" not in output
+
+
+def test_log_lines_quoting_a_name_carry_no_terminal_escape(capsys):
+    import logging
+
+    from mistwatch.service.logsetup import setup_console_logging
+
+    setup_console_logging(1)
+    try:
+        logging.getLogger("mistwatch.test").warning("site %s is unreachable", ESCAPES)
+    finally:
+        logging.getLogger("mistwatch").handlers.clear()
+    err = capsys.readouterr().err
+    assert "site Lab" in err and "unreachable" in err
+    assert "\x1b" not in err and "\x9b" not in err and "\x07" not in err

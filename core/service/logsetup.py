@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mistwatch.files import open_private, private_dir
+from mistwatch.sanitize import strip_controls
 from mistwatch.secrets import RedactingFilter, redact
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -25,10 +26,12 @@ _OURS = "_mistwatch_handler"
 
 
 class RedactingFormatter(logging.Formatter):
-    """Redacts the whole formatted record, tracebacks included (the filter sees only the message)."""
+    """Redacts the whole formatted record, tracebacks included (the filter sees only the message), and
+    strips terminal control characters: a log line quoting a site name must not drive the terminal
+    of whoever tails the log."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return strip_controls(redact(super().format(record)))
 
 
 def setup_logging(settings: Mapping[str, Any] | None = None, *, resolve: Callable[[str], Path] | None = None,
@@ -85,7 +88,7 @@ def setup_console_logging(verbosity: int, settings: Mapping[str, Any] | None = N
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter(FORMAT))
     handler.setLevel(level)
     handlers: list[logging.Handler] = [handler]
     if settings and settings.get("file"):

@@ -83,3 +83,13 @@ def test_anchors_aliases_and_merge_keys_of_ordinary_size_still_load(tmp_path):
                     encoding="utf-8")
     data, _ = load_yaml(path)
     assert data["rules"][1] == {"severity": "major", "for": "10m", "id": "two"}
+
+
+def test_an_error_quoting_a_hostile_key_reaches_the_terminal_without_its_escapes(tmp_path):
+    import subprocess
+
+    (tmp_path / "r.yaml").write_text('"x\\e]0;owned\\a\\e[2J": 1\n"x\\e]0;owned\\a\\e[2J": 2\n', encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "mistwatch", "rules", "check", "r.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "duplicate key" in done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr

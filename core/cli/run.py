@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mistwatch.durations import parse_time
+from mistwatch.sanitize import terminal
 
 MODE_HELP = """What the cycle does:
 
@@ -101,7 +102,8 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
         else:
             show_result(console, app, result, verbose=verbose > 0)
             if result.status == "failed":
-                click.echo("mistwatch: " + "; ".join(result.errors), err=True)
+                # errors can quote what Mist answered: no terminal controls from it
+                click.echo("mistwatch: " + terminal("; ".join(result.errors), 2000), err=True)
             if dry_run:
                 console.print("[bold]Dry run:[/] nothing was stored or sent.")
     finally:

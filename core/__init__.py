@@ -1,8 +1,9 @@
 """mistwatch: monitoring and alerting for Juniper Mist networks.
 
 The public API for plugin authors is what this module exports, with ``mistwatch.hookspecs`` (the hooks
-and descriptors), ``mistwatch.model`` (the dataclasses passed between stages) and ``mistwatch.render``
-(showing a notification to people). Built-in plugins use nothing else, as a third-party plugin would.
+and descriptors), ``mistwatch.model`` (the dataclasses passed between stages), ``mistwatch.render``
+(showing a notification to people) and ``mistwatch.sanitize`` (escaping and capping data from Mist
+for each channel: terminal, Slack, Teams, HTML). Built-in plugins use nothing else, as a third-party plugin would.
 
 - Plugins: ``hookimpl``, ``Collector``, ``Notifier``, ``RuleKind``, ``CollectContext`` and the model.
 - Rule kinds: ``Result``, ``RuleContext``, ``RuleSpecError``, ``duration_schema``, ``identity_of``.

@@ -18,6 +18,10 @@ from datetime import datetime, timezone
 
 from mistwatch.durations import format_duration
 from mistwatch.model import Alert, Notification, severity_rank
+from mistwatch.sanitize import TEXT_LIMIT, cap, one_line
+
+#: A summary names a site or device and says what is wrong: a little longer than a name.
+SUMMARY_LIMIT = 300
 
 #: Colours per severity (and for resolved), shared by the notifiers so every channel looks alike.
 SEVERITY_COLORS: dict[str, str] = {
@@ -139,6 +143,9 @@ def resolved_line(a: Alert) -> str:
 
 
 def alert_rows(n: Notification) -> list[AlertRow]:
+    """One row per alert. Names and texts are capped for display (a 100 KB site name from Mist becomes
+    a line ending in an ellipsis); controls and line breaks are removed from names. Escaping for a
+    channel's markup is the notifier's job (``mistwatch.sanitize``)."""
     rows = []
     new_keys = set(n.data.get("new") or ())
     for a in sorted(n.alerts, key=alert_order):
@@ -151,19 +158,22 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             # a duration under a minute is the cycle that saw it start: "for 0s" says nothing
             duration = f"for {format_duration(n.created_at - start)}" if start and (
                 n.created_at - start).total_seconds() >= 60 else ""
-        device = a.labels.get("device_name") or a.labels.get("device_id") or ""
-        device_type = a.labels.get("device_type")
+        device = one_line(a.labels.get("device_name") or a.labels.get("device_id") or "")
+        device_type = one_line(a.labels.get("device_type") or "", 20)
         if device and device_type:
             device = f"{device} ({device_type})"
         rows.append(AlertRow(
             key=a.key, state=a.state, severity=a.severity,
             color=SEVERITY_COLORS["resolved" if a.state == "resolved" else a.severity]
             if (a.state == "resolved" or a.severity in SEVERITY_COLORS) else SEVERITY_COLORS["info"],
-            rule_id=a.rule_id, summary=resolved_line(a) if a.state == "resolved" else (a.summary or a.rule_id),
-            site=a.labels.get("site_name") or a.labels.get("site_id") or "", device=device,
+            rule_id=a.rule_id,
+            summary=one_line(resolved_line(a) if a.state == "resolved" else (a.summary or a.rule_id), SUMMARY_LIMIT),
+            site=one_line(a.labels.get("site_name") or a.labels.get("site_id") or ""), device=device,
             value=value, reference=reference, since=fmt_time(start), duration=duration,
-            resolved_at=fmt_time(a.resolved_at), recommendation=a.recommendation, description=a.description,
-            new=a.state == "firing" and a.key in new_keys, link=alert_link(a), problem=a.summary or a.rule_id))
+            resolved_at=fmt_time(a.resolved_at), recommendation=cap(a.recommendation or "", TEXT_LIMIT),
+            description=cap(a.description or "", TEXT_LIMIT),
+            new=a.state == "firing" and a.key in new_keys, link=alert_link(a),
+            problem=one_line(a.summary or a.rule_id, SUMMARY_LIMIT)))
     return rows
 
 
@@ -175,7 +185,7 @@ def alert_link(a: Alert) -> str:
 
 def plain_text(n: Notification) -> str:
     """A plain-text body any notifier can use."""
-    lines = [n.title, ""]
+    lines = [one_line(n.title, SUMMARY_LIMIT), ""]
     for title, state in (("Firing", "firing"), ("Resolved", "resolved")):
         rows = [r for r in alert_rows(n) if r.state == state]
         if not rows:

@@ -2,7 +2,10 @@
 
 ``load_yaml`` parses a file once (libyaml when available), builds the data and a :class:`LineMap`
 from the same node tree, and rejects duplicate mapping keys (YAML itself silently keeps the last
-one, a classic way to lose half a rule). ``validate`` checks data against a JSON Schema (Draft
+one, a classic way to lose half a rule). Hostile input is bounded before anything is built: the file
+size, then (streaming the parser's events) the number of nodes, the nesting depth and the size the
+document would have with every alias expanded (a 700-byte "billion laughs" file took 3 GB).
+``validate`` checks data against a JSON Schema (Draft
 2020-12) and raises :class:`~mistwatch.errors.ConfigError` for the most relevant problem, with the
 file, line and key path, in words rather than a jsonschema dump.
 """
@@ -22,6 +25,15 @@ from mistwatch.secrets import redact
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+#: Bounds on one YAML file (config, rules, rule tests). The largest shipped file is under 10 KB and
+#: a few thousand nodes; these leave room for 100 times that and keep peak memory far below 150 MB.
+MAX_FILE_BYTES = 1_048_576
+MAX_NODES = 100_000
+#: Nodes counted with every alias expanded: what later stages (schema validation, rule compilation)
+#: walk, since they see the data as a tree.
+MAX_EXPANDED_NODES = 200_000
+MAX_DEPTH = 64
 
 
 class _Entry:
@@ -118,6 +130,53 @@ def _syntax_error(exc: yaml.YAMLError, file: str) -> ConfigError:
     return ConfigError(f"YAML syntax error: {exc}", file=file)
 
 
+def _check_bounds(text: str, file: str) -> None:
+    """Stream the parser's events (no nodes are built) and refuse a document over the bounds."""
+    nodes = expanded = 0
+    sizes: dict[str, int] = {}  # anchor -> expanded size of its node
+    stack: list[list[Any]] = [[None, 0]]  # [anchor, expanded size so far] per open collection
+    loader = _Loader(text)
+
+    def refuse(problem: str, event: Any) -> ConfigError:
+        return ConfigError(problem, file=file, line=event.start_mark.line + 1 if event.start_mark else None)
+
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.AliasEvent):
+                size = sizes.get(event.anchor)
+                if size is None:  # inside its own anchor it would make an endless document
+                    recursive = any(frame[0] == event.anchor for frame in stack)
+                    raise refuse(f"{'recursive' if recursive else 'undefined'} alias *{event.anchor}", event)
+                stack[-1][1] += size
+                expanded += size
+            elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                nodes += 1
+                expanded += 1
+                if nodes > MAX_NODES:
+                    raise refuse(f"too many YAML nodes (more than {MAX_NODES})", event)
+                if isinstance(event, yaml.ScalarEvent):
+                    if event.anchor is not None:
+                        sizes[event.anchor] = 1
+                    stack[-1][1] += 1
+                else:
+                    if len(stack) > MAX_DEPTH:
+                        raise refuse(f"nested too deep (more than {MAX_DEPTH} levels)", event)
+                    stack.append([event.anchor, 1])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, size = stack.pop()
+                if anchor is not None:
+                    sizes[anchor] = size
+                stack[-1][1] += size
+            else:
+                continue
+            if expanded > MAX_EXPANDED_NODES:
+                raise refuse(f"too large with its aliases expanded (more than {MAX_EXPANDED_NODES} nodes)",
+                             event)
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> tuple[Any, LineMap]:
     """Load one YAML document safely; return ``(data, line_map)``.
 
@@ -126,8 +185,12 @@ def load_yaml(path: str | Path) -> tuple[Any, LineMap]:
     """
     file = str(path)
     try:
+        with open(path, "rb") as handle:  # read one byte past the cap: never the whole of a huge file
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(f"file too large (over {MAX_FILE_BYTES // 1024} KB)", file=file)
         # utf-8-sig: files saved by Windows editors often start with a BOM
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError("file not found", file=file) from None
     except IsADirectoryError:
@@ -136,6 +199,10 @@ def load_yaml(path: str | Path) -> tuple[Any, LineMap]:
         raise ConfigError(f"not valid UTF-8 text (byte {exc.start})", file=file) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", file=file) from None
+    try:
+        _check_bounds(text, file)
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc, file) from None
     loader = _Loader(text)
     try:
         node = loader.get_single_node()

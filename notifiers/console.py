@@ -7,6 +7,7 @@ from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
+from mistwatch.sanitize import TEXT_LIMIT, terminal
 from mistwatch.secrets import redact
 
 SETTINGS_SCHEMA: dict[str, Any] = {
@@ -25,6 +26,14 @@ SETTINGS_SCHEMA: dict[str, Any] = {
 _STYLES = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "blue", "resolved": "green"}
 
 
+def _safe(text: str, limit: int | None = None, *, lines: bool = False) -> Any:
+    """Data as a rich Text (never markup), without terminal controls: a site name holding ESC ]52
+    would otherwise write the reader's clipboard. Names are already capped by alert_rows."""
+    from rich.text import Text
+
+    return Text(terminal(redact(text), limit, keep_newlines=lines))
+
+
 #: Below this width (80 columns, a log file, ``| cat``) an alert is one row of two columns, its facts
 #: on a second line: seven columns there wrapped every cell one word per line.
 NARROW = 120
@@ -40,7 +49,7 @@ def render(n: Notification, *, recommendations: bool = False, width: int | None 
     rows = alert_rows(n)
     style = _STYLES.get(str(n.data.get("severity", "info")), "blue")
     if not rows:
-        return Panel(Text(redact(n.text)), title=Text(redact(n.title)), border_style=style)
+        return Panel(_safe(n.text, 20 * TEXT_LIMIT, lines=True), title=_safe(n.title, 300), border_style=style)
     if width is not None and width < NARROW:
         return _render_narrow(n, rows, style, recommendations)
     table = Table(expand=True, show_lines=False)
@@ -51,14 +60,14 @@ def render(n: Notification, *, recommendations: bool = False, width: int | None 
                      style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, ""))
         if r.new:  # as email, Slack and Teams do: what this message adds to the group's last one
             state.append("\nNEW", style="bold reverse")
-        summary = Text(redact(r.summary))
+        summary = _safe(r.summary)
         if recommendations and r.recommendation and r.state == "firing":
-            summary.append("\n" + redact(r.recommendation), style="dim")
+            summary.append("\n" + terminal(redact(r.recommendation), None, keep_newlines=True), style="dim")
         if r.link:
             summary.append("\n" + r.link, style=f"dim link {r.link}")
-        table.add_row(state, summary, Text(redact(r.site)), Text(redact(r.device)), Text(r.value),
+        table.add_row(state, summary, _safe(r.site), _safe(r.device), Text(r.value),
                       Text(r.reference), Text(f"{r.since}\n{r.duration}".strip()))
-    return Panel(table, title=Text(redact(n.title)), border_style=style)
+    return Panel(table, title=_safe(n.title, 300), border_style=style)
 
 
 def _render_narrow(n: Notification, rows: list[Any], style: str, recommendations: bool) -> Any:
@@ -71,15 +80,20 @@ def _render_narrow(n: Notification, rows: list[Any], style: str, recommendations
     table.add_column("State", no_wrap=True)
     table.add_column("Alert", ratio=1)
     for r in rows:
-        state = "RESOLVED" if r.state == "resolved" else r.severity.upper()
-        text = Text(redact(r.summary))
-        facts = " · ".join(redact(x) for x in (r.site, r.device, " ".join(filter(None, (r.value, r.reference))),
-                                              " ".join(filter(None, (r.since, r.duration)))) if x)
-        text.append("\n" + facts, style="dim")
+        state = Text("RESOLVED" if r.state == "resolved" else r.severity.upper(),
+                     style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, ""))
+        if r.new:
+            state.append("\nNEW", style="bold reverse")
+        text = _safe(r.summary)
+        facts = " · ".join(x for x in (r.site, r.device, " ".join(filter(None, (r.value, r.reference))),
+                                       " ".join(filter(None, (r.since, r.duration)))) if x)
+        text.append("\n" + terminal(redact(facts), None), style="dim")
         if recommendations and r.recommendation and r.state == "firing":
-            text.append("\n" + redact(r.recommendation), style="dim")
-        table.add_row(Text(state, style=_STYLES.get("resolved" if r.state == "resolved" else r.severity, "")), text)
-    return Panel(table, title=Text(redact(n.title)), border_style=style)
+            text.append("\n" + terminal(redact(r.recommendation), None, keep_newlines=True), style="dim")
+        if r.link:
+            text.append("\n" + r.link, style=f"dim link {r.link}")
+        table.add_row(state, text)
+    return Panel(table, title=_safe(n.title, 300), border_style=style)
 
 
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:

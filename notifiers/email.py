@@ -22,9 +22,14 @@ from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
+from mistwatch.sanitize import html as html_escape
 from mistwatch.secrets import redact, register
 
 TEMPLATES = Path(__file__).parent / "templates"
+#: Relays refuse big mail (Postfix's default message_size_limit is 10,240,000 bytes) and base64 makes
+#: an attachment a third bigger: attachments past this many bytes in all are left out, and the mail
+#: says so, rather than the whole message bouncing as a permanent failure.
+MAX_ATTACHMENT_BYTES = 7_000_000
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -141,13 +146,32 @@ def build_message(settings: Mapping[str, Any], n: Notification) -> EmailMessage:
     msg["X-Mistwatch-Kind"] = n.kind
     msg["Auto-Submitted"] = "auto-generated"
     text, html = render(settings, n)
+    attachments, left_out = _within_budget(n)
+    if left_out:
+        note = (f"Not attached, too big for mail ({left_out}); "
+                "the report is in the reports folder of the mistwatch host.")
+        text += f"\n{note}\n"
+        paragraph = f"<p style=\"color:#6b7280\">{html_escape(note)}</p>"
+        html = html.replace("</body>", paragraph + "</body>") if "</body>" in html else html + paragraph
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
-    for att in n.attachments:
+    for att in attachments:
         maintype, _, subtype = att.mimetype.partition("/")
         msg.add_attachment(att.content, maintype=maintype or "application",
                            subtype=subtype or "octet-stream", filename=att.filename)
     return msg
+
+
+def _within_budget(n: Notification) -> tuple[list[Any], str]:
+    """The attachments that fit :data:`MAX_ATTACHMENT_BYTES` (in order), and a description of the rest."""
+    kept, left_out, total = [], [], 0
+    for att in n.attachments:
+        if total + len(att.content) <= MAX_ATTACHMENT_BYTES:
+            kept.append(att)
+            total += len(att.content)
+        else:
+            left_out.append(f"{att.filename}, {len(att.content) / 1e6:.1f} MB")
+    return kept, "; ".join(left_out)
 
 
 def _tls_context(settings: Mapping[str, Any]) -> ssl.SSLContext:

@@ -12,6 +12,7 @@ from typing import Any
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
 from mistwatch.notifiers.webhook import HTTP_SETTINGS, post_json_each
+from mistwatch.sanitize import cap, one_line, slack
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -27,23 +28,34 @@ SETTINGS_SCHEMA: dict[str, Any] = {
 
 #: Slack allows 50 blocks per message; keep room for the header, context and the "more" line.
 MAX_ALERT_BLOCKS = 40
+#: Slack's limits: a header's plain text 150 characters, a section's text 3000; the top-level text
+#: (the notification preview) is cut by Slack at 40,000 but only its first line is ever shown.
+MAX_HEADER = 150
+MAX_SECTION = 3000
+MAX_TEXT = 1000
 _MARKS = {"critical": ":red_circle:", "major": ":large_orange_circle:", "minor": ":large_yellow_circle:",
           "info": ":large_blue_circle:", "resolved": ":white_check_mark:"}
 
 
 def escape(text: str) -> str:
-    """Slack mrkdwn control characters."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack mrkdwn control characters (kept for plugins that import it: ``mistwatch.sanitize.slack``)."""
+    return slack(text)
+
+
+def _section(text: str) -> dict[str, Any]:
+    # Slack refuses the whole message when a section is over its limit (an entity cut in half by
+    # the cap shows as text: harmless)
+    return {"type": "section", "text": {"type": "mrkdwn", "text": cap(text, MAX_SECTION)}}
 
 
 def payload(n: Notification) -> dict[str, Any]:
     from mistwatch.render import alert_rows
 
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": n.title[:150], "emoji": True}}]
+        {"type": "header", "text": {"type": "plain_text", "text": one_line(n.title, MAX_HEADER), "emoji": True}}]
     rows = alert_rows(n)
     if not rows:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(n.text)[:3000]}})
+        blocks.append(_section(slack(cap(n.text, MAX_SECTION))))
     for r in rows[:MAX_ALERT_BLOCKS]:
         state = "resolved" if r.state == "resolved" else r.severity
         lines = [f"{_MARKS.get(state, '')} *{escape(state.upper())}*{' (new)' if r.new else ''} {escape(r.summary)}"]
@@ -60,12 +72,14 @@ def payload(n: Notification) -> dict[str, Any]:
             lines.append(f"_{escape(r.recommendation)}_")
         if r.link:
             lines.append(f"<{escape(r.link)}|Open in the portal>")
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}})
+        blocks.append(_section("\n".join(lines)))
     if len(rows) > MAX_ALERT_BLOCKS:
         more = len(rows) - MAX_ALERT_BLOCKS
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"... and {more} more"}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "Sent by mistwatch"}]})
-    return {"text": n.title, "blocks": blocks}
+    # the top-level text is mrkdwn too (notifications, old clients): "<!channel>" in a site name
+    # would page the whole channel
+    return {"text": slack(one_line(n.title, MAX_TEXT)), "blocks": blocks}
 
 
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:

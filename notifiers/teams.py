@@ -10,6 +10,7 @@ from typing import Any
 from mistwatch.hookspecs import Notifier, hookimpl
 from mistwatch.model import Delivery, Notification
 from mistwatch.notifiers.webhook import HTTP_SETTINGS, post_json_each
+from mistwatch.sanitize import cap_bytes, markdown, one_line
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -28,8 +29,11 @@ MAX_ALERTS = 40
 #: Teams refuses a message over about 28 KB with HTTP 413 (some tenants at less): alerts that would
 #: take the card past this many bytes of JSON are summed up in an "... and N more" line instead.
 MAX_CARD_BYTES = 20_000
-#: A text without alerts (a test, the digest) is cut to this many characters for the same reason.
+#: A text without alerts (a test, the digest) is cut to this many bytes for the same reason.
 MAX_TEXT = 10_000
+#: The title, and each fact of an alert, are cut so that the title and the first alert always fit.
+MAX_TITLE = 300
+MAX_FACT = 2_000
 #: Adaptive Card colours and container styles per severity.
 _COLOR = {"critical": "Attention", "major": "Attention", "minor": "Warning", "info": "Accent", "resolved": "Good"}
 _STYLE = {"critical": "attention", "major": "attention", "minor": "warning", "info": "accent", "resolved": "good"}
@@ -39,11 +43,14 @@ def card(n: Notification) -> dict[str, Any]:
     from mistwatch.render import alert_rows
 
     severity = str(n.data.get("severity", "info"))
-    body: list[dict[str, Any]] = [{"type": "TextBlock", "text": n.title, "weight": "Bolder", "size": "Medium",
-                                   "wrap": True, "color": _COLOR.get(severity, "Default")}]
+    # TextBlocks and facts are Markdown in Teams: every text from data is escaped ("[x](https://...)"
+    # in a site name must not become a link), and capped in bytes (Teams answers 413 over ~28 KB)
+    body: list[dict[str, Any]] = [{"type": "TextBlock", "text": _md(one_line(n.title, MAX_TITLE), MAX_TITLE * 4),
+                                   "weight": "Bolder", "size": "Medium", "wrap": True,
+                                   "color": _COLOR.get(severity, "Default")}]
     rows = alert_rows(n)
     if not rows:
-        body.append({"type": "TextBlock", "text": n.text[:MAX_TEXT], "wrap": True})
+        body.append({"type": "TextBlock", "text": _md(n.text, MAX_TEXT), "wrap": True})
     size, shown = _size(body), 0
     for r in rows[:MAX_ALERTS]:
         state = "resolved" if r.state == "resolved" else r.severity
@@ -56,9 +63,10 @@ def card(n: Notification) -> dict[str, Any]:
         if r.recommendation and r.state == "firing":
             facts.append({"title": "Recommendation", "value": r.recommendation})
         container: dict[str, Any] = {"type": "Container", "style": _STYLE.get(state, "default"), "items": [
-            {"type": "TextBlock", "text": f"{state.upper()}{' (new)' if r.new else ''}: {r.summary}",
+            {"type": "TextBlock", "text": f"{state.upper()}{' (new)' if r.new else ''}: {_md(r.summary, MAX_FACT)}",
              "weight": "Bolder", "wrap": True},
-            {"type": "FactSet", "facts": [f for f in facts if f["value"]]},
+            {"type": "FactSet", "facts": [{"title": f["title"], "value": _md(f["value"], MAX_FACT)}
+                                          for f in facts if f["value"]]},
         ]}
         if r.link:
             container["selectAction"] = {"type": "Action.OpenUrl", "url": r.link, "title": "Open in the portal"}
@@ -70,6 +78,11 @@ def card(n: Notification) -> dict[str, Any]:
         body.append({"type": "TextBlock", "text": f"... and {len(rows) - shown} more", "wrap": True})
     return {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
             "version": "1.4", "msteams": {"width": "Full"}, "body": body}
+
+
+def _md(text: str, limit: int) -> str:
+    """Data as Teams Markdown text: escaped, at most ``limit`` bytes of UTF-8."""
+    return cap_bytes(markdown(text), limit)
 
 
 def _size(item: Any) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -169,11 +170,24 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
+#: Header names whose values are credentials, kept out of logs and errors. Other headers (a
+#: User-Agent of "mistwatch", a tenant name) are not: registering them masked every occurrence of
+#: their value, so "mistwatch" showed as "***" in logs.
+_SECRET_HEADER = re.compile(r"authorization|token|secret|password|passwd|api[-_]?key|(^|-)key$|signature|cookie"
+                            r"|credential|session|auth", re.IGNORECASE)
+
+
+def is_secret_header(name: str) -> bool:
+    """True for a header that carries a credential (Authorization, X-Api-Key, X-Auth-Token, Cookie ...)."""
+    return bool(_SECRET_HEADER.search(name))
+
+
 def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
     secret = settings.get("secret")
     register(secret)
-    for value in (settings.get("headers") or {}).values():
-        register(value)
+    for name, value in (settings.get("headers") or {}).items():
+        if is_secret_header(str(name)):
+            register(value)
 
     def request(n: Notification) -> tuple[bytes, dict[str, str]]:
         body = redact(json.dumps(payload(n), ensure_ascii=False, sort_keys=True)).encode("utf-8")

@@ -344,3 +344,26 @@ def test_display_names_stay_in_headers_and_the_envelope_gets_bare_addresses(noti
     message = smtp_sink.messages[0]
     assert message["From"] == "Mistwatch <mw@example.org>"
     assert message["Message-ID"].endswith("@example.org>")
+
+
+def test_a_report_too_big_for_mail_is_left_out_and_the_mail_says_so(notify_env, smtp_sink):
+    from mistwatch.model import Attachment
+
+    notify_env.configure([smtp_sink.settings(attach_report=True)])
+    report = Attachment("mistwatch-report.html", b"<html>" + b"x" * 14_500_000 + b"</html>", "text/html")
+    result = notify_env.notify([make_alert()], T0, attachments=(report,))
+    assert len(result.sent) == 1
+    message = smtp_sink.messages[0]
+    assert list(message.iter_attachments()) == []
+    assert len(smtp_sink.envelopes[0]["raw"]) < 1_000_000
+    text = message.get_body(("plain",)).get_content()
+    assert "Not attached, too big for mail (mistwatch-report.html, 14.5 MB)" in text
+
+
+def test_a_100_kb_site_name_makes_a_small_mail_with_the_name_cut(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    huge = "Dublin " + "x" * 100_000
+    notify_env.notify([make_alert(site=huge, device=huge, summary=f"AP-01 at {huge} is offline")], T0)
+    raw = smtp_sink.envelopes[0]["raw"]
+    assert len(raw) < 30_000
+    assert "…" in smtp_sink.messages[0].get_body(("plain",)).get_content()

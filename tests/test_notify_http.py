@@ -66,7 +66,7 @@ def test_slack_gets_a_block_kit_message(notify_env, http_receiver):
     notify_env.configure([{"name": "chat", "type": "slack", "webhook_url": http_receiver.url("/services/T0/B0/x")}])
     notify_env.notify([make_alert(site="R&D <lab>")], T0)
     body = http_receiver.requests[0].json()
-    assert body["text"] == "[mistwatch] CRITICAL: 1 firing at R&D <lab>"
+    assert body["text"] == "[mistwatch] CRITICAL: 1 firing at R&amp;D &lt;lab&gt;"  # the preview is mrkdwn too
     header, section, context = body["blocks"]
     assert header == {"type": "header", "text": {"type": "plain_text", "emoji": True,
                                                  "text": "[mistwatch] CRITICAL: 1 firing at R&D <lab>"}}

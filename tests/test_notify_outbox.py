@@ -95,7 +95,8 @@ def test_the_outbox_payload_round_trips_the_notification(notify_env):
     n = build_notification("n1", "mail", [make_alert(device_id="d2")], [alert], {"site_id": "site-1"},
                            "route1|site_id=site-1", T0 + timedelta(hours=2), thread_id="n0",
                            attachments=[Attachment("r.html", b"\x00\xffbytes", "text/html")])
-    back = outbox.notification_from_json(outbox.notification_to_json(n))
+    outbox.enqueue(notify_env.store, [n], T0)
+    ((_, back),) = outbox.due(notify_env.store, T0 + timedelta(hours=2))
     assert back == n
 
 
@@ -153,3 +154,46 @@ def test_sent_messages_and_ended_silences_are_forgotten_after_30_days(notify_env
     notify_env.notify([alert], T0 + timedelta(days=30, hours=2))
     assert outbox.counts(notify_env.store)["sent"] == 2  # the first one went, the newest came
     assert outbox.silences(notify_env.store, include_ended=True) == []
+
+
+def _report_notifications(count: int, report: bytes, prefix: str = "n") -> list:
+    from mistwatch.model import Notification
+
+    return [Notification(id=f"{prefix}{i}", notifier="mail", kind="alerts", title=f"t{i}", created_at=T0,
+                         attachments=(Attachment("mistwatch-report.html", report, "text/html"),))
+            for i in range(count)]
+
+
+def test_an_attachment_carried_by_many_notifications_is_stored_once(notify_env):
+    report = b"<html>" + b"x" * 1_000_000 + b"</html>"
+    outbox.enqueue(notify_env.store, _report_notifications(5, report), T0)
+    db = notify_env.store.db
+    assert db.execute("SELECT count(*), sum(size) FROM attachments").fetchone() == (1, len(report))
+    assert db.execute("SELECT max(length(payload)) FROM outbox").fetchone()[0] < 2_000
+    assert all(n.attachments[0].content == report for _, n in outbox.due(notify_env.store, T0))
+
+
+def test_an_attachment_no_outbox_row_references_is_pruned(notify_env):
+    outbox.enqueue(notify_env.store, _report_notifications(2, b"report one"), T0)
+    outbox.enqueue(notify_env.store, _report_notifications(1, b"report two", "m"), T0 + timedelta(days=40))
+    with notify_env.store.transaction() as db:
+        db.execute("UPDATE outbox SET status = 'sent', sent_at = next_attempt_at")
+        outbox.prune(db, T0 + timedelta(days=40))
+    contents = [bytes(r[0]) for r in notify_env.store.db.execute("SELECT content FROM attachments")]
+    assert contents == [b"report two"]
+
+
+def test_an_outbox_row_written_with_its_attachment_inline_is_still_sent_with_it(notify_env):
+    import base64
+    import json
+
+    (n,) = _report_notifications(1, b"old report")
+    outbox.enqueue(notify_env.store, [n], T0)
+    payload = json.loads(notify_env.store.db.execute("SELECT payload FROM outbox").fetchone()[0])
+    payload["attachments"] = [{"filename": "r.html", "mimetype": "text/html",
+                               "content": base64.b64encode(b"old report").decode()}]
+    with notify_env.store.transaction() as db:
+        db.execute("UPDATE outbox SET payload = ?", (json.dumps(payload),))
+        db.execute("DELETE FROM attachments")
+    ((_, back),) = outbox.due(notify_env.store, T0)
+    assert back.attachments[0].content == b"old report"

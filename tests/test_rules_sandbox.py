@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fixtures_rules import Cycles, rules_from, site
+from fixtures_rules import Cycles, device, rules_from, site
 
 from mistwatch.errors import ConfigError
 from mistwatch.rules.expr import Expression, ExpressionError, Template
@@ -102,3 +102,95 @@ def test_repeating_a_text_or_list_into_gigabytes_is_refused(source):
 def test_small_repeats_still_work():
     assert Template("{{ '-' * 3 }}{{ ([0] * 2) | length }}").render({}) == "---2"
     assert Expression("'ab' * 2 == 'abab'").test({})
+
+
+# -- exhaustion: every bound stops a rule quickly, in little memory ----------------------------------
+
+from mistwatch.rules.expr import LimitExceeded  # noqa: E402
+
+
+@pytest.mark.parametrize("source", [
+    "((9**1000)**1000)**1000",
+    "'x'.join(['a' * 100000] * 100000)",
+    "('a' * 100000).replace('a', 'b' * 1000)",
+    "'%100000000d' % 1",
+    "'%*d' % (100000000, 1)",
+    "([[1] * 100000] * 100000) | join",
+    "([[1] * 100000] * 100000) | string",
+])
+def test_expressions_that_would_exhaust_cpu_or_memory_hit_a_limit(source):
+    with pytest.raises(LimitExceeded):
+        Expression(source).evaluate({})
+
+
+@pytest.mark.parametrize("source", [
+    "{{ ((9**1000)**1000)**1000 }}",
+    "{{ 'x' | center(100000000) }}",
+    "{{ 'a\nb' | indent(100000000) }}",
+    "{{ '%100000000d' | format(1) }}",
+    "{{ ('a' * 100000) | replace('a', 'b' * 1000) }}",
+    "{{ (['a' * 100000] * 100000) | join }}",
+    "{% for a in [1] * 100000 %}{% for b in [1] * 100000 %}{{ a }}{% endfor %}{% endfor %}",
+    "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('ab') }}",
+    "{% set a = ['x' * 1000] * 10 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+    "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ (c ~ '') | length }}",
+])
+def test_templates_that_would_exhaust_cpu_or_memory_hit_a_limit(source):
+    with pytest.raises(LimitExceeded):
+        Template(source).render({})
+
+
+def test_ordinary_filters_still_work_within_the_bounds():
+    assert Template("{{ 'a-b' | replace('-', '+') }} {{ '%05.1f' | format(3.14159) }} {{ [1, 2] | join(', ') }}"
+                    "{% for k, v in labels.items() %} {{ k }}={{ v }}{% endfor %}").render(
+        {"labels": {"site": "x"}}) == "a+b 003.1 1, 2 site=x"
+
+
+def test_a_recursive_macro_fails_rules_check_with_file_and_key(tmp_path):
+    text = ("id: x\nkind: threshold\nmetric: site.clients\nbelow: 1\n"
+            "summary: \"{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}\"\n")
+    with pytest.raises(ConfigError) as raised:
+        rules_from(tmp_path, text)
+    assert raised.value.key == "summary" and raised.value.line == 5
+    assert "recursion too deep" in str(raised.value)
+
+
+def test_a_rule_that_hits_a_limit_at_run_time_is_skipped_and_the_others_still_fire(tmp_path):
+    cycles = Cycles(rules_from(tmp_path, """
+        rules:
+          - id: greedy
+            kind: threshold
+            metric: site.clients
+            below: 5
+            when: "(labels.site_name * 100) | length > 0"
+          - id: plain
+            kind: threshold
+            metric: site.clients
+            below: 5
+    """))
+    cycles.run([site(name="x" * 100_000, site__clients=1)])  # a 100 KB name from Mist
+    assert cycles.only().rule_id == "plain"
+    (note,) = [n for n in cycles.notes() if "greedy" in n]
+    assert "skipped this cycle" in note and "rules.yaml:3 when:" in note
+
+
+def test_a_rule_past_its_time_limit_is_skipped(tmp_path):
+    from fixtures_rules import T0
+
+    from mistwatch.model import Snapshot
+    from mistwatch.rules.evaluator import MemoryHistory, evaluate
+
+    ruleset = rules_from(tmp_path, """
+        id: slow
+        kind: threshold
+        scope: device
+        metric: device.connected
+        below: 1
+        summary: "{% for a in [1] * 300 %}{% for b in [1] * 300 %}{% endfor %}{% endfor %}down"
+    """)
+    devices = [device(f"d{i}", device__connected=0) for i in range(200)]
+    evaluation = evaluate(ruleset, Snapshot(T0, entities=devices), MemoryHistory(), T0, rule_time_limit=0.05)
+    assert not [f for f in evaluation.findings if f.active]
+    assert any("skipped this cycle" in str(n) and "took too long" in str(n) for n in evaluation.notes), \
+        evaluation.notes

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mistwatch.errors import MistwatchError
+from mistwatch.sanitize import strip_controls
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("mistwatch.cli.run", "run"),
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except MistwatchError as exc:
-        click.echo(f"mistwatch: {exc}", err=True)
+        click.echo(f"mistwatch: {strip_controls(str(exc))}", err=True)  # may quote a file or an API answer
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -225,7 +225,7 @@ def status(config_path: str, as_json: bool) -> None:
     from mistwatch.store.database import Store
 
     config = load_config(config_path, make_host(), require_env=False)  # no Mist token needed to read the state
-    with Store.open(config.state_dir) as store:
+    with Store.open(config.state_dir) as store, store.reading():
         data = status_data(config, store, datetime.now(timezone.utc))
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -235,10 +235,11 @@ def status(config_path: str, as_json: bool) -> None:
 
 def _print_status(data: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from mistwatch.report.insights import console_text as escape  # no terminal controls, capped, markup escaped
+
+    console = Console(highlight=False)
     running = data["running"]
     if running:
         console.print(f"[bold]Running:[/] a mistwatch {escape(str(running.get('purpose', 'process')))} "
@@ -261,7 +262,7 @@ def _print_status(data: dict[str, Any]) -> None:
     for r in data["runs"]:
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}.get(r["status"], "white")
         table.add_row(r["started_at"], r["mode"], f"[{colour}]{r['status']}[/]", str(r["api_calls"]),
-                      escape("; ".join(r["errors"])[:80]))
+                      escape("; ".join(r["errors"]), 80))
     console.print(table)
     f = data["alerts_firing"]
     console.print(f"[bold]Alerts firing:[/] critical {f.get('critical', 0)}, major {f.get('major', 0)}, "
@@ -269,11 +270,11 @@ def _print_status(data: dict[str, Any]) -> None:
     o = data["outbox"]
     console.print(f"[bold]Outbox:[/] {o['pending']} pending, {o['failed']} failed, {o['sent']} sent")
     for item in data["outbox_failed"]:
-        console.print(f"  [red]failed[/] {escape(item['notifier'])}: {escape(item['title'])}: "
-                      f"{escape(item['error'])}")
+        console.print(f"  [red]failed[/] {escape(item['notifier'])}: {escape(item['title'], 300)}: "
+                      f"{escape(item['error'], 1000)}")
     for item in data.get("outbox_retrying", []):
-        console.print(f"  [yellow]retrying[/] {escape(item['notifier'])}: {escape(item['title'])} (attempt "
-                      f"{item['attempts']}, next at {item['next_attempt_at']}): {escape(item['error'])}")
+        console.print(f"  [yellow]retrying[/] {escape(item['notifier'])}: {escape(item['title'], 300)} (attempt "
+                      f"{item['attempts']}, next at {item['next_attempt_at']}): {escape(item['error'], 1000)}")
     d = data["digest"]
     if d["next_due"] or d["last_day"]:
         console.print(f"[bold]Digest:[/] last sent for {d['last_day'] or 'never'}; next due {d['next_due']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import ExitStack, redirect_stdout
 from datetime import datetime
@@ -11,6 +12,7 @@ from typing import Any
 import click
 
 from mistwatch.durations import parse_time
+from mistwatch.sanitize import terminal
 
 MODE_HELP = """What the cycle does:
 
@@ -73,8 +75,12 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
     from mistwatch.service.logsetup import setup_console_logging
 
     setup_console_logging(verbose)
-    console = Console(stderr=as_json)
+    # no highlighting: rich's highlighter is quadratic on long lines (a 100 KB name took minutes)
+    # and would colour numbers inside names
+    console = Console(stderr=as_json, highlight=False)
     app = open_app(config_path, console=console)
+    if app.config.data.get("log"):  # honour log.file, as the daemon does
+        setup_console_logging(verbose, app.config.data.get("log"), resolve=app.config.resolve)
     try:
         with ExitStack() as stack:
             if not dry_run:
@@ -86,6 +92,9 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
             if as_json:  # stdout carries the JSON only; what notifiers print goes to stderr
                 stack.enter_context(redirect_stdout(sys.stderr))
             result = run_cycle(app, mode=mode, now=now, dry_run=dry_run, progress=progress)
+        from mistwatch.cli.daemon import _cycle_line
+
+        logging.getLogger("mistwatch.cli.run").info("run --mode %s: %s", mode, _cycle_line(result))
         if as_json:
             from mistwatch.report.console import summary_json
 
@@ -93,7 +102,8 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
         else:
             show_result(console, app, result, verbose=verbose > 0)
             if result.status == "failed":
-                click.echo("mistwatch: " + "; ".join(result.errors), err=True)
+                # errors can quote what Mist answered: no terminal controls from it
+                click.echo("mistwatch: " + terminal("; ".join(result.errors), 2000), err=True)
             if dry_run:
                 console.print("[bold]Dry run:[/] nothing was stored or sent.")
     finally:

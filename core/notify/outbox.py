@@ -7,6 +7,8 @@
 - ``notify_log``: per (group, notifier), what was last told: when, the firing alerts and their
   severity, and the thread id (the first message of the group) for mail threading.
 - ``silences``: matchers with a mandatory expiry, reason and author, managed by ``mistwatch silence``.
+- ``attachments``: each attachment's content once, by SHA-256; outbox payloads reference it by digest
+  (the same 14 MB report attached to five notifiers is stored once), pruned when unreferenced.
 
 Times are stored as fixed-width ISO 8601 UTC text so they compare correctly as strings.
 """
@@ -14,10 +16,11 @@ Times are stored as fixed-width ISO 8601 UTC text so they compare correctly as s
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets as _random
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -75,26 +78,40 @@ def _alert_from_dict(data: dict[str, Any]) -> Alert:
     return Alert(**values)
 
 
+def attachment_digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
 def notification_to_json(n: Notification) -> str:
+    """The outbox payload. Attachments are referenced by the SHA-256 of their content, stored once
+    in the ``attachments`` table (:func:`insert_notifications`)."""
     data = {
         "id": n.id, "notifier": n.notifier, "kind": n.kind, "title": n.title,
         "created_at": ts(n.created_at), "group": dict(n.group), "thread_id": n.thread_id,
         "alerts": [_alert_to_dict(a) for a in n.alerts], "text": n.text, "html": n.html,
-        "attachments": [{"filename": a.filename, "mimetype": a.mimetype,
-                         "content": base64.b64encode(a.content).decode("ascii")} for a in n.attachments],
+        "attachments": [{"filename": a.filename, "mimetype": a.mimetype, "sha256": attachment_digest(a.content)}
+                        for a in n.attachments],
         "data": dict(n.data),
     }
     return json.dumps(data, default=str, sort_keys=True)
 
 
-def notification_from_json(text: str) -> Notification:
+def _attachment_content(ref: dict[str, Any], blobs: Mapping[str, bytes]) -> bytes:
+    if "content" in ref:  # written before attachments had their own table
+        return base64.b64decode(ref["content"])
+    return blobs.get(ref.get("sha256", ""), b"")
+
+
+def notification_from_json(text: str, blobs: Mapping[str, bytes] | None = None) -> Notification:
+    """A Notification from an outbox payload; ``blobs`` (digest -> content) gives attachments' content."""
     data = json.loads(text)
+    blobs = blobs or {}
     return Notification(
         id=data["id"], notifier=data["notifier"], kind=data["kind"], title=data["title"],
         created_at=parse_ts(data["created_at"]), group=data.get("group") or {},
         alerts=tuple(_alert_from_dict(a) for a in data.get("alerts", [])),
         thread_id=data.get("thread_id"), text=data.get("text", ""), html=data.get("html", ""),
-        attachments=tuple(Attachment(a["filename"], base64.b64decode(a["content"]), a["mimetype"])
+        attachments=tuple(Attachment(a["filename"], _attachment_content(a, blobs), a["mimetype"])
                           for a in data.get("attachments", [])),
         data=data.get("data") or {},
     )
@@ -138,7 +155,12 @@ def _item(row: Sequence[Any]) -> OutboxItem:
 def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime) -> None:
     """Write notifications as pending, due now. Call inside ``store.transaction()``.
 
-    The payload is redacted: a registered secret never reaches the state file."""
+    The payload is redacted: a registered secret never reaches the state file. Each attachment's
+    content is written once, whatever the number of notifications carrying it."""
+    notifications = list(notifications)
+    contents = {attachment_digest(a.content): a.content for n in notifications for a in n.attachments}
+    db.executemany("INSERT OR IGNORE INTO attachments (digest, content, size, created_at) VALUES (?, ?, ?, ?)",
+                   [(digest, content, len(content), ts(now)) for digest, content in contents.items()])
     db.executemany(
         "INSERT INTO outbox (id, notifier, kind, group_key, title, payload, status, attempts, last_error,"
         " next_attempt_at, created_at, permanent) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, '', ?, ?, 0)",
@@ -158,8 +180,19 @@ def due(store: Any, now: datetime, *, ids: Iterable[str] | None = None) -> list[
         f"SELECT {_ITEM_COLUMNS}, payload FROM outbox WHERE status != 'sent' AND permanent = 0"
         " AND next_attempt_at <= ? ORDER BY created_at, id", (ts(now),)).fetchall()
     wanted = set(ids) if ids is not None else None
-    return [(_item(row), notification_from_json(row[12])) for row in rows
-            if wanted is None or row[0] in wanted]
+    rows = [row for row in rows if wanted is None or row[0] in wanted]
+    digests = {ref.get("sha256") for row in rows for ref in json.loads(row[12]).get("attachments", [])} - {None}
+    blobs = _load_blobs(store.db, digests)
+    return [(_item(row), notification_from_json(row[12], blobs)) for row in rows]
+
+
+def _load_blobs(db: sqlite3.Connection, digests: Iterable[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for digest in digests:
+        row = db.execute("SELECT content FROM attachments WHERE digest = ?", (digest,)).fetchone()
+        if row is not None:
+            out[digest] = bytes(row[0])
+    return out
 
 
 def backoff(attempts: int) -> timedelta:
@@ -231,7 +264,16 @@ def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
     deleted = db.execute("DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"
                          " OR (permanent = 1 AND next_attempt_at < ?)", (cutoff, cutoff)).rowcount
     deleted += db.execute("DELETE FROM silences WHERE ends_at < ? OR expired_at < ?", (cutoff, cutoff)).rowcount
+    deleted += prune_attachments(db)
     return deleted
+
+
+def prune_attachments(db: sqlite3.Connection) -> int:
+    """Delete attachments no outbox row references any more; returns how many."""
+    return db.execute(
+        "DELETE FROM attachments WHERE digest NOT IN (SELECT json_extract(ref.value, '$.sha256')"
+        " FROM outbox, json_each(outbox.payload, '$.attachments') AS ref"
+        " WHERE json_extract(ref.value, '$.sha256') IS NOT NULL)").rowcount
 
 
 # -- notification log -----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from mistwatch.notify.settings import (
     parse_matcher,
 )
 from mistwatch.render import alert_order, fmt_time, plain_text
+from mistwatch.sanitize import one_line
 
 TITLE_PREFIX = "[mistwatch]"
 
@@ -290,8 +291,8 @@ def _group_from_key(gkey: str) -> dict[str, str]:
 
 def _where(alerts: Sequence[Alert]) -> str:
     sites = sorted({a.labels.get("site_name") or a.labels.get("site_id") or "" for a in alerts} - {""})
-    if len(sites) == 1:
-        return f" at {sites[0]}"
+    if len(sites) == 1:  # a title names the site: one line, capped (the full name stays in the alert)
+        return f" at {one_line(sites[0])}"
     if len(sites) > 1:
         return f" at {len(sites)} sites"
     rules = {a.rule_id for a in alerts}

@@ -128,14 +128,18 @@ class MaintenanceWindow:
             return self.starts <= at < self.ends
         assert self.start is not None and self.end is not None
         local = at.astimezone(self.zone)
+        # Compared as instants (UTC): datetimes sharing a tzinfo compare by wall clock, so on the
+        # autumn change a window inside the repeated hour was open twice. Wall-clock times that occur
+        # twice mean their first occurrence (fold=0), so the window is open once for its local span.
+        now = at.astimezone(timezone.utc)
         for back in (0, 1):  # a window that began yesterday may still be open after midnight
             day = local.date() - timedelta(days=back)
             if day.weekday() not in self.days:
                 continue
-            begin = datetime.combine(day, self.start, tzinfo=self.zone)
+            begin = datetime.combine(day, self.start, tzinfo=self.zone).astimezone(timezone.utc)
             end_day = day if self.end > self.start else day + timedelta(days=1)
-            finish = datetime.combine(end_day, self.end, tzinfo=self.zone)
-            if begin <= local < finish:
+            finish = datetime.combine(end_day, self.end, tzinfo=self.zone).astimezone(timezone.utc)
+            if begin <= now < finish:
                 return True
         return False
 

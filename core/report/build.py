@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from mistwatch.files import open_private, private_dir
 from mistwatch.model import Alert, Snapshot, severity_rank
 from mistwatch.render import alert_link
 from mistwatch.report.health import HealthResult, Score
@@ -652,12 +653,11 @@ def summary_html(report: dict[str, Any]) -> str:
 
 def _write_temp(path: Path, chunks: Iterable[bytes]) -> Path:
     """Write ``chunks`` to a temp file beside ``path`` and return it (the caller ``os.replace``s it
-    over ``path``, so a reader sees the old file or the new one, never half of one). Created with
-    ``open(..., "xb")`` (not mkstemp) so the umask applies and the report is as readable as any file
-    the user creates."""
+    over ``path``, so a reader sees the old file or the new one, never half of one). Created
+    owner-only (0600, whatever the umask): a report lists the whole network and its problems."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as fh:
+        with open_private(tmp, "xb") as fh:
             for chunk in chunks:
                 fh.write(chunk)
     except BaseException:
@@ -723,7 +723,7 @@ def write_reports(report: dict[str, Any], reports_dir: Path, now: datetime, rete
     plus their encoded bytes); the dated copies are copied from the files just written."""
     reports_dir = Path(reports_dir)
     history = reports_dir / "history"
-    history.mkdir(parents=True, exist_ok=True)
+    private_dir(history)
     day = now.astimezone(timezone.utc).date().isoformat()
     paths = ReportPaths(json=reports_dir / "latest.json", html=reports_dir / "latest.html",
                         history_json=history / f"report-{day}.json", history_html=history / f"report-{day}.html")

@@ -8,7 +8,7 @@ from typing import Any
 
 from mistwatch.durations import parse_duration
 from mistwatch.model import Entity, Snapshot
-from mistwatch.report.insights import insights_json, print_insights
+from mistwatch.report.insights import console_text, insights_json, print_insights
 
 UNKNOWN = None
 
@@ -164,7 +164,6 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     as a unicode sparkline when ``health_past``, site key -> daily scores oldest first, is given);
     in monitor mode the devices (those with problems, every one with ``verbose``); totals; errors;
     API budget."""
-    from rich.markup import escape
 
     snapshot: Snapshot | None = result.snapshot
     if snapshot is None:  # collection failed: the command reports the error on stderr
@@ -184,7 +183,7 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
         if health_past is not None:
             table.add_column("7 days", no_wrap=True, min_width=8)
     for row in shown:
-        cells = [escape(row.name), _ratio(row.ap), _ratio(row.switch), _ratio(row.gateway),
+        cells = [console_text(row.name), _ratio(row.ap), _ratio(row.switch), _ratio(row.gateway),
                  "?" if row.clients is None else f"{int(row.clients)}", _sle(row.wifi_sle)]
         if result.health is not None:
             cells.append("?" if row.health is None else f"{row.health:.0f}")
@@ -201,8 +200,9 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     device_text = devices_up_text(t["devices"])
     console.print(f"[bold]Totals:[/] {t['sites']} sites, {device_text or 'no devices'}, {t['clients']} clients")
     for error in snapshot.errors:
-        console.print(f"[yellow]Collector error[/] {escape(error.collector)} {escape(error.endpoint)}: "
-                      f"{escape(error.message)} (affected data shown as ?)")
+        console.print(f"[yellow]Collector error[/] {console_text(error.collector)} "
+                      f"{console_text(error.endpoint, 300)}: {console_text(error.message, 1000)} "
+                      "(affected data shown as ?)")
     per_hour = hourly_projection(result.api_calls, interval_s)
     allowed = getattr(result, "api_calls_per_hour_allowed", 0)
     colour = "green" if not allowed or per_hour < allowed * 0.5 else "yellow" if per_hour < allowed else "red"
@@ -329,13 +329,12 @@ def show_result(console: Any, app: Any, result: Any, *, verbose: bool = False) -
 
 def print_notify_summary(console: Any, result: Any) -> None:
     """One line of counts, then a red line per permanent failure and a yellow one per warning."""
-    from rich.markup import escape
 
     if result.dry_run:
         console.print(f"[bold]Notifications (dry run):[/] {len(result.planned)} would be sent, "
                       f"{len(result.suppressed)} suppressed")
         for n in result.planned:
-            console.print(f"  would send to {escape(n.notifier)}: {escape(n.title)}")
+            console.print(f"  would send to {console_text(n.notifier)}: {console_text(n.title, 300)}")
     else:
         parts = [f"{len(result.sent)} sent"]
         parts.append(f"[red]{len(result.failed)} failed (will retry)[/]" if result.failed else "0 failed")
@@ -346,20 +345,20 @@ def print_notify_summary(console: Any, result: Any) -> None:
             parts.append(f"{len(result.suppressed)} suppressed")
         console.print("[bold]Notifications:[/] " + ", ".join(parts))
         for item in result.sent:
-            console.print(f"  [green]sent[/] to {escape(item.notifier)}: {escape(item.title)}")
+            console.print(f"  [green]sent[/] to {console_text(item.notifier)}: {console_text(item.title, 300)}")
     for item in result.permanent_failures:
-        console.print(f"  [bold red]FAILED permanently[/] {escape(item.notifier)}: {escape(item.title)}: "
-                      f"{escape(item.last_error)}")
+        console.print(f"  [bold red]FAILED permanently[/] {console_text(item.notifier)}: "
+                      f"{console_text(item.title, 300)}: {console_text(item.last_error, 1000)}")
     by_reason: dict[str, list[str]] = {}
     for s in result.suppressed:
         by_reason.setdefault(s.reason, []).append(s.name or s.alert_key)
     for reason, names in list(by_reason.items())[:10]:
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        console.print(f"  [dim]suppressed ({escape(reason)}): {escape(shown)}[/]")
+        names_text = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(f"  [dim]suppressed ({console_text(reason, 300)}): {console_text(names_text, 1000)}[/]")
     if len(by_reason) > 10:
         console.print(f"  [dim]... and {len(by_reason) - 10} more reasons[/]")
     for warning in result.warnings:
-        console.print(f"  [yellow]warning:[/] {escape(warning)}")
+        console.print(f"  [yellow]warning:[/] {console_text(warning, 1000)}")
 
 
 def interval_seconds(config: Any) -> float:

@@ -9,9 +9,18 @@ from typing import Any
 from mistwatch.durations import format_duration
 from mistwatch.model import Alert, severity_rank
 from mistwatch.render import value_texts
+from mistwatch.sanitize import NAME_LIMIT, TEXT_LIMIT, terminal
 
 _SEVERITY_STYLE = {"critical": "bold red", "major": "red", "minor": "yellow", "info": "cyan"}
 _STATE_STYLE = {"firing": "bold", "pending": "dim", "resolved": "green"}
+
+
+def console_text(text: Any, limit: int | None = NAME_LIMIT, *, lines: bool = False) -> str:
+    """Data for rich console markup: no terminal controls (a site name holding ESC ]52 writes the
+    reader's clipboard), capped, with rich markup escaped ("[link=...]" in a name stays text)."""
+    from rich.markup import escape
+
+    return escape(terminal(str(text), limit, keep_newlines=lines))
 
 
 def _since(alert: Alert) -> datetime | None:
@@ -46,7 +55,6 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
     (each rule's recommendation once) and the notes (insufficient history, unknown data).
 
     On a very wide console (>= 200 columns) summary and recommendation are a column of the table."""
-    from rich.markup import escape
 
     alerts = sorted(outcome.alerts, key=_order)
     wide = getattr(console, "width", 80) >= 200
@@ -77,25 +85,26 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
         for alert in alerts:
             since = _since(alert)
             ago = format_duration(now - since) if since is not None and now >= since else ""
-            site, device = alert.labels.get("site_name", ""), alert.labels.get("device_name", "")
-            rule = alert.rule_id
+            site = console_text(alert.labels.get("site_name", ""))
+            device = console_text(alert.labels.get("device_name", ""))
+            rule = console_text(alert.rule_id)
             if alert.state == "firing" and alert.annotations.get("superseded_by_rule"):
-                rule += f"\n[dim](superseded by {escape(str(alert.annotations['superseded_by_rule']))})[/dim]"
+                rule += f"\n[dim](superseded by {console_text(alert.annotations['superseded_by_rule'])})[/dim]"
             row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", rule]
             if narrow:
-                row.append(escape(f"{site} · {device}" if device else site))
+                row.append(f"{site} · {device}" if device else site)
                 row.append(versus(alert).replace(" (was", "\n(was"))
                 row.append(f"{ago} ago" if alert.state == "firing" else
                            f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/] {ago}")
             else:
-                row += [escape(site), escape(device), versus(alert),
+                row += [site, device, versus(alert),
                         f"[{_STATE_STYLE.get(alert.state, '')}]{alert.state}[/]", f"{ago} ago" if ago else ""]
             if wide:
-                text = escape(alert.summary)
+                text = console_text(alert.summary, 300)
                 if alert.recommendation and alert.state != "resolved":
-                    text += f"\n[dim]{escape(alert.recommendation)}[/dim]"
+                    text += f"\n[dim]{console_text(alert.recommendation, TEXT_LIMIT, lines=True)}[/dim]"
                 if alert.causes:
-                    text += f"\n[dim]causes: {escape(', '.join(alert.causes))}[/dim]"
+                    text += f"\n[dim]causes: {console_text(', '.join(alert.causes), 300)}[/dim]"
                 row.append(text)
             table.add_row(*row)
         console.print(table)
@@ -107,7 +116,8 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
             if advice:
                 console.print("[bold]What to do[/bold]")
                 for rule_id, text in advice.items():
-                    console.print(f"  [bold]{rule_id}[/bold]: {text}", highlight=False)
+                    advice_text = console_text(text, TEXT_LIMIT, lines=True)
+                    console.print(f"  [bold]{console_text(rule_id)}[/bold]: {advice_text}", highlight=False)
     notes = list(outcome.notes)
     if notes:
         console.print(f"[bold]Notes[/bold] ({len(notes)})")
@@ -117,10 +127,12 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
         for kind, group in by_kind.items():
             if len(group) <= 3:
                 for note in group:
-                    console.print(f"  [dim]{kind}[/dim] {note.rule_id}: {note.text}", highlight=False)
+                    note_text = console_text(note.text, TEXT_LIMIT)
+                    console.print(f"  [dim]{kind}[/dim] {console_text(note.rule_id)}: {note_text}", highlight=False)
             else:  # a fresh store gives every trend rule the same note: say it once
-                rules = ", ".join(note.rule_id for note in group)
-                console.print(f"  [dim]{kind}[/dim] {len(group)} rules ({rules}); e.g. {group[0].text}",
+                rules = console_text(", ".join(note.rule_id for note in group), TEXT_LIMIT)
+                example = console_text(group[0].text, TEXT_LIMIT)
+                console.print(f"  [dim]{kind}[/dim] {len(group)} rules ({rules}); e.g. {example}",
                               highlight=False)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mistwatch.model import Alert, Entity, Result, Snapshot, identity_of
-from mistwatch.rules.expr import ExpressionError
+from mistwatch.rules.expr import ExpressionError, LimitExceeded, time_limit
 from mistwatch.rules.loader import Matcher
 from mistwatch.rules.variables import template_variables
 from mistwatch.store.records import EntityRecord
@@ -286,6 +286,19 @@ class RuleContext:
         self._evaluation.notes.append(Note(self.rule.id, kind, text))
 
 
+#: Seconds one rule may take to evaluate over every entity in its scope (templates and expressions
+#: check it as they run); past it the rule is skipped for the cycle, the others still run.
+RULE_TIME_LIMIT = 10.0
+
+
+class RuleLimitError(Exception):
+    """A rule's expression or template hit a resource bound: the rule is skipped for this cycle."""
+
+
+def _limit(rule: Rule, key: str, exc: Exception) -> RuleLimitError:
+    return RuleLimitError(f"{rule.where} {key}: {exc}")
+
+
 def _render(rule: Rule, variables: Mapping[str, Any], notes: list[Note], errors: set[str]) -> tuple[str, str, str]:
     texts = []
     for name, tpl in (("summary", rule.summary), ("description", rule.description_template),
@@ -295,6 +308,8 @@ def _render(rule: Rule, variables: Mapping[str, Any], notes: list[Note], errors:
             continue
         try:
             texts.append(tpl.render(variables))
+        except LimitExceeded as exc:
+            raise _limit(rule, name, exc) from None
         except ExpressionError as exc:
             if name not in errors:  # one note per template, not one per entity
                 errors.add(name)
@@ -342,6 +357,8 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
             try:
                 if not rule.when.test(variables):
                     active, r.severity = False, None
+            except LimitExceeded as exc:
+                raise _limit(rule, "when", exc) from None
             except ExpressionError as exc:
                 missing = when_metrics - r.metrics.keys() if r.metrics is not None else set()
                 if any(_metric_unknown(ctx, r.key, metric) for metric in missing):
@@ -365,6 +382,8 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
             elif rule.recover_expr is not None:
                 try:
                     recovered = rule.recover_expr.test(_expression_variables(rule, r, recover_names, now_text))
+                except LimitExceeded as exc:
+                    raise _limit(rule, "recover_when", exc) from None
                 except ExpressionError as exc:
                     evaluation.notes.append(Note(rule.id, "error", f"recover_when failed: {exc}"))
                     recovered = False
@@ -396,13 +415,17 @@ def _findings_for(rule: Rule, ctx: RuleContext, results: Iterable[Result], evalu
 
 
 def evaluate(ruleset: RuleSet, snapshot: Snapshot, history: History, now: datetime, *,
-             alerts: Mapping[str, Alert] | None = None) -> Evaluation:
+             alerts: Mapping[str, Alert] | None = None, rule_time_limit: float | None = RULE_TIME_LIMIT) -> Evaluation:
     """Evaluate every enabled rule. Pure: reads the snapshot and history, writes nothing.
 
     ``alerts`` (the alert states of the previous cycle, by key) lets change rules recover against
     the baseline stored when they fired, lets correlations look back over a window, and limits
     inactive findings to subjects that have an alert. Without it every subject in scope gets a
     finding (slower, same states).
+
+    A rule whose expressions or templates hit a bound (size, loops, recursion, ``rule_time_limit``
+    seconds) is skipped for the cycle like a rule that fails: its alerts keep their state, and a
+    note names its file, line and key.
     """
     started = time.perf_counter()
     evaluation = Evaluation(at=now)
@@ -412,10 +435,17 @@ def evaluate(ruleset: RuleSet, snapshot: Snapshot, history: History, now: dateti
             continue
         ctx = RuleContext(rule, shared, evaluation)
         try:
-            results = list(rule.check(ctx))
-            findings = _findings_for(rule, ctx, results, evaluation, now)
+            with time_limit(rule_time_limit):
+                results = list(rule.check(ctx))
+                findings = _findings_for(rule, ctx, results, evaluation, now)
         except Exception as exc:  # one broken rule (or plugin kind) must not stop the others
-            evaluation.notes.append(Note(rule.id, "error", f"rule failed: {type(exc).__name__}: {exc}"))
+            if isinstance(exc, RuleLimitError):
+                text = f"skipped this cycle: {exc}"
+            elif isinstance(exc, LimitExceeded):
+                text = f"skipped this cycle: {rule.where}: {exc}"
+            else:
+                text = f"rule failed: {type(exc).__name__}: {exc}"
+            evaluation.notes.append(Note(rule.id, "error", text))
             evaluation.frozen_rules.add(rule.id)
             shared.unknown_rules.add(rule.id)
             shared.findings[rule.id] = []

@@ -11,19 +11,31 @@ Both are Jinja2 (``SandboxedEnvironment``), never ``eval``. On top of Jinja's sa
   removed; templates see only the variables the evaluator gives them;
 - templates use ``StrictUndefined``: a misspelt variable is an error (found by ``rules check``),
   not an empty string.
+
+And against exhaustion (a rule file is code someone wrote, possibly by mistake): integers are capped
+at :data:`MAX_INT_BITS` before a power or product is computed, every text or list a rule builds at
+:data:`MAX_SIZE` (checked *before* ``replace``, ``join``, ``%``, ``center``, ``indent`` allocate),
+loops at :data:`MAX_ITERATIONS` per render, recursion by Python's own limit, and time by
+:func:`time_limit` (the evaluator gives each rule a deadline). Hitting a bound raises
+:class:`LimitExceeded`; the evaluator then skips the rule for the cycle and names its file and key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
-from collections.abc import Callable, Mapping
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from mistwatch.durations import format_duration
 
@@ -35,10 +47,148 @@ _ALLOWED_ATTRIBUTES: dict[type, frozenset[str]] = {
 }
 _MAX_POWER = 1000
 _MAX_REPEAT = 100_000  # 'a' * 10**10 would take gigabytes: as Jinja's sandbox caps range()
+#: The largest integer a rule may build (about 3,000 digits): ((9**1000)**1000)**1000 ran for minutes.
+MAX_INT_BITS = 10_000
+#: The largest text (characters) or collection (items, nested ones counted whole) a rule may build.
+MAX_SIZE = 1_000_000
+#: Loop iterations per template render: nested loops over [1]*100000 would run 10**10 times.
+MAX_ITERATIONS = 100_000
 
 
 class ExpressionError(ValueError):
     """A ``when:`` expression or a template that cannot be compiled or is not allowed."""
+
+
+class LimitExceeded(ExpressionError):
+    """An expression or template hit a resource bound (size, loop count, recursion, time)."""
+
+
+# -- bounds ---------------------------------------------------------------------------------------
+
+_DEADLINE: ContextVar[float | None] = ContextVar("mistwatch_rule_deadline", default=None)
+_ITERATIONS: ContextVar[list[int] | None] = ContextVar("mistwatch_render_iterations", default=None)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Expressions and templates evaluated inside raise :class:`LimitExceeded` once ``seconds`` have
+    passed (checked at each evaluation, render, call and loop iteration: cooperative, so the size
+    bounds are what keep any single step short)."""
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_time() -> None:
+    """Raise :class:`LimitExceeded` when the deadline of :func:`time_limit` has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise LimitExceeded("took too long (the time limit of a rule's evaluation)")
+
+
+def _weight(value: Any, memo: dict[int, int] | None = None) -> int:
+    """About how many characters ``str(value)`` would take: collections counted with their items
+    (a list repeated inside a list counts each time), integers by their digits."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return 1
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        memo = {} if memo is None else memo
+        known = memo.get(id(value))
+        if known is not None:
+            return known
+        memo[id(value)] = 1  # a cycle counts once
+        items = value.items() if isinstance(value, dict) else ((v, None) for v in value)
+        total = len(value) + 1
+        for first, second in items:
+            total += _weight(first, memo) + (_weight(second, memo) if second is not None else 0)
+            if total > MAX_SIZE:
+                break
+        memo[id(value)] = total
+        return total
+    return 1
+
+
+def _checked(value: Any) -> Any:
+    """``value`` if it is within the bounds, else :class:`LimitExceeded`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > MAX_INT_BITS:
+            raise LimitExceeded(f"an integer over {MAX_INT_BITS} bits is too large")
+    elif isinstance(value, (str, list, tuple, dict, set)) and _weight(value) > MAX_SIZE:
+        raise LimitExceeded(f"a {type(value).__name__} over {MAX_SIZE:,} characters or items is too large")
+    return value
+
+
+def _refuse_size(size: int, what: str) -> None:
+    if size > MAX_SIZE:
+        raise LimitExceeded(f"{what} would build over {MAX_SIZE:,} characters: too large")
+
+
+def _replace(text: str, old: str, new: str, count: int = -1) -> str:
+    occurrences = text.count(old) if old else len(text) + 1
+    if count is not None and count >= 0:
+        occurrences = min(occurrences, count)
+    _refuse_size(len(text) + occurrences * max(len(new) - len(old), 0), "replace")
+    return text.replace(old, new, count)
+
+
+def _join_with(separator: str, value: Iterable[Any]) -> str:
+    parts, total = [], 0
+    for item in value:
+        part = item if isinstance(item, str) else str(_checked(item))
+        total += len(part) + len(separator)
+        _refuse_size(total, "join")
+        parts.append(part)
+    return separator.join(parts)
+
+
+_FORMAT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+
+
+def _format(template: str, args: Any) -> str:
+    """``template % args`` with its widths and precisions bounded first ("%*d" % (10**9, 1))."""
+    widths = 0
+    for match in _FORMAT_SPEC.finditer(template):
+        if "*" in match.group(0):
+            raise LimitExceeded("'*' widths in % formatting are not supported")
+        widths += int(match.group(1) or 0) + int(match.group(2) or 0)
+    _refuse_size(len(template) + widths + _weight(args), "% formatting")
+    return _checked(template % args)
+
+
+def _modulo(left: Any, right: Any) -> Any:
+    if isinstance(left, str):
+        return _format(left, right)
+    return left % right
+
+
+def _bounded_iter(value: Any) -> Iterator[Any]:
+    """What a template's ``{% for %}`` iterates: counts iterations against the render's budget."""
+    counter = _ITERATIONS.get()
+    for item in value:
+        if counter is not None:
+            counter[0] += 1
+            if counter[0] > MAX_ITERATIONS:
+                raise LimitExceeded(f"loops ran over {MAX_ITERATIONS:,} iterations: too many")
+            if counter[0] % 1000 == 0:
+                check_time()
+        yield item
+
+
+def _safe_method(method: Any) -> Any:
+    """Allowed str methods that can allocate a lot, replaced by bounded versions."""
+    owner = getattr(method, "__self__", None)
+    if isinstance(owner, str):
+        if method.__name__ == "replace":
+            return lambda old, new, count=-1: _replace(owner, old, new, count)
+        if method.__name__ == "join":
+            return lambda value: _join_with(owner, value)
+    return method
 
 
 def _fmt_pct(value: Any, digits: int = 0) -> str:
@@ -68,21 +218,90 @@ class _Sandbox(SandboxedEnvironment):
         return any(isinstance(obj, kind) and attr in allowed for kind, allowed in _ALLOWED_ATTRIBUTES.items())
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        # '**' is the one operator that can burn unbounded CPU and memory in one step
-        if operator_name == "**" and isinstance(right, (int, float)) and abs(right) > _MAX_POWER:
-            raise SecurityError(f"exponent {right} is too large")
-        if operator_name == "*":
-            return _multiply(left, right)
+        # the operators that can burn unbounded CPU or memory in one step
+        operation = {"**": _power, "*": _multiply, "%": _modulo, "+": _add}.get(operator_name)
+        if operation is not None:
+            return operation(left, right)
         return super().call_binop(context, operator_name, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # every call (methods, macros) checks the time, its arguments (a macro doubling a text at
+        # each level of recursion) and its result
+        check_time()
+        for value in (*args, *kwargs.values()):
+            _checked(value)
+        return _checked(super().call(__context, _safe_method(__obj), *args, **kwargs))
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ value }}`` of a template passes here before it becomes text."""
+    return _checked(value)
+
+
+def _bounded_filter(original: Callable[..., Any], precheck: Callable[..., None] | None = None) -> Callable[..., Any]:
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _checked(value)
+        if precheck is not None:
+            precheck(value, *args, **kwargs)
+        return _checked(original(value, *args, **kwargs))
+    return bounded
+
+
+def _indent_size(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None:
+    text = str(value)
+    pad = len(width) if isinstance(width, str) else int(width)
+    _refuse_size(len(text) + (text.count("\n") + 1) * pad, "indent")
+
+
+def _wrap_size(value: Any, width: int = 79, break_long_words: bool = True, wrapstring: str | None = None,
+               *args: Any, **kwargs: Any) -> None:
+    text, wrap = str(value), kwargs.get("wrapstring", wrapstring) or "\n"
+    _refuse_size(len(text) + (len(text) // max(int(kwargs.get("width", width)), 1) + 1) * len(wrap), "wordwrap")
+
+
+def _format_filter(value: Any, *args: Any, **kwargs: Any) -> str:
+    if args and kwargs:
+        raise ExpressionError("format takes positional or keyword arguments, not both")
+    return _format(str(value), kwargs or args)
+
+
+def _join_filter(value: Any, separator: str = "", attribute: Any = None) -> str:
+    if attribute is not None:
+        raise ExpressionError("join(attribute=...) is not supported")
+    return _join_with(str(separator), value)
+
+
+def _replace_filter(value: Any, old: str, new: str, count: int | None = None) -> str:
+    return _replace(str(value), str(old), str(new), -1 if count is None else count)
 
 
 def _make_env() -> _Sandbox:
-    env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    env.intercepted_binops = frozenset({"**", "*"})
+    env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, finalize=_finalize)
+    env.intercepted_binops = frozenset({"**", "*", "%", "+"})
     env.globals.clear()
     env.globals.update({"abs": abs, "min": min, "max": max, "round": round})
-    env.filters.update({"pct": _fmt_pct, "num": _fmt_num, "duration": _fmt_duration})
+    filters = env.filters
+    for name in ("pprint", "tojson", "urlize", "xmlattr", "random"):  # unbounded or not deterministic
+        filters.pop(name, None)
+    filters.update({
+        "center": _bounded_filter(filters["center"],
+                                  lambda value, width=80: _refuse_size(max(len(str(value)), int(width)), "center")),
+        "indent": _bounded_filter(filters["indent"], _indent_size),
+        "wordwrap": _bounded_filter(filters["wordwrap"], _wrap_size),
+        "format": _format_filter, "join": _join_filter, "replace": _replace_filter,
+    })
+    for name in ("string", "list", "sum", "batch", "slice", "truncate", "trim", "title", "upper", "lower",
+                 "capitalize", "reverse", "sort", "unique", "dictsort"):
+        filters[name] = _bounded_filter(filters[name])
+    filters.update({"pct": _fmt_pct, "num": _fmt_num, "duration": _fmt_duration, _LOOP_FILTER: _bounded_iter,
+                    _CONCAT_FILTER: lambda parts: _join_with("", parts)})
     return env
+
+
+#: The filter wrapped around every ``{% for %}`` iterable of a template (loops are counted).
+_LOOP_FILTER = "mistwatch_loop"
+#: The filter every ``~`` of a template becomes (the concatenation is size-checked).
+_CONCAT_FILTER = "mistwatch_concat"
 
 
 _ENV = _make_env()
@@ -153,24 +372,37 @@ def _get_item(obj: Any, key: Any) -> Any:
 
 def _power(left: Any, right: Any) -> Any:
     if isinstance(right, (int, float)) and abs(right) > _MAX_POWER:
-        raise SecurityError(f"exponent {right} is too large")
-    return left**right
+        raise LimitExceeded(f"exponent {right} is too large")
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and \
+            max(abs(left).bit_length() - 1, 0) * right > MAX_INT_BITS:
+        raise LimitExceeded(f"an integer over {MAX_INT_BITS} bits is too large")
+    return _checked(left**right)
 
 
 def _multiply(left: Any, right: Any) -> Any:
     for seq, times in ((left, right), (right, left)):
-        if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > _MAX_REPEAT:
-            raise SecurityError(f"repeating a {type(seq).__name__} {times} times is too large")
+        if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and not isinstance(times, bool):
+            if len(seq) * times > _MAX_REPEAT:
+                raise LimitExceeded(f"repeating a {type(seq).__name__} {times} times is too large")
+            _refuse_size(_weight(seq) * times, f"repeating a {type(seq).__name__}")
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+        raise LimitExceeded(f"an integer over {MAX_INT_BITS} bits is too large")
     return left * right
 
 
+def _add(left: Any, right: Any) -> Any:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        _refuse_size(_weight(left) + _weight(right), "concatenation")
+    return left + right
+
+
 def _join(value: Any, separator: str = "") -> str:
-    return separator.join(str(v) for v in value)
+    return _join_with(separator, value)
 
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    nodes.Add: operator.add, nodes.Sub: operator.sub, nodes.Mul: _multiply, nodes.Div: operator.truediv,
-    nodes.FloorDiv: operator.floordiv, nodes.Mod: operator.mod, nodes.Pow: _power,
+    nodes.Add: _add, nodes.Sub: operator.sub, nodes.Mul: _multiply, nodes.Div: operator.truediv,
+    nodes.FloorDiv: operator.floordiv, nodes.Mod: _modulo, nodes.Pow: _power,
 }
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge, "lt": operator.lt,
@@ -206,7 +438,7 @@ def _compile(node: nodes.Node) -> Fn:
         return lookup
     if isinstance(node, (nodes.List, nodes.Tuple)):
         items = [_compile(item) for item in node.items]
-        return lambda v: [item(v) for item in items]
+        return lambda v: _checked([item(v) for item in items])
     if isinstance(node, nodes.Getattr):
         obj, attr = _compile(node.node), node.attr
         return lambda v: _get_attr(obj(v), attr)
@@ -235,7 +467,7 @@ def _compile(node: nodes.Node) -> Fn:
         return lambda v: op(left(v), right(v))
     if isinstance(node, nodes.Concat):
         parts = [_compile(n) for n in node.nodes]
-        return lambda v: "".join(str(p(v)) for p in parts)
+        return lambda v: _join_with("", (p(v) for p in parts))
     if isinstance(node, nodes.Compare):
         first = _compile(node.expr)
         ops = [(_COMPARE[o.op], _compile(o.expr)) for o in node.ops]
@@ -265,7 +497,7 @@ def _compile(node: nodes.Node) -> Fn:
             return lambda v: function(*(a(v) for a in args))
         if isinstance(node.node, nodes.Getattr):
             method = _compile(node.node)  # _get_attr hands out allow-listed methods only
-            return lambda v: method(v)(*(a(v) for a in args))
+            return lambda v: _checked(_safe_method(method(v))(*(a(v) for a in args)))
         raise ExpressionError("only functions and allowed methods can be called")
     if isinstance(node, nodes.Filter):
         if node.kwargs or node.dyn_args or node.dyn_kwargs or node.node is None:
@@ -331,9 +563,17 @@ class Expression:
             raise ExpressionError(_error_text(exc)) from None
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        """The value; raises ExpressionError on an undefined name or a disallowed access."""
+        """The value; raises ExpressionError on an undefined name or a disallowed access, and
+        LimitExceeded (an ExpressionError) on a resource bound."""
+        check_time()
         try:
             return self._fn(variables)
+        except LimitExceeded:
+            raise
+        except RecursionError:
+            raise LimitExceeded("nested too deep") from None
+        except MemoryError:
+            raise LimitExceeded("out of memory") from None
         except (SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise ExpressionError(_error_text(exc)) from None
 
@@ -352,6 +592,25 @@ class Expression:
                     and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
                 found.add(node.arg.value)
         return found
+
+
+class _Bounded(NodeTransformer):
+    """Route what Jinja would run unchecked through the bounds: every ``{% for %}`` iterable through
+    the loop counter, every ``~`` concatenation through the size check."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, _LOOP_FILTER, [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return nodes.Filter(nodes.List(list(node.nodes), lineno=node.lineno), _CONCAT_FILTER, [], [], None, None,
+                            lineno=node.lineno)
+
+
+def _bounded_tree(tree: nodes.Template) -> nodes.Template:
+    return _Bounded().visit(tree)
 
 
 class _Unsupported(Exception):
@@ -413,7 +672,7 @@ class Template:
         try:
             tree = _ENV.parse(source)
             _check_ast(tree)
-            self._template = _ENV.from_string(source)
+            self._template = _ENV.from_string(_bounded_tree(tree))
         except ExpressionError:
             raise
         except Exception as exc:
@@ -424,11 +683,26 @@ class Template:
             self._fast = None
 
     def render(self, variables: Mapping[str, Any]) -> str:
+        check_time()
+        token = _ITERATIONS.set([0])
         try:
             if self._fast is not None:
                 out: list[str] = []
                 self._fast(variables, out)
-                return "".join(out).strip()
-            return self._template.render(variables).strip()
+                return _join_with("", out).strip()
+            size, parts = 0, []
+            for part in self._template.generate(variables):  # output counted as it is made
+                size += len(part)
+                _refuse_size(size, "the template")
+                parts.append(part)
+            return "".join(parts).strip()
+        except LimitExceeded:
+            raise
+        except RecursionError:
+            raise LimitExceeded("recursion too deep (a macro calling itself?)") from None
+        except MemoryError:
+            raise LimitExceeded("out of memory") from None
         except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise ExpressionError(_error_text(exc)) from None
+        finally:
+            _ITERATIONS.reset(token)

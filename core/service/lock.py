@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mistwatch.errors import LockHeld
+from mistwatch.files import open_private, private_dir
 
 LOCK_FILENAME = "mistwatch.service.lock"
 #: Windows locks a byte range; lock one byte far past the holder's text so others can still read it.
@@ -82,9 +83,9 @@ class StateLock:
     def acquire(self) -> StateLock:
         if self._fh is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         # "a+" never truncates: the holder's text stays readable until we own the lock
-        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the lock's life)
+        fh = open_private(self.path, "a+", encoding="utf-8")  # held open for the lock's life
         if not _try_lock(fh):
             fh.close()
             raise LockHeld(self._held_message())

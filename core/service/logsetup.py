@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mistwatch.files import open_private, private_dir
+from mistwatch.sanitize import strip_controls
 from mistwatch.secrets import RedactingFilter, redact
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,10 +26,12 @@ _OURS = "_mistwatch_handler"
 
 
 class RedactingFormatter(logging.Formatter):
-    """Redacts the whole formatted record, tracebacks included (the filter sees only the message)."""
+    """Redacts the whole formatted record, tracebacks included (the filter sees only the message), and
+    strips terminal control characters: a log line quoting a site name must not drive the terminal
+    of whoever tails the log."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return strip_controls(redact(super().format(record)))
 
 
 def setup_logging(settings: Mapping[str, Any] | None = None, *, resolve: Callable[[str], Path] | None = None,
@@ -49,11 +53,7 @@ def setup_logging(settings: Mapping[str, Any] | None = None, *, resolve: Callabl
     formatter = RedactingFormatter(FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
     if settings.get("file"):
-        path = resolve(settings["file"]) if resolve else Path(settings["file"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(
-            path, maxBytes=int(settings.get("max_bytes", 10 * 1024 * 1024)),
-            backupCount=int(settings.get("backups", 5)), encoding="utf-8", delay=True))
+        handlers.append(file_handler(settings, resolve=resolve))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RedactingFilter())
@@ -64,14 +64,44 @@ def setup_logging(settings: Mapping[str, Any] | None = None, *, resolve: Callabl
     return handlers
 
 
-def setup_console_logging(verbosity: int) -> None:
-    """-v: info, -vv: debug; always through the secret-redacting filter."""
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log whose files (the current one and each new one after a rollover) are owner-only."""
+
+    def _open(self) -> Any:
+        return open_private(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors)
+
+
+def file_handler(settings: Mapping[str, Any], *, resolve: Callable[[str], Path] | None = None) -> logging.Handler:
+    """The rotating file handler of ``log.file`` (created owner-only, in an owner-only folder if new)."""
+    path = resolve(settings["file"]) if resolve else Path(settings["file"])
+    private_dir(path.parent)
+    return _PrivateRotatingFileHandler(
+        path, maxBytes=int(settings.get("max_bytes", 10 * 1024 * 1024)),
+        backupCount=int(settings.get("backups", 5)), encoding="utf-8", delay=True)
+
+
+def setup_console_logging(verbosity: int, settings: Mapping[str, Any] | None = None, *,
+                          resolve: Callable[[str], Path] | None = None) -> None:
+    """-v: info, -vv: debug on stderr; always through the secret-redacting filter. With ``settings``
+    (the config's ``log:``) and a ``file`` in it, the log file gets its configured level too, as
+    the daemon's does (``run`` from cron leaves its trace where the daemon would)."""
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter(FORMAT))
+    handler.setLevel(level)
+    handlers: list[logging.Handler] = [handler]
+    if settings and settings.get("file"):
+        file_level = logging.getLevelName(str(settings.get("level", "info")).upper())
+        to_file = file_handler(settings, resolve=resolve)
+        to_file.setFormatter(RedactingFormatter(FORMAT))
+        to_file.addFilter(RedactingFilter())
+        to_file.setLevel(file_level if isinstance(file_level, int) else logging.INFO)
+        handlers.append(to_file)
     root = logging.getLogger("mistwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = handlers
+    root.setLevel(min(h.level for h in handlers))
 
 

@@ -30,11 +30,12 @@ import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mistwatch.errors import MistwatchError
+from mistwatch.files import open_private, private_dir, touch_private
 from mistwatch.model import Alert
 from mistwatch.store.history import HistoryMixin
 from mistwatch.store.records import (
@@ -54,6 +55,10 @@ from mistwatch.store.records import (
 from mistwatch.store.schema import MIGRATIONS
 
 DB_FILENAME = "mistwatch.db"
+#: Written beside the database once it holds a schema: a database that then goes missing or is
+#: emptied (a restore gone wrong, a full disk, a careless rm) is reported, not silently replaced by
+#: a new one, which would notify every open alert again.
+MARKER_FILENAME = "mistwatch.db.created"
 
 #: How long a statement waits for another process's write lock before failing, in seconds.
 DEFAULT_BUSY_TIMEOUT = 10.0
@@ -93,10 +98,16 @@ class Store(HistoryMixin):
         state_dir = Path(state_dir)
         path = state_dir / DB_FILENAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(state_dir)
         except OSError as exc:
             raise MistwatchError(f"cannot create state directory {state_dir}: {exc.strerror or exc}"
                                  ) from None
+        marker = state_dir / MARKER_FILENAME
+        _refuse_vanished(path, marker)
+        try:
+            touch_private(path)  # owner-only whatever the umask; SQLite gives its WAL the same mode
+        except OSError as exc:
+            raise MistwatchError(f"cannot create {path}: {exc.strerror or exc}") from None
         try:
             db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -115,6 +126,8 @@ class Store(HistoryMixin):
                 # Keep the WAL file from staying large after a big write; checkpoints are automatic.
                 db.execute("PRAGMA journal_size_limit = 67108864")
             store.migrate()
+            if not marker.exists():
+                _write_marker(marker)
         except BaseException:
             db.close()
             raise
@@ -204,6 +217,11 @@ class Store(HistoryMixin):
             yield
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, doing, self._busy_timeout) from None
+
+    def reading(self) -> Any:
+        """A context in which SQLite errors of reads become the same one-line MistwatchError as
+        everywhere else (``status`` on a damaged file says what ``run`` says)."""
+        return self._errors("reading")
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -465,6 +483,34 @@ def _alert_from_row(row: tuple[Any, ...]) -> Alert:
                  resolved_at=_dt_or_none(resolved_at), last_true_at=_dt_or_none(last_true_at),
                  last_eval_at=_dt_or_none(last_eval_at), true_count=true_count,
                  causes=tuple(json.loads(causes)), annotations=json.loads(annotations))
+
+
+def _refuse_vanished(path: Path, marker: Path) -> None:
+    """Refuse a database that is missing or empty where one was created (see MARKER_FILENAME)."""
+    if not marker.exists():
+        return
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    if size:
+        return
+    created = marker.read_text(encoding="utf-8", errors="replace").strip()[:40] or "earlier"
+    state = "is missing" if size is None else "is empty (0 bytes)"
+    raise MistwatchError(
+        f"{path} {state}, but a state database was created here ({created}): it was deleted or truncated. "
+        f"Restore it from a backup; or, to start afresh (every open alert will be notified again), "
+        f"delete {marker.name} in the same folder")
+
+
+def _write_marker(marker: Path) -> None:
+    try:
+        with open_private(marker, "x", encoding="utf-8") as fh:
+            fh.write(datetime.now(timezone.utc).isoformat(timespec="seconds") + "\n")
+    except FileExistsError:
+        pass
+    except OSError:  # a read-only state dir: the store still works, only this safeguard is missing
+        pass
 
 
 def _translate(exc: sqlite3.Error, path: Path, doing: str,

@@ -137,4 +137,17 @@ CREATE TABLE IF NOT EXISTS silences (
 #: Ordered schema migrations: (version, SQL script). Append only; never edit a released one.
 #: A script runs inside one transaction together with its version bump, so it must not contain
 #: BEGIN/COMMIT itself.
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (10, _SCHEMA_V10_NOTIFICATIONS)]
+# Attachments (the HTML report of attach_report, the digest's reports) are stored once, by the SHA-256
+# of their content, and referenced from outbox payloads: a copy per outbox row grew the store by
+# megabytes per notification. Rows nobody references are deleted by ``outbox.prune``.
+_SCHEMA_V12_ATTACHMENTS = """
+CREATE TABLE IF NOT EXISTS attachments (
+    digest TEXT PRIMARY KEY,
+    content BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (10, _SCHEMA_V10_NOTIFICATIONS),
+                                     (12, _SCHEMA_V12_ATTACHMENTS)]

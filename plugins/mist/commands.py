@@ -123,7 +123,7 @@ def demo(sites: int, out: str, as_json: bool) -> None:
     from mistwatch.plugins.mist.simulator import SimulatedOrg, serve
 
     setup_console_logging(0)
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, highlight=False)  # quadratic on long names; see mistwatch run
     out_dir = Path(out)
     for stale in ("var", "reports"):
         shutil.rmtree(out_dir / stale, ignore_errors=True)

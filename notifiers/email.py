@@ -12,8 +12,10 @@ temporary and retried by the outbox.
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
+import unicodedata
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -123,22 +125,40 @@ def message_id(notification_id: str, sender: str) -> str:
     return f"<{notification_id}@{_domain(sender)}>"
 
 
+def header_value(value: Any) -> str:
+    """``value`` made safe for one header line: every control character and line or paragraph
+    separator (LF, CR, U+0085, U+2028, ...) becomes a space, runs of spaces one space.
+
+    A Mist site name holding a line break would otherwise make the email library refuse the header
+    ("Header values may not contain linefeed"), and every message of that site would fail forever;
+    and a name is never allowed to add a header of its own. The body keeps the name as it is."""
+    text = str(value)
+    folded = "".join(" " if unicodedata.category(c) in _NOT_IN_HEADERS else c for c in text)
+    return re.sub(" {2,}", " ", folded).strip() if folded != text else text
+
+
+#: Unicode categories folded out of headers: controls (Cc: C0, DEL, C1 incl. U+0085), line (Zl,
+#: U+2028) and paragraph (Zp, U+2029) separators; str.splitlines() splits on all of them.
+_NOT_IN_HEADERS = frozenset({"Cc", "Zl", "Zp"})
+
+
 def build_message(settings: Mapping[str, Any], n: Notification) -> EmailMessage:
-    sender = str(settings["from"])
+    sender = header_value(settings["from"])
     prefix = str(settings.get("subject_prefix", "[mistwatch]")).strip()
     headline = str(n.data.get("headline") or n.title)
     msg = EmailMessage()
-    msg["Subject"] = redact(f"{prefix} {headline}".strip())
+    # every header goes through header_value: names from Mist are hostile
+    msg["Subject"] = header_value(redact(f"{prefix} {headline}".strip()))
     msg["From"] = sender
-    msg["To"] = ", ".join(settings["to"])
+    msg["To"] = header_value(", ".join(settings["to"]))
     if settings.get("cc"):
-        msg["Cc"] = ", ".join(settings["cc"])
+        msg["Cc"] = header_value(", ".join(settings["cc"]))
     msg["Date"] = format_datetime(n.created_at)
-    msg["Message-ID"] = message_id(n.id, sender) if n.id else make_msgid(domain=_domain(sender))
+    msg["Message-ID"] = header_value(message_id(n.id, sender) if n.id else make_msgid(domain=_domain(sender)))
     if n.thread_id:
-        msg["In-Reply-To"] = message_id(n.thread_id, sender)
-        msg["References"] = message_id(n.thread_id, sender)
-    msg["X-Mistwatch-Kind"] = n.kind
+        msg["In-Reply-To"] = header_value(message_id(n.thread_id, sender))
+        msg["References"] = header_value(message_id(n.thread_id, sender))
+    msg["X-Mistwatch-Kind"] = header_value(n.kind)
     msg["Auto-Submitted"] = "auto-generated"
     text, html = render(settings, n)
     msg.set_content(text)

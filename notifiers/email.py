@@ -16,7 +16,7 @@ import re
 import smtplib
 import ssl
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
@@ -234,16 +234,19 @@ def classify(exc: BaseException) -> tuple[str, bool]:
     return f"{type(exc).__name__}: {exc}", False
 
 
-def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> Iterator[Delivery]:
+    """Send over one SMTP connection, yielding each message's Delivery as soon as the server has
+    answered for it: the host records it before the next message goes, so a crash repeats at most
+    the one message in flight."""
     register(settings.get("password"))
     where = f"{settings.get('smtp_host')}:{settings.get('smtp_port', '')}".rstrip(":")
     try:
         smtp = _connect(settings)
     except Exception as exc:
         error, permanent = classify(exc)
-        return [Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
-                for n in notifications]
-    results: list[Delivery] = []
+        for n in notifications:
+            yield Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
+        return
     # the envelope wants bare addresses; headers keep display names ("NOC <noc@example.com>")
     recipients = [parseaddr(a)[1] or a for a in (*settings["to"], *(settings.get("cc") or []))]
     sender = parseaddr(str(settings["from"]))[1] or str(settings["from"])
@@ -252,21 +255,21 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
             try:
                 msg = build_message(settings, n)
             except Exception as exc:  # a broken user template: report it, keep the message for a retry
-                results.append(Delivery(n.id, ok=False, error=redact(f"template error: {type(exc).__name__}: {exc}")))
+                yield Delivery(n.id, ok=False, error=redact(f"template error: {type(exc).__name__}: {exc}"))
                 continue
             try:
                 smtp.send_message(msg, from_addr=sender, to_addrs=recipients)
-                results.append(Delivery(n.id, ok=True))
             except Exception as exc:
                 error, permanent = classify(exc)
-                results.append(Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent))
+                yield Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
                 if isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException):
-                    results += [Delivery(m.id, ok=False, error=redact(f"{where}: connection lost"))
-                                for m in notifications[i + 1:]]
-                    break
+                    for m in notifications[i + 1:]:
+                        yield Delivery(m.id, ok=False, error=redact(f"{where}: connection lost"))
+                    return
+                continue
+            yield Delivery(n.id, ok=True)
     finally:
         _close(smtp)
-    return results
 
 
 @hookimpl

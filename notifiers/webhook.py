@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -104,24 +104,23 @@ def post(settings: Mapping[str, Any], url: str, notification_id: str, body: byte
 
 
 def post_each(settings: Mapping[str, Any], url: str, notifications: list[Notification],
-              request: Callable[[Notification], tuple[bytes, Mapping[str, str]]]) -> list[Delivery]:
-    """POST each notification (``request(n)`` gives body and headers). After a temporary failure the
-    rest are not tried this cycle (the endpoint is down or throttling us: each would wait for its own
-    timeout); they stay in the outbox and are retried with it."""
-    results: list[Delivery] = []
+              request: Callable[[Notification], tuple[bytes, Mapping[str, str]]]) -> Iterator[Delivery]:
+    """POST each notification (``request(n)`` gives body and headers), yielding each Delivery as soon
+    as it is known (the host records it at once). After a temporary failure the rest are not tried
+    this cycle (the endpoint is down or throttling us: each would wait for its own timeout); they
+    stay in the outbox and are retried with it."""
     for i, n in enumerate(notifications):
         body, headers = request(n)
         delivery = post(settings, url, n.id, body, headers)
-        results.append(delivery)
+        yield delivery
         if not delivery.ok and not delivery.permanent:
-            results += [Delivery(m.id, ok=False, error=f"not tried: {delivery.error}",
-                                 retry_after=delivery.retry_after) for m in notifications[i + 1:]]
-            break
-    return results
+            for m in notifications[i + 1:]:
+                yield Delivery(m.id, ok=False, error=f"not tried: {delivery.error}", retry_after=delivery.retry_after)
+            return
 
 
 def post_json_each(settings: Mapping[str, Any], notifications: list[Notification],
-                   payload: Callable[[Notification], Any]) -> list[Delivery]:
+                   payload: Callable[[Notification], Any]) -> Iterator[Delivery]:
     """POST ``payload(n)`` as JSON to the chat webhook of ``settings["webhook_url"]`` (Slack, Teams)."""
     register(settings.get("webhook_url"))
 
@@ -169,7 +168,7 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> Iterator[Delivery]:
     secret = settings.get("secret")
     register(secret)
     for value in (settings.get("headers") or {}).values():

@@ -1,9 +1,12 @@
 """The notification tables on the Store's connection: the outbox, the notification log and silences.
 
 - ``outbox``: every notification is written here (in one transaction with the log update) *before*
-  it is sent, then marked ``sent`` or ``failed``. A failed row is retried with exponential backoff
-  (``next_attempt_at``) across cycles and restarts until it is sent, fails permanently, or is older
-  than :data:`MAX_RETRY_AGE`. A row marked sent is never picked again.
+  it is sent, then marked ``sent`` or ``failed``. A sender first *claims* the rows it will send
+  (:func:`claim`: its name and a lease), so two processes never send the same row, and records each
+  message in its own transaction as soon as the server accepted it, so a crash repeats at most the
+  one message in flight; a claim left by a killed process lapses and the row is retried. A failed
+  row is retried with exponential backoff (``next_attempt_at``) across cycles and restarts until it
+  is sent, fails permanently, or is older than :data:`MAX_RETRY_AGE`. A row marked sent is never picked again.
 - ``notify_log``: per (group, notifier), what was last told: when, the firing alerts and their
   severity, and the thread id (the first message of the group) for mail threading.
 - ``silences``: matchers with a mandatory expiry, reason and author, managed by ``mistwatch silence``.
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets as _random
+import socket
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -30,6 +35,10 @@ BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=1)
 #: A message still failing this long after it was written is given up and marked permanent.
 MAX_RETRY_AGE = timedelta(hours=24)
+#: How long a claim holds a row: longer than a send can take (the notifiers' deadlines), short
+#: enough that rows claimed by a process killed on another host are retried soon. A claim by a
+#: process of this host that no longer runs lapses at once.
+CLAIM_LEASE = timedelta(minutes=10)
 #: How long sent and failed messages and ended silences are kept (for `status` and audits).
 KEEP = timedelta(days=30)
 
@@ -152,14 +161,67 @@ def enqueue(store: Any, notifications: Iterable[Notification], now: datetime) ->
         insert_notifications(db, notifications, now)
 
 
+#: Rows waiting to be sent whose time has come. A row last tried (or written) *after* ``now`` means
+#: the wall clock stepped back: its retry is due now, not when the clock catches up again.
+_DUE = ("status IN ('pending', 'failed') AND permanent = 0"
+        " AND (next_attempt_at <= :now OR COALESCE(attempted_at, created_at) > :now)")
+
+
 def due(store: Any, now: datetime, *, ids: Iterable[str] | None = None) -> list[tuple[OutboxItem, Notification]]:
-    """Unsent, not permanently failed rows whose next attempt is due, oldest first."""
-    rows = store.db.execute(
-        f"SELECT {_ITEM_COLUMNS}, payload FROM outbox WHERE status != 'sent' AND permanent = 0"
-        " AND next_attempt_at <= ? ORDER BY created_at, id", (ts(now),)).fetchall()
+    """Unsent, not permanently failed rows whose next attempt is due, oldest first (claimed or not:
+    for ``--dry-run`` and ``status``; senders use :func:`claim`)."""
+    rows = store.db.execute(f"SELECT {_ITEM_COLUMNS}, payload FROM outbox WHERE {_DUE} ORDER BY created_at, id",
+                            {"now": ts(now)}).fetchall()
     wanted = set(ids) if ids is not None else None
     return [(_item(row), notification_from_json(row[12])) for row in rows
             if wanted is None or row[0] in wanted]
+
+
+def claimant() -> str:
+    """A name for this sender, unique across processes and hosts: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: trust the lease
+    return True
+
+
+def claim_lapsed(claimed_by: str | None, claimed_at: str | None, claim_until: str | None, now: datetime) -> bool:
+    """Whether a row's claim no longer holds: none, its lease is over, it was taken *after* ``now``
+    (the clock stepped back), or its owner was a process of this host that is gone (kill -9)."""
+    if not claimed_by:
+        return True
+    if not claim_until or claim_until <= ts(now) or (claimed_at or "") > ts(now):
+        return True
+    host, _, rest = claimed_by.partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def claim(store: Any, now: datetime, owner: str, *, ids: Iterable[str] | None = None,
+          lease: timedelta = CLAIM_LEASE) -> list[tuple[OutboxItem, Notification]]:
+    """Claim the due rows (or only ``ids``) nobody else holds, for ``owner``; returns them oldest first.
+
+    One write transaction (BEGIN IMMEDIATE): of two processes claiming at once, the second sees the
+    first one's claims, so a row is sent by one of them only."""
+    wanted = set(ids) if ids is not None else None
+    out = []
+    with store.transaction() as db:
+        rows = db.execute(f"SELECT {_ITEM_COLUMNS}, payload, claimed_by, claimed_at, claim_until FROM outbox"
+                          f" WHERE {_DUE} ORDER BY created_at, id", {"now": ts(now)}).fetchall()
+        for row in rows:
+            if (wanted is not None and row[0] not in wanted) or not claim_lapsed(row[13], row[14], row[15], now):
+                continue
+            db.execute("UPDATE outbox SET claimed_by = ?, claimed_at = ?, claim_until = ? WHERE id = ?",
+                       (owner, ts(now), ts(now + lease), row[0]))
+            out.append((_item(row), notification_from_json(row[12])))
+    return out
 
 
 def backoff(attempts: int) -> timedelta:
@@ -168,8 +230,10 @@ def backoff(attempts: int) -> timedelta:
 
 
 def mark_sent(db: sqlite3.Connection, outbox_id: str, now: datetime) -> None:
-    db.execute("UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = ''"
-               " WHERE id = ?", (ts(now), outbox_id))
+    """Record a delivery (and drop the claim). Whoever holds the claim: the message did go out."""
+    db.execute("UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, attempted_at = ?,"
+               " last_error = '', claimed_by = NULL, claimed_at = NULL, claim_until = NULL"
+               " WHERE id = ? AND status != 'sent'", (ts(now), ts(now), outbox_id))
 
 
 def mark_failed(db: sqlite3.Connection, item: OutboxItem, now: datetime, error: str, *, permanent: bool,
@@ -185,7 +249,9 @@ def mark_failed(db: sqlite3.Connection, item: OutboxItem, now: datetime, error: 
         error = f"gave up after {attempts} attempts over {MAX_RETRY_AGE}: {error}"
     error = redact(error)[:1000]
     db.execute("UPDATE outbox SET status = 'failed', attempts = ?, last_error = ?, next_attempt_at = ?,"
-               " permanent = ? WHERE id = ?", (attempts, error, ts(next_at), int(permanent), item.id))
+               " permanent = ?, attempted_at = ?, claimed_by = NULL, claimed_at = NULL, claim_until = NULL"
+               " WHERE id = ? AND status != 'sent'",
+               (attempts, error, ts(next_at), int(permanent), ts(now), item.id))
     return OutboxItem(**{**item.__dict__, "status": "failed", "attempts": attempts, "last_error": error,
                          "next_attempt_at": next_at, "permanent": permanent})
 

@@ -325,6 +325,21 @@ def test_notification(notifier: str, now: datetime, notification_id: str | None 
     return Notification(**{**_fields(n), "text": text})
 
 
+def _record(store: Any, result: NotifyResult, item: OutboxItem, d: Delivery, now: datetime) -> None:
+    """Commit one message's outcome, in its own transaction, and add it to ``result``."""
+    with store.transaction() as db:
+        if d.ok:
+            outbox.mark_sent(db, item.id, now)
+            result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
+                                             "attempts": item.attempts + 1}))
+            return
+        # a test message reports its failure now instead of lingering for retries
+        permanent = d.permanent or item.kind == "test"
+        failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
+                                    retry_after=getattr(d, "retry_after", None))
+    (result.permanent_failures if failed.permanent else result.failed).append(failed)
+
+
 def check_config(config: Any, notifier_types: Mapping[str, Notifier]) -> None:
     """Validate the notification settings beyond the JSON Schema (ConfigError on a problem), and let
     each notifier type with a ``check`` (email: users' templates) try its settings on a sample."""
@@ -385,43 +400,37 @@ def send_outbox(config: Any, host: Any, store: Any, now: datetime, *, ids: Seque
                 settings: NotifySettings | None = None) -> NotifyResult:
     """Deliver every due outbox row (or only ``ids``), one batch per notifier, and record each outcome.
 
-    A notifier that raises fails its whole batch temporarily; results are committed right after each
-    batch, so a crash can at worst repeat the batch in flight (at-least-once), never lose it."""
+    Rows are claimed first (:func:`outbox.claim`), so a row another process is sending is left to
+    it. Each outcome is committed in its own transaction as soon as the notifier reports it (a
+    notifier may yield its deliveries one by one), so a crash can at worst repeat the message in
+    flight (at-least-once), never lose it. A notifier that raises fails the rest of its batch,
+    temporarily."""
     settings = settings or load_settings(config)
     result = NotifyResult()
     types = host.notifiers()
     batches: dict[str, list[tuple[OutboxItem, Notification]]] = {}
-    for item, n in outbox.due(store, now, ids=ids):
+    for item, n in outbox.claim(store, now, outbox.claimant(), ids=ids):
         batches.setdefault(item.notifier, []).append((item, n))
     for name, batch in batches.items():
+        items = {n.id: item for item, n in batch}
         entry = settings.notifiers.get(name)
-        deliveries: dict[str, Delivery] = {}
         if entry is None:
             error = f"notifier {name!r} is no longer configured"
-            deliveries = {n.id: Delivery(n.id, ok=False, error=error, permanent=True) for _, n in batch}
-        elif entry.get("type") not in types:
+            for n_id in list(items):
+                _record(store, result, items.pop(n_id), Delivery(n_id, ok=False, error=error, permanent=True), now)
+            continue
+        if entry.get("type") not in types:
             error = f"notifier type {entry.get('type')!r} is not available (is its plugin installed and loaded?)"
-            deliveries = {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
         else:
+            error = "the notifier returned no result"
             try:
-                got = types[entry["type"]].send(entry, [n for _, n in batch]) or []
-                deliveries = {d.notification_id: d for d in got}
-            except Exception as exc:  # a notifier that raises fails its batch, temporarily
+                for d in types[entry["type"]].send(entry, [n for _, n in batch]) or []:
+                    if d.notification_id in items:
+                        _record(store, result, items.pop(d.notification_id), d, now)
+            except Exception as exc:  # a notifier that raises fails the rest of its batch, temporarily
                 error = f"{type(exc).__name__}: {exc}"
-                deliveries = {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
-        with store.transaction() as db:
-            for item, n in batch:
-                d = deliveries.get(n.id) or Delivery(n.id, ok=False, error="the notifier returned no result")
-                if d.ok:
-                    outbox.mark_sent(db, item.id, now)
-                    result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
-                                                     "attempts": item.attempts + 1}))
-                    continue
-                # a test message reports its failure now instead of lingering for retries
-                permanent = d.permanent or item.kind == "test"
-                failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
-                                            retry_after=getattr(d, "retry_after", None))
-                (result.permanent_failures if failed.permanent else result.failed).append(failed)
+        for n_id in list(items):
+            _record(store, result, items.pop(n_id), Delivery(n_id, ok=False, error=error), now)
     for item in result.failed:
         result.warnings.append(f"{item.notifier}: {item.title} not delivered (attempt {item.attempts}, "
                                f"retry at {fmt_time(item.next_attempt_at)}): {item.last_error}")

@@ -1,0 +1,128 @@
+"""Nothing doubled: senders claim outbox rows before sending, and record each message on its own, so
+a crash repeats at most the message in flight and two processes never send the same row."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+from fixtures_notify import T0, make_alert
+
+from mistwatch import hookimpl
+from mistwatch.hookspecs import Notifier
+from mistwatch.model import Delivery
+from mistwatch.notify import outbox, pipeline
+from mistwatch.store.database import Store
+
+SITES = ["Cork", "Dublin HQ", "Galway"]
+
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing after it runs, not even ``except Exception``."""
+
+
+class DiesAfterSecondSend:
+    """A notifier that delivers the first message, hands the second to its server and dies before
+    it can say so; later it delivers normally."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.dying = True
+
+    def send(self, settings, notifications):
+        for i, n in enumerate(notifications):
+            self.delivered.append(n.title)
+            if self.dying and i == 1:
+                self.dying = False
+                raise Killed
+            yield Delivery(n.id, ok=True)
+
+    @hookimpl
+    def mistwatch_notifiers(self):
+        yield Notifier(type="dies", send=self.send)
+
+
+def _three_sites():
+    return [make_alert(site=name, site_id=f"site-{i}") for i, name in enumerate(SITES)]
+
+
+def test_a_crash_in_the_middle_of_a_batch_repeats_only_the_message_in_flight(notify_env):
+    from mistwatch.host import make_host
+
+    plugin = DiesAfterSecondSend()
+    notify_env.host = make_host(entry_points=False, extra=[("dies", plugin)])
+    notify_env.configure([{"name": "d", "type": "dies"}])
+    with pytest.raises(Killed):
+        notify_env.notify(_three_sites(), T0)
+    notify_env.reopen()
+    assert sorted(row[1] for row in notify_env.outbox_rows()) == ["pending", "pending", "sent"]
+    # our own claim still holds in this (living) process until the lease is over
+    assert notify_env.send_outbox(T0).sent == []
+    later = notify_env.send_outbox(T0 + outbox.CLAIM_LEASE + timedelta(seconds=1))
+    assert len(later.sent) == 2
+    titles = [f"[mistwatch] CRITICAL: 1 firing at {name}" for name in SITES]
+    in_flight = plugin.delivered[1]
+    assert sorted(plugin.delivered) == sorted([*titles, in_flight])
+
+
+def _queue_test_messages(env, count: int) -> list[str]:
+    messages = [pipeline.test_notification("mail", T0, notification_id=f"{i:04d}") for i in range(count)]
+    outbox.enqueue(env.store, messages, T0)
+    return [n.id for n in messages]
+
+
+def test_a_row_claimed_by_another_process_is_left_to_it(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    _queue_test_messages(notify_env, 1)
+    with Store.open(notify_env.dir / "var") as other:
+        assert len(outbox.claim(other, T0, "elsewhere:4242:aaaa")) == 1
+    assert notify_env.send_outbox(T0).sent == []
+    assert smtp_sink.messages == []
+
+
+def test_a_claim_is_retried_when_its_lease_is_over(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    _queue_test_messages(notify_env, 1)
+    outbox.claim(notify_env.store, T0, "elsewhere:4242:aaaa")
+    assert len(notify_env.send_outbox(T0 + outbox.CLAIM_LEASE + timedelta(seconds=1)).sent) == 1
+    assert len(smtp_sink.messages) == 1
+
+
+def test_a_claim_left_by_a_killed_process_of_this_host_lapses_at_once(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    _queue_test_messages(notify_env, 1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    outbox.claim(notify_env.store, T0, f"{socket.gethostname()}:{dead.pid}:aaaa")
+    assert len(notify_env.send_outbox(T0).sent) == 1
+
+
+def test_a_claim_taken_after_now_lapses_because_the_clock_stepped_back(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    _queue_test_messages(notify_env, 1)
+    outbox.claim(notify_env.store, T0, "elsewhere:4242:aaaa")
+    assert len(notify_env.send_outbox(T0 - timedelta(hours=1)).sent) == 1
+
+
+def test_two_senders_at_once_deliver_each_message_exactly_once(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    ids = _queue_test_messages(notify_env, 30)
+    start = threading.Barrier(2)
+    sent: list[int] = []
+
+    def sender() -> None:
+        with Store.open(notify_env.dir / "var") as store:
+            start.wait()
+            sent.append(len(pipeline.send_outbox(notify_env.config, notify_env.host, store, T0).sent))
+
+    threads = [threading.Thread(target=sender) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(sent) == 30
+    assert sorted(m["Message-ID"].split("@")[0].strip("<") for m in smtp_sink.messages) == ids

@@ -146,7 +146,8 @@ def payload(n: Notification) -> dict[str, Any]:
             "summary": a.summary, "description": a.description, "recommendation": a.recommendation,
             "labels": dict(a.labels), "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
             "firing_since": _iso(a.firing_since), "resolved_at": _iso(a.resolved_at),
-            "duration_seconds": round((end - start).total_seconds()) if (start and end) else None,
+            # never negative, even if the wall clock stepped back while the alert fired
+            "duration_seconds": max(0, round((end - start).total_seconds())) if (start and end) else None,
         })
     firing = sum(1 for a in n.alerts if a.state == "firing")
     if n.kind != "alerts":  # a test or the daily digest carries no alerts: "resolved" would mislead

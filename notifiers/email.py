@@ -227,8 +227,10 @@ def classify(exc: BaseException) -> tuple[str, bool]:
         return f"the SMTP server does not support this: {exc}", True
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return f"SMTP server disconnected: {exc}", False
+    if isinstance(exc, ssl.SSLCertVerificationError):  # say which check: expired, wrong name, unknown CA
+        return f"TLS certificate check failed: {exc.verify_message or exc.reason or exc}", False
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc}", False
+        return f"TLS error: {exc.reason or exc}", False
     if isinstance(exc, OSError):
         return f"cannot reach the SMTP server: {exc.strerror or exc}", False
     return f"{type(exc).__name__}: {exc}", False

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -30,7 +32,8 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRY_AFTER = 30.0
 
 HTTP_SETTINGS: dict[str, Any] = {
-    "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds per request (default 10)."},
+    "timeout": {"type": "number", "exclusiveMinimum": 0,
+                "description": "Seconds a request may take in total, connecting to last byte (default 10)."},
     "max_retry_after": {"type": "number", "minimum": 0,
                         "description": "Longest 429 Retry-After to wait within a cycle, seconds (default 30)."},
     "send_resolved": {"type": "boolean", "description": "Send resolved messages (default true)."},
@@ -70,9 +73,59 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max((when - (now or datetime.now(timezone.utc))).total_seconds(), 0.0)
 
 
+class _DeadlinePassed(Exception):
+    pass
+
+
+def _post_by(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Any:
+    """``requests.post`` that returns or raises within ``timeout`` seconds in *total*.
+
+    requests' own timeout bounds each socket read, so a server dripping a byte a second would keep
+    us (and the cycle) busy for as long as it likes and then count as a success. The request runs
+    in a daemon thread we stop waiting for at the deadline; that thread ends at its next read
+    timeout or when the server gives up, and its answer, if one ever comes, is ignored."""
+    import requests
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["response"] = requests.post(url, data=body, headers=dict(headers), timeout=timeout)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="mistwatch-http-post", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise _DeadlinePassed
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["response"]
+
+
+def tls_problem(exc: BaseException) -> str | None:
+    """Which certificate check failed ("certificate has expired", "Hostname mismatch, ...", "unable
+    to get local issuer certificate"), from an exception or anything it wraps; None if no TLS error."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS certificate check failed: {e.verify_message or e.reason or e}"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS error: {e.reason or e}"
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return None
+
+
 def post(settings: Mapping[str, Any], url: str, notification_id: str, body: bytes, headers: Mapping[str, str],
          *, ok_statuses: tuple[int, ...] = ()) -> Delivery:
-    """POST ``body`` to ``url``; one Delivery. Waits out a bounded Retry-After and tries again.
+    """POST ``body`` to ``url``; one Delivery. Each attempt has ``timeout`` seconds in total, from
+    connecting to the last byte of the answer. Waits out a bounded Retry-After and tries again.
     ``settings`` gives ``timeout`` and ``max_retry_after``."""
     import requests
 
@@ -84,11 +137,12 @@ def post(settings: Mapping[str, Any], url: str, notification_id: str, body: byte
     waited = 0.0
     while True:
         try:
-            response = requests.post(url, data=body, headers=dict(headers), timeout=timeout)
-        except requests.Timeout:
+            response = _post_by(url, body, headers, timeout)
+        except (requests.Timeout, _DeadlinePassed):
             return Delivery(notification_id, ok=False, error=f"{host}: no answer within {timeout:g}s")
         except requests.RequestException as exc:
-            return Delivery(notification_id, ok=False, error=f"{host}: cannot connect ({type(exc).__name__})")
+            problem = tls_problem(exc) or f"cannot connect ({type(exc).__name__})"
+            return Delivery(notification_id, ok=False, error=redact(f"{host}: {problem}"))
         status = response.status_code
         if 200 <= status < 300 or status in ok_statuses:
             return Delivery(notification_id, ok=True)

@@ -383,3 +383,12 @@ def test_header_value_leaves_an_ordinary_value_alone():
     from mistwatch.notifiers.email import header_value
 
     assert header_value("[mistwatch] MAJOR: 2 firing at Café  Zürich") == "[mistwatch] MAJOR: 2 firing at Café  Zürich"
+
+
+def test_a_tls_failure_says_which_certificate_check_failed(notify_env, make_smtp_sink):
+    sink = make_smtp_sink(implicit_tls=True)
+    settings = sink.settings()
+    del settings["ca_file"]  # the test CA is not trusted
+    notify_env.configure([settings])
+    (failed,) = notify_env.notify([make_alert()], T0).failed
+    assert "TLS certificate check failed: unable to get local issuer certificate" in failed.last_error

@@ -118,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="kills of `mistwatch run` (default 40)")
     parser.add_argument("--daemons", type=int, default=25, help="kills of `mistwatch daemon` (default 25)")
-    parser.add_argument("--queued", type=int, default=3, help="messages queued before each start (default 3)")
+    parser.add_argument("--queued", type=int, default=5, help="messages queued before each start (default 5)")
     parser.add_argument("--data-delay", type=float, default=0.3, help="seconds the server takes per DATA")
     parser.add_argument("--within", type=float, default=6.0, help="kill within this many seconds of start")
     parser.add_argument("--sites", type=int, default=12)
@@ -131,7 +131,7 @@ def main() -> None:
         raise SystemExit(1)
 
 
-def run_bench(runs: int, daemons: int, *, queued: int = 3, data_delay: float = 0.3, within: float = 6.0,
+def run_bench(runs: int, daemons: int, *, queued: int = 5, data_delay: float = 0.3, within: float = 6.0,
               sites: int = 12, seed: int = 1) -> dict:
     rng = random.Random(seed)
     sink = SlowSink(data_delay).start()

@@ -459,7 +459,7 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert data["last_successful_run"]["id"] == ok
     assert [r["status"] for r in data["runs"]] == ["failed", "ok"]
     assert data["stale"] is True  # more than three intervals ago
-    assert data["outbox"] == {"sent": 0, "pending": 0, "failed": 0}
+    assert data["outbox"] == {"sent": 0, "pending": 0, "failed": 0, "superseded": 0}
     assert data["running"] is None
     text = runner.invoke(status, ["--config", str(config.path)]).output
     assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text

@@ -66,7 +66,7 @@ def test_a_message_still_failing_after_a_day_is_given_up_and_shown(notify_env):
         result = notify_env.send_outbox(now)
         assert now < T0 + timedelta(hours=26)
     assert "gave up after" in result.permanent_failures[0].last_error
-    assert outbox.counts(notify_env.store) == {"sent": 0, "pending": 0, "failed": 1}
+    assert outbox.counts(notify_env.store) == {"sent": 0, "pending": 0, "failed": 1, "superseded": 0}
 
 
 def test_a_message_for_a_notifier_removed_from_the_config_fails_permanently(notify_env, smtp_sink):

@@ -119,7 +119,7 @@ class OutboxItem:
     notifier: str
     kind: str
     title: str
-    status: str  # pending | sent | failed
+    status: str  # pending | sent | failed | superseded (a newer message of its group replaced it unsent)
     attempts: int
     last_error: str
     next_attempt_at: datetime
@@ -224,6 +224,25 @@ def claim(store: Any, now: datetime, owner: str, *, ids: Iterable[str] | None = 
     return out
 
 
+def unsent_of_group(db: sqlite3.Connection, group_key: str, notifier: str,
+                    now: datetime) -> list[tuple[OutboxItem, Notification]]:
+    """Alert messages of a (group, notifier) not sent yet and not in flight (their claim lapsed),
+    oldest first: what a newer message of the group supersedes."""
+    rows = db.execute(
+        f"SELECT {_ITEM_COLUMNS}, payload, claimed_by, claimed_at, claim_until FROM outbox WHERE group_key = ?"
+        " AND notifier = ? AND kind = 'alerts' AND status IN ('pending', 'failed') AND permanent = 0"
+        " ORDER BY created_at, id", (group_key, notifier)).fetchall()
+    return [(_item(r), notification_from_json(r[12])) for r in rows if claim_lapsed(r[13], r[14], r[15], now)]
+
+
+def mark_superseded(db: sqlite3.Connection, outbox_ids: Iterable[str], by: str, now: datetime) -> None:
+    """Record that these unsent messages will never be sent: ``by`` (a newer message of their
+    group, which carries their news) replaces them. Kept for ``status`` and audits like sent ones."""
+    db.executemany("UPDATE outbox SET status = 'superseded', last_error = ?, sent_at = ? WHERE id = ?"
+                   " AND status IN ('pending', 'failed')",
+                   [(f"superseded by {by}", ts(now), i) for i in outbox_ids])
+
+
 def backoff(attempts: int) -> timedelta:
     """Delay before the next attempt after ``attempts`` failed attempts (1 -> 1 min, 2 -> 2 min, ...)."""
     return min(BACKOFF_FIRST * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
@@ -277,12 +296,13 @@ def items(store: Any, *, status: str | None = None, permanent: bool | None = Non
 
 
 def counts(store: Any) -> dict[str, int]:
-    """{"sent": n, "pending": n (waiting to be tried or retried), "failed": n (permanent)}."""
-    out = {"sent": 0, "pending": 0, "failed": 0}
+    """{"sent": n, "pending": n (waiting to be tried or retried), "failed": n (permanent),
+    "superseded": n (replaced unsent by a newer message of their group)}."""
+    out = {"sent": 0, "pending": 0, "failed": 0, "superseded": 0}
     for status, permanent, n in store.db.execute(
             "SELECT status, permanent, COUNT(*) FROM outbox GROUP BY status, permanent"):
-        if status == "sent":
-            out["sent"] += n
+        if status in ("sent", "superseded"):
+            out[status] += n
         elif permanent:
             out["failed"] += n
         else:
@@ -294,7 +314,7 @@ def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
     """Forget sent and permanently failed messages, and silences, that ended more than ``keep`` ago.
     Call inside ``store.transaction()``; returns the number of rows deleted."""
     cutoff = ts(now - keep)
-    deleted = db.execute("DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"
+    deleted = db.execute("DELETE FROM outbox WHERE (status IN ('sent', 'superseded') AND sent_at < ?)"
                          " OR (permanent = 1 AND next_attempt_at < ?)", (cutoff, cutoff)).rowcount
     deleted += db.execute("DELETE FROM silences WHERE ends_at < ? OR expired_at < ?", (cutoff, cutoff)).rowcount
     return deleted

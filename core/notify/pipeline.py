@@ -325,6 +325,38 @@ def test_notification(notifier: str, now: datetime, notification_id: str | None 
     return Notification(**{**_fields(n), "text": text})
 
 
+def _supersede(db: Any, n: Notification, log: Sequence[LogEntry], now: datetime) -> Notification:
+    """Replace the group's older unsent messages (relay down, retry not due yet) by ``n``: they are
+    marked ``superseded`` and ``n`` also reports what only they said (alerts that resolved since),
+    so the group never gets an older state after a newer one ("MAJOR: 1 firing" after "RESOLVED").
+    Messages in flight in another process are left alone. Call inside the outbox transaction."""
+    gkey = str(n.data.get("group_key", ""))
+    older = outbox.unsent_of_group(db, gkey, n.notifier, now) if n.kind == "alerts" else []
+    if not older:
+        return n
+    outbox.mark_superseded(db, [item.id for item, _ in older], n.id, now)
+    dropped = {old.id for _, old in older}
+    told = {a.key for a in n.alerts}
+    firing = [a for a in n.alerts if a.state == "firing"]
+    resolved = [a for a in n.alerts if a.state == "resolved"]
+    for _, old in older:
+        for a in old.alerts:
+            if a.state == "resolved" and a.key not in told:
+                resolved.append(a)
+                told.add(a.key)
+    thread_id = n.thread_id
+    if thread_id in dropped:  # the group's first message never went out: this one starts the thread
+        thread_id = next((old.thread_id for _, old in older if old.id == thread_id), None)
+        for entry in log:
+            if entry.group_key == gkey and entry.notifier == n.notifier and entry.thread_id in dropped:
+                entry.thread_id = thread_id or n.id
+    merged = build_notification(
+        n.id, n.notifier, firing, resolved, n.group, gkey, n.created_at, thread_id=thread_id,
+        reminder=bool(n.data.get("reminder")), reason=str(n.data.get("reason", "")),
+        attachments=n.attachments, new_keys=n.data.get("new") or ())
+    return merged
+
+
 def _record(store: Any, result: NotifyResult, item: OutboxItem, d: Delivery, now: datetime) -> None:
     """Commit one message's outcome, in its own transaction, and add it to ``result``."""
     with store.transaction() as db:
@@ -389,7 +421,8 @@ def notify(config: Any, host: Any, store: Any, alerts: Sequence[Alert], now: dat
         result.pending = len(waiting)
         return result
     with store.transaction() as db:
-        outbox.insert_notifications(db, p.notifications, now)
+        queued = [_supersede(db, n, p.log, now) for n in p.notifications]
+        outbox.insert_notifications(db, queued, now)
         outbox.save_log(db, p.log)
         outbox.prune(db, now)
     result.merge(send_outbox(config, host, store, now, settings=settings))

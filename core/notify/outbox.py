@@ -22,7 +22,7 @@ import os
 import secrets as _random
 import socket
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -144,15 +144,18 @@ def _item(row: Sequence[Any]) -> OutboxItem:
                       group_key=row[11])
 
 
-def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime) -> None:
-    """Write notifications as pending, due now. Call inside ``store.transaction()``.
+def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime, *,
+                         due: Mapping[str, datetime] | None = None) -> None:
+    """Write notifications as pending, due now (or at ``due[id]``: held by group_wait or
+    group_interval). Call inside ``store.transaction()``.
 
     The payload is redacted: a registered secret never reaches the state file."""
     db.executemany(
         "INSERT INTO outbox (id, notifier, kind, group_key, title, payload, status, attempts, last_error,"
         " next_attempt_at, created_at, permanent) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, '', ?, ?, 0)",
         [(n.id, n.notifier, n.kind, str(n.data.get("group_key", "")), redact(n.title),
-          redact(notification_to_json(n)), ts(now), ts(n.created_at)) for n in notifications])
+          redact(notification_to_json(n)), ts((due or {}).get(n.id, now)), ts(n.created_at))
+         for n in notifications])
 
 
 def enqueue(store: Any, notifications: Iterable[Notification], now: datetime) -> None:
@@ -165,6 +168,14 @@ def enqueue(store: Any, notifications: Iterable[Notification], now: datetime) ->
 #: the wall clock stepped back: its retry is due now, not when the clock catches up again.
 _DUE = ("status IN ('pending', 'failed') AND permanent = 0"
         " AND (next_attempt_at <= :now OR COALESCE(attempted_at, created_at) > :now)")
+
+
+def next_due(store: Any) -> datetime | None:
+    """When the earliest unsent message may be sent (held ones included), or None: for the daemon,
+    which sends held messages between cycles."""
+    row = store.db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('pending', 'failed')"
+                           " AND permanent = 0").fetchone()
+    return parse_ts(row[0]) if row and row[0] else None
 
 
 def due(store: Any, now: datetime, *, ids: Iterable[str] | None = None) -> list[tuple[OutboxItem, Notification]]:

@@ -164,6 +164,8 @@ class Plan:
     log: list[LogEntry]  # entries to save (an entry with nothing firing is deleted)
     suppressed: list[Suppressed]
     warnings: list[str]
+    #: notification id -> when it may be sent (group_wait / group_interval); missing: now
+    due: dict[str, datetime] = field(default_factory=dict)
 
 
 def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[str, str], LogEntry],
@@ -206,6 +208,8 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
 
     notifications: list[Notification] = []
     entries: list[LogEntry] = []
+    due: dict[str, datetime] = {}
+    by_name = {r.name: r for r in settings.routes}  # a group with only resolved alerts left has no route_info
     for slot in sorted(current | set(log)):
         gkey, name = slot
         entry = _carry_over(log.get(slot) or LogEntry(gkey, name),
@@ -238,6 +242,11 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
                 # a follow-up marks what it adds; in the first message of a group everything is new
                 new_keys=[a.key for a in new] if prev else ())
             notifications.append(n)
+            # a group's first message waits for the group to fill; later ones batch per interval
+            route = route_info[0] if route_info else by_name.get(gkey.split("|", 1)[0])
+            if route is not None:
+                due[n.id] = now + route.group_wait if entry.last_sent_at is None else max(
+                    now, entry.last_sent_at + route.group_interval)
             entry.last_sent_at = now
             if entry.thread_id is None:
                 entry.thread_id = n.id
@@ -245,7 +254,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
 
     warnings = [f"alerts are routed to notifier {name!r}, which is not configured"
                 for name in sorted({n for _, n in visible} - set(settings.notifiers))]
-    return Plan(notifications, entries, suppressed, warnings)
+    return Plan(notifications, entries, suppressed, warnings, due)
 
 
 def _carry_over(entry: LogEntry, keys: Sequence[str], told_before: Mapping[tuple[str, str], LogEntry]) -> LogEntry:
@@ -325,16 +334,20 @@ def test_notification(notifier: str, now: datetime, notification_id: str | None 
     return Notification(**{**_fields(n), "text": text})
 
 
-def _supersede(db: Any, n: Notification, log: Sequence[LogEntry], now: datetime) -> Notification:
+def _supersede(db: Any, n: Notification, log: Sequence[LogEntry], due: dict[str, datetime],
+               now: datetime) -> Notification:
     """Replace the group's older unsent messages (relay down, retry not due yet) by ``n``: they are
     marked ``superseded`` and ``n`` also reports what only they said (alerts that resolved since),
     so the group never gets an older state after a newer one ("MAJOR: 1 firing" after "RESOLVED").
-    Messages in flight in another process are left alone. Call inside the outbox transaction."""
+    ``n`` keeps the earliest send time of those it replaces (``due`` is updated), so a message held
+    by group_wait is not held again by group_interval. Messages in flight in another process are
+    left alone. Call inside the outbox transaction."""
     gkey = str(n.data.get("group_key", ""))
     older = outbox.unsent_of_group(db, gkey, n.notifier, now) if n.kind == "alerts" else []
     if not older:
         return n
     outbox.mark_superseded(db, [item.id for item, _ in older], n.id, now)
+    due[n.id] = min([due.get(n.id, now), *(item.next_attempt_at for item, _ in older)])
     dropped = {old.id for _, old in older}
     told = {a.key for a in n.alerts}
     firing = [a for a in n.alerts if a.state == "firing"]
@@ -421,8 +434,8 @@ def notify(config: Any, host: Any, store: Any, alerts: Sequence[Alert], now: dat
         result.pending = len(waiting)
         return result
     with store.transaction() as db:
-        queued = [_supersede(db, n, p.log, now) for n in p.notifications]
-        outbox.insert_notifications(db, queued, now)
+        queued = [_supersede(db, n, p.log, p.due, now) for n in p.notifications]
+        outbox.insert_notifications(db, queued, now, due=p.due)
         outbox.save_log(db, p.log)
         outbox.prune(db, now)
     result.merge(send_outbox(config, host, store, now, settings=settings))

@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("--daemons", type=int, default=25, help="kills of `mistwatch daemon` (default 25)")
     parser.add_argument("--queued", type=int, default=5, help="messages queued before each start (default 5)")
     parser.add_argument("--data-delay", type=float, default=0.3, help="seconds the server takes per DATA")
-    parser.add_argument("--within", type=float, default=6.0, help="kill within this many seconds of start")
+    parser.add_argument("--within", type=float, default=None,
+                        help="kill within this many seconds of start (default: 1.2 x a measured run)")
     parser.add_argument("--sites", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -131,7 +132,7 @@ def main() -> None:
         raise SystemExit(1)
 
 
-def run_bench(runs: int, daemons: int, *, queued: int = 5, data_delay: float = 0.3, within: float = 6.0,
+def run_bench(runs: int, daemons: int, *, queued: int = 5, data_delay: float = 0.3, within: float | None = None,
               sites: int = 12, seed: int = 1) -> dict:
     rng = random.Random(seed)
     sink = SlowSink(data_delay).start()
@@ -146,6 +147,13 @@ def run_bench(runs: int, daemons: int, *, queued: int = 5, data_delay: float = 0
             state_dir, db_path = folder / "var", folder / "var" / "mistwatch.db"
             mistwatch = [sys.executable, "-m", "mistwatch"]
             now = T0
+            if within is None:  # calibrate: kills spread over a whole run, from start-up to the last send
+                queue_messages(state_dir, queued, now)
+                began = time.monotonic()
+                subprocess.run([*mistwatch, "run", "--config", str(config), "--now", now.isoformat()], cwd=folder,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                within = 1.2 * (time.monotonic() - began)
+                now += timedelta(minutes=15)
             for i in range(runs + daemons):
                 as_run = i < runs
                 queue_messages(state_dir, queued, now)
@@ -175,7 +183,8 @@ def run_bench(runs: int, daemons: int, *, queued: int = 5, data_delay: float = 0
     return {
         "machine": f"{platform.machine()} {platform.system()}, python {platform.python_version()}",
         "seconds": round(time.monotonic() - started, 1),
-        "processes": runs + daemons, "kills": sum(kills.values()), "kills_of_run": kills["run"],
+        "kill_within_s": round(within or 0, 1), "processes": runs + daemons, "kills": sum(kills.values()),
+        "kills_of_run": kills["run"],
         "kills_of_daemon": kills["daemon"], "notifications": len(rows), "lost": len(lost),
         "lost_statuses": collections.Counter(rows[i] for i in lost),
         "duplicated": sum(c - 1 for c in received.values() if c > 1),

@@ -126,6 +126,18 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         for error in result.errors[:10]:
             log.warning("  %s", error)
 
+    def flush(now: datetime) -> datetime | None:
+        """Send what is due between cycles (held by group_wait/group_interval, retries); when next."""
+        from mistwatch.notify import outbox as outbox_table
+        from mistwatch.notify.pipeline import send_outbox
+
+        app = holder["app"]
+        result = send_outbox(app.config, app.host, app.store, now)
+        if result.sent or result.failed or result.permanent_failures:
+            log.info("between cycles: %d notification(s) sent, %d failed", len(result.sent),
+                     len(result.failed) + len(result.permanent_failures))
+        return outbox_table.next_due(app.store)
+
     def reload() -> timedelta | None:
         new = open_app(config_path)
         try:
@@ -145,7 +157,7 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         return new_interval
 
     hook = _DigestHook(holder, interval)
-    runner = Daemon(cycle, interval, reload=reload, digest=hook)
+    runner = Daemon(cycle, interval, reload=reload, digest=hook, flush=flush)
     previous = install_signal_handlers(runner)
     log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
     try:

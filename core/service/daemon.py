@@ -34,6 +34,9 @@ log = logging.getLogger("mistwatch.service.daemon")
 #: On Windows a signal cannot interrupt a wait (CPython runs handlers only when it returns), so
 #: waits there are short enough for Ctrl+C / Ctrl+Break to take effect within a second.
 MAX_WAIT_S = 1.0 if sys.platform == "win32" else 60.0
+#: Least time between two sends of held messages: a message due but claimed by another process
+#: must not make the loop spin.
+MIN_FLUSH_GAP = timedelta(seconds=10)
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK")  # SIGBREAK exists on Windows only
 RELOAD_SIGNALS = ("SIGHUP",)  # POSIX only
 
@@ -77,6 +80,7 @@ class DaemonStats:
     failed_reloads: int = 0
     digests: int = 0
     slots: list[datetime] = field(default_factory=list)  # start of each cycle run, for tests and logs
+    flushes: int = 0  # sends of held notifications between cycles
 
 
 class Daemon:
@@ -84,14 +88,19 @@ class Daemon:
 
     ``cycle(now)`` runs one cycle; an exception is logged and the schedule goes on. ``reload()``
     loads the new configuration and swaps it in, or raises (the old one stays); it may return a new
-    interval. ``digest`` (optional) says when the digest is next due and sends it."""
+    interval. ``digest`` (optional) says when the digest is next due and sends it. ``flush(now)``
+    (optional) sends the notifications due now (held by group_wait, or retries) and returns when
+    the next one is due (None: none waiting); it is asked after each cycle and called between
+    cycles when that time comes."""
 
     def __init__(self, cycle: Callable[[datetime], Any], interval: timedelta, *, clock: Clock | None = None,
                  reload: Callable[[], timedelta | None] | None = None, digest: DigestHook | None = None,
+                 flush: Callable[[datetime], datetime | None] | None = None,
                  max_wait_s: float = MAX_WAIT_S) -> None:
         if interval.total_seconds() <= 0:
             raise ValueError("the interval must be positive")
         self.cycle, self.interval, self.reload, self.digest = cycle, interval, reload, digest
+        self.flush = flush
         self.clock: Clock = clock or SystemClock()
         self.max_wait_s = max_wait_s
         self.stats = DaemonStats()
@@ -125,6 +134,7 @@ class Daemon:
         start = self._mono()  # the schedule: monotonic seconds
         k = 0
         digest_tried = False
+        ask_flush, flush_at = False, None  # ask after each cycle when held messages are due
         log.info("daemon started: a cycle every %s from %s", format_duration(self.interval),
                  self.clock.now().isoformat(timespec="seconds"))
         while True:
@@ -146,14 +156,24 @@ class Daemon:
                     if self._guard("sending the digest", self.digest.send, now):
                         self.stats.digests += 1
                     continue
+            if mono < slot and self.flush is not None and (ask_flush or (flush_at is not None and flush_at <= now)):
+                if not ask_flush:
+                    self.stats.flushes += 1
+                ask_flush = False
+                flush_at = self._guard("sending held notifications", self.flush, now)
+                if flush_at is not None:
+                    flush_at = max(flush_at, now + MIN_FLUSH_GAP)
+                continue
             if mono < slot:
                 wait = slot - mono
-                if due is not None:
-                    wait = min(wait, (due - now).total_seconds())
+                for when in (due, flush_at):
+                    if when is not None:
+                        wait = min(wait, (when - now).total_seconds())
                 self.clock.wait(self._wake, min(self.max_wait_s, wait))
                 continue
             self._run_cycle(now)
             digest_tried = False
+            ask_flush = True
             if max_cycles is not None and self.stats.cycles >= max_cycles:
                 break
             end = self._mono()

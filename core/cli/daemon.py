@@ -279,7 +279,8 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"[bold]Alerts firing:[/] critical {f.get('critical', 0)}, major {f.get('major', 0)}, "
                   f"minor {f.get('minor', 0)}, info {f.get('info', 0)}; pending {data['alerts_pending']}")
     o = data["outbox"]
-    console.print(f"[bold]Outbox:[/] {o['pending']} pending, {o['failed']} failed, {o['sent']} sent")
+    console.print(f"[bold]Outbox:[/] {o['pending']} pending, {o['failed']} failed, {o['sent']} sent, "
+                  f"{o.get('superseded', 0)} superseded")
     for item in data["outbox_failed"]:
         console.print(f"  [red]failed[/] {escape(item['notifier'])}: {escape(item['title'])}: "
                       f"{escape(item['error'])}")

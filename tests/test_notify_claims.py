@@ -198,3 +198,16 @@ def test_kill_9_of_run_while_it_sends_loses_nothing_and_repeats_at_most_one_mess
     assert len(ids) <= 5  # at most the one in flight again
     with sqlite3.connect(tmp_path / "var" / "mistwatch.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_newer_message_of_a_group_never_overtakes_an_older_one_in_flight_elsewhere(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    firing = pipeline.build_notification("older", "mail", [make_alert(site="Lab")], [], {}, "g|site_id=lab", T0)
+    outbox.enqueue(notify_env.store, [firing], T0)
+    outbox.claim(notify_env.store, T0, "elsewhere:4242:aaaa")  # another process is sending it
+    later = pipeline.build_notification("newer", "mail", [], [make_alert(site="Lab")], {}, "g|site_id=lab",
+                                        T0 + timedelta(minutes=5))
+    outbox.enqueue(notify_env.store, [later], T0 + timedelta(minutes=5))
+    assert notify_env.send_outbox(T0 + timedelta(minutes=5)).sent == []
+    sent = notify_env.send_outbox(T0 + outbox.CLAIM_LEASE + timedelta(minutes=1)).sent
+    assert [item.id for item in sent] == ["older", "newer"]

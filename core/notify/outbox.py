@@ -223,11 +223,18 @@ def claim(store: Any, now: datetime, owner: str, *, ids: Iterable[str] | None = 
     first one's claims, so a row is sent by one of them only."""
     wanted = set(ids) if ids is not None else None
     out = []
+    busy: set[tuple[str, str]] = set()  # (group, notifier) with an older message in flight elsewhere
     with store.transaction() as db:
         rows = db.execute(f"SELECT {_ITEM_COLUMNS}, payload, claimed_by, claimed_at, claim_until FROM outbox"
                           f" WHERE {_DUE} ORDER BY created_at, id", {"now": ts(now)}).fetchall()
         for row in rows:
-            if (wanted is not None and row[0] not in wanted) or not claim_lapsed(row[13], row[14], row[15], now):
+            group = (row[11], row[1])
+            if not claim_lapsed(row[13], row[14], row[15], now):
+                if row[2] == "alerts":
+                    busy.add(group)
+                continue
+            # a group's messages leave in the order of the states they describe: never overtake
+            if (wanted is not None and row[0] not in wanted) or (row[2] == "alerts" and group in busy):
                 continue
             db.execute("UPDATE outbox SET claimed_by = ?, claimed_at = ?, claim_until = ? WHERE id = ?",
                        (owner, ts(now), ts(now + lease), row[0]))

@@ -36,8 +36,9 @@ def parse_time(text: str) -> datetime:
 
 
 def format_duration(delta: timedelta | float) -> str:
-    """5400 s -> ``"1h30m"``; for messages ("lasted 1h30m")."""
-    seconds = int(delta.total_seconds() if isinstance(delta, timedelta) else delta)
+    """5400 s -> ``"1h30m"``; for messages ("lasted 1h30m"). A negative span (the wall clock stepped
+    back between its two ends) is ``"0s"``: "lasted -7200s" would only confuse."""
+    seconds = max(0, int(delta.total_seconds() if isinstance(delta, timedelta) else delta))
     if seconds < 60:
         return f"{seconds}s"
     parts = []

@@ -83,9 +83,12 @@ class Notifier:
 
     ``type`` is what ``config.yaml`` names in ``notifiers: [{name: ..., type: <type>}]``; the
     entry's other keys are the settings, validated against ``settings_schema``.
-    ``send(settings, notifications)`` delivers a batch and returns one :class:`~mistwatch.Delivery`
-    per notification; mark ``permanent=True`` when retrying cannot help (e.g. SMTP 550).
-    Raising counts as a temporary failure of the whole batch: it stays in the outbox and is retried.
+    ``send(settings, notifications)`` delivers a batch and returns (or yields) one
+    :class:`~mistwatch.Delivery` per notification; mark ``permanent=True`` when retrying cannot help
+    (e.g. SMTP 550). Prefer a generator that yields each Delivery as soon as the server has taken
+    that message: the host records each one at once, in its own transaction, so a crash re-sends at
+    most the message in flight (with a returned list, the whole batch). Raising counts as a
+    temporary failure of every notification not yet reported: they stay in the outbox and are retried.
     ``check(settings, sample)``, optional, is called by ``config check`` and every command that loads
     the config, with a sample notification: return a one-line problem (start it with the setting's
     key, ``"templates_dir: ..."``, to have it named) or None. The email notifier renders users'
@@ -93,7 +96,7 @@ class Notifier:
     """
 
     type: str
-    send: Callable[[Mapping[str, Any], list[Notification]], list[Delivery]]
+    send: Callable[[Mapping[str, Any], list[Notification]], Iterable[Delivery]]
     settings_schema: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     check: Callable[[Mapping[str, Any], Notification], str | None] | None = None

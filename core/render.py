@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from mistwatch.durations import format_duration
 from mistwatch.model import Alert, Notification, severity_rank
-from mistwatch.sanitize import TEXT_LIMIT, cap, one_line
+from mistwatch.sanitize import NAME_LIMIT, TEXT_LIMIT, cap, one_line
 
 #: A summary names a site or device and says what is wrong: a little longer than a name.
 SUMMARY_LIMIT = 300
@@ -168,7 +168,8 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             if (a.state == "resolved" or a.severity in SEVERITY_COLORS) else SEVERITY_COLORS["info"],
             rule_id=a.rule_id,
             summary=one_line(resolved_line(a) if a.state == "resolved" else (a.summary or a.rule_id), SUMMARY_LIMIT),
-            site=one_line(a.labels.get("site_name") or a.labels.get("site_id") or ""), device=device,
+            # the site name as Mist has it (capped): each channel folds it for its own syntax (9.1)
+            site=cap(a.labels.get("site_name") or a.labels.get("site_id") or "", NAME_LIMIT), device=device,
             value=value, reference=reference, since=fmt_time(start), duration=duration,
             resolved_at=fmt_time(a.resolved_at), recommendation=cap(a.recommendation or "", TEXT_LIMIT),
             description=cap(a.description or "", TEXT_LIMIT),

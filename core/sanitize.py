@@ -36,7 +36,7 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 # BEL/ST terminator, CSI with its parameters, and two-character escapes.
 _SEQUENCES = re.compile(r"(?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,4096}(?:\x07|\x1b\\|\x9c)?"
                         r"|(?:\x1b\[|\x9b)[0-?]{0,64}[ -/]{0,16}[@-~]?|\x1b[@-_]?")
-_LINE_BREAKS = re.compile(r"[\r\n\t\u2028\u2029\x85]+")
+_LINE_BREAKS = re.compile(r"[\r\n\t\v\f\x1c\x1d\x1e\u2028\u2029\x85]+")
 # Emphasis, code, strike-through, headings, raw HTML and autolinks; a link needs "](" so escaping that
 # "(" is enough ("[mistwatch]" stays readable). "." and "-" are left alone: they only matter at the
 # start of a line, and names like "ap-01" or "10.0.0.1" must stay readable in clients that show
@@ -64,19 +64,20 @@ def cap_bytes(text: str, limit: int, ellipsis: str = ELLIPSIS) -> str:
 
 
 def strip_controls(text: str, *, keep_newlines: bool = True) -> str:
-    """``text`` without control characters (ESC, BEL, CSI ...); line breaks and tabs become spaces
-    unless ``keep_newlines`` (then ``\\r\\n`` and ``\\r`` become ``\\n``)."""
-    text = str(text)
+    """``text`` without escape sequences and control characters (ESC, BEL, CSI ...); line breaks
+    (all that str.splitlines() breaks on) and tabs become spaces unless ``keep_newlines`` (then
+    ``\\r\\n`` and ``\\r`` become ``\\n``)."""
+    text = _SEQUENCES.sub("", str(text))
     if keep_newlines:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    else:
-        text = _LINE_BREAKS.sub(" ", text)
-    return _CONTROLS.sub("", _SEQUENCES.sub("", text))
+        return _CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text))
 
 
 def one_line(text: str, limit: int = NAME_LIMIT) -> str:
-    """One line of plain text: no controls, no line breaks, capped (a name in a table or a title)."""
-    return cap(strip_controls(text, keep_newlines=False).strip(), limit)
+    """One line of plain text for a header, a title or a table cell: every control character or line
+    break folded to a space (so "Lab\\x0bAnnex" reads "Lab Annex" and no escape sequence survives:
+    its ESC is gone, the rest is plain text), capped."""
+    return cap(_CONTROLS.sub(" ", _LINE_BREAKS.sub(" ", str(text))).strip(), limit)
 
 
 def terminal(text: str, limit: int | None = NAME_LIMIT, *, keep_newlines: bool = False) -> str:

@@ -12,9 +12,11 @@ temporary and retried by the outbox.
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
@@ -128,22 +130,40 @@ def message_id(notification_id: str, sender: str) -> str:
     return f"<{notification_id}@{_domain(sender)}>"
 
 
+def header_value(value: Any) -> str:
+    """``value`` made safe for one header line: every control character and line or paragraph
+    separator (LF, CR, U+0085, U+2028, ...) becomes a space, runs of spaces one space.
+
+    A Mist site name holding a line break would otherwise make the email library refuse the header
+    ("Header values may not contain linefeed"), and every message of that site would fail forever;
+    and a name is never allowed to add a header of its own. The body keeps the name as it is."""
+    text = str(value)
+    folded = "".join(" " if unicodedata.category(c) in _NOT_IN_HEADERS else c for c in text)
+    return re.sub(" {2,}", " ", folded).strip() if folded != text else text
+
+
+#: Unicode categories folded out of headers: controls (Cc: C0, DEL, C1 incl. U+0085), line (Zl,
+#: U+2028) and paragraph (Zp, U+2029) separators; str.splitlines() splits on all of them.
+_NOT_IN_HEADERS = frozenset({"Cc", "Zl", "Zp"})
+
+
 def build_message(settings: Mapping[str, Any], n: Notification) -> EmailMessage:
-    sender = str(settings["from"])
+    sender = header_value(settings["from"])
     prefix = str(settings.get("subject_prefix", "[mistwatch]")).strip()
     headline = str(n.data.get("headline") or n.title)
     msg = EmailMessage()
-    msg["Subject"] = redact(f"{prefix} {headline}".strip())
+    # every header goes through header_value: names from Mist are hostile
+    msg["Subject"] = header_value(redact(f"{prefix} {headline}".strip()))
     msg["From"] = sender
-    msg["To"] = ", ".join(settings["to"])
+    msg["To"] = header_value(", ".join(settings["to"]))
     if settings.get("cc"):
-        msg["Cc"] = ", ".join(settings["cc"])
+        msg["Cc"] = header_value(", ".join(settings["cc"]))
     msg["Date"] = format_datetime(n.created_at)
-    msg["Message-ID"] = message_id(n.id, sender) if n.id else make_msgid(domain=_domain(sender))
+    msg["Message-ID"] = header_value(message_id(n.id, sender) if n.id else make_msgid(domain=_domain(sender)))
     if n.thread_id:
-        msg["In-Reply-To"] = message_id(n.thread_id, sender)
-        msg["References"] = message_id(n.thread_id, sender)
-    msg["X-Mistwatch-Kind"] = n.kind
+        msg["In-Reply-To"] = header_value(message_id(n.thread_id, sender))
+        msg["References"] = header_value(message_id(n.thread_id, sender))
+    msg["X-Mistwatch-Kind"] = header_value(n.kind)
     msg["Auto-Submitted"] = "auto-generated"
     text, html = render(settings, n)
     attachments, left_out = _within_budget(n)
@@ -231,23 +251,28 @@ def classify(exc: BaseException) -> tuple[str, bool]:
         return f"the SMTP server does not support this: {exc}", True
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return f"SMTP server disconnected: {exc}", False
+    if isinstance(exc, ssl.SSLCertVerificationError):  # say which check: expired, wrong name, unknown CA
+        return f"TLS certificate check failed: {exc.verify_message or exc.reason or exc}", False
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc}", False
+        return f"TLS error: {exc.reason or exc}", False
     if isinstance(exc, OSError):
         return f"cannot reach the SMTP server: {exc.strerror or exc}", False
     return f"{type(exc).__name__}: {exc}", False
 
 
-def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> Iterator[Delivery]:
+    """Send over one SMTP connection, yielding each message's Delivery as soon as the server has
+    answered for it: the host records it before the next message goes, so a crash repeats at most
+    the one message in flight."""
     register(settings.get("password"))
     where = f"{settings.get('smtp_host')}:{settings.get('smtp_port', '')}".rstrip(":")
     try:
         smtp = _connect(settings)
     except Exception as exc:
         error, permanent = classify(exc)
-        return [Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
-                for n in notifications]
-    results: list[Delivery] = []
+        for n in notifications:
+            yield Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
+        return
     # the envelope wants bare addresses; headers keep display names ("NOC <noc@example.com>")
     recipients = [parseaddr(a)[1] or a for a in (*settings["to"], *(settings.get("cc") or []))]
     sender = parseaddr(str(settings["from"]))[1] or str(settings["from"])
@@ -256,21 +281,21 @@ def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list
             try:
                 msg = build_message(settings, n)
             except Exception as exc:  # a broken user template: report it, keep the message for a retry
-                results.append(Delivery(n.id, ok=False, error=redact(f"template error: {type(exc).__name__}: {exc}")))
+                yield Delivery(n.id, ok=False, error=redact(f"template error: {type(exc).__name__}: {exc}"))
                 continue
             try:
                 smtp.send_message(msg, from_addr=sender, to_addrs=recipients)
-                results.append(Delivery(n.id, ok=True))
             except Exception as exc:
                 error, permanent = classify(exc)
-                results.append(Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent))
+                yield Delivery(n.id, ok=False, error=redact(f"{where}: {error}"), permanent=permanent)
                 if isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException):
-                    results += [Delivery(m.id, ok=False, error=redact(f"{where}: connection lost"))
-                                for m in notifications[i + 1:]]
-                    break
+                    for m in notifications[i + 1:]:
+                        yield Delivery(m.id, ok=False, error=redact(f"{where}: connection lost"))
+                    return
+                continue
+            yield Delivery(n.id, ok=True)
     finally:
         _close(smtp)
-    return results
 
 
 @hookimpl

@@ -6,7 +6,7 @@ appears in errors. Delivery (timeout, 429 Retry-After) is shared with the webhoo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
@@ -82,7 +82,7 @@ def payload(n: Notification) -> dict[str, Any]:
     return {"text": slack(one_line(n.title, MAX_TEXT)), "blocks": blocks}
 
 
-def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> Iterator[Delivery]:
     return post_json_each(settings, notifications, payload)
 
 

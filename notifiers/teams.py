@@ -4,7 +4,7 @@ Adaptive Card per notification. The URL carries a signature, so it is treated as
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mistwatch.hookspecs import Notifier, hookimpl
@@ -94,7 +94,7 @@ def payload(n: Notification) -> dict[str, Any]:
                                                 "content": card(n)}]}
 
 
-def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> Iterator[Delivery]:
     return post_json_each(settings, notifications, payload)
 
 

@@ -12,8 +12,10 @@ import hashlib
 import hmac
 import json
 import re
+import ssl
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -31,7 +33,8 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRY_AFTER = 30.0
 
 HTTP_SETTINGS: dict[str, Any] = {
-    "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds per request (default 10)."},
+    "timeout": {"type": "number", "exclusiveMinimum": 0,
+                "description": "Seconds a request may take in total, connecting to last byte (default 10)."},
     "max_retry_after": {"type": "number", "minimum": 0,
                         "description": "Longest 429 Retry-After to wait within a cycle, seconds (default 30)."},
     "send_resolved": {"type": "boolean", "description": "Send resolved messages (default true)."},
@@ -71,9 +74,59 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max((when - (now or datetime.now(timezone.utc))).total_seconds(), 0.0)
 
 
+class _DeadlinePassed(Exception):
+    pass
+
+
+def _post_by(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Any:
+    """``requests.post`` that returns or raises within ``timeout`` seconds in *total*.
+
+    requests' own timeout bounds each socket read, so a server dripping a byte a second would keep
+    us (and the cycle) busy for as long as it likes and then count as a success. The request runs
+    in a daemon thread we stop waiting for at the deadline; that thread ends at its next read
+    timeout or when the server gives up, and its answer, if one ever comes, is ignored."""
+    import requests
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["response"] = requests.post(url, data=body, headers=dict(headers), timeout=timeout)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="mistwatch-http-post", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise _DeadlinePassed
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["response"]
+
+
+def tls_problem(exc: BaseException) -> str | None:
+    """Which certificate check failed ("certificate has expired", "Hostname mismatch, ...", "unable
+    to get local issuer certificate"), from an exception or anything it wraps; None if no TLS error."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS certificate check failed: {e.verify_message or e.reason or e}"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS error: {e.reason or e}"
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return None
+
+
 def post(settings: Mapping[str, Any], url: str, notification_id: str, body: bytes, headers: Mapping[str, str],
          *, ok_statuses: tuple[int, ...] = ()) -> Delivery:
-    """POST ``body`` to ``url``; one Delivery. Waits out a bounded Retry-After and tries again.
+    """POST ``body`` to ``url``; one Delivery. Each attempt has ``timeout`` seconds in total, from
+    connecting to the last byte of the answer. Waits out a bounded Retry-After and tries again.
     ``settings`` gives ``timeout`` and ``max_retry_after``."""
     import requests
 
@@ -85,11 +138,12 @@ def post(settings: Mapping[str, Any], url: str, notification_id: str, body: byte
     waited = 0.0
     while True:
         try:
-            response = requests.post(url, data=body, headers=dict(headers), timeout=timeout)
-        except requests.Timeout:
+            response = _post_by(url, body, headers, timeout)
+        except (requests.Timeout, _DeadlinePassed):
             return Delivery(notification_id, ok=False, error=f"{host}: no answer within {timeout:g}s")
         except requests.RequestException as exc:
-            return Delivery(notification_id, ok=False, error=f"{host}: cannot connect ({type(exc).__name__})")
+            problem = tls_problem(exc) or f"cannot connect ({type(exc).__name__})"
+            return Delivery(notification_id, ok=False, error=redact(f"{host}: {problem}"))
         status = response.status_code
         if 200 <= status < 300 or status in ok_statuses:
             return Delivery(notification_id, ok=True)
@@ -105,24 +159,23 @@ def post(settings: Mapping[str, Any], url: str, notification_id: str, body: byte
 
 
 def post_each(settings: Mapping[str, Any], url: str, notifications: list[Notification],
-              request: Callable[[Notification], tuple[bytes, Mapping[str, str]]]) -> list[Delivery]:
-    """POST each notification (``request(n)`` gives body and headers). After a temporary failure the
-    rest are not tried this cycle (the endpoint is down or throttling us: each would wait for its own
-    timeout); they stay in the outbox and are retried with it."""
-    results: list[Delivery] = []
+              request: Callable[[Notification], tuple[bytes, Mapping[str, str]]]) -> Iterator[Delivery]:
+    """POST each notification (``request(n)`` gives body and headers), yielding each Delivery as soon
+    as it is known (the host records it at once). After a temporary failure the rest are not tried
+    this cycle (the endpoint is down or throttling us: each would wait for its own timeout); they
+    stay in the outbox and are retried with it."""
     for i, n in enumerate(notifications):
         body, headers = request(n)
         delivery = post(settings, url, n.id, body, headers)
-        results.append(delivery)
+        yield delivery
         if not delivery.ok and not delivery.permanent:
-            results += [Delivery(m.id, ok=False, error=f"not tried: {delivery.error}",
-                                 retry_after=delivery.retry_after) for m in notifications[i + 1:]]
-            break
-    return results
+            for m in notifications[i + 1:]:
+                yield Delivery(m.id, ok=False, error=f"not tried: {delivery.error}", retry_after=delivery.retry_after)
+            return
 
 
 def post_json_each(settings: Mapping[str, Any], notifications: list[Notification],
-                   payload: Callable[[Notification], Any]) -> list[Delivery]:
+                   payload: Callable[[Notification], Any]) -> Iterator[Delivery]:
     """POST ``payload(n)`` as JSON to the chat webhook of ``settings["webhook_url"]`` (Slack, Teams)."""
     register(settings.get("webhook_url"))
 
@@ -148,7 +201,8 @@ def payload(n: Notification) -> dict[str, Any]:
             "summary": a.summary, "description": a.description, "recommendation": a.recommendation,
             "labels": dict(a.labels), "value": a.value, "threshold": a.threshold, "baseline": a.baseline,
             "firing_since": _iso(a.firing_since), "resolved_at": _iso(a.resolved_at),
-            "duration_seconds": round((end - start).total_seconds()) if (start and end) else None,
+            # never negative, even if the wall clock stepped back while the alert fired
+            "duration_seconds": max(0, round((end - start).total_seconds())) if (start and end) else None,
         })
     firing = sum(1 for a in n.alerts if a.state == "firing")
     if n.kind != "alerts":  # a test or the daily digest carries no alerts: "resolved" would mislead
@@ -182,7 +236,7 @@ def is_secret_header(name: str) -> bool:
     return bool(_SECRET_HEADER.search(name))
 
 
-def send(settings: Mapping[str, Any], notifications: list[Notification]) -> list[Delivery]:
+def send(settings: Mapping[str, Any], notifications: list[Notification]) -> Iterator[Delivery]:
     secret = settings.get("secret")
     register(secret)
     for name, value in (settings.get("headers") or {}).items():

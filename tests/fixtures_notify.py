@@ -54,10 +54,12 @@ class NotifyEnv:
         self.config: Any = None
 
     def configure(self, notifiers: list[dict[str, Any]], **sections: Any) -> Any:
-        """Write config.yaml with these notifiers and sections (routes, inhibit, maintenance) and load it."""
+        """Write config.yaml with these notifiers and sections (routes, inhibit, maintenance) and load it.
+        Messages go out at once (group_wait and group_interval 0) unless the test sets them."""
         from mistwatch.config import load_config
 
-        data = {"collectors": [], "state_dir": "./var", "rules": ["rules/"], "notifiers": notifiers, **sections}
+        data = {"collectors": [], "state_dir": "./var", "rules": ["rules/"], "notifiers": notifiers,
+                "group_wait": 0, "group_interval": 0, **sections}
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         self.config = load_config(path, self.host)

@@ -459,7 +459,7 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert data["last_successful_run"]["id"] == ok
     assert [r["status"] for r in data["runs"]] == ["failed", "ok"]
     assert data["stale"] is True  # more than three intervals ago
-    assert data["outbox"] == {"sent": 0, "pending": 0, "failed": 0}
+    assert data["outbox"] == {"sent": 0, "pending": 0, "failed": 0, "superseded": 0}
     assert data["running"] is None
     text = runner.invoke(status, ["--config", str(config.path)]).output
     assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text
@@ -496,3 +496,46 @@ def test_the_systemd_unit_lets_the_daemon_write_where_its_install_notes_point_th
     written = [config["state_dir"], config["reports"]["dir"], str(Path(config["log"]["file"]).parent)]
     for folder in written:
         assert any(folder == w or folder.startswith(w + "/") for w in writable), folder
+
+
+class SteppingClock(FakeClock):
+    """A wall clock an operator (or NTP) can step, and a monotonic clock that never goes back."""
+
+    def __init__(self, t: datetime = START) -> None:
+        super().__init__(t)
+        self.mono = 1000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        if not super().wait(event, seconds):
+            self.mono += seconds
+            return False
+        return True
+
+
+def test_a_backward_step_of_the_wall_clock_does_not_stop_the_cycles():
+    clock = SteppingClock()
+
+    def cycle(now):
+        if now == START:
+            clock.t -= timedelta(hours=1)  # stepped back during the first cycle
+
+    d = Daemon(cycle, 15 * MIN, clock=clock)
+    d.run(max_cycles=3)
+    # cycles keep coming every 15 minutes; they get the (stepped) wall-clock time
+    assert offsets(d) == [0, -45, -30]
+
+
+def test_a_forward_step_of_the_wall_clock_runs_no_burst_of_cycles():
+    clock = SteppingClock()
+
+    def cycle(now):
+        if now == START:
+            clock.t += timedelta(hours=2)
+
+    d = Daemon(cycle, 15 * MIN, clock=clock)
+    d.run(max_cycles=3)
+    assert offsets(d) == [0, 135, 150]
+    assert d.stats.skipped_slots == 0

@@ -367,3 +367,51 @@ def test_a_100_kb_site_name_makes_a_small_mail_with_the_name_cut(notify_env, smt
     raw = smtp_sink.envelopes[0]["raw"]
     assert len(raw) < 30_000
     assert "…" in smtp_sink.messages[0].get_body(("plain",)).get_content()
+
+
+# every character str.splitlines() breaks on, plus other controls: none may reach a header
+LINE_BREAKERS = ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\x00",
+                 "\x1b", "\x7f"]
+
+
+@pytest.mark.parametrize("sep", LINE_BREAKERS, ids=lambda s: f"U+{ord(s[0]):04X}{'+' if len(s) > 1 else ''}")
+def test_a_line_break_in_a_site_name_is_folded_to_a_space_in_the_subject_and_the_mail_is_sent(
+        notify_env, smtp_sink, sep):
+    notify_env.configure([smtp_sink.settings()])
+    result = notify_env.notify([make_alert(site=f"Lab{sep}Annex")], T0)
+    assert len(result.sent) == 1 and not result.failed and not result.permanent_failures
+    (message,) = smtp_sink.messages
+    assert message["Subject"] == "[mistwatch] CRITICAL: 1 firing at Lab Annex"
+    assert all(name.lower() not in ("annex", "bcc") for name in message)
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\x85", "\u2029"], ids=["U+2028", "U+0085", "U+2029"])
+def test_a_site_name_with_a_line_separator_stays_intact_in_the_body(notify_env, smtp_sink, sep):
+    notify_env.configure([smtp_sink.settings()])
+    notify_env.notify([make_alert(site=f"Lab{sep}Annex")], T0)
+    (message,) = smtp_sink.messages
+    assert f"Lab{sep}Annex" in _text(message)
+
+
+def test_a_site_name_cannot_add_a_header(notify_env, smtp_sink):
+    notify_env.configure([smtp_sink.settings()])
+    notify_env.notify([make_alert(site="Lab\r\nBcc: attacker@example.net\r\n")], T0)
+    (message,) = smtp_sink.messages
+    assert message["Bcc"] is None
+    assert message["Subject"] == "[mistwatch] CRITICAL: 1 firing at Lab Bcc: attacker@example.net"
+    assert smtp_sink.envelopes[0]["to"] == ["noc@example.com"]
+
+
+def test_header_value_leaves_an_ordinary_value_alone():
+    from mistwatch.notifiers.email import header_value
+
+    assert header_value("[mistwatch] MAJOR: 2 firing at Café  Zürich") == "[mistwatch] MAJOR: 2 firing at Café  Zürich"
+
+
+def test_a_tls_failure_says_which_certificate_check_failed(notify_env, make_smtp_sink):
+    sink = make_smtp_sink(implicit_tls=True)
+    settings = sink.settings()
+    del settings["ca_file"]  # the test CA is not trusted
+    notify_env.configure([settings])
+    (failed,) = notify_env.notify([make_alert()], T0).failed
+    assert "TLS certificate check failed: unable to get local issuer certificate" in failed.last_error

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 from datetime import timedelta
 
+import pytest
 from fixtures_notify import T0, make_alert, resolved
 
 
@@ -216,3 +217,72 @@ def test_readme_notifier_examples_are_yaml_a_user_can_paste():
         assert isinstance(entry, dict) and entry["type"] in ("slack", "teams", "webhook"), text
     for block in blocks:
         assert isinstance(yaml.safe_load(block), dict)
+
+
+@pytest.fixture
+def dripping_server():
+    """An HTTP server that answers 200 at once, then drips its 20-byte body a byte every 0.2 s (4 s)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+                for _ in range(20):
+                    if stop.wait(0.2):
+                        return
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        break
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    stop.set()
+    listener.close()
+
+
+def test_a_server_dripping_its_answer_fails_at_the_total_deadline_not_as_a_success(notify_env, dripping_server):
+    import time
+
+    notify_env.configure([{"name": "hook", "type": "webhook", "url": dripping_server, "timeout": 0.5}])
+    started = time.monotonic()
+    result = notify_env.notify([make_alert()], T0)
+    took = time.monotonic() - started
+    (failed,) = result.failed
+    assert "no answer within 0.5s" in failed.last_error
+    assert took < 3.0  # the drip lasts 4 s; a per-read timeout would have waited it out
+
+
+def test_a_tls_failure_says_which_certificate_check_failed(notify_env):
+    import http.server
+    import ssl
+    import threading
+
+    import trustme
+
+    ca = trustme.CA()  # a CA nobody trusts
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/hook"
+        notify_env.configure([{"name": "hook", "type": "webhook", "url": url, "timeout": 5}])
+        (failed,) = notify_env.notify([make_alert()], T0).failed
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "TLS certificate check failed: unable to get local issuer certificate" in failed.last_error

@@ -66,7 +66,7 @@ def test_a_message_still_failing_after_a_day_is_given_up_and_shown(notify_env):
         result = notify_env.send_outbox(now)
         assert now < T0 + timedelta(hours=26)
     assert "gave up after" in result.permanent_failures[0].last_error
-    assert outbox.counts(notify_env.store) == {"sent": 0, "pending": 0, "failed": 1}
+    assert outbox.counts(notify_env.store) == {"sent": 0, "pending": 0, "failed": 1, "superseded": 0}
 
 
 def test_a_message_for_a_notifier_removed_from_the_config_fails_permanently(notify_env, smtp_sink):
@@ -197,3 +197,40 @@ def test_an_outbox_row_written_with_its_attachment_inline_is_still_sent_with_it(
         db.execute("DELETE FROM attachments")
     ((_, back),) = outbox.due(notify_env.store, T0)
     assert back.attachments[0].content == b"old report"
+
+
+def test_a_retry_is_due_at_once_when_the_clock_stepped_back(notify_env):
+    plugin = Flaky(failures=1)
+    _with_plugin(notify_env, plugin)
+    assert len(notify_env.notify([make_alert()], T0).failed) == 1  # retry due at T0 + 1 min
+    # the clock steps back an hour: the retry must not wait for the clock to catch up again
+    assert len(notify_env.send_outbox(T0 - timedelta(hours=1)).sent) == 1
+
+
+def test_a_message_written_after_now_is_due_at_once_when_the_clock_stepped_back(notify_env, smtp_sink):
+    from mistwatch.notify.pipeline import test_notification as make_test_message
+
+    notify_env.configure([smtp_sink.settings()])
+    outbox.enqueue(notify_env.store, [make_test_message("mail", T0)], T0 + timedelta(minutes=5))
+    assert len(notify_env.send_outbox(T0 - timedelta(hours=1)).sent) == 1
+
+
+def test_a_resolved_alert_never_shows_a_negative_duration():
+    from mistwatch.notify.pipeline import build_notification
+    from mistwatch.render import alert_rows
+
+    # resolved "before" it fired: the wall clock stepped back two hours in between
+    gone = resolved(make_alert(firing_since=T0), T0 - timedelta(hours=2))
+    n = build_notification("n1", "mail", [], [gone], {}, "g", T0)
+    (row,) = alert_rows(n)
+    assert row.duration == "lasted 0s"
+    assert "-" not in n.text.split("lasted", 1)[1].split()[0]
+
+
+def test_the_webhook_payload_never_has_a_negative_duration():
+    from mistwatch.notifiers.webhook import payload
+    from mistwatch.notify.pipeline import build_notification
+
+    gone = resolved(make_alert(firing_since=T0), T0 - timedelta(hours=2))
+    n = build_notification("n1", "hook", [], [gone], {}, "g", T0)
+    assert payload(n)["alerts"][0]["duration_seconds"] == 0

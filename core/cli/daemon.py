@@ -126,6 +126,18 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         for error in result.errors[:10]:
             log.warning("  %s", error)
 
+    def flush(now: datetime) -> datetime | None:
+        """Send what is due between cycles (held by group_wait/group_interval, retries); when next."""
+        from mistwatch.notify import outbox as outbox_table
+        from mistwatch.notify.pipeline import send_outbox
+
+        app = holder["app"]
+        result = send_outbox(app.config, app.host, app.store, now)
+        if result.sent or result.failed or result.permanent_failures:
+            log.info("between cycles: %d notification(s) sent, %d failed", len(result.sent),
+                     len(result.failed) + len(result.permanent_failures))
+        return outbox_table.next_due(app.store)
+
     def reload() -> timedelta | None:
         new = open_app(config_path)
         try:
@@ -145,7 +157,7 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         return new_interval
 
     hook = _DigestHook(holder, interval)
-    runner = Daemon(cycle, interval, reload=reload, digest=hook)
+    runner = Daemon(cycle, interval, reload=reload, digest=hook, flush=flush)
     previous = install_signal_handlers(runner)
     log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
     try:
@@ -268,7 +280,8 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"[bold]Alerts firing:[/] critical {f.get('critical', 0)}, major {f.get('major', 0)}, "
                   f"minor {f.get('minor', 0)}, info {f.get('info', 0)}; pending {data['alerts_pending']}")
     o = data["outbox"]
-    console.print(f"[bold]Outbox:[/] {o['pending']} pending, {o['failed']} failed, {o['sent']} sent")
+    console.print(f"[bold]Outbox:[/] {o['pending']} pending, {o['failed']} failed, {o['sent']} sent, "
+                  f"{o.get('superseded', 0)} superseded")
     for item in data["outbox_failed"]:
         console.print(f"  [red]failed[/] {escape(item['notifier'])}: {escape(item['title'], 300)}: "
                       f"{escape(item['error'], 1000)}")

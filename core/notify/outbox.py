@@ -1,9 +1,12 @@
 """The notification tables on the Store's connection: the outbox, the notification log and silences.
 
 - ``outbox``: every notification is written here (in one transaction with the log update) *before*
-  it is sent, then marked ``sent`` or ``failed``. A failed row is retried with exponential backoff
-  (``next_attempt_at``) across cycles and restarts until it is sent, fails permanently, or is older
-  than :data:`MAX_RETRY_AGE`. A row marked sent is never picked again.
+  it is sent, then marked ``sent`` or ``failed``. A sender first *claims* the rows it will send
+  (:func:`claim`: its name and a lease), so two processes never send the same row, and records each
+  message in its own transaction as soon as the server accepted it, so a crash repeats at most the
+  one message in flight; a claim left by a killed process lapses and the row is retried. A failed
+  row is retried with exponential backoff (``next_attempt_at``) across cycles and restarts until it
+  is sent, fails permanently, or is older than :data:`MAX_RETRY_AGE`. A row marked sent is never picked again.
 - ``notify_log``: per (group, notifier), what was last told: when, the firing alerts and their
   severity, and the thread id (the first message of the group) for mail threading.
 - ``silences``: matchers with a mandatory expiry, reason and author, managed by ``mistwatch silence``.
@@ -18,7 +21,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import secrets as _random
+import socket
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -33,6 +38,10 @@ BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=1)
 #: A message still failing this long after it was written is given up and marked permanent.
 MAX_RETRY_AGE = timedelta(hours=24)
+#: How long a claim holds a row: longer than a send can take (the notifiers' deadlines), short
+#: enough that rows claimed by a process killed on another host are retried soon. A claim by a
+#: process of this host that no longer runs lapses at once.
+CLAIM_LEASE = timedelta(minutes=10)
 #: How long sent and failed messages and ended silences are kept (for `status` and audits).
 KEEP = timedelta(days=30)
 
@@ -127,7 +136,7 @@ class OutboxItem:
     notifier: str
     kind: str
     title: str
-    status: str  # pending | sent | failed
+    status: str  # pending | sent | failed | superseded (a newer message of its group replaced it unsent)
     attempts: int
     last_error: str
     next_attempt_at: datetime
@@ -152,8 +161,10 @@ def _item(row: Sequence[Any]) -> OutboxItem:
                       group_key=row[11])
 
 
-def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime) -> None:
-    """Write notifications as pending, due now. Call inside ``store.transaction()``.
+def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime, *,
+                         due: Mapping[str, datetime] | None = None) -> None:
+    """Write notifications as pending, due now (or at ``due[id]``: held by group_wait or
+    group_interval). Call inside ``store.transaction()``.
 
     The payload is redacted: a registered secret never reaches the state file. Each attachment's
     content is written once, whatever the number of notifications carrying it."""
@@ -165,7 +176,8 @@ def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notific
         "INSERT INTO outbox (id, notifier, kind, group_key, title, payload, status, attempts, last_error,"
         " next_attempt_at, created_at, permanent) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, '', ?, ?, 0)",
         [(n.id, n.notifier, n.kind, str(n.data.get("group_key", "")), redact(n.title),
-          redact(notification_to_json(n)), ts(now), ts(n.created_at)) for n in notifications])
+          redact(notification_to_json(n)), ts((due or {}).get(n.id, now)), ts(n.created_at))
+         for n in notifications])
 
 
 def enqueue(store: Any, notifications: Iterable[Notification], now: datetime) -> None:
@@ -174,11 +186,25 @@ def enqueue(store: Any, notifications: Iterable[Notification], now: datetime) ->
         insert_notifications(db, notifications, now)
 
 
+#: Rows waiting to be sent whose time has come. A row last tried (or written) *after* ``now`` means
+#: the wall clock stepped back: its retry is due now, not when the clock catches up again.
+_DUE = ("status IN ('pending', 'failed') AND permanent = 0"
+        " AND (next_attempt_at <= :now OR COALESCE(attempted_at, created_at) > :now)")
+
+
+def next_due(store: Any) -> datetime | None:
+    """When the earliest unsent message may be sent (held ones included), or None: for the daemon,
+    which sends held messages between cycles."""
+    row = store.db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('pending', 'failed')"
+                           " AND permanent = 0").fetchone()
+    return parse_ts(row[0]) if row and row[0] else None
+
+
 def due(store: Any, now: datetime, *, ids: Iterable[str] | None = None) -> list[tuple[OutboxItem, Notification]]:
-    """Unsent, not permanently failed rows whose next attempt is due, oldest first."""
-    rows = store.db.execute(
-        f"SELECT {_ITEM_COLUMNS}, payload FROM outbox WHERE status != 'sent' AND permanent = 0"
-        " AND next_attempt_at <= ? ORDER BY created_at, id", (ts(now),)).fetchall()
+    """Unsent, not permanently failed rows whose next attempt is due, oldest first (claimed or not:
+    for ``--dry-run`` and ``status``; senders use :func:`claim`)."""
+    rows = store.db.execute(f"SELECT {_ITEM_COLUMNS}, payload FROM outbox WHERE {_DUE} ORDER BY created_at, id",
+                            {"now": ts(now)}).fetchall()
     wanted = set(ids) if ids is not None else None
     rows = [row for row in rows if wanted is None or row[0] in wanted]
     digests = {ref.get("sha256") for row in rows for ref in json.loads(row[12]).get("attachments", [])} - {None}
@@ -195,14 +221,91 @@ def _load_blobs(db: sqlite3.Connection, digests: Iterable[str]) -> dict[str, byt
     return out
 
 
+def claimant() -> str:
+    """A name for this sender, unique across processes and hosts: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: trust the lease
+    return True
+
+
+def claim_lapsed(claimed_by: str | None, claimed_at: str | None, claim_until: str | None, now: datetime) -> bool:
+    """Whether a row's claim no longer holds: none, its lease is over, it was taken *after* ``now``
+    (the clock stepped back), or its owner was a process of this host that is gone (kill -9)."""
+    if not claimed_by:
+        return True
+    if not claim_until or claim_until <= ts(now) or (claimed_at or "") > ts(now):
+        return True
+    host, _, rest = claimed_by.partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def claim(store: Any, now: datetime, owner: str, *, ids: Iterable[str] | None = None,
+          lease: timedelta = CLAIM_LEASE) -> list[tuple[OutboxItem, Notification]]:
+    """Claim the due rows (or only ``ids``) nobody else holds, for ``owner``; returns them oldest first.
+
+    One write transaction (BEGIN IMMEDIATE): of two processes claiming at once, the second sees the
+    first one's claims, so a row is sent by one of them only."""
+    wanted = set(ids) if ids is not None else None
+    out = []
+    busy: set[tuple[str, str]] = set()  # (group, notifier) with an older message in flight elsewhere
+    with store.transaction() as db:
+        rows = db.execute(f"SELECT {_ITEM_COLUMNS}, payload, claimed_by, claimed_at, claim_until FROM outbox"
+                          f" WHERE {_DUE} ORDER BY created_at, id", {"now": ts(now)}).fetchall()
+        for row in rows:
+            group = (row[11], row[1])
+            if not claim_lapsed(row[13], row[14], row[15], now):
+                if row[2] == "alerts":
+                    busy.add(group)
+                continue
+            # a group's messages leave in the order of the states they describe: never overtake
+            if (wanted is not None and row[0] not in wanted) or (row[2] == "alerts" and group in busy):
+                continue
+            db.execute("UPDATE outbox SET claimed_by = ?, claimed_at = ?, claim_until = ? WHERE id = ?",
+                       (owner, ts(now), ts(now + lease), row[0]))
+            out.append(row)
+        digests = {ref.get("sha256") for row in out for ref in json.loads(row[12]).get("attachments", [])} - {None}
+        blobs = _load_blobs(db, digests)  # attachments are stored once, apart from the rows
+    return [(_item(row), notification_from_json(row[12], blobs)) for row in out]
+
+
+def unsent_of_group(db: sqlite3.Connection, group_key: str, notifier: str,
+                    now: datetime) -> list[tuple[OutboxItem, Notification]]:
+    """Alert messages of a (group, notifier) not sent yet and not in flight (their claim lapsed),
+    oldest first: what a newer message of the group supersedes."""
+    rows = db.execute(
+        f"SELECT {_ITEM_COLUMNS}, payload, claimed_by, claimed_at, claim_until FROM outbox WHERE group_key = ?"
+        " AND notifier = ? AND kind = 'alerts' AND status IN ('pending', 'failed') AND permanent = 0"
+        " ORDER BY created_at, id", (group_key, notifier)).fetchall()
+    return [(_item(r), notification_from_json(r[12])) for r in rows if claim_lapsed(r[13], r[14], r[15], now)]
+
+
+def mark_superseded(db: sqlite3.Connection, outbox_ids: Iterable[str], by: str, now: datetime) -> None:
+    """Record that these unsent messages will never be sent: ``by`` (a newer message of their
+    group, which carries their news) replaces them. Kept for ``status`` and audits like sent ones."""
+    db.executemany("UPDATE outbox SET status = 'superseded', last_error = ?, sent_at = ? WHERE id = ?"
+                   " AND status IN ('pending', 'failed')",
+                   [(f"superseded by {by}", ts(now), i) for i in outbox_ids])
+
+
 def backoff(attempts: int) -> timedelta:
     """Delay before the next attempt after ``attempts`` failed attempts (1 -> 1 min, 2 -> 2 min, ...)."""
     return min(BACKOFF_FIRST * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
 
 
 def mark_sent(db: sqlite3.Connection, outbox_id: str, now: datetime) -> None:
-    db.execute("UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = ''"
-               " WHERE id = ?", (ts(now), outbox_id))
+    """Record a delivery (and drop the claim). Whoever holds the claim: the message did go out."""
+    db.execute("UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, attempted_at = ?,"
+               " last_error = '', claimed_by = NULL, claimed_at = NULL, claim_until = NULL"
+               " WHERE id = ? AND status != 'sent'", (ts(now), ts(now), outbox_id))
 
 
 def mark_failed(db: sqlite3.Connection, item: OutboxItem, now: datetime, error: str, *, permanent: bool,
@@ -218,7 +321,9 @@ def mark_failed(db: sqlite3.Connection, item: OutboxItem, now: datetime, error: 
         error = f"gave up after {attempts} attempts over {MAX_RETRY_AGE}: {error}"
     error = redact(error)[:1000]
     db.execute("UPDATE outbox SET status = 'failed', attempts = ?, last_error = ?, next_attempt_at = ?,"
-               " permanent = ? WHERE id = ?", (attempts, error, ts(next_at), int(permanent), item.id))
+               " permanent = ?, attempted_at = ?, claimed_by = NULL, claimed_at = NULL, claim_until = NULL"
+               " WHERE id = ? AND status != 'sent'",
+               (attempts, error, ts(next_at), int(permanent), ts(now), item.id))
     return OutboxItem(**{**item.__dict__, "status": "failed", "attempts": attempts, "last_error": error,
                          "next_attempt_at": next_at, "permanent": permanent})
 
@@ -244,12 +349,13 @@ def items(store: Any, *, status: str | None = None, permanent: bool | None = Non
 
 
 def counts(store: Any) -> dict[str, int]:
-    """{"sent": n, "pending": n (waiting to be tried or retried), "failed": n (permanent)}."""
-    out = {"sent": 0, "pending": 0, "failed": 0}
+    """{"sent": n, "pending": n (waiting to be tried or retried), "failed": n (permanent),
+    "superseded": n (replaced unsent by a newer message of their group)}."""
+    out = {"sent": 0, "pending": 0, "failed": 0, "superseded": 0}
     for status, permanent, n in store.db.execute(
             "SELECT status, permanent, COUNT(*) FROM outbox GROUP BY status, permanent"):
-        if status == "sent":
-            out["sent"] += n
+        if status in ("sent", "superseded"):
+            out[status] += n
         elif permanent:
             out["failed"] += n
         else:
@@ -261,7 +367,7 @@ def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
     """Forget sent and permanently failed messages, and silences, that ended more than ``keep`` ago.
     Call inside ``store.transaction()``; returns the number of rows deleted."""
     cutoff = ts(now - keep)
-    deleted = db.execute("DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"
+    deleted = db.execute("DELETE FROM outbox WHERE (status IN ('sent', 'superseded') AND sent_at < ?)"
                          " OR (permanent = 1 AND next_attempt_at < ?)", (cutoff, cutoff)).rowcount
     deleted += db.execute("DELETE FROM silences WHERE ends_at < ? OR expired_at < ?", (cutoff, cutoff)).rowcount
     deleted += prune_attachments(db)

@@ -175,6 +175,8 @@ class Plan:
     log: list[LogEntry]  # entries to save (an entry with nothing firing is deleted)
     suppressed: list[Suppressed]
     warnings: list[str]
+    #: notification id -> when it may be sent (group_wait / group_interval); missing: now
+    due: dict[str, datetime] = field(default_factory=dict)
 
 
 def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[str, str], LogEntry],
@@ -217,6 +219,8 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
 
     notifications: list[Notification] = []
     entries: list[LogEntry] = []
+    due: dict[str, datetime] = {}
+    by_name = {r.name: r for r in settings.routes}  # a group with only resolved alerts left has no route_info
     for slot in sorted(current | set(log)):
         gkey, name = slot
         entry = _carry_over(log.get(slot) or LogEntry(gkey, name),
@@ -249,6 +253,11 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
                 # a follow-up marks what it adds; in the first message of a group everything is new
                 new_keys=[a.key for a in new] if prev else ())
             notifications.append(n)
+            # a group's first message waits for the group to fill; later ones batch per interval
+            route = route_info[0] if route_info else by_name.get(gkey.split("|", 1)[0])
+            if route is not None:
+                due[n.id] = now + route.group_wait if entry.last_sent_at is None else max(
+                    now, entry.last_sent_at + route.group_interval)
             entry.last_sent_at = now
             if entry.thread_id is None:
                 entry.thread_id = n.id
@@ -257,7 +266,7 @@ def plan(settings: NotifySettings, alerts: Sequence[Alert], log: Mapping[tuple[s
     notifications.sort(key=_message_order)
     warnings = [f"alerts are routed to notifier {name!r}, which is not configured"
                 for name in sorted({n for _, n in visible} - set(settings.notifiers))]
-    return Plan(notifications, entries, suppressed, warnings)
+    return Plan(notifications, entries, suppressed, warnings, due)
 
 
 def _message_order(n: Notification) -> tuple[object, ...]:
@@ -344,6 +353,57 @@ def test_notification(notifier: str, now: datetime, notification_id: str | None 
     return Notification(**{**_fields(n), "text": text})
 
 
+def _supersede(db: Any, n: Notification, log: Sequence[LogEntry], due: dict[str, datetime],
+               now: datetime) -> Notification:
+    """Replace the group's older unsent messages (relay down, retry not due yet) by ``n``: they are
+    marked ``superseded`` and ``n`` also reports what only they said (alerts that resolved since),
+    so the group never gets an older state after a newer one ("MAJOR: 1 firing" after "RESOLVED").
+    ``n`` keeps the earliest send time of those it replaces (``due`` is updated), so a message held
+    by group_wait is not held again by group_interval. Messages in flight in another process are
+    left alone. Call inside the outbox transaction."""
+    gkey = str(n.data.get("group_key", ""))
+    older = outbox.unsent_of_group(db, gkey, n.notifier, now) if n.kind == "alerts" else []
+    if not older:
+        return n
+    outbox.mark_superseded(db, [item.id for item, _ in older], n.id, now)
+    due[n.id] = min([due.get(n.id, now), *(item.next_attempt_at for item, _ in older)])
+    dropped = {old.id for _, old in older}
+    told = {a.key for a in n.alerts}
+    firing = [a for a in n.alerts if a.state == "firing"]
+    resolved = [a for a in n.alerts if a.state == "resolved"]
+    for _, old in older:
+        for a in old.alerts:
+            if a.state == "resolved" and a.key not in told:
+                resolved.append(a)
+                told.add(a.key)
+    thread_id = n.thread_id
+    if thread_id in dropped:  # the group's first message never went out: this one starts the thread
+        thread_id = next((old.thread_id for _, old in older if old.id == thread_id), None)
+        for entry in log:
+            if entry.group_key == gkey and entry.notifier == n.notifier and entry.thread_id in dropped:
+                entry.thread_id = thread_id or n.id
+    merged = build_notification(
+        n.id, n.notifier, firing, resolved, n.group, gkey, n.created_at, thread_id=thread_id,
+        reminder=bool(n.data.get("reminder")), reason=str(n.data.get("reason", "")),
+        attachments=n.attachments, new_keys=n.data.get("new") or ())
+    return merged
+
+
+def _record(store: Any, result: NotifyResult, item: OutboxItem, d: Delivery, now: datetime) -> None:
+    """Commit one message's outcome, in its own transaction, and add it to ``result``."""
+    with store.transaction() as db:
+        if d.ok:
+            outbox.mark_sent(db, item.id, now)
+            result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
+                                             "attempts": item.attempts + 1}))
+            return
+        # a test message reports its failure now instead of lingering for retries
+        permanent = d.permanent or item.kind == "test"
+        failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
+                                    retry_after=getattr(d, "retry_after", None))
+    (result.permanent_failures if failed.permanent else result.failed).append(failed)
+
+
 def check_config(config: Any, notifier_types: Mapping[str, Notifier]) -> None:
     """Validate the notification settings beyond the JSON Schema (ConfigError on a problem), and let
     each notifier type with a ``check`` (email: users' templates) try its settings on a sample."""
@@ -393,7 +453,8 @@ def notify(config: Any, host: Any, store: Any, alerts: Sequence[Alert], now: dat
         result.pending = len(waiting)
         return result
     with store.transaction() as db:
-        outbox.insert_notifications(db, p.notifications, now)
+        queued = [_supersede(db, n, p.log, p.due, now) for n in p.notifications]
+        outbox.insert_notifications(db, queued, now, due=p.due)
         outbox.save_log(db, p.log)
         outbox.prune(db, now)
     result.merge(send_outbox(config, host, store, now, settings=settings))
@@ -404,43 +465,37 @@ def send_outbox(config: Any, host: Any, store: Any, now: datetime, *, ids: Seque
                 settings: NotifySettings | None = None) -> NotifyResult:
     """Deliver every due outbox row (or only ``ids``), one batch per notifier, and record each outcome.
 
-    A notifier that raises fails its whole batch temporarily; results are committed right after each
-    batch, so a crash can at worst repeat the batch in flight (at-least-once), never lose it."""
+    Rows are claimed first (:func:`outbox.claim`), so a row another process is sending is left to
+    it. Each outcome is committed in its own transaction as soon as the notifier reports it (a
+    notifier may yield its deliveries one by one), so a crash can at worst repeat the message in
+    flight (at-least-once), never lose it. A notifier that raises fails the rest of its batch,
+    temporarily."""
     settings = settings or load_settings(config)
     result = NotifyResult()
     types = host.notifiers()
     batches: dict[str, list[tuple[OutboxItem, Notification]]] = {}
-    for item, n in outbox.due(store, now, ids=ids):
+    for item, n in outbox.claim(store, now, outbox.claimant(), ids=ids):
         batches.setdefault(item.notifier, []).append((item, n))
     for name, batch in batches.items():
+        items = {n.id: item for item, n in batch}
         entry = settings.notifiers.get(name)
-        deliveries: dict[str, Delivery] = {}
         if entry is None:
             error = f"notifier {name!r} is no longer configured"
-            deliveries = {n.id: Delivery(n.id, ok=False, error=error, permanent=True) for _, n in batch}
-        elif entry.get("type") not in types:
+            for n_id in list(items):
+                _record(store, result, items.pop(n_id), Delivery(n_id, ok=False, error=error, permanent=True), now)
+            continue
+        if entry.get("type") not in types:
             error = f"notifier type {entry.get('type')!r} is not available (is its plugin installed and loaded?)"
-            deliveries = {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
         else:
+            error = "the notifier returned no result"
             try:
-                got = types[entry["type"]].send(entry, [n for _, n in batch]) or []
-                deliveries = {d.notification_id: d for d in got}
-            except Exception as exc:  # a notifier that raises fails its batch, temporarily
+                for d in types[entry["type"]].send(entry, [n for _, n in batch]) or []:
+                    if d.notification_id in items:
+                        _record(store, result, items.pop(d.notification_id), d, now)
+            except Exception as exc:  # a notifier that raises fails the rest of its batch, temporarily
                 error = f"{type(exc).__name__}: {exc}"
-                deliveries = {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
-        with store.transaction() as db:
-            for item, n in batch:
-                d = deliveries.get(n.id) or Delivery(n.id, ok=False, error="the notifier returned no result")
-                if d.ok:
-                    outbox.mark_sent(db, item.id, now)
-                    result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
-                                                     "attempts": item.attempts + 1}))
-                    continue
-                # a test message reports its failure now instead of lingering for retries
-                permanent = d.permanent or item.kind == "test"
-                failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
-                                            retry_after=getattr(d, "retry_after", None))
-                (result.permanent_failures if failed.permanent else result.failed).append(failed)
+        for n_id in list(items):
+            _record(store, result, items.pop(n_id), Delivery(n_id, ok=False, error=error), now)
     for item in result.failed:
         result.warnings.append(f"{item.notifier}: {item.title} not delivered (attempt {item.attempts}, "
                                f"retry at {fmt_time(item.next_attempt_at)}): {item.last_error}")

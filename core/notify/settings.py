@@ -18,6 +18,13 @@ from mistwatch.yamlfile import load_yaml
 
 DEFAULT_GROUP_BY: tuple[str, ...] = ("site_id",)
 DEFAULT_REPEAT = timedelta(hours=4)
+#: Alertmanager's grouping timers, chosen for a 5-15 minute cycle. The first message of a group waits
+#: ``group_wait`` for the group to fill (the daemon sends it between cycles; after a one-shot `run`,
+#: the next run does: it stays in the outbox). Later changes of the group wait until
+#: ``group_interval`` after its previous message, so an incident whose alerts go from pending to
+#: firing over 2-3 cycles of 5 minutes makes one follow-up, not one mail per cycle.
+DEFAULT_GROUP_WAIT = timedelta(seconds=30)
+DEFAULT_GROUP_INTERVAL = timedelta(minutes=15)
 #: Secret-bearing settings of notifier entries: registered with mistwatch.secrets when read.
 SECRET_SETTINGS = ("password", "secret", "webhook_url", "token")
 
@@ -96,6 +103,8 @@ class Route:
     group_by: tuple[str, ...] = DEFAULT_GROUP_BY
     repeat_interval: timedelta = DEFAULT_REPEAT
     continue_: bool = False
+    group_wait: timedelta = DEFAULT_GROUP_WAIT
+    group_interval: timedelta = DEFAULT_GROUP_INTERVAL
 
 
 @dataclass
@@ -192,15 +201,15 @@ def _matchers(config: Any, key: str, items: Any) -> list[Matcher]:
     return out
 
 
-def _duration(config: Any, key: str, value: Any, default: timedelta) -> timedelta:
+def _duration(config: Any, key: str, value: Any, default: timedelta, *, zero: bool = False) -> timedelta:
     if value is None:
         return default
     try:
         result = parse_duration(value)
     except ValueError as exc:
         raise _error(config, key, str(exc)) from None
-    if result.total_seconds() <= 0:
-        raise _error(config, key, "must be longer than zero")
+    if result.total_seconds() < 0 or (result.total_seconds() == 0 and not zero):
+        raise _error(config, key, "must be longer than zero" if not zero else "must not be negative")
     return result
 
 
@@ -277,10 +286,14 @@ def load_settings(config: Any) -> NotifySettings:
         if entry.get("templates_dir") and callable(resolve):  # relative to the config file, not the cwd
             notifiers[name]["templates_dir"] = str(resolve(entry["templates_dir"]))
 
+    # top-level group_wait / group_interval: the default of every route (0 sends at once)
+    group_wait = _duration(config, "group_wait", data.get("group_wait"), DEFAULT_GROUP_WAIT, zero=True)
+    group_interval = _duration(config, "group_interval", data.get("group_interval"), DEFAULT_GROUP_INTERVAL,
+                               zero=True)
     routes_spec = data.get("routes", defaults.get("routes"))
     routes: list[Route] = []
     if routes_spec is None:  # no routes: everything to every notifier
-        routes.append(Route("default", [], list(notifiers)))
+        routes.append(Route("default", [], list(notifiers), group_wait=group_wait, group_interval=group_interval))
     for i, spec in enumerate(routes_spec or []):
         key = f"routes[{i}]"
         names = spec.get("notifiers")
@@ -298,6 +311,9 @@ def load_settings(config: Any) -> NotifySettings:
             repeat_interval=_duration(config, f"{key}.repeat_interval", spec.get("repeat_interval"),
                                       DEFAULT_REPEAT),
             continue_=bool(spec.get("continue", False)),
+            group_wait=_duration(config, f"{key}.group_wait", spec.get("group_wait"), group_wait, zero=True),
+            group_interval=_duration(config, f"{key}.group_interval", spec.get("group_interval"), group_interval,
+                                     zero=True),
         ))
 
     inhibit = []

@@ -1,12 +1,14 @@
 """The daemon loop: cycles on a fixed schedule, the digest at its time, reload and stop on request.
 
-Schedule: slot k starts at ``start + k * interval``. After a cycle the next slot is the first one not
-yet begun, so a slow cycle skips the slots it overran (and says so) instead of piling cycles up or
-drifting the schedule. Between cycles the loop waits on a ``threading.Event`` with a timeout: no
-polling, no CPU. A stop request (SIGINT, SIGTERM, SIGBREAK) lets the current cycle finish, then the
-loop returns; a reload request (SIGHUP) is handled between cycles and a failed reload keeps the old
-configuration. The clock, the cycle, the reload and the digest are all injected, so the schedule is
-tested with a fake clock and no processes.
+Schedule: slot k starts at ``start + k * interval`` on the *monotonic* clock, so a step of the wall
+clock (NTP, an operator, a VM restored from a snapshot) neither stops cycles for the hour the clock
+went back nor runs a burst of them when it jumps ahead; cycles still get the wall-clock time.
+After a cycle the next slot is the first one not yet begun, so a slow cycle skips the slots it
+overran (and says so) instead of piling cycles up or drifting the schedule. Between cycles the loop
+waits on a ``threading.Event`` with a timeout: no polling, no CPU. A stop request (SIGINT, SIGTERM,
+SIGBREAK) lets the current cycle finish, then the loop returns; a reload request (SIGHUP) is handled
+between cycles and a failed reload keeps the old configuration. The clock, the cycle, the reload
+and the digest are all injected, so the schedule is tested with a fake clock and no processes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -26,17 +29,25 @@ from mistwatch.secrets import redact
 
 log = logging.getLogger("mistwatch.service.daemon")
 
-#: Longest single wait: the loop re-reads the clock at least this often, so a wall-clock jump
-#: (suspend, NTP step) delays a cycle by at most this much. One wake-up a minute costs nothing.
+#: Longest single wait: the loop re-reads the clocks at least this often, so a wall-clock jump
+#: (suspend, NTP step) delays the digest by at most this much. One wake-up a minute costs nothing.
 #: On Windows a signal cannot interrupt a wait (CPython runs handlers only when it returns), so
 #: waits there are short enough for Ctrl+C / Ctrl+Break to take effect within a second.
 MAX_WAIT_S = 1.0 if sys.platform == "win32" else 60.0
+#: Least time between two sends of held messages: a message due but claimed by another process
+#: must not make the loop spin.
+MIN_FLUSH_GAP = timedelta(seconds=10)
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK")  # SIGBREAK exists on Windows only
 RELOAD_SIGNALS = ("SIGHUP",)  # POSIX only
 
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (the schedule runs on it). A clock without this
+        method is scheduled on ``now()``."""
+        ...
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         """Block until ``event`` is set or ``seconds`` pass; True if the event was set."""
@@ -46,6 +57,9 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(timezone.utc)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         return event.wait(max(0.0, seconds))
@@ -66,6 +80,7 @@ class DaemonStats:
     failed_reloads: int = 0
     digests: int = 0
     slots: list[datetime] = field(default_factory=list)  # start of each cycle run, for tests and logs
+    flushes: int = 0  # sends of held notifications between cycles
 
 
 class Daemon:
@@ -73,14 +88,19 @@ class Daemon:
 
     ``cycle(now)`` runs one cycle; an exception is logged and the schedule goes on. ``reload()``
     loads the new configuration and swaps it in, or raises (the old one stays); it may return a new
-    interval. ``digest`` (optional) says when the digest is next due and sends it."""
+    interval. ``digest`` (optional) says when the digest is next due and sends it. ``flush(now)``
+    (optional) sends the notifications due now (held by group_wait, or retries) and returns when
+    the next one is due (None: none waiting); it is asked after each cycle and called between
+    cycles when that time comes."""
 
     def __init__(self, cycle: Callable[[datetime], Any], interval: timedelta, *, clock: Clock | None = None,
                  reload: Callable[[], timedelta | None] | None = None, digest: DigestHook | None = None,
+                 flush: Callable[[datetime], datetime | None] | None = None,
                  max_wait_s: float = MAX_WAIT_S) -> None:
         if interval.total_seconds() <= 0:
             raise ValueError("the interval must be positive")
         self.cycle, self.interval, self.reload, self.digest = cycle, interval, reload, digest
+        self.flush = flush
         self.clock: Clock = clock or SystemClock()
         self.max_wait_s = max_wait_s
         self.stats = DaemonStats()
@@ -105,13 +125,18 @@ class Daemon:
         return self._stop.is_set()
 
     # the loop ---------------------------------------------------------------------------------
+    def _mono(self) -> float:
+        monotonic = getattr(self.clock, "monotonic", None)
+        return monotonic() if callable(monotonic) else self.clock.now().timestamp()
+
     def run(self, *, max_cycles: int | None = None) -> int:
         """Run until stopped (or ``max_cycles`` cycles ran); returns the exit code, 0."""
-        start = self.clock.now()
+        start = self._mono()  # the schedule: monotonic seconds
         k = 0
         digest_tried = False
+        ask_flush, flush_at = False, None  # ask after each cycle when held messages are due
         log.info("daemon started: a cycle every %s from %s", format_duration(self.interval),
-                 start.isoformat(timespec="seconds"))
+                 self.clock.now().isoformat(timespec="seconds"))
         while True:
             self._wake.clear()  # before checking the flags, so a request that lands now still wakes us
             if self._stop.is_set():
@@ -120,8 +145,9 @@ class Daemon:
                 self._reload.clear()
                 start, k = self._do_reload(start, k)
                 continue
-            now = self.clock.now()
-            slot = start + k * self.interval
+            now, mono = self.clock.now(), self._mono()
+            interval_s = self.interval.total_seconds()
+            slot = start + k * interval_s
             due = None
             if self.digest is not None and not digest_tried:
                 due = self._guard("checking the digest", self.digest.next_due, now)
@@ -130,22 +156,34 @@ class Daemon:
                     if self._guard("sending the digest", self.digest.send, now):
                         self.stats.digests += 1
                     continue
-            if now < slot:
-                target = min(slot, due) if due is not None else slot
-                self.clock.wait(self._wake, min(self.max_wait_s, (target - now).total_seconds()))
+            if mono < slot and self.flush is not None and (ask_flush or (flush_at is not None and flush_at <= now)):
+                if not ask_flush:
+                    self.stats.flushes += 1
+                ask_flush = False
+                flush_at = self._guard("sending held notifications", self.flush, now)
+                if flush_at is not None:
+                    flush_at = max(flush_at, now + MIN_FLUSH_GAP)
+                continue
+            if mono < slot:
+                wait = slot - mono
+                for when in (due, flush_at):
+                    if when is not None:
+                        wait = min(wait, (when - now).total_seconds())
+                self.clock.wait(self._wake, min(self.max_wait_s, wait))
                 continue
             self._run_cycle(now)
             digest_tried = False
+            ask_flush = True
             if max_cycles is not None and self.stats.cycles >= max_cycles:
                 break
-            end = self.clock.now()
-            k_next = max(k + 1, math.ceil((end - start) / self.interval))
+            end = self._mono()
+            k_next = max(k + 1, math.ceil((end - start) / interval_s))
             skipped = k_next - k - 1
             if skipped:
                 self.stats.skipped_slots += skipped
                 log.warning("the cycle took %.0f s, longer than the %s interval: skipping %d slot(s), "
-                            "next at %s", (end - now).total_seconds(), format_duration(self.interval), skipped,
-                            (start + k_next * self.interval).isoformat(timespec="seconds"))
+                            "next in %s", end - mono, format_duration(self.interval), skipped,
+                            format_duration(start + k_next * interval_s - end))
             k = k_next
         log.info("daemon stopped (%s) after %d cycle(s)", self.stop_reason or "done", self.stats.cycles)
         return 0
@@ -166,7 +204,7 @@ class Daemon:
             self.stats.failed_cycles += 1
             log.error("cycle failed: %s: %s", type(exc).__name__, redact(str(exc)))
 
-    def _do_reload(self, start: datetime, k: int) -> tuple[datetime, int]:
+    def _do_reload(self, start: float, k: int) -> tuple[float, int]:
         if self.reload is None:
             log.info("reload requested: nothing to reload")
             return start, k
@@ -180,11 +218,11 @@ class Daemon:
         log.info("configuration reloaded")
         if new_interval and new_interval != self.interval and new_interval.total_seconds() > 0:
             # re-anchor on the last slot that ran, so the new interval counts from it
-            anchor = start + max(0, k - 1) * self.interval
+            anchor = start + max(0, k - 1) * self.interval.total_seconds()
             self.interval = new_interval
-            elapsed = self.clock.now() - anchor
+            elapsed = self._mono() - anchor
             log.info("interval is now %s", format_duration(new_interval))
-            return anchor, max(1, math.ceil(elapsed / new_interval))
+            return anchor, max(1, math.ceil(elapsed / new_interval.total_seconds()))
         return start, k
 
 

@@ -134,9 +134,16 @@ CREATE TABLE IF NOT EXISTS silences (
 );
 """
 
-#: Ordered schema migrations: (version, SQL script). Append only; never edit a released one.
-#: A script runs inside one transaction together with its version bump, so it must not contain
-#: BEGIN/COMMIT itself.
+# Claims (who is sending a row, until when) so two processes never send the same row and a row
+# claimed by a killed process is retried once the claim lapses; attempted_at (the last attempt) so
+# a backward step of the wall clock makes a retry due now instead of an hour late.
+_SCHEMA_V13_OUTBOX_CLAIMS = """
+ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE outbox ADD COLUMN claimed_at TEXT;
+ALTER TABLE outbox ADD COLUMN claim_until TEXT;
+ALTER TABLE outbox ADD COLUMN attempted_at TEXT;
+"""
+
 # Attachments (the HTML report of attach_report, the digest's reports) are stored once, by the SHA-256
 # of their content, and referenced from outbox payloads: a copy per outbox row grew the store by
 # megabytes per notification. Rows nobody references are deleted by ``outbox.prune``.
@@ -149,5 +156,8 @@ CREATE TABLE IF NOT EXISTS attachments (
 );
 """
 
+#: Ordered schema migrations: (version, SQL script). Append only; never edit a released one.
+#: A script runs inside one transaction together with its version bump, so it must not contain
+#: BEGIN/COMMIT itself.
 MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (10, _SCHEMA_V10_NOTIFICATIONS),
-                                     (12, _SCHEMA_V12_ATTACHMENTS)]
+                                     (12, _SCHEMA_V12_ATTACHMENTS), (13, _SCHEMA_V13_OUTBOX_CLAIMS)]

@@ -315,6 +315,14 @@ class Config:
         return self.resolve(self.data["state_dir"])
 
     @property
+    def store_target(self) -> str | Path:
+        """What ``Store.open`` takes: the ``store.url`` PostgreSQL URL, else the SQLite state folder."""
+        url = str((self.data.get("store") or {}).get("url") or "")
+        if url.startswith("sqlite:"):
+            return self.resolve(url[len("sqlite:"):])
+        return url or self.state_dir
+
+    @property
     def reports_dir(self) -> Path:
         return self.resolve(self.data["reports"]["dir"])
 

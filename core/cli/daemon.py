@@ -225,7 +225,7 @@ def status(config_path: str, as_json: bool) -> None:
     from mistwatch.store.database import Store
 
     config = load_config(config_path, make_host(), require_env=False)  # no Mist token needed to read the state
-    with Store.open(config.state_dir) as store:
+    with Store.open(config.store_target) as store:
         data = status_data(config, store, datetime.now(timezone.utc))
     if as_json:
         click.echo(json.dumps(data, indent=2))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets as _random
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
@@ -135,7 +134,7 @@ def _item(row: Sequence[Any]) -> OutboxItem:
                       group_key=row[11])
 
 
-def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime) -> None:
+def insert_notifications(db: Any, notifications: Iterable[Notification], now: datetime) -> None:
     """Write notifications as pending, due now. Call inside ``store.transaction()``.
 
     The payload is redacted: a registered secret never reaches the state file."""
@@ -162,17 +161,27 @@ def due(store: Any, now: datetime, *, ids: Iterable[str] | None = None) -> list[
             if wanted is None or row[0] in wanted]
 
 
+def claim(store: Any, db: Any, outbox_id: str, now: datetime) -> OutboxItem | None:
+    """Inside ``store.transaction()``: lock one due row for this sender until the transaction ends,
+    and return it as it is now; None if it was sent or given up meanwhile, or (PostgreSQL,
+    ``FOR UPDATE SKIP LOCKED``) another process holds it. SQLite's write transaction already
+    excludes every other writer."""
+    row = db.execute(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ? AND status != 'sent' AND permanent = 0"
+                     f" AND next_attempt_at <= ?{store.dialect.claim_suffix}", (outbox_id, ts(now))).fetchone()
+    return None if row is None else _item(row)
+
+
 def backoff(attempts: int) -> timedelta:
     """Delay before the next attempt after ``attempts`` failed attempts (1 -> 1 min, 2 -> 2 min, ...)."""
     return min(BACKOFF_FIRST * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
 
 
-def mark_sent(db: sqlite3.Connection, outbox_id: str, now: datetime) -> None:
+def mark_sent(db: Any, outbox_id: str, now: datetime) -> None:
     db.execute("UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = ''"
                " WHERE id = ?", (ts(now), outbox_id))
 
 
-def mark_failed(db: sqlite3.Connection, item: OutboxItem, now: datetime, error: str, *, permanent: bool,
+def mark_failed(db: Any, item: OutboxItem, now: datetime, error: str, *, permanent: bool,
                 retry_after: float | None = None) -> OutboxItem:
     """Record a failed attempt; returns the updated item (``permanent`` may be set by the age limit)."""
     attempts = item.attempts + 1
@@ -224,7 +233,7 @@ def counts(store: Any) -> dict[str, int]:
     return out
 
 
-def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
+def prune(db: Any, now: datetime, keep: timedelta = KEEP) -> int:
     """Forget sent and permanently failed messages, and silences, that ended more than ``keep`` ago.
     Call inside ``store.transaction()``; returns the number of rows deleted."""
     cutoff = ts(now - keep)
@@ -257,7 +266,7 @@ def load_log(store: Any) -> dict[tuple[str, str], LogEntry]:
     return out
 
 
-def save_log(db: sqlite3.Connection, entries: Iterable[LogEntry]) -> None:
+def save_log(db: Any, entries: Iterable[LogEntry]) -> None:
     """Upsert log entries; an entry with nothing firing and no thread is deleted (the group is over)."""
     import hashlib
 

@@ -386,7 +386,11 @@ def send_outbox(config: Any, host: Any, store: Any, now: datetime, *, ids: Seque
     """Deliver every due outbox row (or only ``ids``), one batch per notifier, and record each outcome.
 
     A notifier that raises fails its whole batch temporarily; results are committed right after each
-    batch, so a crash can at worst repeat the batch in flight (at-least-once), never lose it."""
+    batch, so a crash can at worst repeat the batch in flight (at-least-once), never lose it.
+
+    On a shared store (PostgreSQL, where a standby may take over or another command send) each
+    message is claimed (``FOR UPDATE SKIP LOCKED``), sent and marked in one transaction: one sender
+    per message, and a sender killed mid-send leaves it pending for the next."""
     settings = settings or load_settings(config)
     result = NotifyResult()
     types = host.notifiers()
@@ -394,36 +398,55 @@ def send_outbox(config: Any, host: Any, store: Any, now: datetime, *, ids: Seque
     for item, n in outbox.due(store, now, ids=ids):
         batches.setdefault(item.notifier, []).append((item, n))
     for name, batch in batches.items():
-        entry = settings.notifiers.get(name)
-        deliveries: dict[str, Delivery] = {}
-        if entry is None:
-            error = f"notifier {name!r} is no longer configured"
-            deliveries = {n.id: Delivery(n.id, ok=False, error=error, permanent=True) for _, n in batch}
-        elif entry.get("type") not in types:
-            error = f"notifier type {entry.get('type')!r} is not available (is its plugin installed and loaded?)"
-            deliveries = {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
-        else:
-            try:
-                got = types[entry["type"]].send(entry, [n for _, n in batch]) or []
-                deliveries = {d.notification_id: d for d in got}
-            except Exception as exc:  # a notifier that raises fails its batch, temporarily
-                error = f"{type(exc).__name__}: {exc}"
-                deliveries = {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
-        with store.transaction() as db:
+        if getattr(store, "dialect", None) is not None and store.dialect.shared:
             for item, n in batch:
-                d = deliveries.get(n.id) or Delivery(n.id, ok=False, error="the notifier returned no result")
-                if d.ok:
-                    outbox.mark_sent(db, item.id, now)
-                    result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
-                                                     "attempts": item.attempts + 1}))
-                    continue
-                # a test message reports its failure now instead of lingering for retries
-                permanent = d.permanent or item.kind == "test"
-                failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
-                                            retry_after=getattr(d, "retry_after", None))
-                (result.permanent_failures if failed.permanent else result.failed).append(failed)
+                with store.transaction() as db:
+                    claimed = outbox.claim(store, db, item.id, now)
+                    if claimed is None:
+                        continue
+                    deliveries = _deliver(name, settings, types, [(claimed, n)])
+                    _record(db, [(claimed, n)], deliveries, now, result)
+            continue
+        deliveries = _deliver(name, settings, types, batch)
+        with store.transaction() as db:
+            _record(db, batch, deliveries, now, result)
     for item in result.failed:
         result.warnings.append(f"{item.notifier}: {item.title} not delivered (attempt {item.attempts}, "
                                f"retry at {fmt_time(item.next_attempt_at)}): {item.last_error}")
     result.pending = outbox.counts(store)["pending"]
     return result
+
+
+def _deliver(name: str, settings: NotifySettings, types: dict[str, Any],
+             batch: Sequence[tuple[OutboxItem, Notification]]) -> dict[str, Delivery]:
+    """Hand a batch to its notifier; the outcome per notification id."""
+    entry = settings.notifiers.get(name)
+    if entry is None:
+        error = f"notifier {name!r} is no longer configured"
+        return {n.id: Delivery(n.id, ok=False, error=error, permanent=True) for _, n in batch}
+    if entry.get("type") not in types:
+        error = f"notifier type {entry.get('type')!r} is not available (is its plugin installed and loaded?)"
+        return {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
+    try:
+        got = types[entry["type"]].send(entry, [n for _, n in batch]) or []
+        return {d.notification_id: d for d in got}
+    except Exception as exc:  # a notifier that raises fails its batch, temporarily
+        error = f"{type(exc).__name__}: {exc}"
+        return {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
+
+
+def _record(db: Any, batch: Sequence[tuple[OutboxItem, Notification]], deliveries: dict[str, Delivery],
+            now: datetime, result: NotifyResult) -> None:
+    """Mark each message of a batch sent or failed (inside the caller's transaction)."""
+    for item, n in batch:
+        d = deliveries.get(n.id) or Delivery(n.id, ok=False, error="the notifier returned no result")
+        if d.ok:
+            outbox.mark_sent(db, item.id, now)
+            result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
+                                             "attempts": item.attempts + 1}))
+            continue
+        # a test message reports its failure now instead of lingering for retries
+        permanent = d.permanent or item.kind == "test"
+        failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
+                                    retry_after=getattr(d, "retry_after", None))
+        (result.permanent_failures if failed.permanent else result.failed).append(failed)

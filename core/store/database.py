@@ -99,6 +99,7 @@ class Store(HistoryMixin):
         self._metric_ids: dict[str, int] = {}
         self._busy_timeout: float | None = None
         self._closed = False
+        self.applied_on_open: list[int] = []  # migrations applied by open()
 
     # opening ----------------------------------------------------------------------------------
     @classmethod
@@ -138,7 +139,7 @@ class Store(HistoryMixin):
                 db.execute("PRAGMA foreign_keys = ON")
                 # Keep the WAL file from staying large after a big write; checkpoints are automatic.
                 db.execute("PRAGMA journal_size_limit = 67108864")
-            store.migrate()
+            store.applied_on_open = store.migrate()
         except BaseException:
             db.close()
             raise
@@ -159,7 +160,7 @@ class Store(HistoryMixin):
         try:
             with store._errors("opening"):
                 store._check_is_ours()
-            store.migrate()
+            store.applied_on_open = store.migrate()
         except BaseException:
             db.close()
             raise
@@ -300,7 +301,9 @@ class Store(HistoryMixin):
         from mistwatch.store.dialect import ACTIVE_LOCK_KEY
 
         with self._errors("taking the active lock"):
-            return bool(self.db.execute("SELECT pg_try_advisory_lock(?)", (ACTIVE_LOCK_KEY,)).fetchone()[0])
+            # keyed by the schema too: installations in different schemas of one database are independent
+            return bool(self.db.execute("SELECT pg_try_advisory_lock(?, hashtext(current_schema()))",
+                                        (ACTIVE_LOCK_KEY,)).fetchone()[0])
 
     def still_active(self) -> bool:
         """True while this store's session still holds the active lock (a round trip to the server;
@@ -311,8 +314,8 @@ class Store(HistoryMixin):
 
         try:
             row = self.db.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND pid = pg_backend_pid() AND objid = ? AND classid = 0", (ACTIVE_LOCK_KEY,)).fetchone()
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND " + _HOLDS_ACTIVE_LOCK,
+                (ACTIVE_LOCK_KEY,)).fetchone()
         except self.dialect.errors:
             return False
         return bool(row[0])
@@ -326,8 +329,8 @@ class Store(HistoryMixin):
 
         with self._errors("reading sessions"):
             rows = self.db.execute(
-                "SELECT a.application_name, EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
-                "AND l.locktype = 'advisory' AND l.granted AND l.objid = ? AND l.classid = 0), "
+                "SELECT a.application_name, EXISTS (SELECT 1 FROM pg_locks WHERE pid = a.pid AND "
+                + _HOLDS_ACTIVE_LOCK + "), "
                 "a.backend_start FROM pg_stat_activity a WHERE a.datname = current_database() "
                 "AND a.application_name LIKE 'mistwatch daemon%' ORDER BY 2 DESC, 3",
                 (ACTIVE_LOCK_KEY,)).fetchall()
@@ -520,6 +523,11 @@ class Store(HistoryMixin):
             self._entity_ids = None  # reload lazily rather than track the deleted ids
         return {"samples": expired + daily + hourly, "samples_expired": expired, "samples_daily": daily,
                 "samples_hourly": hourly, "runs": runs, "transitions": transitions, "entities": entities}
+
+
+#: A pg_locks row that is the active lock of this store's schema (two-key advisory lock: objsubid 2).
+_HOLDS_ACTIVE_LOCK = ("locktype = 'advisory' AND granted AND classid = CAST(? AS oid) "
+                      "AND objid = CAST(hashtext(current_schema()) AS oid) AND objsubid = 2")
 
 
 # row helpers -----------------------------------------------------------------------------------

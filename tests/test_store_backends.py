@@ -1,0 +1,143 @@
+"""Moving an installation between store backends (`mistwatch store copy/migrate`), and the shared
+PostgreSQL store's active lock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from fixtures_notify import T0, make_alert
+
+from mistwatch.model import Entity, Snapshot
+from mistwatch.notify import outbox
+from mistwatch.notify.pipeline import sample_notification
+from mistwatch.store.database import Store
+from mistwatch.store.records import Transition
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from mistwatch.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _installation(target) -> dict:
+    """A store holding one of everything: history, a run, an alert and its transition, state,
+    a silence, a pending outbox message and a notification log entry."""
+    with Store.open(target) as s:
+        run = s.start_run(T0, "monitor")
+        s.write_snapshot(run, Snapshot(taken_at=T0, entities=[
+            Entity("site:s1", "site", {"site_name": "HQ"}, {"site.clients": 12.0})]))
+        alert = make_alert()
+        s.save_alerts([alert], [Transition(alert.key, alert.rule_id, T0, "pending", "firing", "critical", 0.0)])
+        s.kv_set("cursors", {"mist": {"since": 5}})
+        silence = outbox.add_silence(s, ["site_name=HQ"], starts_at=T0, ends_at=T0 + timedelta(hours=2),
+                                     reason="works", author="ana", now=T0)
+        message = sample_notification("mail", T0)
+        outbox.enqueue(s, [message], T0)
+        with s.transaction() as db:
+            outbox.save_log(db, [outbox.LogEntry("g1", "mail", T0, "<t@x>", {alert.key: "critical"})])
+    return {"alert": alert, "silence": silence, "message": message, "run": run}
+
+
+def test_store_copy_moves_history_alerts_silences_and_the_outbox_to_postgresql(tmp_path, pg_url, capsys):
+    made = _installation(tmp_path / "var")
+    code, out, err = run_cli(capsys, "store", "copy", "--from", f"sqlite:{tmp_path / 'var'}", "--to", pg_url)
+    assert (code, err) == (0, "")
+    assert "samples" in out and "outbox" in out
+    with Store.open(pg_url) as pg:
+        assert pg.values_at("site.clients", T0) == {"site:s1": 12.0}
+        assert pg.runs()[0].id == made["run"]
+        assert list(pg.load_alerts()) == [made["alert"].key]
+        assert [t.to_state for t in pg.transitions()] == ["firing"]
+        assert pg.kv_get("cursors") == {"mist": {"since": 5}}
+        assert [s.id for s in outbox.silences(pg, T0)] == [made["silence"].id]
+        assert [n.id for _, n in outbox.due(pg, T0)] == [made["message"].id]
+        assert outbox.load_log(pg)[("g1", "mail")].thread_id == "<t@x>"
+        assert pg.start_run(T0 + timedelta(minutes=15), "monitor") > made["run"]  # ids continue after the copy
+
+
+def test_store_copy_back_from_postgresql_to_sqlite_keeps_everything(tmp_path, pg_url, capsys):
+    made = _installation(pg_url)
+    code, _, err = run_cli(capsys, "store", "copy", "--from", pg_url, "--to", f"sqlite:{tmp_path / 'back'}")
+    assert (code, err) == (0, "")
+    with Store.open(tmp_path / "back") as s:
+        assert s.values_at("site.clients", T0) == {"site:s1": 12.0}
+        assert [n.id for _, n in outbox.due(s, T0)] == [made["message"].id]
+        assert s.start_run(T0 + timedelta(minutes=15), "monitor") > made["run"]
+
+
+def test_store_copy_refuses_a_destination_that_is_not_empty(tmp_path, pg_url, capsys):
+    _installation(tmp_path / "var")
+    _installation(pg_url)
+    code, _, err = run_cli(capsys, "store", "copy", "--from", str(tmp_path / "var"), "--to", pg_url)
+    assert code == 1
+    assert "is not empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_store_copy_from_a_folder_without_a_state_database_is_a_usage_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "store", "copy", "--from", f"sqlite:{tmp_path / 'none'}",
+                           "--to", f"sqlite:{tmp_path / 'new'}")
+    assert code == 2
+    assert err.strip() == f"mistwatch: --from: no state database mistwatch.db in {tmp_path / 'none'}"
+    assert not (tmp_path / "new").exists()
+
+
+def test_store_migrate_applies_the_schema_and_says_which_versions(pg_url, capsys):
+    code, out, _ = run_cli(capsys, "store", "migrate", "--store", pg_url)
+    assert code == 0 and "applied now: 1, 10" in out
+    code, out, _ = run_cli(capsys, "store", "migrate", "--store", pg_url)
+    assert code == 0 and "applied now: none (up to date)" in out
+
+
+def test_store_copy_waits_for_no_daemon_it_refuses_while_one_is_active(tmp_path, pg_url, capsys):
+    _installation(pg_url)
+    with Store.open(pg_url) as daemon_store:
+        assert daemon_store.try_become_active()
+        code, _, err = run_cli(capsys, "store", "copy", "--from", pg_url, "--to", str(tmp_path / "copy"))
+    assert code == 1 and "daemon is active" in err
+
+
+# the active lock -----------------------------------------------------------------------------------
+def test_only_one_session_at_a_time_is_active_on_a_shared_store(pg_url):
+    with Store.open(pg_url) as a, Store.open(pg_url) as b:
+        assert a.try_become_active()
+        assert not b.try_become_active()
+        assert a.still_active() and not b.still_active()
+        a.close()
+        assert _eventually(b.try_become_active)  # the server ends a's session (and lock) right after
+
+
+def _eventually(check, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_session_that_lost_its_connection_is_no_longer_active(pg_url):
+    import psycopg
+
+    with Store.open(pg_url) as a, Store.open(pg_url) as b:
+        assert a.try_become_active()
+        pid = a.db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert not a.still_active()
+        assert _eventually(b.try_become_active)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_sqlite_store_is_always_active_the_state_directory_lock_decides(tmp_path, backend):
+    with Store.open(tmp_path) as a:
+        assert a.try_become_active() and a.still_active()

@@ -320,6 +320,18 @@ class Store(HistoryMixin):
             return False
         return bool(row[0])
 
+    def describe_session(self, name: str) -> None:
+        """PostgreSQL: name this session (``application_name``) as ``status`` shows it. SQLite: nothing."""
+        if self.dialect.shared:
+            with self._errors("naming the session"):
+                self.db.execute("SELECT set_config('application_name', ?, false)", (name,))
+
+    def abandon_running_runs(self, reason: str) -> int:
+        """Mark every run still ``running`` as failed with ``reason`` (its process is gone); how many."""
+        with self.transaction() as db:
+            return db.execute("UPDATE runs SET status = 'failed', errors = ? WHERE status = 'running'",
+                              (_json([reason], "reason"),)).rowcount
+
     def active_sessions(self) -> list[dict[str, Any]]:
         """PostgreSQL: the sessions on this store, the holder of the active lock first, as
         ``{"application_name", "active", "since"}``. SQLite: empty (see the state-directory lock)."""

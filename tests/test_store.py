@@ -488,6 +488,16 @@ def test_alerts_round_trip(store):
     assert loaded["r1|site_id=s2"].state == "pending"
 
 
+def test_text_with_a_nul_character_from_hostile_data_is_stored_not_refused(store):
+    from dataclasses import replace
+
+    store.save_alerts([replace(alert(), summary="AP \x00evil is offline")])
+    summary = store.load_alerts()["r1|site_id=s1"].summary
+    assert summary.startswith("AP ") and summary.endswith("evil is offline")  # PostgreSQL: U+FFFD for NUL
+    write(store, T0, Entity("site:x", "site", {"site_name": "a\x00b"}, {"site.clients": 1.0}))
+    assert store.entities()[0].labels["site_name"] == "a\x00b"  # labels are JSON: the NUL is escaped
+
+
 def test_saving_an_alert_again_updates_it(store):
     store.save_alerts([alert()])
     store.save_alerts([alert(state="resolved", resolved_at=T0 + timedelta(hours=1), value=0.9)])

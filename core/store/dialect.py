@@ -136,14 +136,13 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] | None = ()) -> Any:
         cur = self.conn.cursor()
-        cur.execute(_pg_sql(sql), params if params else None)
+        # Always a parameter sequence (maybe empty): psycopg then reads %% as %, as _pg_sql wrote it.
+        cur.execute(_pg_sql(sql), _text_safe(params or ()))
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
         cur = self.conn.cursor()
-        rows = rows if isinstance(rows, list) else list(rows)
-        if rows:
-            cur.executemany(_pg_sql(sql), rows)
+        cur.executemany(_pg_sql(sql), (_text_safe(row) for row in rows))
         return cur
 
     @property
@@ -166,6 +165,16 @@ def connect_postgres(url: str, *, connect_timeout: float, application_name: str 
     conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)),
                            application_name=application_name)
     return PgConnection(conn)
+
+
+def _text_safe(params: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL text cannot hold NUL characters (SQLite's can), and data from Mist is hostile: a
+    NUL in a name must not make a write fail, so it is stored as U+FFFD. Checked per parameter
+    (``in`` on a str is C speed); a row without NUL is passed on as it is."""
+    for p in params:
+        if type(p) is str and "\x00" in p:
+            return [q.replace("\x00", "\ufffd") if type(q) is str else q for q in params]
+    return params
 
 
 # SQL translation --------------------------------------------------------------------------------------

@@ -17,12 +17,17 @@ sys.path.insert(0, str(REPO / "bench"))
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL/SIGTERM are POSIX")
 
 
-def test_killing_the_active_daemon_loses_no_message_and_sends_none_twice(pg_database_url, tmp_path):
+def test_killing_the_active_daemon_loses_no_message_and_repeats_at_most_the_one_in_flight(pg_database_url,
+                                                                                         tmp_path):
+    """Each message is claimed, sent and marked in one transaction: a SIGKILL between the SMTP
+    server's "250 accepted" and the commit (a few milliseconds) repeats that one message, never
+    a batch, and nothing is ever lost."""
     from failover import run_failover
 
     figures = run_failover(pg_database_url, kills=3, feed_every=0.1, folder=tmp_path, log=lambda *_: None)
     assert figures["fed"] > 0 and figures["sent"] == figures["outbox_rows"]
-    assert (figures["lost"], figures["sent_twice"]) == (0, 0)
+    assert figures["lost"] == 0
+    assert figures["sent_twice"] <= figures["kills"]
     # the standby tries every 0.2 s; 3 s leaves room for a loaded CI machine (bench/failover.py measures)
     assert figures["takeover_ms"]["max"] < 3000
 

@@ -141,3 +141,32 @@ def test_a_session_that_lost_its_connection_is_no_longer_active(pg_url):
 def test_a_sqlite_store_is_always_active_the_state_directory_lock_decides(tmp_path, backend):
     with Store.open(tmp_path) as a:
         assert a.try_become_active() and a.still_active()
+
+
+# configuration --------------------------------------------------------------------------------------
+def _config(tmp_path, store_section: str):
+    from mistwatch.config import load_config
+    from mistwatch.host import make_host
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"collectors: []\nrules: [rules/]\n{store_section}", encoding="utf-8")
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    return load_config(path, make_host(entry_points=False))
+
+
+def test_without_store_url_the_store_is_sqlite_under_state_dir(tmp_path):
+    assert _config(tmp_path, "state_dir: ./var\n").store_target == tmp_path / "var"
+
+
+def test_store_url_names_a_postgresql_database_or_a_sqlite_folder_relative_to_the_config(tmp_path):
+    assert _config(tmp_path, "store: {url: 'postgresql://mw@db/mw'}\n").store_target == "postgresql://mw@db/mw"
+    assert _config(tmp_path, "store: {url: 'sqlite:data'}\n").store_target == tmp_path / "data"
+
+
+def test_a_store_url_of_another_kind_is_a_config_error_naming_the_key_and_line(tmp_path):
+    from mistwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _config(tmp_path, "store:\n  url: mysql://db/mw\n")
+    assert (caught.value.key, caught.value.line) == ("store.url", 4)
+    assert "postgresql://" in caught.value.message

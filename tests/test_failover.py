@@ -62,3 +62,38 @@ def test_the_standby_writes_nothing_and_status_shows_which_daemon_is_active(pg_d
             codes = [proc.wait(timeout=60) for proc in procs]
             sink.stop()
     assert codes == [0, 0]
+
+
+def test_an_active_daemon_that_loses_its_connection_stops_and_the_standby_takes_over(pg_database_url, tmp_path):
+    import psycopg
+    from failover import Sink, pid_of, start_daemon, wait_for, write_config
+
+    from mistwatch.plugins.mist.simulator import SimulatedOrg, serve
+    from mistwatch.store.database import Store
+
+    sink = Sink()
+    procs: dict[int, subprocess.Popen] = {}
+    with serve(SimulatedOrg(sites=3), token="failover-token") as server, Store.open(pg_database_url) as watch:
+        try:
+            for name in ("a", "b"):
+                write_config(tmp_path / name, server.url, server.org.org_id, pg_database_url, sink.port)
+                proc = start_daemon(tmp_path / name)
+                procs[proc.pid] = proc
+            sessions = wait_for(lambda: len(watch.active_sessions()) == 2 and watch.active_sessions(), 60,
+                                "two daemons")
+            active = next(s for s in sessions if s["active"])
+            with psycopg.connect(pg_database_url, autocommit=True) as admin:  # cut the active one off
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                              (active["application_name"],))
+            lost = procs[pid_of(active)]
+            assert lost.wait(timeout=30) == 1  # it noticed before its next cycle and stopped
+            wait_for(lambda: any(s["active"] and pid_of(s) != lost.pid for s in watch.active_sessions()), 30,
+                     "the standby to take over")
+            logs = [(tmp_path / n / "daemon.log").read_text() for n in "ab"]
+            assert sum("lost the store's active lock" in log for log in logs) == 1
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=60)
+            sink.stop()

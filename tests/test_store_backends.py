@@ -170,3 +170,59 @@ def test_a_store_url_of_another_kind_is_a_config_error_naming_the_key_and_line(t
         _config(tmp_path, "store:\n  url: mysql://db/mw\n")
     assert (caught.value.key, caught.value.line) == ("store.url", 4)
     assert "postgresql://" in caught.value.message
+
+
+# standby ----------------------------------------------------------------------------------------------
+class _StoreThatDrops:
+    """A standby's store whose connection fails once; the reconnected one finds the lock free."""
+
+    where = "postgresql://db/mw"
+
+    def __init__(self, results) -> None:
+        self.results, self.closed, self.names = list(results), False, []
+
+    def try_become_active(self) -> bool:
+        from mistwatch.errors import MistwatchError
+
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise MistwatchError(str(result))
+        return result
+
+    def describe_session(self, name: str) -> None:
+        self.names.append(name)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_standby_whose_connection_drops_connects_again_and_still_takes_over():
+    from mistwatch.service.standby import wait_until_active
+
+    first, second = _StoreThatDrops([False, OSError("server closed the connection")]), _StoreThatDrops([False, True])
+    sleeps: list[float] = []
+    got = wait_until_active(first, 0.5, lambda: False, reopen=lambda: second, sleep=sleeps.append)
+    assert got is second and first.closed
+    assert sleeps == [0.5, 0.5, 0.5]
+    assert "standby" in second.names[0]
+
+
+def test_a_standby_asked_to_stop_returns_without_the_lock():
+    from mistwatch.service.standby import wait_until_active
+
+    calls = iter([False, False, True])
+    assert wait_until_active(_StoreThatDrops([False] * 5), 0.1, lambda: next(calls), sleep=lambda s: None) is None
+
+
+def test_runs_left_running_by_a_killed_daemon_are_marked_failed_on_takeover(store_target):
+    from mistwatch.service.standby import took_over
+
+    with Store.open(store_target) as s:
+        done = s.start_run(T0, "all")
+        s.finish_run(done, finished_at=T0, status="ok")
+        s.start_run(T0 + timedelta(minutes=15), "all")  # its daemon was killed mid-cycle
+        took_over(s)
+        runs = {r.id: r for r in s.runs()}
+    assert runs[done].status == "ok"
+    interrupted = next(r for r in runs.values() if r.id != done)
+    assert interrupted.status == "failed" and "interrupted" in interrupted.errors[0]

@@ -12,10 +12,12 @@ import click
 STORE_HELP = """Manage the state database.
 
 \b
-Move an installation from SQLite to PostgreSQL:
-  mistwatch daemon ...                     # stop it first
-  mistwatch store copy --from sqlite:./var --to postgresql://mistwatch@db/mistwatch
-  # then in the config:  store: {url: postgresql://mistwatch:${PGPASSWORD}@db/mistwatch}
+Move an installation from SQLite to PostgreSQL (docs/store.md):
+  1. stop the daemon;
+  2. mistwatch store copy --from sqlite:./var --to postgresql://mistwatch@db/mistwatch
+  3. set store.url in the config, e.g.
+     store: {url: "postgresql://mistwatch:${PGPASSWORD}@db/mistwatch"}
+  4. start the daemon(s): one is active, the others stand by.
 """
 
 TARGET_HELP = "sqlite:FOLDER (or the FOLDER holding mistwatch.db), or a postgresql:// URL."

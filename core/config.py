@@ -275,8 +275,12 @@ def _check(data: Any, schema: Mapping, *, file: str, lines: LineMap, prefix: tup
 
 def _apply_property_defaults(section: Any, schema: Mapping) -> list[str]:
     """Fill a section's missing keys from its schema's ``default`` values (one level); returns the
-    keys filled."""
+    keys filled. None when the section holds a key the schema lists in ``x-no-defaults-with``."""
     if not isinstance(section, dict):
+        return []
+    # A section written another way (the Mist collector's ``orgs:`` list) takes none of the
+    # defaults of the single form, so their ``${VAR}`` need not be set.
+    if any(key in section for key in schema.get("x-no-defaults-with", ())):
         return []
     filled = []
     for key, sub in (schema.get("properties") or {}).items():

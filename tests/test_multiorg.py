@@ -1,0 +1,99 @@
+"""Several Mist orgs in one mistwatch (``mist: {orgs: [...]}``), against simulators on loopback."""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timezone
+
+import pytest
+
+from mistwatch.errors import CollectionFailed, ConfigError
+from mistwatch.hookspecs import CollectContext
+from mistwatch.plugins.mist.client import MistClient
+from mistwatch.plugins.mist.collector import MistCollector
+from mistwatch.plugins.mist.orgs import _LastSeen, collect_orgs
+
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def two_orgs(make_simulator):
+    return (make_simulator(token="token-a", sites=3, seed=1, org_name="North"),
+            make_simulator(token="token-b", sites=4, seed=2, org_name="South"))
+
+
+def org_entry(server, name=None, **extra) -> dict:
+    entry = {"org_id": server.org.org_id, "token": server.token, "base_url": server.url, **extra}
+    return {**entry, "name": name} if name else entry
+
+
+def run(orgs, cursor=None, last=None):
+    one = MistCollector(client_factory=functools.partial(MistClient, sleep=lambda s: None)).collect
+    for server in orgs:
+        if hasattr(server, "org"):
+            server.org.now = NOW
+    ctx = CollectContext(settings={"max_retries": 0, "orgs": orgs}, now=NOW, cursor=cursor or {})
+    return one, ctx, collect_orgs(one, ctx, last or _LastSeen())
+
+
+def test_every_org_is_collected_and_every_entity_says_which_org(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a, "North HQ"), org_entry(b)])
+    orgs = {e.labels["org_id"]: e.labels["org_name"] for e in snap.entities}
+    assert orgs == {a.org.org_id: "North HQ", b.org.org_id: "South"}  # configured name, else Mist's
+    sites = [e for e in snap.entities if e.kind == "site"]
+    assert len(sites) == 7 and len({e.key for e in snap.entities}) == len(snap.entities)
+    assert all("org_name" in e.labels for e in snap.events)
+
+
+def test_each_org_spends_its_own_calls_and_keeps_its_own_event_cursor(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a), org_entry(b)])
+    assert a.calls > 0 and b.calls > 0
+    assert snap.api_calls == a.calls + b.calls
+    assert set(snap.cursors["mist"]["orgs"]) == {a.org.org_id, b.org.org_id}
+
+
+def test_an_org_that_fails_stands_in_with_its_last_entities_unknown_and_the_others_go_on(two_orgs):
+    a, b = two_orgs
+    last = _LastSeen()
+    run([org_entry(a), org_entry(b)], last=last)
+    _, _, snap = run([org_entry(a), org_entry(b, token="revoked")], last=last)
+    south = [e for e in snap.entities if e.labels.get("org_id") == b.org.org_id]
+    assert south and all(e.unknown == frozenset({"*"}) and not e.metrics for e in south)
+    north = [e for e in snap.entities if e.labels.get("org_id") == a.org.org_id]
+    assert north and all(not snap.is_unknown(e, "device.connected") for e in north if e.kind == "device")
+    assert any(err.endpoint == f"org {b.org.org_id}" for err in snap.errors)
+
+
+def test_when_every_org_fails_the_collection_fails_naming_each(two_orgs):
+    a, b = two_orgs
+    with pytest.raises(CollectionFailed, match=r"org North: .*; org South: "):
+        run([org_entry(a, "North", token="x"), org_entry(b, "South", token="y")])
+
+
+def test_config_with_orgs_needs_no_single_org_token_variable(tmp_path, monkeypatch):
+    from mistwatch.config import load_config
+
+    monkeypatch.delenv("MIST_API_TOKEN", raising=False)
+    monkeypatch.delenv("MIST_ORG_ID", raising=False)
+    monkeypatch.setenv("TOKEN_A", "secret-a")
+    (tmp_path / "rules").mkdir()
+    path = tmp_path / "config.yaml"
+    path.write_text("mist:\n  orgs:\n    - {name: A, org_id: o1, token: '${TOKEN_A}', cloud: global01}\n"
+                    "rules: [rules/]\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.data["mist"]["orgs"][0]["token"] == "secret-a"
+    assert "token" not in config.data["mist"]
+
+
+def test_an_org_without_a_token_is_a_config_error_naming_it(tmp_path):
+    from mistwatch.config import load_config
+
+    (tmp_path / "rules").mkdir()
+    path = tmp_path / "config.yaml"
+    path.write_text("mist:\n  orgs:\n    - {name: A, org_id: o1, cloud: global01}\nrules: [rules/]\n",
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key.startswith("mist.orgs") and "token" in caught.value.message

@@ -97,3 +97,21 @@ def test_an_org_without_a_token_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.key.startswith("mist.orgs") and "token" in caught.value.message
+
+
+def test_demo_with_three_orgs_alerts_in_each_naming_its_org(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mistwatch", "demo", "--orgs", "3", "--sites", "5", "--json",
+                           "--out", str(tmp_path / "demo")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the console notifier's panels come first on stdout (as with one org); the JSON is the last block
+    lines = done.stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    alerts = json.loads("\n".join(lines[start:]))["insights"]["alerts"]
+    firing = {a["labels"].get("org_name") for a in alerts if a["state"] == "firing"}
+    assert firing == {"Acme Retail", "Org 2", "Org 3"}

@@ -5,14 +5,17 @@ settings (timeout, page_limit, ...) apply to all. Orgs are collected in parallel
 one HTTP client each), each with its own calls and API budget (a Mist budget is per token), and
 every entity carries ``org_id`` and ``org_name``, so rules can group and route by org.
 
-Failures stay inside their org: an endpoint failing in one org is reported with the org's name, and
-an org that cannot be collected at all (token refused, host unreachable) re-appears with the
+An org that cannot be collected at all (token refused, host unreachable) re-appears with the
 entities it had last cycle, all metrics unknown, so its devices are neither down nor missing while
-the other orgs are evaluated as usual. Only when every org fails does the collection fail.
+the other orgs are evaluated as usual; only when every org fails does the collection fail. (Before
+its first good cycle in this process, nothing is known of it: then the whole cycle's data is
+unknown, the safe side.) An endpoint failing inside one org is reported with the org's name, but a
+``CollectorError`` has no org scope yet: what the endpoint feeds is unknown in every org that cycle.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +26,7 @@ from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
 from mistwatch.model import CollectorError, Entity, Snapshot
 
+log = logging.getLogger("mistwatch.plugins.mist.orgs")
 #: At most this many orgs are collected at once (each is mostly waiting on the network).
 MAX_PARALLEL = 8
 _ALL_UNKNOWN = frozenset({"*"})
@@ -112,6 +116,7 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
                 new_cursors[org_id] = cursors[org_id]
             continue
         name = _org_name(settings, outcome, org_id)
+        log.info("org %s: %d API calls", name, outcome.api_calls)  # each org's token has its own budget
         outcome.entities = _named(outcome.entities, name)
         outcome.events = _named(outcome.events, name)
         outcome.errors = [replace(err, message=f"org {name}: {err.message}") for err in outcome.errors]

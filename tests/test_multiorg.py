@@ -66,6 +66,20 @@ def test_an_org_that_fails_stands_in_with_its_last_entities_unknown_and_the_othe
     assert any(err.endpoint == f"org {b.org.org_id}" for err in snap.errors)
 
 
+def test_an_endpoint_failing_in_one_org_leaves_only_that_orgs_data_unknown(two_orgs):
+    a, b = two_orgs
+    last = _LastSeen()
+    run([org_entry(a), org_entry(b)], last=last)
+    b.inject("*/stats/devices*", 500, count=10)
+    _, _, snap = run([org_entry(a), org_entry(b)], last=last)
+    devices = {org.org.org_id: [e for e in snap.entities if e.kind == "device" and e.labels["org_id"] == org.org.org_id]
+               for org in (a, b)}
+    assert devices[b.org.org_id] and all(snap.is_unknown(e, "device.connected") for e in devices[b.org.org_id])
+    assert devices[a.org.org_id] and not any(snap.is_unknown(e, "device.connected") for e in devices[a.org.org_id])
+    assert not snap.kind_unknown("device")  # org B's devices stand in: none is missing
+    assert any("stats/devices" in err.endpoint and err.message.startswith("org South: ") for err in snap.errors)
+
+
 def test_when_every_org_fails_the_collection_fails_naming_each(two_orgs):
     a, b = two_orgs
     with pytest.raises(CollectionFailed, match=r"org North: .*; org South: "):

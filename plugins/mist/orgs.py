@@ -9,8 +9,8 @@ An org that cannot be collected at all (token refused, host unreachable) re-appe
 entities it had last cycle, all metrics unknown, so its devices are neither down nor missing while
 the other orgs are evaluated as usual; only when every org fails does the collection fail. (Before
 its first good cycle in this process, nothing is known of it: then the whole cycle's data is
-unknown, the safe side.) An endpoint failing inside one org is reported with the org's name, but a
-``CollectorError`` has no org scope yet: what the endpoint feeds is unknown in every org that cycle.
+unknown, the safe side.) An endpoint failing inside one org makes what it feeds unknown on that
+org's entities only (see ``_scope_errors``) and is reported with the org's name.
 """
 
 from __future__ import annotations
@@ -53,20 +53,48 @@ def orgs_schema() -> dict[str, Any]:
 
 
 class _LastSeen:
-    """Per org, the entities of its last good cycle (labels only), to stand in when it fails."""
+    """Per org, the entities of its last cycles (labels only), to stand in for what a failure hides."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entities: dict[str, list[Entity]] = {}
+        self._entities: dict[str, dict[str, Entity]] = {}
 
-    def remember(self, org_id: str, entities: list[Entity]) -> None:
-        slim = [Entity(e.key, e.kind, e.labels, {}, _ALL_UNKNOWN) for e in entities]
+    def remember(self, org_id: str, entities: list[Entity], *, complete: bool) -> None:
+        """``complete``: the cycle had no error, so these are all the org's entities (the ones not
+        listed are gone); otherwise they are added to what was known."""
+        slim = {e.key: Entity(e.key, e.kind, e.labels, {}, _ALL_UNKNOWN) for e in entities}
         with self._lock:
-            self._entities[org_id] = slim
+            if complete or org_id not in self._entities:
+                self._entities[org_id] = slim
+            else:
+                self._entities[org_id].update(slim)
 
     def recall(self, org_id: str) -> list[Entity] | None:
         with self._lock:
-            return self._entities.get(org_id)
+            known = self._entities.get(org_id)
+            return None if known is None else list(known.values())
+
+
+def _scope_errors(snapshot: Snapshot, org_id: str, last: _LastSeen) -> None:
+    """Keep one org's endpoint errors inside that org: what an error covers becomes unknown on the
+    org's own entities, and entities of a covered kind that the failure hid stand in from last
+    cycles; the error stays listed but covers nothing else. Without a last cycle to stand in from,
+    the error keeps its snapshot-wide effect (the safe side)."""
+    known = last.recall(org_id)
+    if known is None or not snapshot.errors:
+        return
+    present = {e.key for e in snapshot.entities}
+    patterns: dict[str, set[str]] = {}  # kind ("*": all) -> metric patterns now unknown
+    for err in snapshot.errors:
+        for kind in err.kinds:
+            patterns.setdefault(kind, set()).update(err.metrics)
+    entities = []
+    for entity in snapshot.entities:
+        extra = patterns.get("*", set()) | patterns.get(entity.kind, set())
+        entities.append(replace(entity, unknown=entity.unknown | frozenset(extra)) if extra else entity)
+    hidden = [e for e in known if e.key not in present and ("*" in patterns or e.kind in patterns)]
+    snapshot.entities = entities + hidden
+    snapshot.errors = [replace(err, kinds=frozenset(), metrics=frozenset()) for err in snapshot.errors]
 
 
 _LAST = _LastSeen()
@@ -120,7 +148,10 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
         outcome.entities = _named(outcome.entities, name)
         outcome.events = _named(outcome.events, name)
         outcome.errors = [replace(err, message=f"org {name}: {err.message}") for err in outcome.errors]
-        last.remember(org_id, outcome.entities)
+        complete = not outcome.errors
+        _scope_errors(outcome, org_id, last)
+        last.remember(org_id, [e for e in outcome.entities if e.unknown != _ALL_UNKNOWN or e.metrics],
+                      complete=complete)
         new_cursors[org_id] = outcome.cursors.get("mist", {})
         outcome.cursors = {}
         merged.merge(outcome)

@@ -498,6 +498,13 @@ def test_text_with_a_nul_character_from_hostile_data_is_stored_not_refused(store
     assert store.entities()[0].labels["site_name"] == "a\x00b"  # labels are JSON: the NUL is escaped
 
 
+def test_an_entity_key_with_a_nul_character_is_stored_and_read_back(store):
+    write(store, T0, Entity("site:\x00x", "site", {}, {"site.clients": 1.0}))
+    store.write_metrics(T0, {"health.score": {"site:\x00x": 90.0}})
+    assert list(store.values_at("site.clients", T0).values()) == [1.0]  # PostgreSQL: under "site:\ufffdx"
+    assert list(store.values_at("health.score", T0).values()) == [90.0]
+
+
 def test_saving_an_alert_again_updates_it(store):
     store.save_alerts([alert()])
     store.save_alerts([alert(state="resolved", resolved_at=T0 + timedelta(hours=1), value=0.9)])

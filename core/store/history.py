@@ -8,6 +8,7 @@ import json
 import sqlite3
 from array import array
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +55,11 @@ class HistoryMixin:
         ``last_seen`` never moves backwards (replaying an older snapshot keeps the newer time)."""
         seen = _epoch(snapshot.taken_at)
         ts = _sample_ts(snapshot.taken_at)
+        if self.dialect.shared and any("\x00" in e.key for e in snapshot.entities):
+            # PostgreSQL text holds no NUL: the key is stored with U+FFFD (dialect._text_safe), so the
+            # id cache must know it by that key too. Only hostile data gets here.
+            snapshot = replace(snapshot, entities=[
+                replace(e, key=e.key.replace("\x00", "\ufffd")) if "\x00" in e.key else e for e in snapshot.entities])
 
         # Merge duplicate keys first so each entity is upserted once.
         kinds: dict[str, str] = {}
@@ -199,6 +205,9 @@ class HistoryMixin:
         ``site``) and with no labels; stored ones get ``last_seen`` moved up to ``at`` if older.
         NaN and None values are not written."""
         seen = _epoch(at)
+        if self.dialect.shared:  # as in write_snapshot: a NUL in a key is stored as U+FFFD
+            metric_values = {metric: {k.replace("\x00", "\ufffd"): v for k, v in values.items()}
+                             for metric, values in metric_values.items()}
         keys = {key for values in metric_values.values() for key in values}
         rows = []
         for key in sorted(keys):

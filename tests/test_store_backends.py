@@ -226,3 +226,13 @@ def test_runs_left_running_by_a_killed_daemon_are_marked_failed_on_takeover(stor
     assert runs[done].status == "ok"
     interrupted = next(r for r in runs.values() if r.id != done)
     assert interrupted.status == "failed" and "interrupted" in interrupted.errors[0]
+
+
+def test_config_check_names_the_store_without_its_password(tmp_path, capsys):
+    (tmp_path / "rules").mkdir()
+    path = tmp_path / "config.yaml"
+    path.write_text("collectors: []\nrules: [rules/]\nstore: {url: 'postgresql://mw:pw-s3cret@db:5432/mw'}\n",
+                    encoding="utf-8")
+    code, out, _ = run_cli(capsys, "config", "check", "--config", str(path))
+    assert code == 0
+    assert "PostgreSQL postgresql://mw@db:5432/mw" in out and "pw-s3cret" not in out

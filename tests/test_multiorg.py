@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,36 @@ def test_demo_with_three_orgs_alerts_in_each_naming_its_org(tmp_path):
     alerts = json.loads("\n".join(lines[start:]))["insights"]["alerts"]
     firing = {a["labels"].get("org_name") for a in alerts if a["state"] == "firing"}
     assert firing == {"Acme Retail", "Org 2", "Org 3"}
+
+
+def test_simulate_serves_several_orgs_and_prints_a_config_that_collects_them_all(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**os.environ, "COLUMNS": "200"}
+    sim = subprocess.Popen([sys.executable, "-m", "mistwatch", "simulate", "--orgs", "2", "--port", "0",
+                            "--sites", "3"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in sim.stdout:
+            lines.append(line)
+            if line.startswith("Serving"):
+                break
+        snippet = "".join(lines[next(i for i, line in enumerate(lines) if line.startswith("mist:")):-1])
+        rules = str(Path(__file__).resolve().parents[1] / "rules")
+        config = {**yaml.safe_load(snippet), "rules": [rules], "state_dir": "var",
+                  "notifiers": [{"name": "console", "type": "console"}]}
+        assert len(config["mist"]["orgs"]) == 2
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+        done = subprocess.run([sys.executable, "-m", "mistwatch", "run", "--mode", "monitor", "--json"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["totals"]["sites"] == 6
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=30)

@@ -32,8 +32,10 @@ from mistwatch.plugins.mist.simdata import SCENARIOS
               help="healthy, degraded (sites 2-5 in list order have problems) or recovered.")
 @click.option("--token", default="sim-token", show_default=True, help="API token the simulator accepts.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated org.")
+@click.option("--orgs", "n_orgs", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Serve this many orgs, each on its own port (--port, --port+1, ...) with its own token.")
 def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: str, token: str,
-             seed: int) -> None:
+             seed: int, n_orgs: int) -> None:
     """Serve a Mist-compatible API on loopback, for trying rules.
 
     The org is generated from --seed; point `mistwatch run` at the printed base_url, token and org_id.
@@ -43,12 +45,21 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
 
     org = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario, seed=seed)
     org.prepare()  # device texts built before serving, so a big org's first poll is as fast as the next
+    servers: list[Any] = []
     try:
-        server = serve(org, host=host, port=port, token=token)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--host") from None
-    except OSError as exc:
+        servers.append(serve(org, host=host, port=port, token=token))
+        for i in range(1, n_orgs):
+            other = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario,
+                                 seed=seed + i, org_name=f"Org {i + 1}")
+            other.prepare()
+            servers.append(serve(other, host=host, port=port + i if port else 0, token=f"{token}-{i + 1}"))
+    except (ValueError, OSError) as exc:
+        for opened in servers:
+            opened.close()
+        if isinstance(exc, ValueError):
+            raise click.BadParameter(str(exc), param_hint="--host") from None
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    server, others = servers[0], servers[1:]
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -62,11 +73,19 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
         affected = org.affected_sites()
         for site_id, reason in affected.items():
             click.echo(f"  {org.site_name(site_id)}: {reason}")
+        for other in others:
+            click.echo(f"Mist API simulator: {other.org.org_name}, {sites} sites, scenario {scenario}, at {other.url}")
         click.echo("\nConfig snippet for `mistwatch run --config FILE`:\n")
         click.echo("mist:")
-        click.echo(f"  base_url: {server.url}")
-        click.echo(f"  token: {token}")
-        click.echo(f"  org_id: {org.org_id}")
+        if others:
+            click.echo("  orgs:")
+            for each in (server, *others):
+                click.echo(f"    - {{name: {each.org.org_name}, base_url: {each.url}, token: {each.token}, "
+                           f"org_id: {each.org.org_id}}}")
+        else:
+            click.echo(f"  base_url: {server.url}")
+            click.echo(f"  token: {token}")
+            click.echo(f"  org_id: {org.org_id}")
         click.echo("\nServing; press Ctrl-C to stop.")
         while not stop.wait(0.5):
             pass
@@ -74,6 +93,8 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()
+        for other in others:
+            other.close()
     click.echo(f"Stopped after {server.calls} API calls.")
 
 

@@ -13,6 +13,13 @@ hour), each run holding the snapshot collected from the simulator and its health
 and newest written through the Store API, those between copied as rows), so the
 measured cycles read real trends, day-over-day baselines and health history.
 
+``--store postgresql://...`` (or ``--store auto``: a throwaway cluster started with initdb) runs the
+same cycles on a PostgreSQL store (a fresh schema per measurement), to compare with SQLite:
+
+    python bench/cycle.py --sites 1000 --sites 10000 --mode monitor --store auto --compare
+
+``--compare`` measures SQLite too and prints the ratio of the warm cycle's wall time (target <= 1.5).
+
 Budgets (design.md): calls <= 15 + pages; 1,000 sites <= 2 s and <= 80 MB; 10,000 sites <= 15 s and <= 250 MB.
 """
 
@@ -109,7 +116,19 @@ def child(config: str, mode: str, cycles: int, now: datetime) -> None:
     print(json.dumps({"cycles": out, "peak_rss_mb": round(rss_kb / 1024, 1)}))
 
 
-def measure(sites: int, mode: str, cycles: int, history_days: float = 0) -> dict:
+def fresh_schema(url: str) -> str:
+    """A new empty schema in the PostgreSQL database at ``url``; the URL that uses it."""
+    import secrets
+
+    import psycopg
+
+    name = "bench_" + secrets.token_hex(4)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{name}"
+
+
+def measure(sites: int, mode: str, cycles: int, history_days: float = 0, store: str | None = None) -> dict:
     proc, url, org_id = start_simulator(sites)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -119,6 +138,7 @@ def measure(sites: int, mode: str, cycles: int, history_days: float = 0) -> dict
                 "mist": {"base_url": url, "token": TOKEN, "org_id": org_id},
                 "state_dir": str(Path(tmp) / "var"), "reports": {"dir": str(Path(tmp) / "reports")},
                 "rules": [str(rules)], "notifiers": [{"name": "console", "type": "console"}],
+                **({"store": {"url": fresh_schema(store)}} if store else {}),
             }), encoding="utf-8")
             now = str(datetime.now(timezone.utc).timestamp())
             filled = None
@@ -151,6 +171,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=2, help="cycles per process (the first is cold)")
     parser.add_argument("--history-days", type=float, default=0,
                         help="days of history in the store before the measured cycles (default 0: empty)")
+    parser.add_argument("--store", metavar="URL", help="a postgresql:// URL, or auto (a throwaway cluster)")
+    parser.add_argument("--compare", action="store_true", help="with --store: measure SQLite too, print the ratio")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--fill", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--now", type=float, help=argparse.SUPPRESS)
@@ -165,10 +187,28 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}")
     budgets = {1000: (2.0, 80), 10000: (15.0, 250)}
+    store, stop_cluster = args.store, None
+    if store == "auto":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from failover import start_cluster
+
+        store, stop_cluster = start_cluster()
+    try:
+        _run(args, budgets, store)
+    finally:
+        if stop_cluster:
+            stop_cluster()
+
+
+def _run(args: argparse.Namespace, budgets: dict, store: str | None) -> None:
     for sites in args.sites or [1000, 10000]:
         pages = -(-sites // 1000) + -(-sites * 6 // 1000) + 3 * -(-sites // 1000)
         for mode in args.mode or ["monitor", "all"]:
-            figures = measure(sites, mode, args.cycles, args.history_days)
+            if store and args.compare:
+                base = measure(sites, mode, args.cycles, args.history_days)
+            figures = measure(sites, mode, args.cycles, args.history_days, store)
+            if store:
+                print(f"sites={sites:>6} mode={mode:<8} store=postgresql")
             if figures["filled"]:
                 print(f"sites={sites:>6} history: {args.history_days:g} days, {figures['filled']['runs']} runs "
                       f"written in {figures['filled']['seconds']} s (not measured; prune then removed "
@@ -181,6 +221,10 @@ def main() -> None:
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             print(f"sites={sites:>6} mode={mode:<8} load average {load:.1f}; "
                   f"peak RSS={figures['peak_rss_mb']} MB (budget {rss_budget} MB)")
+            if store and args.compare:
+                sq, pg = base["cycles"][-1]["wall_s"], figures["cycles"][-1]["wall_s"]
+                print(f"sites={sites:>6} mode={mode:<8} last cycle: sqlite {sq:.2f}s, postgresql {pg:.2f}s, "
+                      f"ratio {pg / sq:.2f} (target <= 1.5); sqlite peak RSS {base['peak_rss_mb']} MB")
 
 
 if __name__ == "__main__":

@@ -275,8 +275,12 @@ def _check(data: Any, schema: Mapping, *, file: str, lines: LineMap, prefix: tup
 
 def _apply_property_defaults(section: Any, schema: Mapping) -> list[str]:
     """Fill a section's missing keys from its schema's ``default`` values (one level); returns the
-    keys filled."""
+    keys filled. None when the section holds a key the schema lists in ``x-no-defaults-with``."""
     if not isinstance(section, dict):
+        return []
+    # A section written another way (the Mist collector's ``orgs:`` list) takes none of the
+    # defaults of the single form, so their ``${VAR}`` need not be set.
+    if any(key in section for key in schema.get("x-no-defaults-with", ())):
         return []
     filled = []
     for key, sub in (schema.get("properties") or {}).items():
@@ -313,6 +317,14 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return self.resolve(self.data["state_dir"])
+
+    @property
+    def store_target(self) -> str | Path:
+        """What ``Store.open`` takes: the ``store.url`` PostgreSQL URL, else the SQLite state folder."""
+        url = str((self.data.get("store") or {}).get("url") or "")
+        if url.startswith("sqlite:"):
+            return self.resolve(url[len("sqlite:"):])
+        return url or self.state_dir
 
     @property
     def reports_dir(self) -> Path:

@@ -79,7 +79,7 @@ def open_app(config_path: str | Path, *, console: Any = None) -> App:
     config = load_config(config_path, host)
     known = {m for c in host.collectors().values() for m in c.metrics}
     ruleset = load_rules(config.rule_paths, host.rule_kinds(), known_metrics=known or None)
-    store = Store.open(config.state_dir)
+    store = Store.open(config.store_target)
     return App(config=config, host=host, store=store, ruleset=ruleset, console=console)
 
 

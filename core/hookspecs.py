@@ -62,9 +62,11 @@ class Collector:
     can flag a rule that names a metric nobody collects. ``config_key`` is the top-level key of
     ``config.yaml`` holding its settings, validated against ``settings_schema`` (a JSON Schema); a
     property's ``default`` fills a missing key, and a default such as ``"${MIST_API_TOKEN}"`` is
-    expanded from the environment. ``calls_per_hour`` is the API budget its source allows (0: none),
-    so the run summary can show how much of it the current interval uses. ``describe(settings)``,
-    optional, returns ``(label, value)`` lines for ``config check`` (never a secret's value).
+    expanded from the environment (unless the section holds a key the schema lists in
+    ``"x-no-defaults-with"``: another form of the section, such as the Mist collector's ``orgs``).
+    ``calls_per_hour`` is the API budget its source allows (0: none), so the run summary can show
+    how much of it the current interval uses. ``describe(settings)``, optional, returns
+    ``(label, value)`` lines for ``config check`` (never a secret's value).
     """
 
     name: str

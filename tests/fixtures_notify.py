@@ -43,14 +43,15 @@ def resolved(alert: Alert, at: datetime, value: float | None = 1.0) -> Alert:
 class NotifyEnv:
     """A config file, the real plugin host, and a Store under tmp_path."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store_target: str | Path | None = None) -> None:
         from mistwatch.host import make_host
         from mistwatch.store.database import Store
 
         self.dir = tmp_path
         (tmp_path / "rules").mkdir(exist_ok=True)
         self.host = make_host(entry_points=False)
-        self.store = Store.open(tmp_path / "var")
+        self.store_target = store_target or tmp_path / "var"  # a state folder, or a postgresql:// URL
+        self.store = Store.open(self.store_target)
         self.config: Any = None
 
     def configure(self, notifiers: list[dict[str, Any]], **sections: Any) -> Any:
@@ -80,7 +81,7 @@ class NotifyEnv:
         from mistwatch.store.database import Store
 
         self.store.close()
-        self.store = Store.open(self.dir / "var")
+        self.store = Store.open(self.store_target)
 
     def outbox_rows(self) -> list[tuple]:
         return self.store.db.execute(

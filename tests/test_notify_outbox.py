@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from io import StringIO
 
-from fixtures_notify import T0, make_alert, resolved
+import pytest
+from fixtures_notify import T0, NotifyEnv, make_alert, resolved
 
 from mistwatch import hookimpl
 from mistwatch.hookspecs import Notifier
@@ -30,6 +31,14 @@ class Flaky:
     @hookimpl
     def mistwatch_notifiers(self):
         yield Notifier(type="flaky", send=self.send)
+
+
+@pytest.fixture
+def notify_env(tmp_path, store_target):
+    """The outbox behaves the same on both store backends (``store_target``: SQLite, PostgreSQL)."""
+    env = NotifyEnv(tmp_path, store_target)
+    yield env
+    env.store.close()
 
 
 def _with_plugin(env, plugin):
@@ -234,3 +243,21 @@ def test_the_webhook_payload_never_has_a_negative_duration():
     gone = resolved(make_alert(firing_since=T0), T0 - timedelta(hours=2))
     n = build_notification("n1", "hook", [], [gone], {}, "g", T0)
     assert payload(n)["alerts"][0]["duration_seconds"] == 0
+
+
+def test_on_a_shared_store_a_message_claimed_by_one_sender_is_skipped_by_another(tmp_path, pg_url):
+    from mistwatch.notify.pipeline import sample_notification
+    from mistwatch.store.database import Store
+
+    env = NotifyEnv(tmp_path, pg_url)
+    plugin = Flaky(failures=0)
+    _with_plugin(env, plugin)
+    message = sample_notification("f", T0)
+    outbox.enqueue(env.store, [message], T0)
+    with Store.open(pg_url) as other, other.transaction() as db:
+        assert outbox.claim_locked(other, db, message.id, T0) is not None  # the other sender is mid-send
+        assert env.send_outbox(T0).sent == []
+    assert len(env.send_outbox(T0).sent) == 1
+    assert env.send_outbox(T0).sent == []
+    assert plugin.delivered == [message.title]
+    env.store.close()

@@ -39,7 +39,15 @@ def write_clients(store: Store, at: datetime, **per_site: float) -> None:
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(store_target):
+    """On SQLite and on PostgreSQL (``store_target`` is parametrized): the same behaviour on both."""
+    with Store.open(store_target) as s:
+        yield s
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    """For what only SQLite has (pragmas, page limits)."""
     with Store.open(tmp_path / "state") as s:
         yield s
 
@@ -53,44 +61,46 @@ def test_open_creates_the_state_dir_and_applies_every_migration(tmp_path):
     assert {"runs", "entities", "metrics", "samples", "alerts", "transitions", "kv"} <= tables
 
 
-def test_connection_uses_wal_normal_sync_and_foreign_keys(store):
+def test_connection_uses_wal_normal_sync_and_foreign_keys(sqlite_store):
+    store = sqlite_store
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 
 
-def test_reopening_keeps_data(tmp_path):
-    with Store.open(tmp_path) as s:
+def test_reopening_keeps_data(store_target):
+    with Store.open(store_target) as s:
         write(s, T0, site(1, **{"site.clients": 3}))
         s.kv_set("cursor", {"since": 5})
-    with Store.open(tmp_path) as s:
+    with Store.open(store_target) as s:
         assert s.values_at("site.clients", T0) == {"site:s1": 3}
         assert s.kv_get("cursor") == {"since": 5}
         assert [e.key for e in s.entities()] == ["site:s1"]
 
 
-def test_migrations_appended_later_are_applied_in_order_on_open(tmp_path, monkeypatch):
-    with Store.open(tmp_path):
+def test_migrations_appended_later_are_applied_in_order_on_open(store_target, monkeypatch):
+    with Store.open(store_target):
         pass
     monkeypatch.setattr(store_module, "MIGRATIONS", [
         *store_module.MIGRATIONS,
         (91, "ALTER TABLE extra ADD COLUMN note TEXT"),
         (90, "CREATE TABLE extra (id INTEGER PRIMARY KEY)"),
     ])
-    with Store.open(tmp_path) as s:
+    with Store.open(store_target) as s:
         assert s.schema_version == 91
-        assert [r[1] for r in s.db.execute("PRAGMA table_info(extra)")] == ["id", "note"]
+        s.db.execute("INSERT INTO extra (note) VALUES ('n')")  # the id is assigned, as an INTEGER PRIMARY KEY
+        assert s.db.execute("SELECT id, note FROM extra").fetchall() == [(1, "n")]
 
 
-def test_a_lower_numbered_migration_added_after_a_higher_one_is_still_applied(tmp_path, monkeypatch):
+def test_a_lower_numbered_migration_added_after_a_higher_one_is_still_applied(store_target, monkeypatch):
     monkeypatch.setattr(store_module, "MIGRATIONS",
                         [*store_module.MIGRATIONS, (90, "CREATE TABLE outbox_like (id INTEGER)")])
-    with Store.open(tmp_path):
+    with Store.open(store_target):
         pass
     monkeypatch.setattr(store_module, "MIGRATIONS",
                         [*store_module.MIGRATIONS, (2, "CREATE TABLE later_store_table (id INTEGER)")])
-    with Store.open(tmp_path) as s:
+    with Store.open(store_target) as s:
         assert s.schema_version == 90
         assert s.db.execute("SELECT count(*) FROM later_store_table").fetchone()[0] == 0
 
@@ -116,6 +126,63 @@ def test_a_database_from_a_newer_mistwatch_is_refused(tmp_path):
     db.close()
     with pytest.raises(MistwatchError, match="state was written by a newer mistwatch"):
         Store.open(tmp_path)
+
+
+def test_a_failing_migration_on_postgresql_leaves_the_previous_version_intact(pg_url, monkeypatch):
+    with Store.open(pg_url) as s:
+        version = s.schema_version
+    monkeypatch.setattr(store_module, "MIGRATIONS", [
+        *store_module.MIGRATIONS, (90, "CREATE TABLE half (id INTEGER); INSERT INTO nowhere VALUES (1)")])
+    with pytest.raises(MistwatchError, match='"nowhere" does not exist'):
+        Store.open(pg_url)
+    monkeypatch.undo()
+    with Store.open(pg_url) as s:
+        assert s.schema_version == version
+        assert not s.dialect.has_table(s.db, "half")
+
+
+def test_a_postgresql_database_from_a_newer_mistwatch_is_refused(pg_url):
+    with Store.open(pg_url) as s:
+        s.db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)")
+    with pytest.raises(MistwatchError, match=r"newer mistwatch .*schema version 99"):
+        Store.open(pg_url)
+
+
+def test_another_programs_postgresql_database_is_refused(pg_url):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id int)")
+    with pytest.raises(MistwatchError, match="is not a mistwatch state database"):
+        Store.open(pg_url)
+
+
+def test_an_unreachable_postgresql_store_is_one_line_without_the_password(pg_server):
+    url = f"postgresql://mistwatch:hunter2secret@127.0.0.1:{_closed_port()}/nowhere"
+    with pytest.raises(MistwatchError) as info:
+        Store.open(url, busy_timeout=2)
+    message = str(info.value)
+    assert "unreachable" in message and "127.0.0.1" in message
+    assert "hunter2secret" not in message and "\n" not in message
+
+
+def test_a_lost_postgresql_connection_is_a_clear_error(pg_url):
+    import psycopg
+
+    with Store.open(pg_url) as s:
+        pid = s.db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(MistwatchError, match="connection lost"):
+            s.kv_set("after", 1)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_a_file_that_is_not_a_database_is_named_clearly(tmp_path):
@@ -147,7 +214,8 @@ def test_a_write_lock_held_beyond_the_busy_timeout_is_reported(tmp_path):
         assert s.kv_get("k") == 2
 
 
-def test_a_full_disk_is_reported_and_the_write_rolled_back(store):
+def test_a_full_disk_is_reported_and_the_write_rolled_back(sqlite_store):
+    store = sqlite_store
     write_clients(store, T0, s1=1)
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]
     store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk full"
@@ -169,7 +237,7 @@ def test_using_a_closed_store_is_a_clear_error(tmp_path):
 
 def test_a_damaged_history_row_is_reported(store):
     write_clients(store, T0, s1=1, s2=2)
-    store.db.execute("UPDATE samples SET vals = x'0102'")
+    store.db.execute("UPDATE samples SET vals = ?", (b"\x01\x02",))
     with pytest.raises(MistwatchError, match="is damaged"):
         store.values_at("site.clients", T0)
 
@@ -228,7 +296,7 @@ def test_nested_transactions_roll_back_only_the_inner_part(store):
 
 
 def test_sql_errors_inside_a_transaction_come_out_as_mistwatch_errors(store):
-    with pytest.raises(MistwatchError, match="no such table"), store.transaction() as db:
+    with pytest.raises(MistwatchError, match=r"no such table|does not exist"), store.transaction() as db:
         db.execute("INSERT INTO missing_table VALUES (1)")
 
 
@@ -273,12 +341,12 @@ def test_entities_get_new_labels_and_last_seen_but_keep_first_seen(store):
     assert (record.first_seen, record.last_seen) == (T0, later + timedelta(minutes=15))
 
 
-def test_a_fresh_store_sees_label_changes_made_through_another(tmp_path):
-    with Store.open(tmp_path) as a:
+def test_a_fresh_store_sees_label_changes_made_through_another(store_target):
+    with Store.open(store_target) as a:
         write(a, T0, site(1, **{"site.clients": 1}))
-    with Store.open(tmp_path) as b:
+    with Store.open(store_target) as b:
         write(b, T0 + timedelta(minutes=5), Entity("site:s1", "site", {"site_name": "B"}, {}))
-    with Store.open(tmp_path) as c:
+    with Store.open(store_target) as c:
         assert c.entities()[0].labels == {"site_name": "B"}
         assert c.entities()[0].last_seen == T0 + timedelta(minutes=5)
 
@@ -418,6 +486,23 @@ def test_alerts_round_trip(store):
     loaded = store.load_alerts()
     assert loaded["r1|site_id=s1"] == saved
     assert loaded["r1|site_id=s2"].state == "pending"
+
+
+def test_text_with_a_nul_character_from_hostile_data_is_stored_not_refused(store):
+    from dataclasses import replace
+
+    store.save_alerts([replace(alert(), summary="AP \x00evil is offline")])
+    summary = store.load_alerts()["r1|site_id=s1"].summary
+    assert summary.startswith("AP ") and summary.endswith("evil is offline")  # PostgreSQL: U+FFFD for NUL
+    write(store, T0, Entity("site:x", "site", {"site_name": "a\x00b"}, {"site.clients": 1.0}))
+    assert store.entities()[0].labels["site_name"] == "a\x00b"  # labels are JSON: the NUL is escaped
+
+
+def test_an_entity_key_with_a_nul_character_is_stored_and_read_back(store):
+    write(store, T0, Entity("site:\x00x", "site", {}, {"site.clients": 1.0}))
+    store.write_metrics(T0, {"health.score": {"site:\x00x": 90.0}})
+    assert list(store.values_at("site.clients", T0).values()) == [1.0]  # PostgreSQL: under "site:\ufffdx"
+    assert list(store.values_at("health.score", T0).values()) == [90.0]
 
 
 def test_saving_an_alert_again_updates_it(store):

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("mistwatch.cli.plugins", "plugins"),
     "silence": ("mistwatch.cli.silence", "silence"),
     "notifiers": ("mistwatch.cli.notifiers", "notifiers"),
+    "store": ("mistwatch.cli.store", "store"),
 }
 
 HELP: dict[str, str] = {
@@ -33,6 +34,7 @@ HELP: dict[str, str] = {
     "plugins": "List plugins with source, version, status and hooks.",
     "silence": "Add, list and expire silences.",
     "notifiers": "Test configured notifiers.",
+    "store": "Migrate the state database, or copy it (SQLite to PostgreSQL).",
 }
 
 

@@ -44,6 +44,7 @@ def check(config_path: str) -> None:
     rows: list[tuple[str, str]] = [("File", str(loaded.path)), *_collector_lines(loaded, host)]
     rows += [
         ("State dir", str(loaded.state_dir)),
+        ("Store", _store_line(loaded.store_target)),
         ("Reports", f"{loaded.reports_dir} (kept {loaded.data['reports'].get('retention_days')} days)"),
         ("Rules", ", ".join(str(p) for p in loaded.rule_paths)),
         ("Notifiers", ", ".join(f"{n['name']} ({n['type']})" for n in loaded.notifiers) or "none"),
@@ -72,3 +73,12 @@ def schema(config_path: str) -> None:
     from mistwatch.config import config_schema, host_for_config
 
     click.echo(json.dumps(config_schema(host_for_config(config_path)), indent=2, sort_keys=False))
+
+
+def _store_line(target: object) -> str:
+    """Where the state database is; a URL without its password."""
+    from mistwatch.store.dialect import display_url, is_postgres_url
+
+    if is_postgres_url(target):
+        return f"PostgreSQL {display_url(str(target))} (active/standby)"
+    return f"SQLite {target}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ slots it missed. The daily digest (reports.digest) goes out at its time.
 SIGHUP reloads the config and rules (a broken new config is reported and
 the old one kept). SIGINT or SIGTERM (SIGBREAK on Windows) finish the
 current cycle, then exit 0. The daemon holds the state directory's lock
-for its whole life: a second daemon or a `mistwatch run` is refused."""
+for its whole life: a second daemon or a `mistwatch run` is refused.
+
+\b
+With a shared PostgreSQL store (store.url), run daemons on several hosts:
+one is active (it holds the store's lock), the others wait as standbys and
+one of them takes over within seconds when the active one dies or loses
+its connection. `mistwatch status` shows which is which."""
 
 
 def _interval(text: Any, where: str) -> timedelta:
@@ -117,9 +124,15 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         close_app(app)
         raise
     holder: dict[str, Any] = {"app": app}
-    app.store.kv_set(KV_DAEMON_INTERVAL, interval.total_seconds())
+    shared = app.store.dialect.shared  # a PostgreSQL store: active/standby (mistwatch.service.standby)
+    lost: list[str] = []
 
     def cycle(now: datetime) -> None:
+        if shared and not holder["app"].store.still_active():
+            lost.append("lost the store's active lock (connection lost?)")
+            runner.request_stop(lost[0])
+            log.error("%s: stopping without a cycle so that a standby takes over", lost[0])
+            return
         result = run_cycle(holder["app"], mode="all", now=now)
         level = logging.WARNING if result.status != "ok" else logging.INFO
         log.log(level, "%s", _cycle_line(result))
@@ -144,14 +157,20 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
             old = holder["app"]
             if new.config.state_dir.resolve() != old.config.state_dir.resolve():
                 raise MistwatchError("state_dir changed: restart the daemon to move to the new state directory")
+            if str(new.config.store_target) != str(old.config.store_target):
+                raise MistwatchError("store.url changed: restart the daemon to move to the new store")
             new_interval = fixed or _config_interval(new.config)
             digest_settings(new.config)
             setup_logging(new.config.data.get("log"), resolve=new.config.resolve, verbose=verbose > 0)
         except BaseException:
             close_app(new)
             raise
+        if shared:  # keep the session that holds the active lock: closing it would hand over to a standby
+            new.store.close()
+            new.store, old.store = old.store, None
         holder["app"] = new
-        close_app(old)
+        if old.store is not None:
+            close_app(old)
         hook.interval = new_interval
         new.store.kv_set(KV_DAEMON_INTERVAL, new_interval.total_seconds())
         return new_interval
@@ -161,7 +180,22 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
     previous = install_signal_handlers(runner)
     log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
     try:
-        code = runner.run()
+        code = 0
+        if shared:
+            from mistwatch.service.standby import standby_poll, took_over, wait_until_active
+            from mistwatch.store.database import Store
+
+            waiting_since = time.monotonic()
+            store = wait_until_active(app.store, standby_poll(interval.total_seconds()), lambda: runner.stopping,
+                                      reopen=lambda: Store.open(app.config.store_target))
+            if store is not None:
+                holder["app"].store = store
+                took_over(store, waiting_since)
+        if not runner.stopping:
+            holder["app"].store.kv_set(KV_DAEMON_INTERVAL, interval.total_seconds())
+            code = runner.run()
+        if lost:
+            code = 1
     finally:
         restore_signal_handlers(previous)
         close_app(holder["app"])
@@ -221,6 +255,7 @@ def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
         "outbox_retrying": [{"notifier": i.notifier, "title": i.title, "error": i.last_error, "attempts": i.attempts,
                              "next_attempt_at": i.next_attempt_at.isoformat(timespec="seconds")}
                             for i in outbox.items(store, status="failed", permanent=False, limit=5)],
+        "store": {"backend": store.dialect.name, "where": store.where, "daemons": store.active_sessions()},
         "digest": {"last_day": store.kv_get(KV_LAST_DAY),
                    "next_due": due.isoformat(timespec="minutes") if due else None},
     }
@@ -237,7 +272,7 @@ def status(config_path: str, as_json: bool) -> None:
     from mistwatch.store.database import Store
 
     config = load_config(config_path, make_host(), require_env=False)  # no Mist token needed to read the state
-    with Store.open(config.state_dir) as store, store.reading():
+    with Store.open(config.store_target) as store, store.reading():
         data = status_data(config, store, datetime.now(timezone.utc))
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -259,6 +294,9 @@ def _print_status(data: dict[str, Any]) -> None:
                       f"since {escape(str(running.get('since', '?')))})")
     else:
         console.print("[bold]Running:[/] nothing holds the state directory now")
+    for d in data.get("store", {}).get("daemons", []):
+        role = "[bold green]active[/]" if d["active"] else "standby"
+        console.print(f"  {role}: {escape(str(d['application_name']))} (connected since {d['since']})")
     last = data["last_successful_run"]
     if last is None:
         console.print("[bold red]No successful cycle yet.[/]")

@@ -40,7 +40,7 @@ def test(name: str, config_path: str) -> None:
         raise click.BadParameter(f"no notifier named {name!r} (configured: {known})", param_hint="NAME")
     now = datetime.now(timezone.utc)
     message = test_notification(name, now)
-    with Store.open(config.state_dir) as store:
+    with Store.open(config.store_target) as store:
         outbox.enqueue(store, [message], now)
         # only this message: the next cycle (or a running daemon) delivers the rest of the outbox
         result = send_outbox(config, host, store, now, ids=[message.id], settings=settings)

@@ -87,6 +87,11 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
                 from mistwatch.service.lock import StateLock
 
                 stack.enter_context(StateLock(app.config.state_dir))
+                if not app.store.try_become_active():  # a shared store: one writer, the active daemon
+                    from mistwatch.errors import LockHeld
+
+                    raise LockHeld(f"a mistwatch daemon is active on {app.store.where}; "
+                                   "stop it or let it run the cycles")
             show_progress = not as_json and console.is_terminal
             progress = stack.enter_context(_Progress(console)) if show_progress else None
             if as_json:  # stdout carries the JSON only; what notifiers print goes to stderr

@@ -19,7 +19,7 @@ def _open(config_path: str) -> tuple[Any, Any]:
     from mistwatch.store.database import Store
 
     config = load_config(config_path, host_for_config(config_path), require_env=False)  # no Mist token needed
-    return config, Store.open(config.state_dir)
+    return config, Store.open(config.store_target)
 
 
 def _author() -> str:

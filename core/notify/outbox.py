@@ -161,7 +161,7 @@ def _item(row: Sequence[Any]) -> OutboxItem:
                       group_key=row[11])
 
 
-def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notification], now: datetime, *,
+def insert_notifications(db: Any, notifications: Iterable[Notification], now: datetime, *,
                          due: Mapping[str, datetime] | None = None) -> None:
     """Write notifications as pending, due now (or at ``due[id]``: held by group_wait or
     group_interval). Call inside ``store.transaction()``.
@@ -170,7 +170,8 @@ def insert_notifications(db: sqlite3.Connection, notifications: Iterable[Notific
     content is written once, whatever the number of notifications carrying it."""
     notifications = list(notifications)
     contents = {attachment_digest(a.content): a.content for n in notifications for a in n.attachments}
-    db.executemany("INSERT OR IGNORE INTO attachments (digest, content, size, created_at) VALUES (?, ?, ?, ?)",
+    db.executemany("INSERT INTO attachments (digest, content, size, created_at) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT (digest) DO NOTHING",
                    [(digest, content, len(content), ts(now)) for digest, content in contents.items()])
     db.executemany(
         "INSERT INTO outbox (id, notifier, kind, group_key, title, payload, status, attempts, last_error,"
@@ -189,7 +190,7 @@ def enqueue(store: Any, notifications: Iterable[Notification], now: datetime) ->
 #: Rows waiting to be sent whose time has come. A row last tried (or written) *after* ``now`` means
 #: the wall clock stepped back: its retry is due now, not when the clock catches up again.
 _DUE = ("status IN ('pending', 'failed') AND permanent = 0"
-        " AND (next_attempt_at <= :now OR COALESCE(attempted_at, created_at) > :now)")
+        " AND (next_attempt_at <= ? OR COALESCE(attempted_at, created_at) > ?)")  # params: (now, now)
 
 
 def next_due(store: Any) -> datetime | None:
@@ -204,7 +205,7 @@ def due(store: Any, now: datetime, *, ids: Iterable[str] | None = None) -> list[
     """Unsent, not permanently failed rows whose next attempt is due, oldest first (claimed or not:
     for ``--dry-run`` and ``status``; senders use :func:`claim`)."""
     rows = store.db.execute(f"SELECT {_ITEM_COLUMNS}, payload FROM outbox WHERE {_DUE} ORDER BY created_at, id",
-                            {"now": ts(now)}).fetchall()
+                            (ts(now), ts(now))).fetchall()
     wanted = set(ids) if ids is not None else None
     rows = [row for row in rows if wanted is None or row[0] in wanted]
     digests = {ref.get("sha256") for row in rows for ref in json.loads(row[12]).get("attachments", [])} - {None}
@@ -259,7 +260,7 @@ def claim(store: Any, now: datetime, owner: str, *, ids: Iterable[str] | None = 
     busy: set[tuple[str, str]] = set()  # (group, notifier) with an older message in flight elsewhere
     with store.transaction() as db:
         rows = db.execute(f"SELECT {_ITEM_COLUMNS}, payload, claimed_by, claimed_at, claim_until FROM outbox"
-                          f" WHERE {_DUE} ORDER BY created_at, id", {"now": ts(now)}).fetchall()
+                          f" WHERE {_DUE} ORDER BY created_at, id", (ts(now), ts(now))).fetchall()
         for row in rows:
             group = (row[11], row[1])
             if not claim_lapsed(row[13], row[14], row[15], now):
@@ -296,19 +297,28 @@ def mark_superseded(db: sqlite3.Connection, outbox_ids: Iterable[str], by: str, 
                    [(f"superseded by {by}", ts(now), i) for i in outbox_ids])
 
 
+def claim_locked(store: Any, db: Any, outbox_id: str, now: datetime) -> OutboxItem | None:
+    """On a shared store (PostgreSQL), inside ``store.transaction()``: lock one due row for this
+    sender until the transaction ends, and return it as it is now; None if it was sent or given up
+    meanwhile, or another process holds it (``FOR UPDATE SKIP LOCKED``)."""
+    row = db.execute(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ? AND {_DUE}{store.dialect.claim_suffix}",
+                     (outbox_id, ts(now), ts(now))).fetchone()
+    return None if row is None else _item(row)
+
+
 def backoff(attempts: int) -> timedelta:
     """Delay before the next attempt after ``attempts`` failed attempts (1 -> 1 min, 2 -> 2 min, ...)."""
     return min(BACKOFF_FIRST * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
 
 
-def mark_sent(db: sqlite3.Connection, outbox_id: str, now: datetime) -> None:
+def mark_sent(db: Any, outbox_id: str, now: datetime) -> None:
     """Record a delivery (and drop the claim). Whoever holds the claim: the message did go out."""
     db.execute("UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, attempted_at = ?,"
                " last_error = '', claimed_by = NULL, claimed_at = NULL, claim_until = NULL"
                " WHERE id = ? AND status != 'sent'", (ts(now), ts(now), outbox_id))
 
 
-def mark_failed(db: sqlite3.Connection, item: OutboxItem, now: datetime, error: str, *, permanent: bool,
+def mark_failed(db: Any, item: OutboxItem, now: datetime, error: str, *, permanent: bool,
                 retry_after: float | None = None) -> OutboxItem:
     """Record a failed attempt; returns the updated item (``permanent`` may be set by the age limit)."""
     attempts = item.attempts + 1
@@ -363,7 +373,7 @@ def counts(store: Any) -> dict[str, int]:
     return out
 
 
-def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
+def prune(db: Any, now: datetime, keep: timedelta = KEEP) -> int:
     """Forget sent and permanently failed messages, and silences, that ended more than ``keep`` ago.
     Call inside ``store.transaction()``; returns the number of rows deleted."""
     cutoff = ts(now - keep)
@@ -374,12 +384,19 @@ def prune(db: sqlite3.Connection, now: datetime, keep: timedelta = KEEP) -> int:
     return deleted
 
 
-def prune_attachments(db: sqlite3.Connection) -> int:
-    """Delete attachments no outbox row references any more; returns how many."""
-    return db.execute(
-        "DELETE FROM attachments WHERE digest NOT IN (SELECT json_extract(ref.value, '$.sha256')"
-        " FROM outbox, json_each(outbox.payload, '$.attachments') AS ref"
-        " WHERE json_extract(ref.value, '$.sha256') IS NOT NULL)").rowcount
+def prune_attachments(db: Any) -> int:
+    """Delete attachments no outbox row references any more; returns how many. The references are
+    read in Python (the rows that carry any are few), so the SQL is the same on SQLite and PostgreSQL."""
+    stored = {row[0] for row in db.execute("SELECT digest FROM attachments").fetchall()}
+    if not stored:
+        return 0
+    referenced = {ref.get("sha256") for (payload,) in db.execute(
+        "SELECT payload FROM outbox WHERE payload LIKE '%sha256%'").fetchall()
+        for ref in json.loads(payload).get("attachments", [])}
+    gone = sorted(stored - referenced)
+    for digest in gone:
+        db.execute("DELETE FROM attachments WHERE digest = ?", (digest,))
+    return len(gone)
 
 
 # -- notification log -----------------------------------------------------------------------------
@@ -405,7 +422,7 @@ def load_log(store: Any) -> dict[tuple[str, str], LogEntry]:
     return out
 
 
-def save_log(db: sqlite3.Connection, entries: Iterable[LogEntry]) -> None:
+def save_log(db: Any, entries: Iterable[LogEntry]) -> None:
     """Upsert log entries; an entry with nothing firing and no thread is deleted (the group is over)."""
     import hashlib
 

@@ -469,14 +469,28 @@ def send_outbox(config: Any, host: Any, store: Any, now: datetime, *, ids: Seque
     it. Each outcome is committed in its own transaction as soon as the notifier reports it (a
     notifier may yield its deliveries one by one), so a crash can at worst repeat the message in
     flight (at-least-once), never lose it. A notifier that raises fails the rest of its batch,
-    temporarily."""
+    temporarily.
+
+    On a shared store (PostgreSQL, where a standby may take over) each message is instead locked
+    (``FOR UPDATE SKIP LOCKED``), sent and marked in one transaction: the lock dies with a killed
+    sender's connection, so the standby sends the message at once."""
     settings = settings or load_settings(config)
     result = NotifyResult()
     types = host.notifiers()
     batches: dict[str, list[tuple[OutboxItem, Notification]]] = {}
-    for item, n in outbox.claim(store, now, outbox.claimant(), ids=ids):
+    shared = getattr(store, "dialect", None) is not None and store.dialect.shared
+    rows = outbox.due(store, now, ids=ids) if shared else outbox.claim(store, now, outbox.claimant(), ids=ids)
+    for item, n in rows:
         batches.setdefault(item.notifier, []).append((item, n))
     for name, batch in batches.items():
+        if shared:
+            for item, n in batch:
+                with store.transaction() as db:
+                    claimed = outbox.claim_locked(store, db, item.id, now)
+                    if claimed is not None:
+                        _record_batch(db, [(claimed, n)], _deliver(name, settings, types, [(claimed, n)]), now,
+                                      result)
+            continue
         items = {n.id: item for item, n in batch}
         entry = settings.notifiers.get(name)
         if entry is None:
@@ -501,3 +515,38 @@ def send_outbox(config: Any, host: Any, store: Any, now: datetime, *, ids: Seque
                                f"retry at {fmt_time(item.next_attempt_at)}): {item.last_error}")
     result.pending = outbox.counts(store)["pending"]
     return result
+
+
+def _deliver(name: str, settings: NotifySettings, types: dict[str, Any],
+             batch: Sequence[tuple[OutboxItem, Notification]]) -> dict[str, Delivery]:
+    """Hand a batch to its notifier; the outcome per notification id."""
+    entry = settings.notifiers.get(name)
+    if entry is None:
+        error = f"notifier {name!r} is no longer configured"
+        return {n.id: Delivery(n.id, ok=False, error=error, permanent=True) for _, n in batch}
+    if entry.get("type") not in types:
+        error = f"notifier type {entry.get('type')!r} is not available (is its plugin installed and loaded?)"
+        return {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
+    try:
+        got = types[entry["type"]].send(entry, [n for _, n in batch]) or []
+        return {d.notification_id: d for d in got}
+    except Exception as exc:  # a notifier that raises fails its batch, temporarily
+        error = f"{type(exc).__name__}: {exc}"
+        return {n.id: Delivery(n.id, ok=False, error=error) for _, n in batch}
+
+
+def _record_batch(db: Any, batch: Sequence[tuple[OutboxItem, Notification]], deliveries: dict[str, Delivery],
+            now: datetime, result: NotifyResult) -> None:
+    """Mark each message of a batch sent or failed (inside the caller's transaction)."""
+    for item, n in batch:
+        d = deliveries.get(n.id) or Delivery(n.id, ok=False, error="the notifier returned no result")
+        if d.ok:
+            outbox.mark_sent(db, item.id, now)
+            result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
+                                             "attempts": item.attempts + 1}))
+            continue
+        # a test message reports its failure now instead of lingering for retries
+        permanent = d.permanent or item.kind == "test"
+        failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
+                                    retry_after=getattr(d, "retry_after", None))
+        (result.permanent_failures if failed.permanent else result.failed).append(failed)

@@ -37,6 +37,15 @@ from typing import Any
 from mistwatch.errors import MistwatchError
 from mistwatch.files import open_private, private_dir, touch_private
 from mistwatch.model import Alert
+from mistwatch.store.dialect import (
+    PostgresDialect,
+    SqliteDialect,
+    connect_postgres,
+    display_url,
+    is_postgres_url,
+    translate_postgres,
+    translate_sqlite,
+)
 from mistwatch.store.history import HistoryMixin
 from mistwatch.store.records import (
     _DAY,
@@ -50,7 +59,6 @@ from mistwatch.store.records import (
     _epoch,
     _epoch_or_none,
     _json,
-    _split_sql,
 )
 from mistwatch.store.schema import MIGRATIONS
 
@@ -66,18 +74,26 @@ DEFAULT_BUSY_TIMEOUT = 10.0
 
 
 class Store(HistoryMixin):
-    """One SQLite file (WAL). Open with ``Store.open(state_dir)``; use as a context manager.
+    """The state database. Open with ``Store.open(state_dir)`` (SQLite, one file under the state
+    directory, WAL) or ``Store.open("postgresql://...")`` (a shared PostgreSQL database); use as a
+    context manager. Both backends have the same schema versions, behaviour and API.
 
-    ``store.db`` is the sqlite3 connection, in autocommit mode: other modules (the outbox) run
-    their SQL on it, inside ``store.transaction()`` when they write. ``store.path`` is the file.
+    ``store.db`` is the connection, in autocommit mode: other modules (the outbox) run their SQL
+    on it, written for both backends (see ``mistwatch.store.dialect``), inside
+    ``store.transaction()`` when they write. ``store.dialect`` says which backend it is;
+    ``store.where`` names it in messages (the file, or the URL without its password);
+    ``store.path`` is the SQLite file (None for PostgreSQL).
     """
 
-    path: Path
-    db: sqlite3.Connection
+    path: Path | None
+    db: Any  # sqlite3.Connection, or dialect.PgConnection
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path | None, db: Any, dialect: SqliteDialect | PostgresDialect | None = None,
+                 where: str | None = None) -> None:
         self.path = path
         self.db = db
+        self.dialect = dialect or SqliteDialect()
+        self.where = where or str(path)
         self._depth = 0  # transaction nesting: 0 none, 1 BEGIN, >1 savepoints
         self._entity_ids: dict[str, int] | None = None  # key -> id, loaded on first use
         # Indexed by id (ids are dense, AUTOINCREMENT from 1): a list and an array cost 8 bytes an
@@ -88,14 +104,23 @@ class Store(HistoryMixin):
         self._metric_ids: dict[str, int] = {}
         self._busy_timeout: float | None = None
         self._closed = False
+        self.applied_on_open: list[int] = []  # migrations applied by open()
 
     # opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, state_dir: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Store:
-        """Create ``state_dir`` if needed, open ``state_dir/mistwatch.db`` and apply migrations.
+    def open(cls, target: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+             application_name: str = "mistwatch") -> Store:
+        """Open the store and apply migrations. ``target`` is a state directory (created if
+        needed; the store is ``state_dir/mistwatch.db``), ``sqlite:PATH`` (the same) or a
+        ``postgresql://`` URL.
 
-        ``busy_timeout`` (seconds) is how long a write waits for another process's lock."""
-        state_dir = Path(state_dir)
+        ``busy_timeout`` (seconds) is how long a write waits for another process's lock (SQLite),
+        or how long connecting may take (PostgreSQL)."""
+        if is_postgres_url(target):
+            return cls._open_postgres(str(target), busy_timeout, application_name)
+        if isinstance(target, str) and target.startswith("sqlite:"):
+            target = target[len("sqlite:"):]
+        state_dir = Path(target)
         path = state_dir / DB_FILENAME
         try:
             private_dir(state_dir)
@@ -111,7 +136,7 @@ class Store(HistoryMixin):
         try:
             db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise _translate(exc, path, "opening") from None
+            raise translate_sqlite(exc, str(path), "opening") from None
         store = cls(path, db)
         store._busy_timeout = busy_timeout
         try:
@@ -125,7 +150,7 @@ class Store(HistoryMixin):
                 db.execute("PRAGMA foreign_keys = ON")
                 # Keep the WAL file from staying large after a big write; checkpoints are automatic.
                 db.execute("PRAGMA journal_size_limit = 67108864")
-            store.migrate()
+            store.applied_on_open = store.migrate()
             if not marker.exists():
                 _write_marker(marker)
         except BaseException:
@@ -133,15 +158,31 @@ class Store(HistoryMixin):
             raise
         return store
 
+    @classmethod
+    def _open_postgres(cls, url: str, connect_timeout: float, application_name: str) -> Store:
+        where = display_url(url)
+        try:
+            dialect = PostgresDialect()
+        except ImportError:
+            raise MistwatchError(f"store {where} needs psycopg: pip install 'mistwatch[postgres]'") from None
+        try:
+            db = connect_postgres(url, connect_timeout=connect_timeout, application_name=application_name)
+        except dialect.errors as exc:
+            raise translate_postgres(exc, where, "connecting") from None
+        store = cls(None, db, dialect, where)
+        try:
+            with store._errors("opening"):
+                store._check_is_ours()
+            store.applied_on_open = store.migrate()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
     def _check_is_ours(self) -> None:
-        """A SQLite file with tables but no schema version belongs to something else."""
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            tables = self.db.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            ).fetchone()[0]
-            if tables:
-                raise MistwatchError(f"{self.path} is not a mistwatch state database")
+        """A database with tables but no schema version belongs to something else."""
+        if self.dialect.user_version(self.db) == 0 and self.dialect.table_count(self.db):
+            raise MistwatchError(f"{self.where} is not a mistwatch state database")
 
     def migrate(self) -> list[int]:
         """Apply every migration in ``MIGRATIONS`` not applied yet, in version order, each in its own
@@ -153,52 +194,55 @@ class Store(HistoryMixin):
             raise MistwatchError(f"internal error: duplicate schema migration versions {dupes}")
         known = dict(MIGRATIONS)
         applied_now: list[int] = []
+        dialect = self.dialect
         with self._errors("migrating"):
             self._refuse_newer(known)
             # Only pending versions take the write lock, so opening an up-to-date database never
             # waits for a busy writer.
             for version in sorted(known.keys() - self._applied_versions()):
                 with self.transaction() as db:
+                    dialect.lock_for_migration(db)
                     # Re-read inside the write lock: another process may have just migrated.
                     if version in self._applied_versions():
                         continue
-                    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                               "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-                    for statement in _split_sql(known[version]):
+                    for statement in dialect.statements(
+                            "CREATE TABLE IF NOT EXISTS schema_migrations "
+                            "(version INTEGER NOT NULL PRIMARY KEY, applied_at REAL NOT NULL)"):
+                        db.execute(statement)
+                    for statement in dialect.statements(known[version]):
                         db.execute(statement)
                     db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                                (version, datetime.now(_UTC).timestamp()))
                     top = db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
-                    db.execute(f"PRAGMA user_version = {int(top)}")
+                    dialect.set_user_version(db, int(top))
                     applied_now.append(version)
         return applied_now
 
     def _applied_versions(self) -> set[int]:
-        if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+        if self.dialect.user_version(self.db) == 0:
             return set()
-        has_table = self.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
-        if not has_table:
-            raise MistwatchError(f"{self.path} is not a mistwatch state database")
+        if not self.dialect.has_table(self.db, "schema_migrations"):
+            raise MistwatchError(f"{self.where} is not a mistwatch state database")
         return {row[0] for row in self.db.execute("SELECT version FROM schema_migrations")}
 
     def _refuse_newer(self, known: dict[int, str]) -> None:
-        user_version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        user_version = self.dialect.user_version(self.db)
         unknown = sorted(self._applied_versions() - known.keys())
         if unknown or user_version > max(known, default=0):
             newest = max([user_version, *unknown])
             raise MistwatchError(
-                f"{self.path}: state was written by a newer mistwatch (schema version {newest}, this "
+                f"{self.where}: state was written by a newer mistwatch (schema version {newest}, this "
                 f"version knows up to {max(known, default=0)}); upgrade mistwatch or use another state_dir")
 
     @property
     def schema_version(self) -> int:
-        """``PRAGMA user_version``: the highest migration applied."""
+        """The highest migration applied (SQLite: ``PRAGMA user_version``)."""
         with self._errors("reading the schema version"):
-            return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            return self.dialect.user_version(self.db)
 
     def close(self) -> None:
-        """Close the connection (idempotent). Using the store afterwards raises MistwatchError."""
+        """Close the connection (idempotent). Using the store afterwards raises MistwatchError.
+        With PostgreSQL this also ends the session, releasing the active lock if held."""
         if self._closed:
             return
         self._closed = True
@@ -215,8 +259,10 @@ class Store(HistoryMixin):
     def _errors(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path, doing, self._busy_timeout) from None
+        except self.dialect.errors as exc:
+            if self.dialect.shared:
+                raise translate_postgres(exc, self.where, doing) from None
+            raise translate_sqlite(exc, self.where, doing, self._busy_timeout) from None
 
     def reading(self) -> Any:
         """A context in which SQLite errors of reads become the same one-line MistwatchError as
@@ -225,19 +271,20 @@ class Store(HistoryMixin):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """Yield the sqlite3 connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error).
+        """Yield the connection inside BEGIN ... COMMIT (ROLLBACK on error); SQLite takes the write
+        lock at BEGIN (IMMEDIATE).
 
         Nested use becomes a SAVEPOINT, so a caller can wrap several store calls (say
-        ``save_alerts`` and an outbox write) in one transaction. sqlite3 errors come out as
+        ``save_alerts`` and an outbox write) in one transaction. Driver errors come out as
         ``MistwatchError``; any other exception is re-raised unchanged after the rollback."""
         if self._closed:
-            raise MistwatchError(f"{self.path}: the state database is closed")
+            raise MistwatchError(f"{self.where}: the state database is closed")
         db = self.db
         self._depth += 1
         savepoint = f"mw_{self._depth}"
         try:
             with self._errors("starting a transaction"):
-                db.execute("BEGIN IMMEDIATE" if self._depth == 1 else f"SAVEPOINT {savepoint}")
+                db.execute(self.dialect.begin if self._depth == 1 else f"SAVEPOINT {savepoint}")
         except BaseException:
             self._depth -= 1
             raise
@@ -250,23 +297,82 @@ class Store(HistoryMixin):
             self._forget_caches()
             try:
                 if self._depth == 1:
-                    if db.in_transaction:
+                    if self.dialect.in_transaction(db):
                         db.execute("ROLLBACK")
                 else:
                     db.execute(f"ROLLBACK TO {savepoint}")
                     db.execute(f"RELEASE {savepoint}")
-            except sqlite3.Error:
+            except self.dialect.errors:
                 pass  # the original error is the one worth reporting
             raise
         finally:
             self._depth -= 1
 
+    # active/standby (PostgreSQL) ----------------------------------------------------------------------
+    def try_become_active(self) -> bool:
+        """Take the store's active lock if free: a PostgreSQL session advisory lock on this store's
+        own connection, so it is released when the connection ends (process killed, network lost)
+        and every write of the holder goes through the session that holds it. True if held now.
+        SQLite has one writer per state directory (the state-directory lock): always True."""
+        if not self.dialect.shared:
+            return True
+        from mistwatch.store.dialect import ACTIVE_LOCK_KEY
+
+        with self._errors("taking the active lock"):
+            # keyed by the schema too: installations in different schemas of one database are independent
+            return bool(self.db.execute("SELECT pg_try_advisory_lock(?, hashtext(current_schema()))",
+                                        (ACTIVE_LOCK_KEY,)).fetchone()[0])
+
+    def still_active(self) -> bool:
+        """True while this store's session still holds the active lock (a round trip to the server;
+        False if the connection is gone)."""
+        if not self.dialect.shared:
+            return True
+        from mistwatch.store.dialect import ACTIVE_LOCK_KEY
+
+        try:
+            row = self.db.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND " + _HOLDS_ACTIVE_LOCK,
+                (ACTIVE_LOCK_KEY,)).fetchone()
+        except self.dialect.errors:
+            return False
+        return bool(row[0])
+
+    def describe_session(self, name: str) -> None:
+        """PostgreSQL: name this session (``application_name``) as ``status`` shows it. SQLite: nothing."""
+        if self.dialect.shared:
+            with self._errors("naming the session"):
+                self.db.execute("SELECT set_config('application_name', ?, false)", (name,))
+
+    def abandon_running_runs(self, reason: str) -> int:
+        """Mark every run still ``running`` as failed with ``reason`` (its process is gone); how many."""
+        with self.transaction() as db:
+            return db.execute("UPDATE runs SET status = 'failed', errors = ? WHERE status = 'running'",
+                              (_json([reason], "reason"),)).rowcount
+
+    def active_sessions(self) -> list[dict[str, Any]]:
+        """PostgreSQL: the sessions on this store, the holder of the active lock first, as
+        ``{"application_name", "active", "since"}``. SQLite: empty (see the state-directory lock)."""
+        if not self.dialect.shared:
+            return []
+        from mistwatch.store.dialect import ACTIVE_LOCK_KEY
+
+        with self._errors("reading sessions"):
+            rows = self.db.execute(
+                "SELECT a.application_name, EXISTS (SELECT 1 FROM pg_locks WHERE pid = a.pid AND "
+                + _HOLDS_ACTIVE_LOCK + "), "
+                "a.backend_start FROM pg_stat_activity a WHERE a.datname = current_database() "
+                "AND a.application_name LIKE 'mistwatch daemon%' ORDER BY 2 DESC, 3",
+                (ACTIVE_LOCK_KEY,)).fetchall()
+        return [{"application_name": name, "active": bool(active),
+                 "since": since.isoformat(timespec="seconds") if since else None} for name, active, since in rows]
+
     # runs ------------------------------------------------------------------------------------
     def start_run(self, started_at: datetime, mode: str) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO runs (started_at, mode, status) VALUES (?, ?, 'running')",
-                             (_epoch(started_at), mode))
-            return int(cur.lastrowid)
+            row = db.execute("INSERT INTO runs (started_at, mode, status) VALUES (?, ?, 'running') RETURNING id",
+                             (_epoch(started_at), mode)).fetchone()
+            return int(row[0])
 
     def finish_run(self, run_id: int, *, finished_at: datetime, status: str, api_calls: int = 0,
                    errors: Iterable[str] = (), summary: dict[str, Any] | None = None) -> None:
@@ -277,7 +383,7 @@ class Store(HistoryMixin):
                 "UPDATE runs SET finished_at = ?, status = ?, api_calls = ?, errors = ?, summary = ? "
                 "WHERE id = ?", (_epoch(finished_at), status, api_calls, errors_json, summary_json, run_id))
             if cur.rowcount == 0:
-                raise MistwatchError(f"{self.path}: no run {run_id} to finish")
+                raise MistwatchError(f"{self.where}: no run {run_id} to finish")
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
         """Newest first."""
@@ -350,7 +456,7 @@ class Store(HistoryMixin):
         metric_id = self._metric_ids.get(name)
         if metric_id is None:
             if create:
-                self.db.execute("INSERT OR IGNORE INTO metrics (name) VALUES (?)", (name,))
+                self.db.execute("INSERT INTO metrics (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
             row = self.db.execute("SELECT id FROM metrics WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
@@ -431,14 +537,14 @@ class Store(HistoryMixin):
         raw_cut = t - raw_hours * _HOUR
         hourly_cut = min(t - hourly_days * _DAY, raw_cut)
         retention_cut = min(t - retention_days * _DAY, hourly_cut)
-        thin = ("DELETE FROM samples WHERE ts >= :lo AND ts < :hi AND id NOT IN ("
+        thin = ("DELETE FROM samples WHERE ts >= ? AND ts < ? AND id NOT IN ("
                 " SELECT s.id FROM samples s JOIN ("
-                "  SELECT metric_id, min(ts) AS ts FROM samples WHERE ts >= :lo AND ts < :hi"
-                "  GROUP BY metric_id, ts / :bucket) first USING (metric_id, ts))")
+                "  SELECT metric_id, min(ts) AS ts FROM samples WHERE ts >= ? AND ts < ?"
+                "  GROUP BY metric_id, ts / ?) keep USING (metric_id, ts))")
         with self.transaction() as db:
             expired = db.execute("DELETE FROM samples WHERE ts < ?", (retention_cut,)).rowcount
-            daily = db.execute(thin, {"lo": retention_cut, "hi": hourly_cut, "bucket": _DAY}).rowcount
-            hourly = db.execute(thin, {"lo": hourly_cut, "hi": raw_cut, "bucket": _HOUR}).rowcount
+            daily = db.execute(thin, (retention_cut, hourly_cut, retention_cut, hourly_cut, _DAY)).rowcount
+            hourly = db.execute(thin, (hourly_cut, raw_cut, hourly_cut, raw_cut, _HOUR)).rowcount
             # A "running" run that old crashed long ago: it goes too.
             runs = db.execute("DELETE FROM runs WHERE started_at < ?", (retention_cut,)).rowcount
             transitions = db.execute("DELETE FROM transitions WHERE at < ?", (retention_cut,)).rowcount
@@ -447,6 +553,11 @@ class Store(HistoryMixin):
             self._entity_ids = None  # reload lazily rather than track the deleted ids
         return {"samples": expired + daily + hourly, "samples_expired": expired, "samples_daily": daily,
                 "samples_hourly": hourly, "runs": runs, "transitions": transitions, "entities": entities}
+
+
+#: A pg_locks row that is the active lock of this store's schema (two-key advisory lock: objsubid 2).
+_HOLDS_ACTIVE_LOCK = ("locktype = 'advisory' AND granted AND classid = CAST(? AS oid) "
+                      "AND objid = CAST(hashtext(current_schema()) AS oid) AND objsubid = 2")
 
 
 # row helpers -----------------------------------------------------------------------------------
@@ -511,25 +622,3 @@ def _write_marker(marker: Path) -> None:
         pass
     except OSError:  # a read-only state dir: the store still works, only this safeguard is missing
         pass
-
-
-def _translate(exc: sqlite3.Error, path: Path, doing: str,
-               busy_timeout: float | None = None) -> MistwatchError:
-    """One clear line for what SQLite reports; the cases a user can act on are named."""
-    text = str(exc)
-    low = text.lower()
-    if "file is not a database" in low or "file is encrypted" in low:
-        return MistwatchError(f"{path} is not a mistwatch state database")
-    if "database is locked" in low or "database is busy" in low or "database table is locked" in low:
-        waited = f", waited {busy_timeout:g} s" if busy_timeout is not None else ""
-        return MistwatchError(f"{path} is locked by another process ({doing}{waited})")
-    if "disk is full" in low or "database or disk is full" in low:
-        return MistwatchError(f"{path}: disk full while {doing}")
-    if "readonly" in low or "read-only" in low:
-        return MistwatchError(f"{path} is read-only (cannot write while {doing})")
-    if "unable to open" in low:
-        return MistwatchError(f"cannot open {path}: {text}")
-    if "malformed" in low or "corrupt" in low:
-        return MistwatchError(f"{path} is damaged ({text}); restore it or move it away to start afresh")
-    return MistwatchError(f"{path}: {text} (while {doing})")
-

@@ -8,6 +8,7 @@ import json
 import sqlite3
 from array import array
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,11 +29,15 @@ from mistwatch.store.records import (
     _unpack,
 )
 
+#: last_seen never moves backwards (portable: SQLite's two-argument max() is GREATEST in PostgreSQL).
+_LATER_SEEN = ("CASE WHEN excluded.last_seen > entities.last_seen THEN excluded.last_seen "
+               "ELSE entities.last_seen END")
+
 _ENTITY_UPSERT = (
     "INSERT INTO entities (key, kind, labels, first_seen, last_seen, labels_digest) "
     "VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, labels = excluded.labels, "
-    "labels_digest = excluded.labels_digest, last_seen = max(last_seen, excluded.last_seen)")
+    "labels_digest = excluded.labels_digest, last_seen = " + _LATER_SEEN)
 
 
 class HistoryMixin:
@@ -50,6 +55,11 @@ class HistoryMixin:
         ``last_seen`` never moves backwards (replaying an older snapshot keeps the newer time)."""
         seen = _epoch(snapshot.taken_at)
         ts = _sample_ts(snapshot.taken_at)
+        if self.dialect.shared and any("\x00" in e.key for e in snapshot.entities):
+            # PostgreSQL text holds no NUL: the key is stored with U+FFFD (dialect._text_safe), so the
+            # id cache must know it by that key too. Only hostile data gets here.
+            snapshot = replace(snapshot, entities=[
+                replace(e, key=e.key.replace("\x00", "\ufffd")) if "\x00" in e.key else e for e in snapshot.entities])
 
         # Merge duplicate keys first so each entity is upserted once.
         kinds: dict[str, str] = {}
@@ -91,9 +101,10 @@ class HistoryMixin:
         if not entity_ids:
             return
         entity_ids.sort()  # walks the table in rowid order
+        in_ids, ids_param = self.dialect.id_in("id", entity_ids)
         try:
-            self.db.execute("UPDATE entities SET last_seen = ? WHERE last_seen < ? AND id IN "
-                            "(SELECT value FROM json_each(?))", (seen, seen, json.dumps(entity_ids)))
+            self.db.execute(f"UPDATE entities SET last_seen = ? WHERE last_seen < ? AND {in_ids}",
+                            (seen, seen, ids_param))
         except sqlite3.OperationalError as exc:
             if "json_each" not in str(exc):
                 raise
@@ -194,6 +205,9 @@ class HistoryMixin:
         ``site``) and with no labels; stored ones get ``last_seen`` moved up to ``at`` if older.
         NaN and None values are not written."""
         seen = _epoch(at)
+        if self.dialect.shared:  # as in write_snapshot: a NUL in a key is stored as U+FFFD
+            metric_values = {metric: {k.replace("\x00", "\ufffd"): v for k, v in values.items()}
+                             for metric, values in metric_values.items()}
         keys = {key for values in metric_values.values() for key in values}
         rows = []
         for key in sorted(keys):
@@ -205,7 +219,7 @@ class HistoryMixin:
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO entities (key, kind, labels, first_seen, last_seen) VALUES (?, ?, '{}', ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)", rows)
+                "ON CONFLICT (key) DO UPDATE SET last_seen = " + _LATER_SEEN, rows)
             ids = self._load_entity_ids()
             self._refresh_entity_ids()
             groups = {metric: self._columns(metric, ((ids[k], v) for k, v in values.items() if _is_number(v)))
@@ -216,9 +230,9 @@ class HistoryMixin:
         try:
             ids, vals = _unpack("i", ids_blob), _unpack("d", vals_blob)
         except (ValueError, TypeError):  # a blob of the wrong length or type
-            raise MistwatchError(f"{self.path} is damaged: a history row cannot be decoded") from None
+            raise MistwatchError(f"{self.where} is damaged: a history row cannot be decoded") from None
         if len(ids) != len(vals):
-            raise MistwatchError(f"{self.path} is damaged: a history row holds {len(ids)} entities "
+            raise MistwatchError(f"{self.where} is damaged: a history row holds {len(ids)} entities "
                                  f"but {len(vals)} values")
         return ids, vals
 
@@ -314,7 +328,7 @@ class HistoryMixin:
     def entities(self, kind: str | None = None, *, seen_before: datetime | None = None) -> list[EntityRecord]:
         """Stored entities (of ``kind``), by key. ``seen_before``: only those whose last_seen is
         earlier (absence rules ask for the few missing ones, not all 60,000 with their labels)."""
-        sql = "SELECT key, kind, labels, first_seen, last_seen FROM entities WHERE 1"
+        sql = "SELECT key, kind, labels, first_seen, last_seen FROM entities WHERE 1 = 1"
         params: list[Any] = []
         if kind is not None:
             sql += " AND kind = ?"

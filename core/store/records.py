@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import sys
 from array import array
 from collections.abc import Iterable, Mapping
@@ -131,19 +130,3 @@ def _digest_code(digest: bytes | None) -> int:
 def _is_number(value: Any) -> bool:
     """Values that can go into history: numbers, not NaN (NaN means "no value")."""
     return value is not None and value == value
-
-
-def _split_sql(script: str) -> list[str]:
-    """Split a script into complete statements (semicolons inside strings or triggers kept)."""
-    statements, current = [], ""
-    for piece in script.split(";"):
-        current += piece + ";"
-        if sqlite3.complete_statement(current):
-            if current.strip(" \t\r\n;"):
-                statements.append(current.strip())
-            current = ""
-    if current.strip(" \t\r\n;"):
-        statements.append(current.strip())
-    return statements
-
-

@@ -97,14 +97,17 @@ def portal_base(settings: Mapping[str, Any], base_url: str) -> str | None:
 def settings_schema() -> dict[str, Any]:
     """JSON Schema of the ``mist:`` section of config.yaml."""
     from mistwatch.plugins.mist.client import CLOUDS
+    from mistwatch.plugins.mist.orgs import orgs_schema
 
     return {
         "type": "object",
-        "description": "Juniper Mist API access (one org).",
+        "description": "Juniper Mist API access: one org (token, org_id, cloud or base_url), or several (orgs).",
         "additionalProperties": False,
-        "required": ["token", "org_id"],
-        "anyOf": [{"required": ["cloud"]}, {"required": ["base_url"]}],
+        "x-no-defaults-with": ["orgs"],
+        "anyOf": [{"required": ["orgs"]},
+                  {"required": ["token", "org_id", "cloud"]}, {"required": ["token", "org_id", "base_url"]}],
         "properties": {
+            "orgs": orgs_schema(),
             "cloud": {"type": "string", "enum": sorted(CLOUDS),
                       "description": "regional cloud: global01..05, emea01..04, apac01..03, or us, eu, gc1..."},
             "base_url": {"type": "string", "format": "uri", "pattern": "^https?://",
@@ -770,19 +773,33 @@ def describe(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     from mistwatch.errors import ConfigError
     from mistwatch.plugins.mist.client import resolve_base_url
 
-    cloud = settings.get("cloud")
-    try:
-        url = resolve_base_url(cloud, settings.get("base_url"))
-    except ConfigError:
-        url = settings.get("base_url") or "?"
-    where = f"{url} (cloud {cloud})" if cloud and not settings.get("base_url") else url
-    return [("Mist API", where), ("Org id", str(settings.get("org_id") or "-")),
+    def where(settings: Mapping[str, Any]) -> str:
+        cloud = settings.get("cloud")
+        try:
+            url = resolve_base_url(cloud, settings.get("base_url"))
+        except ConfigError:
+            url = settings.get("base_url") or "?"
+        return f"{url} (cloud {cloud})" if cloud and not settings.get("base_url") else url
+
+    if settings.get("orgs"):
+        from mistwatch.plugins.mist.orgs import describe_orgs
+
+        return describe_orgs(settings, where)
+    return [("Mist API", where(settings)), ("Org id", str(settings.get("org_id") or "-")),
             ("Token", "***" if settings.get("token") else "(not set)")]
+
+
+def _collect(ctx: CollectContext) -> Snapshot:
+    if ctx.settings.get("orgs"):
+        from mistwatch.plugins.mist.orgs import collect_orgs
+
+        return collect_orgs(_COLLECTOR.collect, ctx)
+    return _COLLECTOR.collect(ctx)
 
 
 def collector() -> Collector:
     """The Mist collector's descriptor (registered by ``mistwatch.plugins.mist``)."""
-    return Collector(name=NAME, collect=_COLLECTOR.collect, metrics=METRICS, config_key="mist",
+    return Collector(name=NAME, collect=_collect, metrics=METRICS, config_key="mist",
                      settings_schema=settings_schema(), calls_per_hour=CALLS_PER_HOUR, describe=describe,
                      description="Juniper Mist org: sites, devices, SLEs, alarms and device events "
                                  "from org-level API calls (about ten calls per cycle, any org size).")

@@ -9,7 +9,8 @@ import shutil
 import signal
 import sys
 import threading
-from contextlib import nullcontext
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from mistwatch.plugins.mist.simdata import SCENARIOS
               help="healthy, degraded (sites 2-5 in list order have problems) or recovered.")
 @click.option("--token", default="sim-token", show_default=True, help="API token the simulator accepts.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated org.")
+@click.option("--orgs", "n_orgs", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Serve this many orgs, each on its own port (--port, --port+1, ...) with its own token.")
 def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: str, token: str,
-             seed: int) -> None:
+             seed: int, n_orgs: int) -> None:
     """Serve a Mist-compatible API on loopback, for trying rules.
 
     The org is generated from --seed; point `mistwatch run` at the printed base_url, token and org_id.
@@ -42,12 +45,21 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
 
     org = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario, seed=seed)
     org.prepare()  # device texts built before serving, so a big org's first poll is as fast as the next
+    servers: list[Any] = []
     try:
-        server = serve(org, host=host, port=port, token=token)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--host") from None
-    except OSError as exc:
+        servers.append(serve(org, host=host, port=port, token=token))
+        for i in range(1, n_orgs):
+            other = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario,
+                                 seed=seed + i, org_name=f"Org {i + 1}")
+            other.prepare()
+            servers.append(serve(other, host=host, port=port + i if port else 0, token=f"{token}-{i + 1}"))
+    except (ValueError, OSError) as exc:
+        for opened in servers:
+            opened.close()
+        if isinstance(exc, ValueError):
+            raise click.BadParameter(str(exc), param_hint="--host") from None
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    server, others = servers[0], servers[1:]
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -61,11 +73,19 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
         affected = org.affected_sites()
         for site_id, reason in affected.items():
             click.echo(f"  {org.site_name(site_id)}: {reason}")
+        for other in others:
+            click.echo(f"Mist API simulator: {other.org.org_name}, {sites} sites, scenario {scenario}, at {other.url}")
         click.echo("\nConfig snippet for `mistwatch run --config FILE`:\n")
         click.echo("mist:")
-        click.echo(f"  base_url: {server.url}")
-        click.echo(f"  token: {token}")
-        click.echo(f"  org_id: {org.org_id}")
+        if others:
+            click.echo("  orgs:")
+            for each in (server, *others):
+                click.echo(f"    - {{name: {each.org.org_name}, base_url: {each.url}, token: {each.token}, "
+                           f"org_id: {each.org.org_id}}}")
+        else:
+            click.echo(f"  base_url: {server.url}")
+            click.echo(f"  token: {token}")
+            click.echo(f"  org_id: {org.org_id}")
         click.echo("\nServing; press Ctrl-C to stop.")
         while not stop.wait(0.5):
             pass
@@ -73,6 +93,8 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()
+        for other in others:
+            other.close()
     click.echo(f"Stopped after {server.calls} API calls.")
 
 
@@ -88,14 +110,19 @@ DEMO_TIMELINE: tuple[tuple[str, timedelta, str], ...] = (
 )
 
 
-def write_demo_config(out: Path, server: Any) -> Path:
+def write_demo_config(out: Path, server: Any, more: Sequence[Any] = ()) -> Path:
+    """The demo's config: the simulated org, or with ``more`` servers several orgs (``mist.orgs``)."""
     from importlib.resources import files
 
     import yaml
 
     rules_dir = Path(str(files("mistwatch.rulepack")))
+    mist: dict[str, Any] = {"base_url": server.url, "token": server.token, "org_id": server.org.org_id}
+    if more:
+        mist = {"orgs": [{"name": s.org.org_name, "org_id": s.org.org_id, "token": s.token, "base_url": s.url}
+                         for s in (server, *more)]}
     config = {
-        "mist": {"base_url": server.url, "token": server.token, "org_id": server.org.org_id},
+        "mist": mist,
         "state_dir": "var",
         "reports": {"dir": "reports", "retention_days": 7},
         "rules": [str(rules_dir)],
@@ -115,8 +142,10 @@ def write_demo_config(out: Path, server: Any) -> Path:
               help="Sites in the simulated org.")
 @click.option("--out", default="mistwatch-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo's config, state and reports (reset at each demo).")
+@click.option("--orgs", "n_orgs", default=1, show_default=True, type=click.IntRange(1, 20),
+              help="Simulated orgs, each on its own server and token, collected in parallel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the last cycle's result as JSON.")
-def demo(sites: int, out: str, as_json: bool) -> None:
+def demo(sites: int, out: str, n_orgs: int, as_json: bool) -> None:
     from rich.console import Console
 
     from mistwatch import close_app, open_app, run_cycle, setup_console_logging, show_result
@@ -130,15 +159,21 @@ def demo(sites: int, out: str, as_json: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = datetime.now(timezone.utc).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=2)
     org = SimulatedOrg(sites=sites, now=start)
-    with serve(org) as server:
-        app = open_app(write_demo_config(out_dir, server), console=console)
-        console.rule(f"mistwatch demo: simulated org '{org.org_name}', {sites} sites, at {server.url}")
+    # More orgs: each its own seed (so its own ids), name and token, served on its own port.
+    others = [SimulatedOrg(sites=sites, now=start, seed=7 + i, org_name=f"Org {i + 1}") for i in range(1, n_orgs)]
+    with ExitStack() as servers:
+        server = servers.enter_context(serve(org))
+        more = [servers.enter_context(serve(o, token=f"sim-token-{i + 2}")) for i, o in enumerate(others)]
+        app = open_app(write_demo_config(out_dir, server, more), console=console)
+        names = ", ".join(f"'{o.org_name}'" for o in (org, *others))
+        console.rule(f"mistwatch demo: simulated org{'s' if others else ''} {names}, {sites} sites each")
         results = []
         try:
             for scenario, offset, story in DEMO_TIMELINE:
                 now = start + offset
-                org.set_scenario(scenario)
-                org.now = now
+                for each in (org, *others):
+                    each.set_scenario(scenario)
+                    each.now = now
                 with console.status(f"{now:%a %H:%M} {story}") if console.is_terminal else nullcontext():
                     result = run_cycle(app, mode="all", now=now)
                 results.append(result)

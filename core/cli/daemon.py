@@ -11,12 +11,14 @@ from typing import Any
 
 import click
 
-from mistwatch.durations import format_duration, parse_duration
+from mistwatch.durations import format_duration
+from mistwatch.service.status import KV_DAEMON_INTERVAL, status_data
+from mistwatch.service.status import config_interval as _config_interval
+from mistwatch.service.status import parse_interval as _interval
+
+__all__ = ["KV_DAEMON_INTERVAL", "daemon", "status", "status_data"]
 
 log = logging.getLogger("mistwatch.service.daemon")
-#: The running daemon's interval (``--interval`` may differ from the config): status measures
-#: staleness by it, so a daemon that died shows as stale after three of its own intervals.
-KV_DAEMON_INTERVAL = "daemon.interval_s"
 
 DAEMON_HELP = """Run cycles (collect, evaluate, report, notify) on a fixed schedule until stopped.
 
@@ -27,22 +29,6 @@ SIGHUP reloads the config and rules (a broken new config is reported and
 the old one kept). SIGINT or SIGTERM (SIGBREAK on Windows) finish the
 current cycle, then exit 0. The daemon holds the state directory's lock
 for its whole life: a second daemon or a `mistwatch run` is refused."""
-
-
-def _interval(text: Any, where: str) -> timedelta:
-    from mistwatch.errors import ConfigError
-
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key=where) from None
-    if value.total_seconds() < 1:
-        raise ConfigError(f"{text!r} is too short (at least 1s)", key=where)
-    return value
-
-
-def _config_interval(config: Any) -> timedelta:
-    return _interval((config.data.get("daemon") or {}).get("interval", "15m"), "daemon.interval")
 
 
 class _DigestHook:
@@ -158,61 +144,6 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
 
 
 # -- status ---------------------------------------------------------------------------------------
-
-def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
-    """What `status` shows, as JSON-able data."""
-    from mistwatch.errors import LockHeld
-    from mistwatch.notify import outbox
-    from mistwatch.notify.digest import KV_LAST_DAY, next_due
-    from mistwatch.service.lock import StateLock
-
-    def run_dict(r: Any) -> dict[str, Any] | None:
-        if r is None:
-            return None
-        return {"id": r.id, "started_at": r.started_at.isoformat(timespec="seconds"),
-                "finished_at": r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
-                "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors)}
-
-    firing: dict[str, int] = {"critical": 0, "major": 0, "minor": 0, "info": 0}
-    pending = 0
-    for alert in store.load_alerts().values():
-        if alert.state == "firing":
-            firing[alert.severity] = firing.get(alert.severity, 0) + 1
-        elif alert.state == "pending":
-            pending += 1
-    probe = StateLock(config.state_dir, purpose="status")
-    try:
-        probe.acquire()
-        probe.release()
-        holder = None
-    except LockHeld:
-        holder = probe.holder() or {"pid": "?"}
-    last_ok = store.last_successful_run()
-    recorded = store.kv_get(KV_DAEMON_INTERVAL)
-    interval = timedelta(seconds=float(recorded)) if recorded else _config_interval(config)
-    age = (now - last_ok.finished_at).total_seconds() if last_ok and last_ok.finished_at else None
-    due = next_due(config, store, now)
-    return {
-        "now": now.isoformat(timespec="seconds"),
-        "running": holder,
-        "interval_s": interval.total_seconds(),
-        "last_successful_run": run_dict(last_ok),
-        "last_success_age_s": None if age is None else round(age),
-        "stale": age is None or age > 3 * interval.total_seconds(),
-        "runs": [run_dict(r) for r in store.runs(10)],
-        "alerts_firing": firing,
-        "alerts_pending": pending,
-        "outbox": outbox.counts(store),
-        "outbox_failed": [{"notifier": i.notifier, "title": i.title, "error": i.last_error}
-                          for i in outbox.items(store, permanent=True, limit=5)],
-        # waiting for a retry (relay down, 4xx, 429): why mail has not arrived yet
-        "outbox_retrying": [{"notifier": i.notifier, "title": i.title, "error": i.last_error, "attempts": i.attempts,
-                             "next_attempt_at": i.next_attempt_at.isoformat(timespec="seconds")}
-                            for i in outbox.items(store, status="failed", permanent=False, limit=5)],
-        "digest": {"last_day": store.kv_get(KV_LAST_DAY),
-                   "next_due": due.isoformat(timespec="minutes") if due else None},
-    }
-
 
 @click.command()
 @click.option("--config", "config_path", default="config.yaml", show_default=True,

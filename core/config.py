@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from mistwatch.host import PluginHost
 
 #: Values under these keys (or keys ending in ``_<one of them>``) are secrets.
-SECRET_KEYS = ("token", "password", "secret", "api_key", "webhook_url", "routing_key")
+SECRET_KEYS = ("token", "password", "secret", "api_key", "webhook_url", "routing_key", "heartbeat_url")
 #: Keys every notifier entry has, whatever its type (more come from fragments' notifier_properties).
 NOTIFIER_COMMON = ("name", "type")
 

@@ -83,12 +83,17 @@ def _cycle_line(result: Any) -> str:
               type=click.Path(dir_okay=False), help="The configuration file.")
 @click.option("--interval", "interval_text", metavar="DURATION",
               help="Time between cycle starts, e.g. 15m, 5m, 1h (default: daemon.interval, else 15m).")
+@click.option("--listen", "listen", metavar="HOST:PORT",
+              help="Serve /healthz, /readyz, /metrics, /api/v1 and the report over HTTP here, e.g. "
+                   "127.0.0.1:9108 (default: http.listen; off when neither is set).")
 @click.option("-v", "--verbose", count=True, help="Debug logging. Never shows secrets.")
-def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
-    from mistwatch.engine import close_app, open_app, run_cycle
+def daemon(config_path: str, interval_text: str | None, listen: str | None, verbose: int) -> None:
+    from mistwatch.engine import close_app, enabled_collectors, open_app, run_cycle
     from mistwatch.errors import MistwatchError
     from mistwatch.notify.digest import digest_settings
     from mistwatch.service.daemon import Daemon, install_signal_handlers, restore_signal_handlers
+    from mistwatch.service.http import http_settings
+    from mistwatch.service.live import LiveState
     from mistwatch.service.lock import StateLock
     from mistwatch.service.logsetup import setup_logging
 
@@ -97,6 +102,7 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
     try:
         interval = fixed or _config_interval(app.config)
         digest_settings(app.config)  # a bad digest setting stops us now, not at 07:30
+        web = http_settings(app.config.data.get("http"), listen)
         setup_logging(app.config.data.get("log"), resolve=app.config.resolve, verbose=verbose > 0)
         lock = StateLock(app.config.state_dir, purpose="daemon").acquire()
     except BaseException:
@@ -104,15 +110,30 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         raise
     holder: dict[str, Any] = {"app": app}
     app.store.kv_set(KV_DAEMON_INTERVAL, interval.total_seconds())
+    live = LiveState(interval_s=interval.total_seconds())
+    heartbeat = _heartbeat(app.config, live)
+
+    def collector_names() -> list[str]:
+        return [c.name for c in enabled_collectors(holder["app"])]
 
     def cycle(now: datetime) -> None:
-        result = run_cycle(holder["app"], mode="all", now=now)
+        names = collector_names()
+        try:
+            result = run_cycle(holder["app"], mode="all", now=now,
+                               observe=lambda r: live.record_cycle(r, names))
+        except BaseException:
+            if heartbeat is not None:
+                heartbeat.ping(False)
+            raise
+        if heartbeat is not None:
+            heartbeat.ping(result.status != "failed")
         level = logging.WARNING if result.status != "ok" else logging.INFO
         log.log(level, "%s", _cycle_line(result))
         for error in result.errors[:10]:
             log.warning("  %s", error)
 
     def reload() -> timedelta | None:
+        nonlocal heartbeat
         new = open_app(config_path)
         try:
             old = holder["app"]
@@ -120,6 +141,8 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
                 raise MistwatchError("state_dir changed: restart the daemon to move to the new state directory")
             new_interval = fixed or _config_interval(new.config)
             digest_settings(new.config)
+            if http_settings(new.config.data.get("http"), listen) != web:
+                log.warning("http settings changed: restart the daemon to apply them")
             setup_logging(new.config.data.get("log"), resolve=new.config.resolve, verbose=verbose > 0)
         except BaseException:
             close_app(new)
@@ -127,20 +150,54 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         holder["app"] = new
         close_app(old)
         hook.interval = new_interval
+        live.set_interval(new_interval)
         new.store.kv_set(KV_DAEMON_INTERVAL, new_interval.total_seconds())
+        if _heartbeat_url(new.config) != (heartbeat.url if heartbeat else None):
+            if heartbeat is not None:
+                heartbeat.close(timeout=1)
+            heartbeat = _heartbeat(new.config, live)
         return new_interval
 
     hook = _DigestHook(holder, interval)
     runner = Daemon(cycle, interval, reload=reload, digest=hook)
-    previous = install_signal_handlers(runner)
-    log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
+    server = view = None
     try:
-        code = runner.run()
+        if web is not None:
+            server, view = _start_http(web, holder, live, collector_names)
+        previous = install_signal_handlers(runner)
+        log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
+        try:
+            code = runner.run()
+        finally:
+            restore_signal_handlers(previous)
     finally:
-        restore_signal_handlers(previous)
+        if server is not None:
+            server.stop(grace=5.0)  # requests in flight finish; new connections are refused
+        if view is not None:
+            view.close()
+        if heartbeat is not None:
+            heartbeat.close()
         close_app(holder["app"])
         lock.release()
     sys.exit(code)
+
+
+def _heartbeat_url(config: Any) -> str | None:
+    return (config.data.get("daemon") or {}).get("heartbeat_url") or None
+
+
+def _heartbeat(config: Any, live: Any) -> Any:
+    from mistwatch.service.heartbeat import Heartbeat
+
+    url = _heartbeat_url(config)
+    return Heartbeat(url, record=live.record_heartbeat) if url else None
+
+
+def _start_http(web: Any, holder: dict[str, Any], live: Any, collectors: Any) -> tuple[Any, Any]:
+    from mistwatch.service.http import HttpServer, ServiceView, make_app
+
+    view = ServiceView(config=lambda: holder["app"].config, live=live, settings=web, collectors=collectors)
+    return HttpServer(make_app(view), web).start(), view
 
 
 # -- status ---------------------------------------------------------------------------------------

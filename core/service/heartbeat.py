@@ -1,11 +1,12 @@
 """Dead man's switch: ping a healthchecks.io-style URL after each cycle.
 
-After a good cycle the URL itself is fetched; after a failed one, the URL with ``/fail`` appended.
-If pings stop coming (the daemon died, the host is down) the receiving service raises the alarm,
-which mistwatch itself cannot do. Pings go out from a background thread with a short timeout, so a
-slow or dead ping service never delays or fails a cycle; when a ping is still in flight, a newer
-one replaces the queued one (only the latest state matters). The URL is a secret (it is the
-credential to the check): it is registered for redaction and never logged.
+After a good cycle the URL itself gets a POST (healthchecks.io takes GET or POST alike); after a
+failed one, the URL with ``/fail`` appended. If pings stop coming (the daemon died, the host is
+down) the receiving service raises the alarm, which mistwatch itself cannot do. Pings go out from
+a background thread with a short timeout, so a slow or dead ping service never delays or fails a
+cycle; when a ping is still in flight, a newer one replaces the queued one (only the latest state
+matters). The URL is a secret (it is the credential to the check): it is registered for redaction
+and never logged.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Heartbeat:
             if ok is None:
                 return
             try:
-                response = session.get(self.url if ok else fail_url(self.url), timeout=self.timeout)
+                response = session.post(self.url if ok else fail_url(self.url), timeout=self.timeout)
                 if response.status_code >= 400:
                     raise OSError(f"HTTP {response.status_code}")
                 self.record("ok" if ok else "fail")

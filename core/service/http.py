@@ -140,15 +140,19 @@ class ServiceView:
                 self._store.close()
                 self._store = None
 
-    def metrics(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    def metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """One scrape, in the format the scraper's Accept header asks for (the library negotiates:
+        Prometheus text 0.0.4 by default, OpenMetrics when asked)."""
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import choose_encoder
 
         from mistwatch.service.metrics import StateCollector
 
         if self._registry is None:
             self._registry = CollectorRegistry(auto_describe=False)
             self._registry.register(StateCollector(self.live, self.read_store, self.collectors, self.now))
-        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        encode, content_type = choose_encoder(accept)
+        return encode(self._registry), content_type
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, one-line reason): a good collection within 3 intervals, a writable store, an
@@ -247,7 +251,7 @@ def _route(view: ServiceView, environ: Environ) -> Response:
         ready, reason = view.readiness()
         return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "reason": reason})
     if path == "/metrics":
-        body, content_type = view.metrics()
+        body, content_type = view.metrics(environ.get("HTTP_ACCEPT", ""))
         return 200, {"Content-Type": content_type}, body
     if path == "/api/v1/alerts":
         return _alerts(view, environ)

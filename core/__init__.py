@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mistwatch.hookspecs import CollectContext, Collector, Notifier, RuleKind, hookimpl
+from mistwatch.hookspecs import CollectContext, Collector, Notifier, RuleKind, WebhookItem, WebhookRequest, hookimpl
 from mistwatch.model import (
     SEVERITIES,
     Alert,
@@ -69,6 +69,8 @@ __all__ = [
     "Notifier",
     "RuleKind",
     "Snapshot",
+    "WebhookItem",
+    "WebhookRequest",
     "__version__",
     "hookimpl",
     *_LAZY,

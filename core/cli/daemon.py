@@ -125,6 +125,8 @@ def daemon(config_path: str, interval_text: str | None, listen: str | None, verb
             if heartbeat is not None:
                 heartbeat.ping(False)
             raise
+        if hub is not None and result.status != "failed":
+            hub.polled(now)  # the poll is the truth: older pushed states are done
         if heartbeat is not None:
             heartbeat.ping(result.status != "failed")
         level = logging.WARNING if result.status != "ok" else logging.INFO
@@ -160,10 +162,16 @@ def daemon(config_path: str, interval_text: str | None, listen: str | None, verb
 
     hook = _DigestHook(holder, interval)
     runner = Daemon(cycle, interval, reload=reload, digest=hook)
+    hub = None
+    if web is not None:
+        from mistwatch.service.webhooks import WebhookHub
+
+        hub = WebhookHub(lambda: holder["app"], runner.wake, record=live.record_webhook, on_notify=live.record_notify)
+        runner.jobs.append(hub)
     server = view = None
     try:
         if web is not None:
-            server, view = _start_http(web, holder, live, collector_names)
+            server, view = _start_http(web, holder, live, collector_names, hub)
         previous = install_signal_handlers(runner)
         log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
         try:
@@ -193,10 +201,11 @@ def _heartbeat(config: Any, live: Any) -> Any:
     return Heartbeat(url, record=live.record_heartbeat) if url else None
 
 
-def _start_http(web: Any, holder: dict[str, Any], live: Any, collectors: Any) -> tuple[Any, Any]:
+def _start_http(web: Any, holder: dict[str, Any], live: Any, collectors: Any, hub: Any) -> tuple[Any, Any]:
     from mistwatch.service.http import HttpServer, ServiceView, make_app
 
-    view = ServiceView(config=lambda: holder["app"].config, live=live, settings=web, collectors=collectors)
+    view = ServiceView(config=lambda: holder["app"].config, live=live, settings=web, collectors=collectors,
+                       webhook=hub.receive if hub is not None else None)
     return HttpServer(make_app(view), web).start(), view
 
 

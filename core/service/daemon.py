@@ -57,6 +57,14 @@ class DigestHook(Protocol):
     def send(self, now: datetime) -> Any: ...
 
 
+class Job(Protocol):
+    """Work between cycles (webhook evaluations): run whenever due, as often as it is due."""
+
+    def next_due(self, now: datetime) -> datetime | None: ...
+
+    def run(self, now: datetime) -> Any: ...
+
+
 @dataclass
 class DaemonStats:
     cycles: int = 0
@@ -77,12 +85,13 @@ class Daemon:
 
     def __init__(self, cycle: Callable[[datetime], Any], interval: timedelta, *, clock: Clock | None = None,
                  reload: Callable[[], timedelta | None] | None = None, digest: DigestHook | None = None,
-                 max_wait_s: float = MAX_WAIT_S) -> None:
+                 max_wait_s: float = MAX_WAIT_S, jobs: list[Job] | None = None) -> None:
         if interval.total_seconds() <= 0:
             raise ValueError("the interval must be positive")
         self.cycle, self.interval, self.reload, self.digest = cycle, interval, reload, digest
         self.clock: Clock = clock or SystemClock()
         self.max_wait_s = max_wait_s
+        self.jobs: list[Job] = list(jobs or [])
         self.stats = DaemonStats()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -98,6 +107,10 @@ class Daemon:
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the jobs again now (a webhook arrived)."""
         self._wake.set()
 
     @property
@@ -130,8 +143,13 @@ class Daemon:
                     if self._guard("sending the digest", self.digest.send, now):
                         self.stats.digests += 1
                     continue
+            job_due = None
             if now < slot:
-                target = min(slot, due) if due is not None else slot
+                job_due = self._run_due_jobs(now)
+                if job_due is not None and job_due <= now:
+                    continue  # a job ran: the clock moved and more may be due
+            if now < slot:
+                target = min(t for t in (slot, due, job_due) if t is not None)
                 self.clock.wait(self._wake, min(self.max_wait_s, (target - now).total_seconds()))
                 continue
             self._run_cycle(now)
@@ -156,6 +174,19 @@ class Daemon:
         except Exception as exc:  # the digest must not take the daemon down either
             log.error("%s failed: %s: %s", doing, type(exc).__name__, redact(str(exc)))
             return None
+
+    def _run_due_jobs(self, now: datetime) -> datetime | None:
+        """Run the jobs due now; returns ``now`` if one ran, else the earliest time one is due."""
+        earliest = None
+        for job in self.jobs:
+            when = self._guard("checking a job", job.next_due, now)
+            if when is None:
+                continue
+            if when <= now:
+                self._guard("running a job", job.run, now)
+                return now
+            earliest = when if earliest is None else min(earliest, when)
+        return earliest
 
     def _run_cycle(self, now: datetime) -> None:
         self.stats.slots.append(now)

@@ -98,8 +98,10 @@ def mist_app(tmp_path, simulator, http_receiver, monkeypatch):
         "state_dir": "var", "reports": {"dir": "reports"}, "rules": [str(REPO / "rules")],
         "notifiers": [{"name": "hook", "type": "webhook", "url": http_receiver.url("/alerts")}],
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    app = open_app(tmp_path / "config.yaml")
+    folder = tmp_path / "mist"  # tmp_path itself holds http_face's own config
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    app = open_app(folder / "config.yaml")
     run_cycle(app, mode="all", now=NOW - timedelta(minutes=30))
     yield app
     close_app(app)
@@ -230,3 +232,29 @@ def test_a_device_down_by_webhook_is_notified_within_seconds_by_the_running_daem
     assert elapsed < 5
     assert http_receiver.requests[0].json()["alerts"][0]["rule_id"] == "ap-offline"
     assert SECRET not in log.read_text()
+
+
+# -- mistwatch webhooks test ---------------------------------------------------------------------------
+
+def test_webhooks_test_sends_a_signed_sample_that_the_listener_accepts(mist_app, http_face, capsys):
+    from mistwatch.cli import main
+
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    face = http_face(webhook=hub.receive)
+    main(["webhooks", "test", "--config", str(mist_app.config.path), "--url", face.url + "/webhooks/mist"])
+    assert "accepted the signed sample (HTTP 202)" in capsys.readouterr().out
+    assert hub.next_due(NOW) is None  # a test event changes no alert
+
+
+def test_webhooks_test_fails_when_the_daemon_refuses_the_signature(mist_app, http_face, tmp_path, capsys):
+    from mistwatch.cli import main
+
+    other = tmp_path / "other.yaml"
+    data = yaml.safe_load(mist_app.config.path.read_text(encoding="utf-8"))
+    data["mist"]["webhook_secret"] = "a-different-secret-0123456789"
+    other.write_text(yaml.safe_dump(data), encoding="utf-8")
+    face = http_face(webhook=WebhookHub(lambda: mist_app, wake=lambda: None).receive)
+    with pytest.raises(SystemExit) as exit_:
+        main(["webhooks", "test", "--config", str(other), "--url", face.url + "/webhooks/mist"])
+    assert exit_.value.code == 1
+    assert "HTTP 401" in capsys.readouterr().err

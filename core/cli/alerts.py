@@ -18,19 +18,18 @@ from mistwatch.service.status import ALERT_STATES
 
 @click.command(help="List alerts from the store: open ones (firing, pending) unless --state says otherwise. "
                     "Filters may repeat; alerts matching any value of every given filter are shown.")
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-              help="The configuration file (default: $MISTWATCH_CONFIG, else config.yaml).")
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
+              type=click.Path(dir_okay=False), help="The configuration file (or $MISTWATCH_CONFIG).")
 @click.option("--state", "states", multiple=True, type=click.Choice(ALERT_STATES), help="Alert state.")
 @click.option("--severity", "severities", multiple=True, type=click.Choice(SEVERITIES), help="Severity.")
 @click.option("--site", "sites", multiple=True, metavar="NAME", help="Site name or id (case-insensitive).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def alerts(config_path: str | None, states: tuple[str, ...], severities: tuple[str, ...], sites: tuple[str, ...],
+def alerts(config_path: str, states: tuple[str, ...], severities: tuple[str, ...], sites: tuple[str, ...],
            as_json: bool) -> None:
     from mistwatch.config import host_for_config, load_config
     from mistwatch.service.status import alert_json, query_alerts
     from mistwatch.store.database import Store
 
-    config_path = config_path or default_config_path()
     config = load_config(config_path, host_for_config(config_path), require_env=False)
     with Store.open(config.state_dir) as store:
         found = query_alerts(store.load_alerts().values(), states=states, severities=severities, sites=sites)
@@ -38,12 +37,6 @@ def alerts(config_path: str | None, states: tuple[str, ...], severities: tuple[s
         click.echo(json.dumps({"alerts": [alert_json(a) for a in found], "count": len(found)}, indent=2))
         return
     _print(found, datetime.now(timezone.utc))
-
-
-def default_config_path() -> str:
-    import os
-
-    return os.environ.get("MISTWATCH_CONFIG") or "config.yaml"
 
 
 def _print(found: list[Any], now: datetime) -> None:

@@ -79,7 +79,7 @@ def _cycle_line(result: Any) -> str:
 
 
 @click.command(help=DAEMON_HELP)
-@click.option("--config", "config_path", default="config.yaml", show_default=True,
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
               type=click.Path(dir_okay=False), help="The configuration file.")
 @click.option("--interval", "interval_text", metavar="DURATION",
               help="Time between cycle starts, e.g. 15m, 5m, 1h (default: daemon.interval, else 15m).")
@@ -212,7 +212,7 @@ def _start_http(web: Any, holder: dict[str, Any], live: Any, collectors: Any, hu
 # -- status ---------------------------------------------------------------------------------------
 
 @click.command()
-@click.option("--config", "config_path", default="config.yaml", show_default=True,
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
               type=click.Path(dir_okay=False), help="The configuration file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON for scripts.")
 def status(config_path: str, as_json: bool) -> None:

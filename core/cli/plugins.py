@@ -13,7 +13,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--check", is_flag=True,
               help="Exit 1 if a plugin implements an unknown hook (a typo) or failed to load.")
-@click.option("--config", "config_path", default="config.yaml", show_default=True, metavar="FILE",
+@click.option("--config", "config_path", default="config.yaml",
+                             envvar="MISTWATCH_CONFIG", show_default=True, metavar="FILE",
               help="Config file whose plugins_dir to include (skipped if it cannot be read).")
 def plugins(as_json: bool, check: bool, config_path: str) -> None:
     """List plugins with source, version, status and hooks."""

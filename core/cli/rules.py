@@ -49,6 +49,7 @@ def rules() -> None:
 @rules.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              envvar="MISTWATCH_CONFIG",
               help="Take the rule paths from this config (default: ./config.yaml if present, else ./rules/, "
                    "else the default rule pack shipped with mistwatch).")
 def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
@@ -122,6 +123,7 @@ def _config_plugins_dir(config_path: Path | None) -> Path | None:
 
 
 _CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                              envvar="MISTWATCH_CONFIG",
                               help="Load the plugins_dir of this config, for rule kinds a plugin adds "
                                    "(default: ./config.yaml if present).")
 

@@ -178,16 +178,15 @@ def webhooks() -> None:
 
 
 @webhooks.command("test")
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-              help="The configuration file (default: $MISTWATCH_CONFIG, else config.yaml).")
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
+              type=click.Path(dir_okay=False), help="The configuration file (or $MISTWATCH_CONFIG).")
 @click.option("--url", default=None, metavar="URL",
               help="Where to send (default: the daemon's http.listen address, path /webhooks/mist).")
-def webhooks_test(config_path: str | None, url: str | None) -> None:
+def webhooks_test(config_path: str, url: str | None) -> None:
     """Send a signed sample Mist webhook to the running daemon, as Mist would.
 
     The sample is a device-events test event: it proves the address, the secret and the signature
     check, and changes no alert. Exit 0 when the daemon accepted it, 1 otherwise."""
-    import os
     import secrets as random
 
     import requests
@@ -196,7 +195,6 @@ def webhooks_test(config_path: str | None, url: str | None) -> None:
     from mistwatch.errors import ConfigError
     from mistwatch.plugins.mist.webhook import sign
 
-    config_path = config_path or os.environ.get("MISTWATCH_CONFIG") or "config.yaml"
     app = open_app(config_path)
     try:
         mist = app.config.data.get("mist") or {}

@@ -454,9 +454,9 @@ def load_config(path: str | Path, host: PluginHost | None = None, *, require_env
 
 def shipped_rules() -> Path:
     """The folder of the rule pack installed with mistwatch (``mistwatch.rulepack``)."""
-    from importlib.resources import files
+    from mistwatch.rules.loader import package_rules_dir
 
-    return Path(str(files("mistwatch.rulepack")))
+    return package_rules_dir()
 
 
 def host_for_config(path: str | Path | None) -> PluginHost:

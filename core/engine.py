@@ -64,6 +64,9 @@ class CycleResult:
     stage_errors: list[str] = field(default_factory=list)
     #: Collectors that failed outright this cycle (their data is unknown), by name.
     collectors_failed: list[str] = field(default_factory=list)
+    #: Collectors that raised CollectionFailed (a refused token, no rights on the org): the cycle
+    #: goes on with the others' data, but exits 1, since this needs a person whatever else worked.
+    collectors_refused: list[str] = field(default_factory=list)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -78,7 +81,7 @@ class CycleResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.status == "failed" else 0
+        return 1 if self.status == "failed" or self.collectors_refused else 0
 
 
 def utcnow() -> datetime:
@@ -111,11 +114,13 @@ def enabled_collectors(app: App) -> list[Any]:
     return [available[name] for name in names if name in available]
 
 
-def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], None] | None = None) -> Snapshot:
+def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], None] | None = None,
+            refused: list[str] | None = None) -> Snapshot:
     """Run every enabled collector in config order, each guarded; merge their snapshots.
 
     A collector that raises marks what it covers as unknown. If every collector failed, raise
-    CollectionFailed (exit 1): there is nothing to evaluate.
+    CollectionFailed (exit 1): there is nothing to evaluate. The names of collectors that raised
+    CollectionFailed themselves (a refused token) are appended to ``refused``.
     """
     snapshot = Snapshot(taken_at=now)
     collectors = enabled_collectors(app)
@@ -130,6 +135,8 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
         try:
             part = collector.collect(ctx)
         except Exception as exc:  # isolate the plugin; its data is unknown, not down
+            if isinstance(exc, CollectionFailed) and refused is not None:
+                refused.append(collector.name)
             message = redact(str(exc)) or type(exc).__name__
             failures.append(f"{collector.name}: {message}")
             snapshot.errors.append(CollectorError(collector=collector.name, endpoint="*", message=message))
@@ -179,7 +186,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
     store, mode = app.store, result.mode
     try:
         with result.stage("collect"):
-            snapshot = collect(app, now, progress)
+            snapshot = collect(app, now, progress, refused=result.collectors_refused)
     except CollectionFailed:
         result.collectors_failed = [c.name for c in enabled_collectors(app)]
         raise

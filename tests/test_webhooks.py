@@ -109,7 +109,7 @@ def mist_app(tmp_path, simulator, http_receiver, monkeypatch):
 
 def test_a_signed_disconnect_is_accepted_at_once_and_alerts_when_evaluated(mist_app, simulator, http_face,
                                                                            http_receiver):
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     body = simulator.updown_webhook(0, at=(NOW - timedelta(minutes=11)).timestamp())  # ap-offline: for 10m
     answer = simulator.send_webhook(face.url + "/webhooks/mist", SECRET, body)
@@ -124,7 +124,7 @@ def test_a_signed_disconnect_is_accepted_at_once_and_alerts_when_evaluated(mist_
 
 def test_a_recent_disconnect_is_pending_and_fires_when_its_for_elapses(mist_app, simulator, http_face,
                                                                        http_receiver):
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     event_at = NOW - timedelta(minutes=2)
     simulator.send_webhook(face.url + "/webhooks/mist", SECRET, simulator.updown_webhook(0, at=event_at.timestamp()))
@@ -139,7 +139,7 @@ def test_a_recent_disconnect_is_pending_and_fires_when_its_for_elapses(mist_app,
 
 
 def test_a_replayed_webhook_is_acknowledged_but_not_processed_twice(mist_app, simulator, http_face):
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     body = simulator.updown_webhook(0)
     simulator.send_webhook(face.url + "/webhooks/mist", SECRET, body)
@@ -150,7 +150,7 @@ def test_a_replayed_webhook_is_acknowledged_but_not_processed_twice(mist_app, si
 
 @pytest.mark.parametrize("signature", [None, "0" * 64, "not-hex"])
 def test_a_bad_signature_is_401_and_changes_nothing(mist_app, simulator, http_face, signature):
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     body = simulator.updown_webhook(0)
     headers = {"Content-Type": "application/json"}
@@ -164,7 +164,7 @@ def test_a_bad_signature_is_401_and_changes_nothing(mist_app, simulator, http_fa
 
 
 def test_malformed_json_with_a_valid_signature_is_400(mist_app, http_face):
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     body = b'{"topic": "device-updowns", "events": [}'
     answer = face.post("/webhooks/mist", body, {"X-Mist-Signature-v2": sign(SECRET, body)})
@@ -173,14 +173,14 @@ def test_malformed_json_with_a_valid_signature_is_400(mist_app, http_face):
 
 
 def test_an_unknown_source_and_a_get_are_refused(mist_app, http_face):
-    face = http_face(webhook=WebhookHub(lambda: mist_app, wake=lambda: None).receive)
+    face = http_face(webhook=WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW).receive)
     assert face.post("/webhooks/meraki", b"{}").status_code == 404
     answer = requests.get(face.url + "/webhooks/mist", timeout=5)
     assert answer.status_code == 405 and answer.headers["Allow"] == "POST"
 
 
 def test_a_poll_after_the_webhook_is_the_truth(mist_app, simulator, http_face):
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     simulator.send_webhook(face.url + "/webhooks/mist", SECRET,
                            simulator.updown_webhook(0, at=(NOW - timedelta(minutes=2)).timestamp()))
@@ -239,7 +239,7 @@ def test_a_device_down_by_webhook_is_notified_within_seconds_by_the_running_daem
 def test_webhooks_test_sends_a_signed_sample_that_the_listener_accepts(mist_app, http_face, capsys):
     from mistwatch.cli import main
 
-    hub = WebhookHub(lambda: mist_app, wake=lambda: None)
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
     face = http_face(webhook=hub.receive)
     main(["webhooks", "test", "--config", str(mist_app.config.path), "--url", face.url + "/webhooks/mist"])
     assert "accepted the signed sample (HTTP 202)" in capsys.readouterr().out
@@ -253,7 +253,7 @@ def test_webhooks_test_fails_when_the_daemon_refuses_the_signature(mist_app, htt
     data = yaml.safe_load(mist_app.config.path.read_text(encoding="utf-8"))
     data["mist"]["webhook_secret"] = "a-different-secret-0123456789"
     other.write_text(yaml.safe_dump(data), encoding="utf-8")
-    face = http_face(webhook=WebhookHub(lambda: mist_app, wake=lambda: None).receive)
+    face = http_face(webhook=WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW).receive)
     with pytest.raises(SystemExit) as exit_:
         main(["webhooks", "test", "--config", str(other), "--url", face.url + "/webhooks/mist"])
     assert exit_.value.code == 1

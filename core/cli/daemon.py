@@ -86,8 +86,10 @@ def _cycle_line(result: Any) -> str:
 @click.option("--listen", "listen", metavar="HOST:PORT",
               help="Serve /healthz, /readyz, /metrics, /api/v1 and the report over HTTP here, e.g. "
                    "127.0.0.1:9108 (default: http.listen; off when neither is set).")
+@click.option("--log-format", "log_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object a line (time, level, logger, message), for log collectors.")
 @click.option("-v", "--verbose", count=True, help="Debug logging. Never shows secrets.")
-def daemon(config_path: str, interval_text: str | None, listen: str | None, verbose: int) -> None:
+def daemon(config_path: str, interval_text: str | None, listen: str | None, log_format: str, verbose: int) -> None:
     from mistwatch.engine import close_app, enabled_collectors, open_app, run_cycle
     from mistwatch.errors import MistwatchError
     from mistwatch.notify.digest import digest_settings
@@ -103,7 +105,8 @@ def daemon(config_path: str, interval_text: str | None, listen: str | None, verb
         interval = fixed or _config_interval(app.config)
         digest_settings(app.config)  # a bad digest setting stops us now, not at 07:30
         web = http_settings(app.config.data.get("http"), listen)
-        setup_logging(app.config.data.get("log"), resolve=app.config.resolve, verbose=verbose > 0)
+        setup_logging(app.config.data.get("log"), resolve=app.config.resolve, verbose=verbose > 0,
+                      json_lines=log_format == "json")
         lock = StateLock(app.config.state_dir, purpose="daemon").acquire()
     except BaseException:
         close_app(app)
@@ -145,7 +148,8 @@ def daemon(config_path: str, interval_text: str | None, listen: str | None, verb
             digest_settings(new.config)
             if http_settings(new.config.data.get("http"), listen) != web:
                 log.warning("http settings changed: restart the daemon to apply them")
-            setup_logging(new.config.data.get("log"), resolve=new.config.resolve, verbose=verbose > 0)
+            setup_logging(new.config.data.get("log"), resolve=new.config.resolve, verbose=verbose > 0,
+                          json_lines=log_format == "json")
         except BaseException:
             close_app(new)
             raise
@@ -217,11 +221,12 @@ def _start_http(web: Any, holder: dict[str, Any], live: Any, collectors: Any, hu
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON for scripts.")
 def status(config_path: str, as_json: bool) -> None:
     """Show the last cycles, the last successful one, open alerts by severity and the outbox."""
-    from mistwatch.config import load_config
-    from mistwatch.host import make_host
+    from mistwatch.config import host_for_config, load_config
     from mistwatch.store.database import Store
 
-    config = load_config(config_path, make_host(), require_env=False)  # no Mist token needed to read the state
+    # no Mist token needed to read the state; the config's plugins_dir is loaded, so a notifier
+    # type that comes from it is known
+    config = load_config(config_path, host_for_config(config_path), require_env=False)
     with Store.open(config.state_dir) as store:
         data = status_data(config, store, datetime.now(timezone.utc))
     if as_json:

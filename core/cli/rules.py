@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def rules() -> None:
 def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
     """Validate rule files: schema, compilation, metrics, references, templates.
 
-    Exits 2 with file, line and key on the first problem; prints a table of the rules otherwise.
+    Exits 2 listing every problem (file, line and key, one a line); prints a table of the rules otherwise.
     """
     from rich.console import Console
     from rich.table import Table
@@ -77,7 +78,13 @@ def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
             raise ConfigError("no such file or folder", file=str(path))
     host = _host(plugins_dir)
     known = {m for c in host.collectors().values() for m in c.metrics}
-    ruleset = load_rules(list(paths), host.rule_kinds(), known_metrics=known or None)
+    problems: list[ConfigError] = []
+    ruleset = load_rules(list(paths), host.rule_kinds(), known_metrics=known or None, errors=problems)
+    if problems:  # every problem of every file, one line each, then exit 2
+        for problem in problems:
+            click.echo(f"mistwatch: {problem}", err=True)
+        click.echo(f"mistwatch: {len(problems)} problem(s) in the rule files", err=True)
+        sys.exit(2)
     console = Console()
     table = Table(title=f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s): OK")
     table.add_column("id", no_wrap=True)

@@ -258,3 +258,67 @@ def test_webhooks_test_fails_when_the_daemon_refuses_the_signature(mist_app, htt
         main(["webhooks", "test", "--config", str(other), "--url", face.url + "/webhooks/mist"])
     assert exit_.value.code == 1
     assert "HTTP 401" in capsys.readouterr().err
+
+
+# -- hostile requests: a clear 4xx, nothing kept, the listener unharmed --------------------------------------
+
+def raw_request(port: int, data: bytes, timeout: float = 5) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        received = b""
+        while b"\r\n\r\n" not in received:  # the status line and headers are all we look at
+            try:
+                chunk = conn.recv(65536)
+            except (TimeoutError, ConnectionResetError):  # the server may answer, then reset
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"POST /webhooks/mist HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n{}", b"413"),
+    (b"POST /webhooks/mist HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"400"),
+    (b"POST /webhooks/mist HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", b"400"),
+    (b"GET /api/v1/alerts?state=%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+    (b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+    (b"DELETE /api/v1/alerts HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+])
+def test_a_hostile_request_gets_a_clear_4xx_and_changes_nothing(mist_app, http_face, raw, status):
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
+    face = http_face(webhook=hub.receive)
+    alerts_before = mist_app.store.load_alerts()
+    answer = raw_request(face.server.port, raw)
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == status, answer[:200]
+    assert hub.next_due(NOW) is None and not hub._queue
+    assert mist_app.store.load_alerts() == alerts_before
+    assert face.get("/healthz").status_code == 200  # unharmed
+
+
+def test_a_chunked_body_is_limited_like_any_other(mist_app, http_face):
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
+    face = http_face(webhook=hub.receive, max_body_bytes=4096)
+
+    def chunks():
+        for _ in range(100):
+            yield b"x" * 1000
+
+    answer = requests.post(face.url + "/webhooks/mist", data=chunks(), timeout=10)
+    assert answer.status_code == 413
+    assert not hub._queue
+
+
+def test_many_bad_signatures_in_a_row_leave_the_real_one_working(mist_app, simulator, http_face):
+    hub = WebhookHub(lambda: mist_app, wake=lambda: None, now=lambda: NOW)
+    face = http_face(webhook=hub.receive)
+    body = simulator.updown_webhook(0)
+    with requests.Session() as session:
+        codes = {session.post(face.url + "/webhooks/mist", data=body, timeout=5,
+                              headers={"X-Mist-Signature-v2": f"{i:064x}"}).status_code for i in range(200)}
+    assert codes == {401}
+    assert simulator.send_webhook(face.url + "/webhooks/mist", SECRET, body).status_code == 202

@@ -117,7 +117,7 @@ def test_rules_check_reports_every_problem_in_every_file(tmp_path, capsys):
     assert any("a.yaml:4" in line and "urgent" in line for line in lines)
     assert any("b.yaml" in line for line in lines)
     assert any("c.yaml:2" in line and "duplicate rule id 'one'" in line for line in lines)
-    assert lines[-1] == "mistwatch: 4 problem(s) in the rule files"
+    assert lines[-1] == "mistwatch: 4 problems in the rule files"
 
 
 def test_json_log_lines_are_one_object_each_and_redacted():

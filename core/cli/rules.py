@@ -83,7 +83,8 @@ def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
     if problems:  # every problem of every file, one line each, then exit 2
         for problem in problems:
             click.echo(f"mistwatch: {problem}", err=True)
-        click.echo(f"mistwatch: {len(problems)} problem(s) in the rule files", err=True)
+        if len(problems) > 1:  # one problem stays one line
+            click.echo(f"mistwatch: {len(problems)} problems in the rule files", err=True)
         sys.exit(2)
     console = Console()
     table = Table(title=f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s): OK")

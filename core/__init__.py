@@ -16,7 +16,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mistwatch.hookspecs import CollectContext, Collector, Notifier, RuleKind, RuleSpecError, duration_schema, hookimpl
+from mistwatch.hookspecs import (
+    CollectContext,
+    Collector,
+    Notifier,
+    RuleKind,
+    RuleSpecError,
+    WebhookItem,
+    WebhookRequest,
+    duration_schema,
+    hookimpl,
+)
 from mistwatch.model import (
     SEVERITIES,
     Alert,
@@ -68,6 +78,8 @@ __all__ = [
     "Notifier",
     "RuleKind",
     "Snapshot",
+    "WebhookItem",
+    "WebhookRequest",
     "__version__",
     "hookimpl",
     "Result",

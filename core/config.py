@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from mistwatch.host import PluginHost
 
 #: Values under these keys (or keys ending in ``_<one of them>``) are secrets.
-SECRET_KEYS = ("token", "password", "secret", "api_key", "webhook_url", "routing_key")
+SECRET_KEYS = ("token", "password", "secret", "api_key", "webhook_url", "routing_key", "heartbeat_url")
 #: Keys every notifier entry has, whatever its type (more come from fragments' notifier_properties).
 NOTIFIER_COMMON = ("name", "type")
 
@@ -391,11 +391,10 @@ def _check_collectors(data: dict, host: PluginHost, *, file: str, lines: LineMap
 
 
 def _check_paths(config: Config, user_data: Mapping, *, file: str, lines: LineMap) -> None:
-    defaulted = "rules" not in user_data
     for index, (raw, path) in enumerate(zip(config.data["rules"], config.rule_paths, strict=True)):
         if not path.exists():
-            where = ("rules",) if defaulted else ("rules", index)
-            hint = " (the default; set rules: to your rule files or folders)" if defaulted else ""
+            where = ("rules",) if "rules" not in user_data else ("rules", index)
+            hint = " (the shipped rule pack: reinstall mistwatch)" if "rules" not in user_data else ""
             raise ConfigError(f"no such file or folder: {raw}{hint}", file=file,
                               line=lines.line(where), key=format_key_path(where))
     plugins_dir = config.plugins_dir
@@ -413,6 +412,9 @@ def load_config(path: str | Path, host: PluginHost | None = None, *, require_env
     (``status``, ``silence``), which must not need the Mist token.
     """
     file = str(path)
+    if not Path(path).expanduser().exists():
+        raise ConfigError(f"file not found (looked for {Path(path).expanduser().resolve()}; give --config FILE or "
+                          "set MISTWATCH_CONFIG, or write one with `mistwatch init`)", file=file)
     raw, lines = load_yaml(path)
     if not isinstance(raw, dict):
         what = "empty" if raw is None else f"a {type(raw).__name__}, not a mapping of settings"
@@ -431,6 +433,8 @@ def load_config(path: str | Path, host: PluginHost | None = None, *, require_env
     schema = _top_schema(host)
     _properties, defaults, _notifier_props = _fragments()
     _merge_defaults(data, defaults)
+    if data.get("rules") is None:  # no rules: key: the pack shipped with mistwatch
+        data["rules"] = [str(shipped_rules())]
     # Credentials default to environment variables. They are expanded after the schema check, so
     # a typo in the file is reported before a missing variable the file never mentions.
     env_defaults: list[tuple[str, str]] = []
@@ -458,6 +462,13 @@ def load_config(path: str | Path, host: PluginHost | None = None, *, require_env
     check_notify_config(config, host.notifiers())  # routes, inhibit, maintenance; notifiers' own checks
     digest_settings(config)  # reports.digest: time, time zone, notifier names
     return config
+
+
+def shipped_rules() -> Path:
+    """The folder of the rule pack installed with mistwatch (``mistwatch.rulepack``)."""
+    from mistwatch.rules.loader import package_rules_dir
+
+    return package_rules_dir()
 
 
 def host_for_config(path: str | Path | None) -> PluginHost:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -57,10 +58,30 @@ class CycleResult:
     duration_s: float = 0.0
     digest_sent: bool = False
     clock_start: float = field(default_factory=time.perf_counter)
+    #: Seconds each stage took (collect, store, rules, health, report, notify), in order run;
+    #: ``stage_errors`` names the stages that raised. The daemon's /metrics exports both.
+    stages: dict[str, float] = field(default_factory=dict)
+    stage_errors: list[str] = field(default_factory=list)
+    #: Collectors that failed outright this cycle (their data is unknown), by name.
+    collectors_failed: list[str] = field(default_factory=list)
+    #: Collectors that raised CollectionFailed (a refused token, no rights on the org): the cycle
+    #: goes on with the others' data, but exits 1, since this needs a person whatever else worked.
+    collectors_refused: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.stage_errors.append(name)
+            raise
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.status == "failed" else 0
+        return 1 if self.status == "failed" or self.collectors_refused else 0
 
 
 def utcnow() -> datetime:
@@ -93,11 +114,13 @@ def enabled_collectors(app: App) -> list[Any]:
     return [available[name] for name in names if name in available]
 
 
-def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], None] | None = None) -> Snapshot:
+def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], None] | None = None,
+            refused: list[str] | None = None) -> Snapshot:
     """Run every enabled collector in config order, each guarded; merge their snapshots.
 
     A collector that raises marks what it covers as unknown. If every collector failed, raise
-    CollectionFailed (exit 1): there is nothing to evaluate.
+    CollectionFailed (exit 1): there is nothing to evaluate. The names of collectors that raised
+    CollectionFailed themselves (a refused token) are appended to ``refused``.
     """
     snapshot = Snapshot(taken_at=now)
     collectors = enabled_collectors(app)
@@ -112,6 +135,8 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
         try:
             part = collector.collect(ctx)
         except Exception as exc:  # isolate the plugin; its data is unknown, not down
+            if isinstance(exc, CollectionFailed) and refused is not None:
+                refused.append(collector.name)
             message = redact(str(exc)) or type(exc).__name__
             failures.append(f"{collector.name}: {message}")
             snapshot.errors.append(CollectorError(collector=collector.name, endpoint="*", message=message))
@@ -124,9 +149,11 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
 
 
 def run_cycle(app: App, *, mode: str = "all", now: datetime | None = None, dry_run: bool = False,
-              progress: Callable[[str, int, int | None], None] | None = None) -> CycleResult:
+              progress: Callable[[str, int, int | None], None] | None = None,
+              observe: Callable[[CycleResult], None] | None = None) -> CycleResult:
     """Run one cycle in ``mode`` (monitor | insights | report | all). ``dry_run`` changes nothing:
-    no history, no alert state, no reports, no notifications; it shows what would happen."""
+    no history, no alert state, no reports, no notifications; it shows what would happen.
+    ``observe(result)`` is called at the end even when a stage raised (the daemon's metrics)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     now = now or utcnow()
@@ -144,16 +171,26 @@ def run_cycle(app: App, *, mode: str = "all", now: datetime | None = None, dry_r
     finally:
         result.duration_s = time.perf_counter() - result.clock_start
         result.finished_at = now + timedelta(seconds=result.duration_s)
-        if result.run_id is not None:
-            store.finish_run(result.run_id, finished_at=result.finished_at, status=result.status,
-                             api_calls=result.api_calls, errors=result.errors, summary=run_summary(result))
+        try:
+            if result.run_id is not None:
+                store.finish_run(result.run_id, finished_at=result.finished_at, status=result.status,
+                                 api_calls=result.api_calls, errors=result.errors, summary=run_summary(result))
+        finally:
+            if observe is not None:
+                observe(result)
     return result
 
 
 def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
            progress: Callable[[str, int, int | None], None] | None) -> None:
     store, mode = app.store, result.mode
-    snapshot = collect(app, now, progress)
+    try:
+        with result.stage("collect"):
+            snapshot = collect(app, now, progress, refused=result.collectors_refused)
+    except CollectionFailed:
+        result.collectors_failed = [c.name for c in enabled_collectors(app)]
+        raise
+    result.collectors_failed = sorted({e.collector for e in snapshot.errors if e.endpoint == "*"})
     result.snapshot = snapshot
     result.api_calls = snapshot.api_calls
     budgets = [c.calls_per_hour for c in enabled_collectors(app) if c.calls_per_hour]
@@ -162,22 +199,27 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
     if snapshot.errors:
         result.status = "partial"
     if not dry_run:
-        store.write_snapshot(result.run_id, snapshot)
-        store.kv_set("cursors", snapshot.cursors)
+        with result.stage("store"):
+            store.write_snapshot(result.run_id, snapshot)
+            store.kv_set("cursors", snapshot.cursors)
 
     if mode in ("insights", "report", "all"):
         from mistwatch.rules.lifecycle import run_rules
 
-        result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
-        _health(app, result, now, dry_run)
+        with result.stage("rules"):
+            result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
+        with result.stage("health"):
+            _health(app, result, now, dry_run)
 
     attachments: tuple[Attachment, ...] = ()
     if mode in ("report", "all"):
-        attachments = _report(app, result, now, dry_run)
+        with result.stage("report"):
+            attachments = _report(app, result, now, dry_run)
 
     if mode == "all":
-        result.notify = notify(app.config, app.host, store, result.rules.alerts, now,
-                               dry_run=dry_run, attachments=attachments)
+        with result.stage("notify"):
+            result.notify = notify(app.config, app.host, store, result.rules.alerts, now,
+                                   dry_run=dry_run, attachments=attachments)
 
     if not dry_run:
         _maybe_prune(app, now)

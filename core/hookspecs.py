@@ -24,7 +24,7 @@ from typing import Any
 
 import pluggy
 
-from mistwatch.model import Delivery, Notification, Snapshot
+from mistwatch.model import Delivery, Entity, Event, Notification, Snapshot
 
 PROJECT = "mistwatch"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -49,6 +49,37 @@ class CollectContext:
     now: datetime
     cursor: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[str, int, int | None], None] = _no_progress
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """A webhook delivery to ``POST /webhooks/<collector name>``, given to ``Collector.webhook``.
+
+    ``headers`` have lower-case names; ``body`` is the raw bytes (verify signatures over these, not
+    over re-encoded JSON); ``settings`` is the collector's validated config section (where its
+    webhook secret lives); ``received_at`` is when the daemon received it."""
+
+    headers: Mapping[str, str]
+    body: bytes
+    settings: Mapping[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookItem:
+    """One thing a webhook reported, as mistwatch can use it.
+
+    ``id`` must be the same whenever the same happening is delivered again (the source retries,
+    or both an org and a site webhook deliver it): mistwatch drops items whose id it has seen.
+    ``at`` is when it happened (rules' ``for:`` counts from it). ``entities`` are partial entity
+    states: the entity's usual ``key`` and identity labels, and only the metrics this item tells
+    (``{"device.connected": 0.0}``); the rules reading those metrics run for those entities at once.
+    ``events`` are kept for counting; the next poll collects them as usual."""
+
+    id: str
+    at: datetime
+    entities: tuple[Entity, ...] = ()
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +108,7 @@ class Collector:
     description: str = ""
     calls_per_hour: int = 0
     describe: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
+    webhook: Callable[[WebhookRequest], list[WebhookItem]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

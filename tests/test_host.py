@@ -250,7 +250,7 @@ def test_plugins_lists_a_failed_plugin_and_still_exits_0(known_builtins, fake_di
     assert rows["fake_broken"]["status"].startswith("failed: RuntimeError")
     assert rows["mwtest_builtin_collect"] == {"name": "mwtest_builtin_collect", "source": "builtin",
                                               "version": "0.1.0", "status": "ok",
-                                              "hooks": ["mistwatch_collectors"]}
+                                              "hooks": ["mistwatch_collectors"], "unknown_hooks": []}
 
 
 def test_plugins_json_end_to_end_in_a_fresh_process(tmp_path):

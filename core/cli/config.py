@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-CONFIG_OPTION = click.option("--config", "config_path", default="config.yaml", show_default=True,
+CONFIG_OPTION = click.option("--config", "config_path", default="config.yaml",
+                             envvar="MISTWATCH_CONFIG", show_default=True,
                              metavar="FILE", help="The configuration file.")
 
 
@@ -35,11 +36,17 @@ def check(config_path: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mistwatch.cli.plugins import hook_hint
     from mistwatch.config import host_for_config, load_config
+    from mistwatch.errors import ConfigError
     from mistwatch.secrets import redact
 
     host = host_for_config(config_path)
     loaded = load_config(config_path, host)  # ConfigError -> "mistwatch: file:line key: message", exit 2
+    for plugin, hook in host.unknown_hooks():  # a misspelt hook: the plugin silently does nothing
+        source = next((i.source for i in host.plugins() if i.name == plugin), plugin)
+        raise ConfigError(f"plugin {plugin!r} ({source}) implements unknown hook {hook_hint(hook)}",
+                          file=str(loaded.path), key="plugins_dir" if loaded.plugins_dir else None)
     collectors = loaded.data.get("collectors") or sorted(host.collectors())
     rows: list[tuple[str, str]] = [("File", str(loaded.path)), *_collector_lines(loaded, host)]
     rows += [

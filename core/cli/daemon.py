@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 
-from mistwatch.durations import format_duration, parse_duration
+from mistwatch.durations import format_duration
+from mistwatch.service.status import KV_DAEMON_INTERVAL, status_data
+from mistwatch.service.status import config_interval as _config_interval
+from mistwatch.service.status import parse_interval as _interval
+
+__all__ = ["KV_DAEMON_INTERVAL", "daemon", "status", "status_data"]
 
 log = logging.getLogger("mistwatch.service.daemon")
-#: The running daemon's interval (``--interval`` may differ from the config): status measures
-#: staleness by it, so a daemon that died shows as stale after three of its own intervals.
-KV_DAEMON_INTERVAL = "daemon.interval_s"
 
 DAEMON_HELP = """Run cycles (collect, evaluate, report, notify) on a fixed schedule until stopped.
 
@@ -34,22 +36,6 @@ With a shared PostgreSQL store (store.url), run daemons on several hosts:
 one is active (it holds the store's lock), the others wait as standbys and
 one of them takes over within seconds when the active one dies or loses
 its connection. `mistwatch status` shows which is which."""
-
-
-def _interval(text: Any, where: str) -> timedelta:
-    from mistwatch.errors import ConfigError
-
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key=where) from None
-    if value.total_seconds() < 1:
-        raise ConfigError(f"{text!r} is too short (at least 1s)", key=where)
-    return value
-
-
-def _config_interval(config: Any) -> timedelta:
-    return _interval((config.data.get("daemon") or {}).get("interval", "15m"), "daemon.interval")
 
 
 class _DigestHook:
@@ -100,16 +86,23 @@ def _cycle_line(result: Any) -> str:
 
 
 @click.command(help=DAEMON_HELP)
-@click.option("--config", "config_path", default="config.yaml", show_default=True,
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
               type=click.Path(dir_okay=False), help="The configuration file.")
 @click.option("--interval", "interval_text", metavar="DURATION",
               help="Time between cycle starts, e.g. 15m, 5m, 1h (default: daemon.interval, else 15m).")
+@click.option("--listen", "listen", metavar="HOST:PORT",
+              help="Serve /healthz, /readyz, /metrics, /api/v1 and the report over HTTP here, e.g. "
+                   "127.0.0.1:9108 (default: http.listen; off when neither is set).")
+@click.option("--log-format", "log_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object a line (time, level, logger, message), for log collectors.")
 @click.option("-v", "--verbose", count=True, help="Debug logging. Never shows secrets.")
-def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
-    from mistwatch.engine import close_app, open_app, run_cycle
+def daemon(config_path: str, interval_text: str | None, listen: str | None, log_format: str, verbose: int) -> None:
+    from mistwatch.engine import close_app, enabled_collectors, open_app, run_cycle
     from mistwatch.errors import MistwatchError
     from mistwatch.notify.digest import digest_settings
     from mistwatch.service.daemon import Daemon, install_signal_handlers, restore_signal_handlers
+    from mistwatch.service.http import http_settings
+    from mistwatch.service.live import LiveState
     from mistwatch.service.lock import StateLock
     from mistwatch.service.logsetup import setup_logging
 
@@ -118,7 +111,9 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
     try:
         interval = fixed or _config_interval(app.config)
         digest_settings(app.config)  # a bad digest setting stops us now, not at 07:30
-        setup_logging(app.config.data.get("log"), resolve=app.config.resolve, verbose=verbose > 0)
+        web = http_settings(app.config.data.get("http"), listen)
+        setup_logging(app.config.data.get("log"), resolve=app.config.resolve, verbose=verbose > 0,
+                      json_lines=log_format == "json")
         lock = StateLock(app.config.state_dir, purpose="daemon").acquire()
     except BaseException:
         close_app(app)
@@ -126,6 +121,12 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
     holder: dict[str, Any] = {"app": app}
     shared = app.store.dialect.shared  # a PostgreSQL store: active/standby (mistwatch.service.standby)
     lost: list[str] = []
+    live = LiveState(interval_s=interval.total_seconds())
+    heartbeat = _heartbeat(app.config, live)
+    hub = None  # the webhook intake, when the HTTP face listens
+
+    def collector_names() -> list[str]:
+        return [c.name for c in enabled_collectors(holder["app"])]
 
     def cycle(now: datetime) -> None:
         if shared and not holder["app"].store.still_active():
@@ -133,7 +134,18 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
             runner.request_stop(lost[0])
             log.error("%s: stopping without a cycle so that a standby takes over", lost[0])
             return
-        result = run_cycle(holder["app"], mode="all", now=now)
+        names = collector_names()
+        try:
+            result = run_cycle(holder["app"], mode="all", now=now,
+                               observe=lambda r: live.record_cycle(r, names))
+        except BaseException:
+            if heartbeat is not None:
+                heartbeat.ping(False)
+            raise
+        if hub is not None and result.status != "failed":
+            hub.polled(now)  # the poll is the truth: older pushed states are done
+        if heartbeat is not None:
+            heartbeat.ping(result.status != "failed")
         level = logging.WARNING if result.status != "ok" else logging.INFO
         log.log(level, "%s", _cycle_line(result))
         for error in result.errors[:10]:
@@ -152,6 +164,7 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         return outbox_table.next_due(app.store)
 
     def reload() -> timedelta | None:
+        nonlocal heartbeat
         new = open_app(config_path)
         try:
             old = holder["app"]
@@ -161,7 +174,10 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
                 raise MistwatchError("store.url changed: restart the daemon to move to the new store")
             new_interval = fixed or _config_interval(new.config)
             digest_settings(new.config)
-            setup_logging(new.config.data.get("log"), resolve=new.config.resolve, verbose=verbose > 0)
+            if http_settings(new.config.data.get("http"), listen) != web:
+                log.warning("http settings changed: restart the daemon to apply them")
+            setup_logging(new.config.data.get("log"), resolve=new.config.resolve, verbose=verbose > 0,
+                          json_lines=log_format == "json")
         except BaseException:
             close_app(new)
             raise
@@ -172,106 +188,91 @@ def daemon(config_path: str, interval_text: str | None, verbose: int) -> None:
         if old.store is not None:
             close_app(old)
         hook.interval = new_interval
+        live.set_interval(new_interval)
         new.store.kv_set(KV_DAEMON_INTERVAL, new_interval.total_seconds())
+        if _heartbeat_url(new.config) != (heartbeat.url if heartbeat else None):
+            if heartbeat is not None:
+                heartbeat.close(timeout=1)
+            heartbeat = _heartbeat(new.config, live)
         return new_interval
 
     hook = _DigestHook(holder, interval)
     runner = Daemon(cycle, interval, reload=reload, digest=hook, flush=flush)
-    previous = install_signal_handlers(runner)
-    log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
-    try:
-        code = 0
-        if shared:
-            from mistwatch.service.standby import standby_poll, took_over, wait_until_active
-            from mistwatch.store.database import Store
+    if web is not None:
+        from mistwatch.service.webhooks import WebhookHub
 
-            waiting_since = time.monotonic()
-            store = wait_until_active(app.store, standby_poll(interval.total_seconds()), lambda: runner.stopping,
-                                      reopen=lambda: Store.open(app.config.store_target))
-            if store is not None:
-                holder["app"].store = store
-                took_over(store, waiting_since)
-        if not runner.stopping:
-            holder["app"].store.kv_set(KV_DAEMON_INTERVAL, interval.total_seconds())
-            code = runner.run()
-        if lost:
-            code = 1
+        hub = WebhookHub(lambda: holder["app"], runner.wake, record=live.record_webhook, on_notify=live.record_notify)
+        runner.jobs.append(hub)
+    server = view = None
+    code = 0
+    try:
+        if web is not None:
+            server, view = _start_http(web, holder, live, collector_names, hub)
+        previous = install_signal_handlers(runner)
+        log.info("mistwatch daemon holding %s, config %s", lock.path.name, Path(config_path).name)
+        try:
+            if shared:
+                from mistwatch.service.standby import standby_poll, took_over, wait_until_active
+                from mistwatch.store.database import Store
+
+                waiting_since = time.monotonic()
+                store = wait_until_active(app.store, standby_poll(interval.total_seconds()),
+                                          lambda: runner.stopping, reopen=lambda: Store.open(app.config.store_target))
+                if store is not None:
+                    holder["app"].store = store
+                    took_over(store, waiting_since)
+            if not runner.stopping:
+                holder["app"].store.kv_set(KV_DAEMON_INTERVAL, interval.total_seconds())
+                code = runner.run()
+            if lost:
+                code = 1
+        finally:
+            restore_signal_handlers(previous)
     finally:
-        restore_signal_handlers(previous)
+        if server is not None:
+            server.stop(grace=5.0)  # requests in flight finish; new connections are refused
+        if view is not None:
+            view.close()
+        if heartbeat is not None:
+            heartbeat.close()
         close_app(holder["app"])
         lock.release()
     sys.exit(code)
 
 
+def _heartbeat_url(config: Any) -> str | None:
+    return (config.data.get("daemon") or {}).get("heartbeat_url") or None
+
+
+def _heartbeat(config: Any, live: Any) -> Any:
+    from mistwatch.service.heartbeat import Heartbeat
+
+    url = _heartbeat_url(config)
+    return Heartbeat(url, record=live.record_heartbeat) if url else None
+
+
+def _start_http(web: Any, holder: dict[str, Any], live: Any, collectors: Any, hub: Any) -> tuple[Any, Any]:
+    from mistwatch.service.http import HttpServer, ServiceView, make_app
+
+    view = ServiceView(config=lambda: holder["app"].config, live=live, settings=web, collectors=collectors,
+                       webhook=hub.receive if hub is not None else None)
+    return HttpServer(make_app(view), web).start(), view
+
+
 # -- status ---------------------------------------------------------------------------------------
 
-def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
-    """What `status` shows, as JSON-able data."""
-    from mistwatch.errors import LockHeld
-    from mistwatch.notify import outbox
-    from mistwatch.notify.digest import KV_LAST_DAY, next_due
-    from mistwatch.service.lock import StateLock
-
-    def run_dict(r: Any) -> dict[str, Any] | None:
-        if r is None:
-            return None
-        return {"id": r.id, "started_at": r.started_at.isoformat(timespec="seconds"),
-                "finished_at": r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
-                "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors)}
-
-    firing: dict[str, int] = {"critical": 0, "major": 0, "minor": 0, "info": 0}
-    pending = 0
-    for alert in store.load_alerts().values():
-        if alert.state == "firing":
-            firing[alert.severity] = firing.get(alert.severity, 0) + 1
-        elif alert.state == "pending":
-            pending += 1
-    probe = StateLock(config.state_dir, purpose="status")
-    try:
-        probe.acquire()
-        probe.release()
-        holder = None
-    except LockHeld:
-        holder = probe.holder() or {"pid": "?"}
-    last_ok = store.last_successful_run()
-    recorded = store.kv_get(KV_DAEMON_INTERVAL)
-    interval = timedelta(seconds=float(recorded)) if recorded else _config_interval(config)
-    age = (now - last_ok.finished_at).total_seconds() if last_ok and last_ok.finished_at else None
-    due = next_due(config, store, now)
-    return {
-        "now": now.isoformat(timespec="seconds"),
-        "running": holder,
-        "interval_s": interval.total_seconds(),
-        "last_successful_run": run_dict(last_ok),
-        "last_success_age_s": None if age is None else round(age),
-        "stale": age is None or age > 3 * interval.total_seconds(),
-        "runs": [run_dict(r) for r in store.runs(10)],
-        "alerts_firing": firing,
-        "alerts_pending": pending,
-        "outbox": outbox.counts(store),
-        "outbox_failed": [{"notifier": i.notifier, "title": i.title, "error": i.last_error}
-                          for i in outbox.items(store, permanent=True, limit=5)],
-        # waiting for a retry (relay down, 4xx, 429): why mail has not arrived yet
-        "outbox_retrying": [{"notifier": i.notifier, "title": i.title, "error": i.last_error, "attempts": i.attempts,
-                             "next_attempt_at": i.next_attempt_at.isoformat(timespec="seconds")}
-                            for i in outbox.items(store, status="failed", permanent=False, limit=5)],
-        "store": {"backend": store.dialect.name, "where": store.where, "daemons": store.active_sessions()},
-        "digest": {"last_day": store.kv_get(KV_LAST_DAY),
-                   "next_due": due.isoformat(timespec="minutes") if due else None},
-    }
-
-
 @click.command()
-@click.option("--config", "config_path", default="config.yaml", show_default=True,
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
               type=click.Path(dir_okay=False), help="The configuration file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON for scripts.")
 def status(config_path: str, as_json: bool) -> None:
     """Show the last cycles, the last successful one, open alerts by severity and the outbox."""
-    from mistwatch.config import load_config
-    from mistwatch.host import make_host
+    from mistwatch.config import host_for_config, load_config
     from mistwatch.store.database import Store
 
-    config = load_config(config_path, make_host(), require_env=False)  # no Mist token needed to read the state
+    # no Mist token needed to read the state; the config's plugins_dir is loaded, so a notifier
+    # type that comes from it is known
+    config = load_config(config_path, host_for_config(config_path), require_env=False)
     with Store.open(config.store_target) as store, store.reading():
         data = status_data(config, store, datetime.now(timezone.utc))
     if as_json:

@@ -16,7 +16,8 @@ def notifiers() -> None:
 
 @notifiers.command("test")
 @click.argument("name")
-@click.option("--config", "config_path", default="config.yaml", show_default=True, metavar="FILE",
+@click.option("--config", "config_path", default="config.yaml",
+                             envvar="MISTWATCH_CONFIG", show_default=True, metavar="FILE",
               help="The configuration file.")
 def test(name: str, config_path: str) -> None:
     """Send a test message to the notifier NAME (from notifiers: in the config).

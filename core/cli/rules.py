@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mistwatch.errors import ConfigError
+from mistwatch.sanitize import strip_controls
 
 
 def _host(plugins_dir: Path | None = None) -> Any:
@@ -49,12 +51,13 @@ def rules() -> None:
 @rules.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              envvar="MISTWATCH_CONFIG",
               help="Take the rule paths from this config (default: ./config.yaml if present, else ./rules/, "
                    "else the default rule pack shipped with mistwatch).")
 def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
     """Validate rule files: schema, compilation, metrics, references, templates.
 
-    Exits 2 with file, line and key on the first problem; prints a table of the rules otherwise.
+    Exits 2 listing every problem (file, line and key, one a line); prints a table of the rules otherwise.
     """
     from rich.console import Console
     from rich.table import Table
@@ -76,7 +79,14 @@ def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
             raise ConfigError("no such file or folder", file=str(path))
     host = _host(plugins_dir)
     known = {m for c in host.collectors().values() for m in c.metrics}
-    ruleset = load_rules(list(paths), host.rule_kinds(), known_metrics=known or None)
+    problems: list[ConfigError] = []
+    ruleset = load_rules(list(paths), host.rule_kinds(), known_metrics=known or None, errors=problems)
+    if problems:  # every problem of every file, one line each, then exit 2
+        for problem in problems:
+            click.echo(f"mistwatch: {strip_controls(str(problem))}", err=True)  # may quote a hostile key
+        if len(problems) > 1:  # one problem stays one line
+            click.echo(f"mistwatch: {len(problems)} problems in the rule files", err=True)
+        sys.exit(2)
     console = Console()
     table = Table(title=f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s): OK")
     table.add_column("id", no_wrap=True)
@@ -122,6 +132,7 @@ def _config_plugins_dir(config_path: Path | None) -> Path | None:
 
 
 _CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                              envvar="MISTWATCH_CONFIG",
                               help="Load the plugins_dir of this config, for rule kinds a plugin adds "
                                    "(default: ./config.yaml if present).")
 

@@ -57,7 +57,7 @@ class _Progress:
 
 
 @click.command(help="Run one cycle against the Mist org of the config file.\n\n" + MODE_HELP)
-@click.option("--config", "config_path", default="config.yaml", show_default=True,
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
               type=click.Path(dir_okay=False), help="The configuration file.")
 @click.option("--mode", type=click.Choice(["monitor", "insights", "report", "all"]), default="all",
               show_default=True, help="How much of the cycle to run (see above).")

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-CONFIG_OPTION = click.option("--config", "config_path", default="config.yaml", show_default=True,
+CONFIG_OPTION = click.option("--config", "config_path", default="config.yaml",
+                             envvar="MISTWATCH_CONFIG", show_default=True,
                              metavar="FILE", help="The configuration file.")
 
 

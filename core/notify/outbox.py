@@ -501,3 +501,9 @@ def expire_silence(store: Any, silence_id: str, now: datetime) -> Silence | None
     row = store.db.execute("SELECT id, matchers, starts_at, ends_at, reason, author, created_at, expired_at"
                            " FROM silences WHERE id = ?", (rows[0][0],)).fetchone()
     return _silence(row)
+
+
+def oldest_unsent(store: Any) -> datetime | None:
+    """When the oldest message still waiting to be sent (not permanently failed) was created."""
+    row = store.db.execute("SELECT MIN(created_at) FROM outbox WHERE status != 'sent' AND permanent = 0").fetchone()
+    return parse_ts(row[0]) if row and row[0] else None

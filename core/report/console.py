@@ -76,16 +76,19 @@ def site_rows(snapshot: Snapshot, health: Any = None) -> list[SiteRow]:
 
 def totals(snapshot: Snapshot) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
-    clients = 0.0
+    clients: float | None = 0.0
     for entity in snapshot.entities:
         if entity.kind == "device":
             per_type = counts.setdefault(entity.labels.get("device_type", "other"), {"total": 0, "connected": 0})
             per_type["total"] += 1
             per_type["connected"] += int(entity.metrics.get("device.connected") == 1.0)
-        elif entity.kind == "site":
-            clients += entity.metrics.get("site.clients", 0.0) or 0.0
+        elif entity.kind == "site" and clients is not None:
+            if snapshot.is_unknown(entity, "site.clients"):
+                clients = None  # a collector that failed is unknown, never zero clients
+            else:
+                clients += entity.metrics.get("site.clients", 0.0) or 0.0
     sites = sum(1 for e in snapshot.entities if e.kind == "site")
-    return {"sites": sites, "devices": counts, "clients": int(clients)}
+    return {"sites": sites, "devices": counts, "clients": None if clients is None else int(clients)}
 
 
 def health_sparkline(past: list[float | None] | None, today: float | None) -> str:
@@ -198,7 +201,9 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
 
     t = totals(snapshot)
     device_text = devices_up_text(t["devices"])
-    console.print(f"[bold]Totals:[/] {t['sites']} sites, {device_text or 'no devices'}, {t['clients']} clients")
+    device_text = device_text or ("devices ?" if snapshot.kind_unknown("device") else "no devices")
+    console.print(f"[bold]Totals:[/] {t['sites']} sites, {device_text}, "
+                  f"{'?' if t['clients'] is None else t['clients']} clients")
     for error in snapshot.errors:
         console.print(f"[yellow]Collector error[/] {console_text(error.collector)} "
                       f"{console_text(error.endpoint, 300)}: {console_text(error.message, 1000)} "

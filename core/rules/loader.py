@@ -344,12 +344,14 @@ _ID_AND_KIND = {"type": "object", "required": ["id", "kind"],
 
 
 def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
-               known_metrics: Collection[str] | None = None) -> RuleSet:
+               known_metrics: Collection[str] | None = None, errors: list[ConfigError] | None = None) -> RuleSet:
     """Load, validate and compile rule files (or folders of them).
 
     Raises ``ConfigError(file=, line=, key=, message)`` for the first problem: YAML syntax, schema,
     compilation, a template that fails a test render, a duplicate id, an unknown metric (when
-    ``known_metrics`` is given), an unknown or circular rule reference.
+    ``known_metrics`` is given), an unknown or circular rule reference. With ``errors`` given
+    (``rules check``), a problem in one rule or file is appended there and loading goes on with the
+    next, so every problem of every file is reported at once; the rules that loaded are returned.
     """
     per_kind = {name: kind_rule_schema(kind) for name, kind in kinds.items()}
     scopes = None
@@ -361,61 +363,74 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
     files = expand_paths(paths)
     if not files:
         raise ConfigError("no rule files found", file=", ".join(str(p) for p in paths) or None)
+
+    def load_item(file: str, lines: Any, prefix: tuple, raw: Any) -> None:
+        validate(raw, _ID_AND_KIND, file=file, lines=lines, prefix=prefix)
+        validate(raw, per_kind[raw["kind"]], file=file, lines=lines, prefix=prefix)
+        if scopes is not None and "scope" in raw and raw["scope"] not in scopes:
+            where = (*prefix, "scope")
+            raise ConfigError(f"unknown scope '{raw['scope']}'{_close(raw['scope'], BASE_SCOPES)} (scopes: "
+                              f"{', '.join(BASE_SCOPES)}, or an entity kind a plugin collects)",
+                              file=file, line=lines.line(where), key=format_key_path(where))
+        rule = _compile_rule(raw, kinds, file, lines.line, prefix)
+        if rule.id in seen:
+            first = seen[rule.id]
+            raise ConfigError(f"duplicate rule id '{rule.id}' (first defined at {first.where})",
+                              file=file, line=lines.line((*prefix, "id")),
+                              key=format_key_path((*prefix, "id")))
+        if known_metrics is not None:
+            for metric in sorted(rule.metrics):
+                if metric not in known_metrics:
+                    close = _close(metric, known_metrics)
+                    where = (*prefix, "metric" if raw.get("metric") == metric else "when")
+                    raise ConfigError(
+                        f"unknown metric '{metric}' (no collector declares it{close})",
+                        file=file, line=lines.line(where), key=format_key_path(where))
+        seen[rule.id] = rule
+
+    def failed(exc: ConfigError) -> None:
+        if errors is None:
+            raise exc
+        errors.append(exc)
+
     for path in files:
         file = str(path)
-        data, lines = load_yaml(path)
-        ruleset.files.append(file)
-        if data is None:
-            continue  # an empty file is allowed: no rules
-        if not isinstance(data, Mapping):
-            raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
-        _check_kinds(data, kinds, file, lines)
-        if "rules" in data:
-            validate(data, _RULES_LIST, file=file, lines=lines)
-            items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
-        else:
-            items = [((), data)]
+        try:
+            data, lines = load_yaml(path)
+            ruleset.files.append(file)
+            if data is None:
+                continue  # an empty file is allowed: no rules
+            if not isinstance(data, Mapping):
+                raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
+            if "rules" in data:
+                validate(data, _RULES_LIST, file=file, lines=lines)
+                items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
+            else:
+                items = [((), data)]
+        except ConfigError as exc:
+            failed(exc)
+            continue
         for prefix, raw in items:
-            validate(raw, _ID_AND_KIND, file=file, lines=lines, prefix=prefix)
-            validate(raw, per_kind[raw["kind"]], file=file, lines=lines, prefix=prefix)
-            if scopes is not None and "scope" in raw and raw["scope"] not in scopes:
-                where = (*prefix, "scope")
-                raise ConfigError(f"unknown scope '{raw['scope']}'{_close(raw['scope'], BASE_SCOPES)} (scopes: "
-                                  f"{', '.join(BASE_SCOPES)}, or an entity kind a plugin collects)",
-                                  file=file, line=lines.line(where), key=format_key_path(where))
-            rule = _compile_rule(raw, kinds, file, lines.line, prefix)
-            if rule.id in seen:
-                first = seen[rule.id]
-                raise ConfigError(f"duplicate rule id '{rule.id}' (first defined at {first.where})",
-                                  file=file, line=lines.line((*prefix, "id")),
-                                  key=format_key_path((*prefix, "id")))
-            if known_metrics is not None:
-                for metric in sorted(rule.metrics):
-                    if metric not in known_metrics:
-                        close = _close(metric, known_metrics)
-                        where = (*prefix, "metric" if raw.get("metric") == metric else "when")
-                        raise ConfigError(
-                            f"unknown metric '{metric}' (no collector declares it{close})",
-                            file=file, line=lines.line(where), key=format_key_path(where))
-            seen[rule.id] = rule
-    ruleset.rules = _ordered(list(seen.values()))
+            try:
+                _check_kind(raw, prefix, kinds, file, lines)
+                load_item(file, lines, prefix, raw)
+            except ConfigError as exc:
+                failed(exc)
+    try:
+        ruleset.rules = _ordered(list(seen.values()))
+    except ConfigError as exc:
+        failed(exc)
     return ruleset
 
 
-def _check_kinds(data: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:
+def _check_kind(rule: Any, prefix: tuple, kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:
     """An unknown kind first, with a suggestion: otherwise the schema would complain about every
     key that kind would have allowed."""
-    rules = data.get("rules") if "rules" in data else [data]
-    if not isinstance(rules, list):
-        return
-    prefix: tuple[str | int, ...]
-    for index, rule in enumerate(rules):
-        prefix = ("rules", index) if "rules" in data else ()
-        if isinstance(rule, Mapping) and isinstance(rule.get("kind"), str) and rule["kind"] not in kinds:
-            where = (*prefix, "kind")
-            raise ConfigError(f"unknown rule kind '{rule['kind']}'{_close(rule['kind'], kinds)} "
-                              f"(kinds: {', '.join(sorted(kinds))})",
-                              file=file, line=lines.line(where), key=format_key_path(where))
+    if isinstance(rule, Mapping) and isinstance(rule.get("kind"), str) and rule["kind"] not in kinds:
+        where = (*prefix, "kind")
+        raise ConfigError(f"unknown rule kind '{rule['kind']}'{_close(rule['kind'], kinds)} "
+                          f"(kinds: {', '.join(sorted(kinds))})",
+                          file=file, line=lines.line(where), key=format_key_path(where))
 
 
 def _close(name: str, known: Collection[str]) -> str:

@@ -71,6 +71,14 @@ class DigestHook(Protocol):
     def send(self, now: datetime) -> Any: ...
 
 
+class Job(Protocol):
+    """Work between cycles (webhook evaluations): run whenever due, as often as it is due."""
+
+    def next_due(self, now: datetime) -> datetime | None: ...
+
+    def run(self, now: datetime) -> Any: ...
+
+
 @dataclass
 class DaemonStats:
     cycles: int = 0
@@ -96,13 +104,14 @@ class Daemon:
     def __init__(self, cycle: Callable[[datetime], Any], interval: timedelta, *, clock: Clock | None = None,
                  reload: Callable[[], timedelta | None] | None = None, digest: DigestHook | None = None,
                  flush: Callable[[datetime], datetime | None] | None = None,
-                 max_wait_s: float = MAX_WAIT_S) -> None:
+                 max_wait_s: float = MAX_WAIT_S, jobs: list[Job] | None = None) -> None:
         if interval.total_seconds() <= 0:
             raise ValueError("the interval must be positive")
         self.cycle, self.interval, self.reload, self.digest = cycle, interval, reload, digest
         self.flush = flush
         self.clock: Clock = clock or SystemClock()
         self.max_wait_s = max_wait_s
+        self.jobs: list[Job] = list(jobs or [])
         self.stats = DaemonStats()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -118,6 +127,10 @@ class Daemon:
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the jobs again now (a webhook arrived)."""
         self._wake.set()
 
     @property
@@ -164,9 +177,14 @@ class Daemon:
                 if flush_at is not None:
                     flush_at = max(flush_at, now + MIN_FLUSH_GAP)
                 continue
+            job_due = None
+            if mono < slot:
+                job_due = self._run_due_jobs(now)
+                if job_due is not None and job_due <= now:
+                    continue  # a job ran: the clock moved and more may be due
             if mono < slot:
                 wait = slot - mono
-                for when in (due, flush_at):
+                for when in (due, flush_at, job_due):
                     if when is not None:
                         wait = min(wait, (when - now).total_seconds())
                 self.clock.wait(self._wake, min(self.max_wait_s, wait))
@@ -194,6 +212,19 @@ class Daemon:
         except Exception as exc:  # the digest must not take the daemon down either
             log.error("%s failed: %s: %s", doing, type(exc).__name__, redact(str(exc)))
             return None
+
+    def _run_due_jobs(self, now: datetime) -> datetime | None:
+        """Run the jobs due now; returns ``now`` if one ran, else the earliest time one is due."""
+        earliest = None
+        for job in self.jobs:
+            when = self._guard("checking a job", job.next_due, now)
+            if when is None:
+                continue
+            if when <= now:
+                self._guard("running a job", job.run, now)
+                return now
+            earliest = when if earliest is None else min(earliest, when)
+        return earliest
 
     def _run_cycle(self, now: datetime) -> None:
         self.stats.slots.append(now)

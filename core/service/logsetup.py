@@ -34,13 +34,28 @@ class RedactingFormatter(logging.Formatter):
         return strip_controls(redact(super().format(record)))
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line (``--log-format json``, for journald, Loki, Elastic): ``time`` (UTC ISO
+    8601), ``level``, ``logger``, ``message`` and ``exception`` when there is one; redacted like text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import datetime, timezone
+
+        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, ensure_ascii=False))
+
+
 def setup_logging(settings: Mapping[str, Any] | None = None, *, resolve: Callable[[str], Path] | None = None,
-                  verbose: bool = False, stream: Any = None) -> list[logging.Handler]:
+                  verbose: bool = False, stream: Any = None, json_lines: bool = False) -> list[logging.Handler]:
     """(Re)configure the ``mistwatch`` logger: stderr, plus ``settings["file"]`` rotated by size.
 
     Calling it again (after a config reload) replaces the handlers it installed before. ``resolve``
     turns the configured file name into a path (``Config.resolve``: relative to the config file).
-    Returns the handlers installed."""
+    ``json_lines``: one JSON object a line instead of text, on every handler. Returns the handlers installed."""
     settings = settings or {}
     level_name = "DEBUG" if verbose else str(settings.get("level", "info")).upper()
     level = logging.getLevelName(level_name)
@@ -50,7 +65,7 @@ def setup_logging(settings: Mapping[str, Any] | None = None, *, resolve: Callabl
     for handler in [h for h in logger.handlers if getattr(h, _OURS, False)]:
         logger.removeHandler(handler)
         handler.close()
-    formatter = RedactingFormatter(FORMAT)
+    formatter = JsonFormatter() if json_lines else RedactingFormatter(FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
     if settings.get("file"):
         handlers.append(file_handler(settings, resolve=resolve))

@@ -471,6 +471,12 @@ class Store(HistoryMixin):
                                    "WHERE state != 'inactive' ORDER BY key").fetchall()
         return {row[0]: _alert_from_row(row) for row in rows}
 
+    def alert_counts(self) -> dict[tuple[str, str], int]:
+        """{(state, severity): number of alerts}, without loading them (a /metrics scrape)."""
+        with self._errors("reading alerts"):
+            rows = self.db.execute("SELECT state, severity, COUNT(*) FROM alerts GROUP BY state, severity").fetchall()
+        return {(state, severity): n for state, severity, n in rows}
+
     def save_alerts(self, alerts: Iterable[Alert], transitions: Iterable[Transition] = ()) -> None:
         """Upsert alert states and append transitions, in one transaction. An alert saved with
         state ``inactive`` is deleted."""

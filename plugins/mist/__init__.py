@@ -23,7 +23,8 @@ def mistwatch_collectors() -> Iterator[Collector]:
 
 @hookimpl
 def mistwatch_commands() -> Iterator[Any]:
-    from mistwatch.plugins.mist.commands import demo, simulate
+    from mistwatch.plugins.mist.commands import demo, simulate, webhooks
 
     yield simulate
     yield demo
+    yield webhooks

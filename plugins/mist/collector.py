@@ -127,6 +127,10 @@ def settings_schema() -> dict[str, Any]:
             "verify_tls": {"type": "boolean", "description": "verify the server certificate (default true)"},
             "sites_refresh": {"type": "integer", "minimum": 0,
                               "description": "seconds to reuse the site list when it is needed (default 3600)"},
+            "webhook_secret": {"type": "string", "minLength": 16,
+                               "x-message": "must be at least 16 characters (the secret of the Mist webhook)",
+                               "description": "secret of the Mist webhook pointed at the daemon's /webhooks/mist "
+                                              "(X-Mist-Signature-v2); without it webhooks are refused"},
         },
     }
 
@@ -799,7 +803,10 @@ def _collect(ctx: CollectContext) -> Snapshot:
 
 def collector() -> Collector:
     """The Mist collector's descriptor (registered by ``mistwatch.plugins.mist``)."""
+    from mistwatch.plugins.mist.webhook import handle
+
     return Collector(name=NAME, collect=_collect, metrics=METRICS, config_key="mist",
                      settings_schema=settings_schema(), calls_per_hour=CALLS_PER_HOUR, describe=describe,
+                     webhook=handle,
                      description="Juniper Mist org: sites, devices, SLEs, alarms and device events "
                                  "from org-level API calls (about ten calls per cycle, any org size).")

@@ -205,3 +205,58 @@ def demo(sites: int, out: str, n_orgs: int, as_json: bool) -> None:
         finally:
             close_app(app)
     sys.exit(max(r.exit_code for r in results) if results else 1)
+
+
+@click.group("webhooks")
+def webhooks() -> None:
+    """Mist webhooks into the daemon's HTTP listener (see docs/webhook.md)."""
+
+
+@webhooks.command("test")
+@click.option("--config", "config_path", default="config.yaml", envvar="MISTWATCH_CONFIG", show_default=True,
+              type=click.Path(dir_okay=False), help="The configuration file (or $MISTWATCH_CONFIG).")
+@click.option("--url", default=None, metavar="URL",
+              help="Where to send (default: the daemon's http.listen address, path /webhooks/mist).")
+def webhooks_test(config_path: str, url: str | None) -> None:
+    """Send a signed sample Mist webhook to the running daemon, as Mist would.
+
+    The sample is a device-events test event: it proves the address, the secret and the signature
+    check, and changes no alert. Exit 0 when the daemon accepted it, 1 otherwise."""
+    import secrets as random
+
+    import requests
+
+    from mistwatch import close_app, open_app
+    from mistwatch.errors import ConfigError
+    from mistwatch.plugins.mist.webhook import sign
+
+    app = open_app(config_path)
+    try:
+        mist = app.config.data.get("mist") or {}
+        secret, org_id = mist.get("webhook_secret"), str(mist.get("org_id") or "")
+        listen = (app.config.data.get("http") or {}).get("listen")
+    finally:
+        close_app(app)
+    if not secret:
+        raise ConfigError("mist.webhook_secret is not set: the daemon refuses unsigned webhooks", key="mist")
+    if url is None:
+        if not listen:
+            raise ConfigError("http.listen is not set: give --url, or start the daemon with a listener",
+                              key="http.listen")
+        host, _, port = str(listen).rpartition(":")
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+        url = f"http://{host}:{port}/webhooks/mist"
+    event = {"type": "MISTWATCH_TEST", "org_id": org_id, "text": "mistwatch webhooks test",
+             "timestamp": int(datetime.now(timezone.utc).timestamp()), "id": random.token_hex(8)}
+    body = json.dumps({"topic": "device-events", "events": [event]}).encode()
+    try:
+        answer = requests.post(url, data=body, timeout=10, headers={
+            "Content-Type": "application/json", "X-Mist-Signature-v2": sign(secret, body)})
+    except requests.RequestException as exc:
+        click.echo(f"webhook test: cannot reach {url}: {type(exc).__name__}", err=True)
+        sys.exit(1)
+    if answer.status_code == 202:
+        click.echo(f"webhook test: {url} accepted the signed sample (HTTP 202)")
+        return
+    click.echo(f"webhook test: {url} answered HTTP {answer.status_code}: {answer.text[:200]}", err=True)
+    sys.exit(1)

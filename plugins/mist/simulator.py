@@ -585,6 +585,24 @@ class SimulatorServer:
             else:
                 self._connections.discard(conn)
 
+    # --- webhooks -----------------------------------------------------------------------------------
+    def updown_webhook(self, g: int, *, connected: bool = False, at: float | None = None) -> bytes:
+        """A ``device-updowns`` body for device ``g`` of the simulated org, as Mist would send it."""
+        from mistwatch.plugins.mist.webhook import sample
+
+        site = self.org.sites[g // self.org.devices_per_site]
+        return sample(self.org.org_id, site.id, self.org.device_mac(g), connected=connected, at=at,
+                      site_name=site.name, device_name=self.org.device_name(g), device_type=self.org.device_type(g))
+
+    def send_webhook(self, url: str, secret: str, body: bytes, *, session: Any = None) -> Any:
+        """POST ``body`` to ``url`` signed with ``secret`` (``X-Mist-Signature-v2``), as Mist does."""
+        import requests
+
+        from mistwatch.plugins.mist.webhook import sign
+
+        return (session or requests).post(url, data=body, timeout=10, headers={
+            "Content-Type": "application/json", "X-Mist-Signature-v2": sign(secret, body)})
+
     # --- life cycle ---------------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:

@@ -26,8 +26,9 @@ DEVICE_LABELS = {"org_id", "site_id", "site_name", "device_id", "device_name", "
 SITE_METRICS = {"site.ap_total", "site.ap_connected", "site.switch_total", "site.switch_connected",
                 "site.gateway_total", "site.gateway_connected", "site.devices_total", "site.devices_connected",
                 "site.ap_connected_ratio", "site.clients", "site.alarms_open", "site.alarms_critical",
-                "site.alarms_major"}
-SLE_NAMES = {name for name in METRICS if name.startswith("sle.")}
+                "site.alarms_major", "site.marvis_actions_open", "site.devices_upgrading",
+                "site.devices_not_connected_yet", "site.devices_status_unknown"}
+SLE_NAMES = {name for name in METRICS if name.startswith("sle.")} - {"sle.wired.switch_stc"}
 ORG_METRICS = {"org.sites", "org.devices", "org.devices_connected", "org.clients"}
 
 
@@ -47,10 +48,11 @@ def settings_for(server, **extra) -> dict:
 
 
 def collect(collector: MistCollector, server, now: datetime = NOW, cursor: dict | None = None,
-            progress=None, **extra) -> Snapshot:
+            progress=None, state: dict | None = None, **extra) -> Snapshot:
+    """One cycle. ``state`` is the collector's persistent state (the store's, in a real run)."""
     server.org.now = now
     ctx = CollectContext(settings=settings_for(server, **extra), now=now, cursor=cursor or {},
-                         **({"progress": progress} if progress else {}))
+                         state=state if state is not None else {}, **({"progress": progress} if progress else {}))
     return collector.collect(ctx)
 
 
@@ -74,9 +76,9 @@ def documented_metrics() -> set[str]:
     names: set[str] = set()
     for line in DOCS.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        if len(cells) != 4 or cells[1] not in ("device", "site", "org"):
+        if len(cells) != 4 or cells[1] not in ("device", "site", "org", "vpn_peer", "bgp_peer"):
             continue
-        for name in re.findall(r"`([a-z_.<>]+)`", cells[0]):
+        for name in re.findall(r"`([a-z0-9_.<>]+)`", cells[0]):
             if name.endswith(".<name>"):
                 names.update(f"{name[:-len('<name>')]}{n}" for n in re.findall(r"`([a-z][a-z_]*)`", cells[3]))
             else:
@@ -167,7 +169,8 @@ def test_entities_carry_exactly_the_documented_labels(collector, healthy):
         assert set(site.labels) == SITE_LABELS
         assert site.labels["site_name"] == names[site.labels["site_id"]]
     for device in by_kind(snap, "device"):
-        assert set(device.labels) == DEVICE_LABELS
+        assert set(device.labels) == DEVICE_LABELS | {"status"}
+        assert device.labels["status"] == "connected"
         assert device.key == f"device:{device.labels['device_id']}"
         assert device.labels["device_type"] in ("ap", "switch", "gateway")
         assert device.labels["site_name"] == names[device.labels["site_id"]]
@@ -176,19 +179,33 @@ def test_entities_carry_exactly_the_documented_labels(collector, healthy):
 def test_healthy_metrics_are_all_present_with_healthy_values(collector, healthy):
     snap = collect(collector, healthy)
     for device in by_kind(snap, "device"):
-        expected = {"device.connected", "device.uptime", "device.last_seen_age", "device.cpu", "device.memory"}
-        if device.labels["device_type"] == "ap":
-            expected.add("device.clients")
+        expected = {"device.connected", "device.upgrading", "device.uptime", "device.last_seen_age", "device.cpu",
+                    "device.memory"}
+        kind = device.labels["device_type"]
+        if kind == "ap":
+            expected |= {"device.clients", "device.power_constrained", "device.radio_util_24", "device.radio_util_5",
+                         "device.noise_floor_24", "device.noise_floor_5"}
+        else:
+            expected |= {"device.config_failed", "device.psus", "device.psus_failed", "device.fans_failed",
+                         "device.temperature_max", "device.temperatures_alarm"}
+        if kind == "switch":
+            expected.add("device.fwupdate_failed")
+        if kind == "gateway":
+            expected |= {"device.ha", "device.wan_links", "device.wan_links_up", "device.wan_links_down"}
         assert set(device.metrics) == expected
+        assert device.metrics["device.upgrading"] == 0.0
+        assert device.metrics.get("device.psus_failed", 0) == 0 and device.metrics.get("device.wan_links_down", 0) == 0
         assert device.metrics["device.connected"] == 1.0
         assert 0 <= device.metrics["device.cpu"] <= 100 and 0 <= device.metrics["device.memory"] <= 100
         assert 0 <= device.metrics["device.last_seen_age"] < 600
     for site in by_kind(snap, "site"):
-        assert set(site.metrics) >= SITE_METRICS | SLE_NAMES
+        # gateway_bandwidth comes only in the current (v2) WAN SLE names, which odd-index sites use
+        assert set(site.metrics) >= SITE_METRICS | (SLE_NAMES - {"sle.wan.gateway_bandwidth"})
         assert site.metrics["site.ap_connected_ratio"] == 1.0
         assert site.metrics["site.devices_total"] == 6 == site.metrics["site.devices_connected"]
         assert site.metrics["site.alarms_open"] == 0
-        assert all(0.9 <= site.metrics[name] <= 1.0 for name in SLE_NAMES)
+        assert all(0.9 <= site.metrics[name] <= 1.0 for name in SLE_NAMES - {"sle.wan.gateway_bandwidth"}
+                   if not name.endswith(".clients"))
     (org,) = by_kind(snap, "org")
     assert set(org.metrics) == ORG_METRICS
     assert org.metrics["org.sites"] == 12 and org.metrics["org.devices"] == 72
@@ -198,7 +215,7 @@ def test_healthy_metrics_are_all_present_with_healthy_values(collector, healthy)
 
 def test_api_calls_are_counted_and_no_site_level_endpoint_is_used(collector, healthy):
     snap = collect(collector, healthy)
-    assert snap.api_calls == healthy.calls == 9  # /self + 8 org-level calls
+    assert snap.api_calls == healthy.calls == 10  # /self + 9 org-level calls
     assert not any(path.startswith("/api/v1/sites/") for path in healthy.calls_by_path)
     devices = [q for _m, p, q in healthy.requests if p.endswith("/stats/devices")]
     assert devices[0]["type"] == "all" and devices[0]["limit"] == "1000"
@@ -206,12 +223,17 @@ def test_api_calls_are_counted_and_no_site_level_endpoint_is_used(collector, hea
     assert events[0]["device_type"] == "all"
 
 
-def test_self_is_checked_once_not_every_cycle(collector, healthy):
-    collect(collector, healthy)
+def test_self_is_asked_once_per_token_per_day_and_remembered_across_restarts(healthy):
+    state: dict = {}
+    collect(MistCollector(), healthy, state=state)
     healthy.reset_counters()
-    snap = collect(collector, healthy, now=NOW + timedelta(minutes=5))
+    restarted = MistCollector()  # a new process: only the persistent state remembers
+    snap = collect(restarted, healthy, now=NOW + timedelta(minutes=5), state=state)
     assert healthy.calls_by_path["/api/v1/self"] == 0
-    assert snap.api_calls == healthy.calls == 8
+    assert snap.api_calls == healthy.calls == 9
+    collect(restarted, healthy, now=NOW + timedelta(hours=25), state=state)
+    assert healthy.calls_by_path["/api/v1/self"] == 1
+    assert healthy.token not in repr(state)
 
 
 def test_progress_is_reported_per_stage_as_pages_come_in(collector, make_simulator):
@@ -219,7 +241,7 @@ def test_progress_is_reported_per_stage_as_pages_come_in(collector, make_simulat
     seen: list[tuple[str, int, int | None]] = []
     collect(collector, server, progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert [s for s in seen if s[0] == "devices"] == [("devices", 1000, 1800), ("devices", 1800, 1800)]
-    assert {"sites", "devices", "sle wifi", "alarms", "events", "clients"} <= {s[0] for s in seen}
+    assert {"sites", "devices", "sle wifi", "alarms", "events", "wan paths", "bgp peers"} <= {s[0] for s in seen}
 
 
 def test_call_count_does_not_grow_with_the_number_of_sites(collector, make_simulator):
@@ -228,9 +250,9 @@ def test_call_count_does_not_grow_with_the_number_of_sites(collector, make_simul
     small_calls = collect(collector, small).api_calls
     big_snap = collect(collector, big)
     assert len(by_kind(big_snap, "site")) == 2000 and len(by_kind(big_snap, "device")) == 12000
-    # Only extra pages differ: stats/sites, 3 x sites-sle and clients/count get 1 more page each at
-    # 2,000 sites, stats/devices 11 more at 12,000 devices.
-    extra_pages = 5 * 1 + 11
+    # Only extra pages differ: stats/sites and 3 x sites-sle get 1 more page each at 2,000 sites,
+    # stats/devices 11 more at 12,000 devices, the WAN paths (2 per gateway) 3 more, BGP peers 1 more.
+    extra_pages = 4 * 1 + 11 + 3 + 1
     assert big_snap.api_calls == small_calls + extra_pages
     assert small_calls <= 15
     assert {p.rsplit("/", 1)[-1] for p in small.calls_by_path} == {p.rsplit("/", 1)[-1] for p in big.calls_by_path}
@@ -257,34 +279,57 @@ def test_degraded_scenario_shows_on_exactly_the_affected_sites(collector, make_s
     assert aps_down["site.ap_connected"] == 1 and aps_down["site.ap_connected_ratio"] == 0.25
     assert aps_down["sle.wifi.ap_availability"] == pytest.approx(0.25)
     assert sle_collapse["sle.wifi.coverage"] < 0.7 and sle_collapse["sle.wifi.capacity"] < 0.7
-    assert alarms["site.alarms_open"] == 2
-    assert alarms["site.alarms_critical"] == 1 and alarms["site.alarms_major"] == 1
+    assert alarms["site.alarms_open"] == 4  # critical PSU, warn optics, a Marvis action, an old security one
+    assert alarms["site.alarms_critical"] == 1 and alarms["site.alarms_major"] == 3
+    assert alarms["site.marvis_actions_open"] == 1
     assert wan_down["site.gateway_connected"] == 0 and wan_down["site.switch_connected"] == 0
     assert wan_down["sle.wan.gateway_health"] < 0.5 and wan_down["sle.wired.switch_health"] < 0.5
 
     for index in (0, *range(5, 12)):
         healthy_site = site_of(snap, sites[index].id).metrics
+        assert healthy_site["site.marvis_actions_open"] == 0
         assert healthy_site["site.ap_connected_ratio"] == 1.0 and healthy_site["site.alarms_open"] == 0
 
     down = {d.labels["device_name"] for d in by_kind(snap, "device") if d.metrics["device.connected"] == 0}
+    psu = [d for d in by_kind(snap, "device") if d.metrics.get("device.psus_failed")]
+    assert [(d.labels["site_id"], d.labels["chassis_faults"]) for d in psu] == [(sites[3].id, "Power Supply 1 failed")]
     assert len(down) == 5  # 3 APs of site 1, switch and gateway of site 4
     assert all(d.labels["site_id"] in (sites[1].id, sites[4].id)
                for d in by_kind(snap, "device") if d.metrics["device.connected"] == 0)
 
 
-def test_open_alarms_become_events_with_our_severities(collector, make_simulator):
+def test_open_alarms_become_events_with_mists_severities_mapped_and_their_group(collector, make_simulator):
     server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
     snap = collect(collector, server)
     alarms = {e.type: e for e in snap.events if e.source == "mist.alarm"}
-    assert set(alarms) == {"switch_stp_loop", "ap_bad_cable"}
-    assert alarms["switch_stp_loop"].severity == "critical"
-    assert alarms["ap_bad_cable"].severity == "major"
+    assert set(alarms) == {"sw_alarm_chassis_psu", "sw_bad_optics", "bad_cable", "rogue_ap"}
+    assert {t: (e.labels["mist_severity"], e.severity, e.labels["group"]) for t, e in alarms.items()} == {
+        "sw_alarm_chassis_psu": ("critical", "critical", "infrastructure"),
+        "sw_bad_optics": ("warn", "major", "infrastructure"),
+        "bad_cable": ("warn", "major", "marvis"),
+        "rogue_ap": ("warn", "major", "security")}
     site3 = server.org.sites[3]
     for event in alarms.values():
         assert event.labels["site_id"] == site3.id and event.labels["site_name"] == site3.name
-        assert event.labels["alarm_id"] == event.id and event.labels["group"]
-        assert event.labels["device_name"].startswith(site3.code)
+        assert event.labels["alarm_id"] == event.id
         assert event.timestamp.tzinfo is not None
+    assert alarms["bad_cable"].labels["device_name"].startswith(site3.code)
+
+
+def test_an_alarms_timestamp_is_when_mist_last_saw_it(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="degraded", now=NOW)
+    snap = collect(collector, server)
+    rogue = next(e for e in snap.events if e.type == "rogue_ap")  # opened 3 days, last seen 2 days ago
+    assert NOW - rogue.timestamp >= timedelta(days=2)
+    assert NOW - datetime.fromisoformat(rogue.labels["opened_at"]) >= timedelta(days=3)
+
+
+def test_mist_alarm_severities_map_explicitly_and_an_unknown_one_is_kept_as_minor():
+    assert mist.ALARM_SEVERITY == {"critical": "critical", "warn": "major", "info": "info"}
+    cycle = mist._Cycle(org_id="o", now_ts=NOW.timestamp())
+    event = mist.alarm_event({"id": "a1", "type": "x", "group": "infrastructure", "severity": "fatal",
+                              "timestamp": NOW.timestamp()}, cycle)
+    assert event.severity == "minor" and event.labels["mist_severity"] == "fatal"
 
 
 def test_device_events_carry_site_and_device_labels(collector, make_simulator):
@@ -302,7 +347,7 @@ def test_device_events_carry_site_and_device_labels(collector, make_simulator):
 
 def test_cursor_carries_the_last_event_poll_into_the_next_cycle(collector, healthy):
     first = collect(collector, healthy)
-    assert first.cursors["mist"] == {"last_event_poll": NOW.timestamp()}
+    assert first.cursors["mist"]["last_event_poll"] == NOW.timestamp()
     query = next(q for _m, p, q in healthy.requests if p.endswith("/devices/events/search"))
     assert int(query["start"]) == int((NOW - timedelta(hours=1)).timestamp())  # first run: a short window
 
@@ -310,8 +355,10 @@ def test_cursor_carries_the_last_event_poll_into_the_next_cycle(collector, healt
     later = NOW + timedelta(minutes=5)
     second = collect(collector, healthy, now=later, cursor=first.cursors["mist"])
     query = next(q for _m, p, q in healthy.requests if p.endswith("/devices/events/search"))
-    assert int(query["start"]) == int(NOW.timestamp()) and int(query["end"]) == int(later.timestamp())
-    assert second.cursors["mist"] == {"last_event_poll": later.timestamp()}
+    # the window overlaps the previous one, for events Mist indexes late
+    assert int(query["start"]) == int(NOW.timestamp()) - mist.EVENT_OVERLAP
+    assert int(query["end"]) == int(later.timestamp())
+    assert second.cursors["mist"]["last_event_poll"] == later.timestamp()
 
 
 def test_events_of_the_next_cycle_are_only_the_new_ones(collector, make_simulator):
@@ -320,6 +367,22 @@ def test_events_of_the_next_cycle_are_only_the_new_ones(collector, make_simulato
     assert any(e.source == "mist.device_event" for e in first.events)
     second = collect(collector, server, now=NOW + timedelta(minutes=5), cursor=first.cursors["mist"])
     assert [e for e in second.events if e.source == "mist.device_event"] == []
+
+
+def test_an_event_indexed_late_is_still_seen_once(collector, make_simulator):
+    # recovered: the devices' *_CONNECTED events are indexed by Mist 4 minutes after they happened
+    server = make_simulator(sites=12, devices_per_site=6, scenario="recovered", now=NOW)
+    connected_at = min(e["timestamp"] for e in server.org.state.events if e["type"].endswith("_CONNECTED"))
+    cycle_at = datetime.fromtimestamp(connected_at + 60, tz=timezone.utc)  # happened, not yet indexed
+    first = collect(collector, server, now=cycle_at)
+    assert not any(e.type.endswith("_CONNECTED") for e in first.events)
+    cursor = first.cursors["mist"]
+    seen: list[str] = []
+    for minutes in (5, 10, 15):  # three more cycles: the late events come once, in the overlap
+        snap = collect(collector, server, now=cycle_at + timedelta(minutes=minutes), cursor=cursor)
+        cursor = snap.cursors["mist"]
+        seen += [e.id for e in snap.events if e.type.endswith("_CONNECTED")]
+    assert len(seen) == 5 == len(set(seen))
 
 
 def test_a_failed_event_poll_keeps_the_cursor_so_the_window_is_asked_again(collector, healthy):
@@ -367,10 +430,13 @@ def test_failing_site_stats_falls_back_to_the_site_list_for_names(collector, hea
     sites = by_kind(snap, "site")
     assert len(sites) == 12 and all(set(s.labels) == SITE_LABELS for s in sites)
     for site in sites:
-        assert "site.ap_total" not in site.metrics and snap.is_unknown(site, "site.ap_total")
+        # the device counters come from stats/devices, which answered; only the client count is missing
+        assert site.metrics["site.ap_total"] == 4 and not snap.is_unknown(site, "site.ap_total")
+        assert "site.clients" not in site.metrics and snap.is_unknown(site, "site.clients")
         assert "sle.wifi.coverage" in site.metrics and not snap.is_unknown(site, "sle.wifi.coverage")
     (org,) = by_kind(snap, "org")
     assert "org.sites" not in org.metrics and snap.is_unknown(org, "org.sites")
+    assert org.metrics["org.devices"] == 72
     assert all("site_name" in d.labels for d in by_kind(snap, "device"))
 
 
@@ -386,16 +452,22 @@ def test_the_site_list_is_reused_for_sites_refresh_seconds(collector, healthy):
     assert healthy.calls_by_path[sites_path] == 2
 
 
-def test_failing_client_count_marks_site_clients_unknown(collector, healthy):
-    healthy.inject("*/clients/count", "502", count=2)
+def test_site_clients_come_from_stats_sites_and_clients_count_is_not_asked(collector, healthy):
     snap = collect(collector, healthy)
-    (error,) = snap.errors
-    assert error.endpoint == "clients/count?distinct=site_id"
+    assert not any(p.endswith("/clients/count") for p in healthy.calls_by_path)
+    counts = {s.id: healthy.org.site_clients(s.index, NOW.timestamp(), healthy.org.state) for s in healthy.org.sites}
+    assert {e.labels["site_id"]: e.metrics["site.clients"] for e in by_kind(snap, "site")} == counts
+
+
+def test_failing_site_stats_marks_site_clients_unknown(collector, healthy):
+    healthy.inject("*/stats/sites", "502", count=2)
+    snap = collect(collector, healthy)
     for site in by_kind(snap, "site"):
         assert "site.clients" not in site.metrics and snap.is_unknown(site, "site.clients")
         assert not snap.is_unknown(site, "site.alarms_open")
+        assert site.metrics["site.ap_connected"] == 4  # stats/devices still counts the devices
     (org,) = by_kind(snap, "org")
-    assert snap.is_unknown(org, "org.clients") and not snap.is_unknown(org, "org.sites")
+    assert snap.is_unknown(org, "org.clients")
 
 
 def test_failing_alarms_mark_site_alarm_counts_unknown(collector, healthy):
@@ -413,18 +485,19 @@ def test_rate_limit_stops_the_cycle_from_spending_more_calls(collector, healthy)
     assert snap.errors[0].endpoint == "insights/sites-sle?sle=wifi"
     assert "hourly API budget" in snap.errors[0].message
     assert all(e.message.startswith("not asked: the Mist API rate limit") for e in snap.errors[1:])
-    assert len(snap.errors) == 6  # wifi, wired, wan, alarms, events, clients
+    assert len(snap.errors) == 7  # wifi, wired, wan, alarms, events, vpn peers, bgp peers
     assert healthy.calls == 1 + 2 + 1  # /self, stats/sites, stats/devices, the one 429
     assert len(by_kind(snap, "device")) == 72
 
 
 def test_an_unreachable_api_is_given_up_after_two_endpoints(collector, healthy):
-    collect(collector, healthy)  # /self checked; now the API goes away mid-run
+    state: dict = {}
+    collect(collector, healthy, state=state)  # /self checked; now the API goes away mid-run
     healthy.reset_counters()
     healthy.inject("/api/v1/orgs/*", "drop", count=1000)
     with pytest.raises(CollectionFailed, match=r"every Mist API call failed.*connection failed"):
-        collect(collector, healthy)
-    assert healthy.calls == 4  # two endpoints x two attempts, the other six not asked
+        collect(collector, healthy, state=state)
+    assert healthy.calls == 4  # two endpoints x two attempts, the other seven not asked
 
 
 def test_bad_token_raises_collection_failed_with_a_clear_message(collector, healthy):
@@ -448,13 +521,14 @@ def test_every_call_failing_raises_collection_failed(collector, healthy):
 
 
 def test_token_refused_mid_run_raises_and_rechecks_self_next_time(collector, healthy):
-    collect(collector, healthy)
+    state: dict = {}
+    collect(collector, healthy, state=state)
     healthy.api.token = "rotated-token"  # the configured token stops working
     with pytest.raises(CollectionFailed, match="refused the API token"):
-        collect(collector, healthy)
+        collect(collector, healthy, state=state)
     healthy.api.token = healthy.token
     healthy.reset_counters()
-    collect(collector, healthy)
+    collect(collector, healthy, state=state)
     assert healthy.calls_by_path["/api/v1/self"] == 1
 
 
@@ -471,12 +545,12 @@ def test_device_rows_with_missing_fields_yield_no_metric_and_unknown_fields_are_
     now = 1764590400.0
     disconnected_ap = {"type": "ap", "id": "x", "status": "disconnected", "last_seen": 1764585000,
                        "uptime": 0, "brand_new_field": {"nested": [1, 2]}}
-    assert device_metrics(disconnected_ap, now) == {"device.connected": 0.0, "device.uptime": 0.0,
-                                                    "device.last_seen_age": 5400.0}
+    assert device_metrics(disconnected_ap, now) == {"device.connected": 0.0, "device.upgrading": 0.0,
+                                                    "device.uptime": 0.0, "device.last_seen_age": 5400.0}
     switch = {"type": "switch", "status": "connected", "cpu_stat": {"idle": 74}, "memory_stat": {"usage": 16},
               "last_seen": 1764590380000}  # milliseconds
-    assert device_metrics(switch, now) == {"device.connected": 1.0, "device.last_seen_age": 20.0,
-                                           "device.cpu": 26.0, "device.memory": 16.0}
+    assert device_metrics(switch, now) == {"device.connected": 1.0, "device.upgrading": 0.0,
+                                           "device.last_seen_age": 20.0, "device.cpu": 26.0, "device.memory": 16.0}
     ap = {"type": "ap", "cpu_util": 7, "mem_used_kb": 202096, "mem_total_kb": 505468, "num_clients": 23}
     metrics = device_metrics(ap, now)
     assert metrics["device.cpu"] == 7 and metrics["device.clients"] == 23

@@ -283,6 +283,8 @@ def device_state(row: Mapping[str, Any], now_ts: float) -> str:
     status = row.get("status")
     last_seen = epoch(row.get("last_seen"))
     uptime = _num(row.get("uptime"))
+    if type(status) is not str:
+        return "unknown"  # no status at all: nothing to say, neither up nor down
     if status != STATUS_CONNECTED and last_seen is None and not uptime:
         return "never"  # no last_seen and no uptime: it was claimed, never came up
     if status == STATUS_CONNECTED:
@@ -304,7 +306,8 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
     if state == "never":
         metrics["device.never_connected"] = 1.0
     elif state == "unknown":
-        metrics["device.status_unknown"] = 1.0
+        if type(get("status")) is str:
+            metrics["device.status_unknown"] = 1.0
     else:
         metrics["device.connected"] = 0.0 if state == "gone" else 1.0
     status = get("status")
@@ -1016,6 +1019,11 @@ class MistCollector:
         counts = cycle.device_counts
         if counts is None:
             return  # stats/devices failed: stats/sites' own counters stay (or are unknown)
+        # The counters are known now, whatever stats/sites said: its failure covers only what it alone gives.
+        cycle.errors = [
+            CollectorError(collector=err.collector, endpoint=err.endpoint, message=err.message, kinds=err.kinds,
+                           metrics=frozenset({"site.clients", "org.sites", "org.clients"}))
+            if err.endpoint == "stats/sites" else err for err in cycle.errors]
         for site_id in {*cycle.sites, *counts}:
             site_counts = counts.get(site_id, {})
             metrics = cycle.site(site_id)

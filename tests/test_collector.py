@@ -555,3 +555,179 @@ def test_device_rows_with_missing_fields_yield_no_metric_and_unknown_fields_are_
     metrics = device_metrics(ap, now)
     assert metrics["device.cpu"] == 7 and metrics["device.clients"] == 23
     assert metrics["device.memory"] == pytest.approx(39.98, abs=0.01)
+
+
+# ------------------------------------------------------------------------------ Mist's device states
+
+def devices_by_name(snap: Snapshot) -> dict:
+    return {d.labels["device_name"]: d for d in by_kind(snap, "device")}
+
+
+def test_upgrading_and_restarting_devices_that_report_are_up_not_offline(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="upgrade-wave", now=NOW)
+    snap = collect(collector, server)
+    sites = server.org.sites
+    wave = site_of(snap, sites[1].id).metrics
+    assert wave["site.ap_connected_ratio"] == 1.0 and wave["site.devices_disconnected"] == 0
+    assert wave["site.devices_upgrading"] == 4
+    busy = [d for d in by_kind(snap, "device") if d.metrics.get("device.upgrading") == 1]
+    assert len(busy) == 6 and all(d.metrics["device.connected"] == 1 for d in busy)
+    assert {d.labels["status"] for d in busy} == {"upgrading", "restarting"}
+
+
+def test_a_claimed_device_that_never_connected_is_inventory_not_an_outage(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="upgrade-wave", now=NOW)
+    snap = collect(collector, server)
+    site3 = site_of(snap, server.org.sites[3].id).metrics
+    assert site3["site.devices_not_connected_yet"] == 1
+    assert site3["site.ap_total"] == 3 and site3["site.ap_connected_ratio"] == 1.0
+    assert site3["site.devices_disconnected"] == 0
+    (never,) = [d for d in by_kind(snap, "device") if d.metrics.get("device.never_connected")]
+    assert "device.connected" not in never.metrics and never.labels["site_id"] == server.org.sites[3].id
+
+
+def test_a_failed_firmware_update_is_reported_on_a_connected_device(collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="upgrade-wave", now=NOW)
+    snap = collect(collector, server)
+    (failed,) = [d for d in by_kind(snap, "device") if d.metrics.get("device.fwupdate_failed")]
+    assert failed.metrics["device.connected"] == 1 and failed.labels["fwupdate_status"] == "failed"
+
+
+@pytest.mark.parametrize(("row", "state", "connected"), [
+    ({"status": "connected", "last_seen": NOW.timestamp() - 30}, "connected", 1.0),
+    ({"status": "disconnected", "last_seen": NOW.timestamp() - 900, "uptime": 0}, "gone", 0.0),
+    ({"status": "upgrading", "last_seen": NOW.timestamp() - 60}, "busy", 1.0),
+    ({"status": "restarting", "last_seen": NOW.timestamp() - 600}, "busy", 1.0),
+    ({"status": "upgrading", "last_seen": NOW.timestamp() - 3 * 3600}, "gone", 0.0),  # stopped reporting
+    ({"status": "disconnected"}, "never", None),
+    ({"status": "connected"}, "connected", 1.0),  # connected wins even without last_seen
+    ({"status": "provisioning", "last_seen": NOW.timestamp() - 30}, "unknown", None),
+])
+def test_device_status_strings_are_read_with_mists_meaning(row, state, connected):
+    assert mist.device_state(row, NOW.timestamp()) == state
+    assert device_metrics(row, NOW.timestamp()).get("device.connected") == connected
+
+
+def test_an_unknown_status_is_counted_as_unknown_and_kept_as_a_label():
+    metrics = device_metrics({"type": "ap", "status": "<script>x</script>", "last_seen": NOW.timestamp()},
+                             NOW.timestamp())
+    assert metrics["device.status_unknown"] == 1 and "device.connected" not in metrics
+
+
+# --------------------------------------------------------------------------------- WAN, chassis, radios
+
+def test_a_wan_link_failure_shows_as_a_link_down_a_path_down_a_lossy_path_and_a_bgp_peer_down(
+        collector, make_simulator):
+    server = make_simulator(sites=12, devices_per_site=6, scenario="wan-link-failure", now=NOW)
+    snap = collect(collector, server)
+    sites = server.org.sites
+    (gateway,) = [d for d in by_kind(snap, "device") if d.metrics.get("device.wan_links_down")]
+    assert gateway.labels["site_id"] == sites[1].id and gateway.labels["wan_links_down"] == "wan2"
+    assert gateway.metrics["device.connected"] == 1 and gateway.metrics["device.wan_links_up"] == 1
+    paths = by_kind(snap, "vpn_peer")
+    assert len(paths) == 22 and len({p.key for p in paths}) == 22
+    down = [p for p in paths if p.metrics["vpn_peer.up"] == 0]
+    assert [(p.labels["site_id"], p.labels["port_id"]) for p in down] == [(sites[1].id, "ge-0/0/1")]
+    assert down[0].labels["device_id"] == gateway.labels["device_id"]
+    lossy = [p for p in paths if p.metrics.get("vpn_peer.loss", 0) > 2]
+    assert [(p.labels["site_id"], p.metrics["vpn_peer.loss"], p.metrics["vpn_peer.mos"]) for p in lossy] == [
+        (sites[2].id, 6.0, 3.0)]
+    bgp_down = [b for b in by_kind(snap, "bgp_peer") if b.metrics["bgp_peer.up"] == 0]
+    assert [(b.labels["site_id"], b.labels["bgp_state"], b.metrics["bgp_peer.rx_routes"]) for b in bgp_down] == [
+        (sites[3].id, "active", 0.0)]
+
+
+def test_peers_are_not_asked_for_an_org_without_gateways(collector, make_simulator):
+    server = make_simulator(sites=4, devices_per_site=2, now=NOW)  # APs and a switch per site
+    snap = collect(collector, server)
+    assert not any("peers" in path for path in server.calls_by_path)
+    assert by_kind(snap, "vpn_peer") == [] and snap.errors == []
+
+
+def test_chassis_parts_and_radios_are_read_from_device_rows():
+    now = NOW.timestamp()
+    switch = {"type": "switch", "status": "connected", "last_seen": now, "config_status": "failed",
+              "module_stat": [{"psus": [{"name": "PSU 0", "status": "ok"}, {"name": "PSU 1", "status": "absent"}],
+                               "fans": [{"name": "Fan 0", "status": "failed"}],
+                               "temperatures": [{"name": "CPU", "status": "ok", "celsius": 51},
+                                                {"name": "Intake", "status": "major", "celsius": 66}]}]}
+    metrics = device_metrics(switch, now)
+    assert (metrics["device.psus"], metrics["device.psus_failed"]) == (1, 0)  # an empty slot is not a failure
+    assert metrics["device.fans_failed"] == 1 and metrics["device.config_failed"] == 1
+    assert (metrics["device.temperature_max"], metrics["device.temperatures_alarm"]) == (66, 1)
+    assert mist.chassis_faults(switch["module_stat"]) == "Fan 0 failed, Intake major"
+    ap = {"type": "ap", "status": "connected", "last_seen": now, "power_constrained": True,
+          "radio_stat": {"band_24": {"util_all": 91, "noise_floor": -82}, "band_6": {"util_all": 4}}}
+    metrics = device_metrics(ap, now)
+    assert metrics["device.radio_util_24"] == 91 and metrics["device.noise_floor_24"] == -82
+    assert metrics["device.radio_util_6"] == 4 and "device.radio_util_5" not in metrics
+    assert metrics["device.power_constrained"] == 1
+
+
+def test_sle_v1_and_current_names_map_to_one_metric_and_the_current_one_wins():
+    row = {"site_id": "s", "num_gateways": 1, "num_clients": 40, "wan-link-health": 0.9,
+           "wan-link-health-v2": 0.7, "application-health": 0.95, "gateway-bandwidth": 0.99, "new-thing-v3": 0.5}
+    assert mist.sle_metrics("wan", row) == {
+        "sle.wan.wan_link_health": 0.7, "sle.wan.application_health": 0.95, "sle.wan.gateway_bandwidth": 0.99,
+        "sle.wan.new_thing": 0.5, "sle.wan.clients": 40.0}
+    assert mist.sle_metrics("wired", {"switch-health-v2": 0.8, "num_users": 3}) == {
+        "sle.wired.switch_health": 0.8, "sle.wired.clients": 3.0}
+
+
+# ------------------------------------------------------------------------------------- the budget
+
+def test_calls_are_counted_per_token_and_clock_hour_across_restarts(healthy):
+    state: dict = {}
+    collect(MistCollector(), healthy, state=state)
+    snap = collect(MistCollector(), healthy, now=NOW + timedelta(minutes=15), state=state)
+    assert snap.api_budget["mist"]["calls_hour"] == 10 + 9 == healthy.calls_this_hour()
+    assert snap.api_budget["mist"]["calls_cycle"] == 9
+    assert snap.api_budget["mist"]["min_interval_s"] == 60  # 9 calls a cycle: every minute fits
+    later = collect(MistCollector(), healthy, now=NOW + timedelta(hours=1), state=state)
+    assert later.api_budget["mist"]["calls_hour"] == 9  # a new clock hour
+    assert healthy.token not in repr(state)
+
+
+def test_a_429_without_retry_after_stops_the_cycle_and_no_call_is_made_until_the_hour_turns(healthy):
+    state: dict = {}
+    collector = MistCollector()
+    collect(collector, healthy, state=state)
+    healthy.hourly_budget = healthy.calls_this_hour() + 3  # another tool spent the rest of the hour
+    snap = collect(collector, healthy, now=NOW + timedelta(minutes=10), state=state)
+    assert [e.endpoint for e in snap.errors][:1] == ["insights/sites-sle?sle=wired"]
+    assert all("budget" in e.message for e in snap.errors)
+    assert snap.api_budget["mist"]["blocked_until"] == "2026-01-05T10:01:00+00:00"
+    healthy.reset_counters()
+    with pytest.raises(CollectionFailed, match=r"429.*no call is made before 10:01 UTC"):
+        collect(collector, healthy, now=NOW + timedelta(minutes=40), state=state)
+    assert healthy.calls == 0
+    resumed = collect(collector, healthy, now=NOW + timedelta(hours=1, minutes=5), state=state)
+    assert resumed.errors == [] and healthy.calls == 9
+
+
+def test_when_the_hour_would_run_out_optional_endpoints_are_skipped_before_device_state(healthy):
+    state: dict = {}
+    collector = MistCollector()
+    collect(collector, healthy, state=state)  # 10 calls; the interval of the next ones is 1 minute
+    collect(collector, healthy, now=NOW + timedelta(minutes=1), state=state)
+    # 58 more one-minute cycles in this hour at 9 calls each would need 522; leave 460
+    snap = collect(collector, healthy, now=NOW + timedelta(minutes=2), state=state, hourly_budget=480)
+    budget = snap.api_budget["mist"]
+    assert budget["skipped"] == ["stats/bgp_peers/search", "stats/vpn_peers/search"]
+    assert sorted(e.endpoint for e in snap.errors) == sorted(budget["skipped"])
+    assert all(e.message.startswith("skipped:") for e in snap.errors)
+    assert by_kind(snap, "device") and by_kind(snap, "vpn_peer") == []
+    assert snap.is_unknown(by_kind(snap, "site")[0], "site.alarms_open") is False
+
+
+def test_planning_skips_the_least_wanted_optional_endpoint_first():
+    optional = [("alarms", 1), ("events", 1), ("vpn", 2), ("bgp", 1)]
+    assert mist.plan_optional(0, 5000, 12, 6, optional) == []
+    assert mist.plan_optional(4900, 5000, 12, 6, optional) == ["vpn", "bgp"]  # 8.3 calls a cycle left
+    assert mist.plan_optional(4990, 5000, 2, 6, optional) == ["alarms", "events", "vpn", "bgp"]
+
+
+def test_the_shortest_interval_follows_the_cost_of_a_cycle():
+    assert mist.min_interval_s(9, 5000) == 60
+    assert mist.min_interval_s(137, 5000) == 120  # 36 cycles an hour fit: every 100 s, so 2 minutes
+    assert mist.min_interval_s(6000, 5000) is None

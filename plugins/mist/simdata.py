@@ -38,8 +38,8 @@ Scenarios (``SCENARIOS``):
 ``set_scenario("healthy")`` forgets it all. Background alarms carry Mist's real groups and severities
 (``critical``/``warn``/``info``); ``degraded`` also leaves a security alarm Mist never closed (last
 seen two days ago). Sites with an odd index answer ``sites-sle`` with the current SLE names
-(``wan-link-health-v2``, ``application-health``, ``switch-health-v2``, ``gateway-bandwidth``), even
-ones with the v1 names. ``SimulatorServer`` also counts calls per token and clock hour (of ``now``) and
+(``wan-link-health-v2``, ``application-health``, ``switch-health-v2``, ``gateway-bandwidth``) next to
+the v1 names the spec requires; even ones with the v1 names only. ``SimulatorServer`` also counts calls per token and clock hour (of ``now``) and
 answers 429 without ``Retry-After`` once the hour's budget (default 5,000) is spent.
 """
 
@@ -951,8 +951,8 @@ def sle_result(org: SimulatedOrg, site: Site, kind: str, now_ts: float, state: S
         head = {"site_id": site.id, "num_gateways": org.layout.count("gateway"),
                 "num_clients": clients + org.site_wired_clients(i)}
     values = org.sle_values(i, kind, now_ts, state)
-    if i % 2:  # the names Mist sends today (spec 2511 still documents the v1 ones)
-        values = {CURRENT_SLE_NAMES.get(k, k): v for k, v in values.items()}
+    if i % 2:  # the names live orgs send today next to the v1 ones the spec documents (and requires)
+        values.update({CURRENT_SLE_NAMES[k]: v for k, v in values.items() if k in CURRENT_SLE_NAMES})
         if kind == "wan":
             values["gateway-bandwidth"] = round(0.95 + 0.05 * unit(org.seed, i, 5), 3)
     head.update(values)

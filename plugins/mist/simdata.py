@@ -39,8 +39,9 @@ Scenarios (``SCENARIOS``):
 (``critical``/``warn``/``info``); ``degraded`` also leaves a security alarm Mist never closed (last
 seen two days ago). Sites with an odd index answer ``sites-sle`` with the current SLE names
 (``wan-link-health-v2``, ``application-health``, ``switch-health-v2``, ``gateway-bandwidth``) next to
-the v1 names the spec requires; even ones with the v1 names only. ``SimulatorServer`` also counts calls per token and clock hour (of ``now``) and
-answers 429 without ``Retry-After`` once the hour's budget (default 5,000) is spent.
+the v1 names the spec requires; even ones with the v1 names only. ``SimulatorServer`` also counts
+calls per token and clock hour (of ``now``) and answers 429 without ``Retry-After`` once the hour's
+budget (default 5,000) is spent.
 """
 
 from __future__ import annotations

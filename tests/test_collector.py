@@ -14,6 +14,7 @@ from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
 from mistwatch.model import Snapshot
 from mistwatch.plugins import mist
+from mistwatch.plugins.mist import collector as mistcollector
 from mistwatch.plugins.mist.client import MistClient
 from mistwatch.plugins.mist.collector import METRICS, MistCollector, device_metrics, epoch, settings_schema
 
@@ -325,9 +326,9 @@ def test_an_alarms_timestamp_is_when_mist_last_saw_it(collector, make_simulator)
 
 
 def test_mist_alarm_severities_map_explicitly_and_an_unknown_one_is_kept_as_minor():
-    assert mist.ALARM_SEVERITY == {"critical": "critical", "warn": "major", "info": "info"}
-    cycle = mist._Cycle(org_id="o", now_ts=NOW.timestamp())
-    event = mist.alarm_event({"id": "a1", "type": "x", "group": "infrastructure", "severity": "fatal",
+    assert mistcollector.ALARM_SEVERITY == {"critical": "critical", "warn": "major", "info": "info"}
+    cycle = mistcollector._Cycle(org_id="o", now_ts=NOW.timestamp())
+    event = mistcollector.alarm_event({"id": "a1", "type": "x", "group": "infrastructure", "severity": "fatal",
                               "timestamp": NOW.timestamp()}, cycle)
     assert event.severity == "minor" and event.labels["mist_severity"] == "fatal"
 
@@ -356,7 +357,7 @@ def test_cursor_carries_the_last_event_poll_into_the_next_cycle(collector, healt
     second = collect(collector, healthy, now=later, cursor=first.cursors["mist"])
     query = next(q for _m, p, q in healthy.requests if p.endswith("/devices/events/search"))
     # the window overlaps the previous one, for events Mist indexes late
-    assert int(query["start"]) == int(NOW.timestamp()) - mist.EVENT_OVERLAP
+    assert int(query["start"]) == int(NOW.timestamp()) - mistcollector.EVENT_OVERLAP
     assert int(query["end"]) == int(later.timestamp())
     assert second.cursors["mist"]["last_event_poll"] == later.timestamp()
 
@@ -604,7 +605,7 @@ def test_a_failed_firmware_update_is_reported_on_a_connected_device(collector, m
     ({"status": "provisioning", "last_seen": NOW.timestamp() - 30}, "unknown", None),
 ])
 def test_device_status_strings_are_read_with_mists_meaning(row, state, connected):
-    assert mist.device_state(row, NOW.timestamp()) == state
+    assert mistcollector.device_state(row, NOW.timestamp()) == state
     assert device_metrics(row, NOW.timestamp()).get("device.connected") == connected
 
 
@@ -655,7 +656,7 @@ def test_chassis_parts_and_radios_are_read_from_device_rows():
     assert (metrics["device.psus"], metrics["device.psus_failed"]) == (1, 0)  # an empty slot is not a failure
     assert metrics["device.fans_failed"] == 1 and metrics["device.config_failed"] == 1
     assert (metrics["device.temperature_max"], metrics["device.temperatures_alarm"]) == (66, 1)
-    assert mist.chassis_faults(switch["module_stat"]) == "Fan 0 failed, Intake major"
+    assert mistcollector.chassis_faults(switch["module_stat"]) == "Fan 0 failed, Intake major"
     ap = {"type": "ap", "status": "connected", "last_seen": now, "power_constrained": True,
           "radio_stat": {"band_24": {"util_all": 91, "noise_floor": -82}, "band_6": {"util_all": 4}}}
     metrics = device_metrics(ap, now)
@@ -667,10 +668,10 @@ def test_chassis_parts_and_radios_are_read_from_device_rows():
 def test_sle_v1_and_current_names_map_to_one_metric_and_the_current_one_wins():
     row = {"site_id": "s", "num_gateways": 1, "num_clients": 40, "wan-link-health": 0.9,
            "wan-link-health-v2": 0.7, "application-health": 0.95, "gateway-bandwidth": 0.99, "new-thing-v3": 0.5}
-    assert mist.sle_metrics("wan", row) == {
+    assert mistcollector.sle_metrics("wan", row) == {
         "sle.wan.wan_link_health": 0.7, "sle.wan.application_health": 0.95, "sle.wan.gateway_bandwidth": 0.99,
         "sle.wan.new_thing": 0.5, "sle.wan.clients": 40.0}
-    assert mist.sle_metrics("wired", {"switch-health-v2": 0.8, "num_users": 3}) == {
+    assert mistcollector.sle_metrics("wired", {"switch-health-v2": 0.8, "num_users": 3}) == {
         "sle.wired.switch_health": 0.8, "sle.wired.clients": 3.0}
 
 
@@ -722,12 +723,12 @@ def test_when_the_hour_would_run_out_optional_endpoints_are_skipped_before_devic
 
 def test_planning_skips_the_least_wanted_optional_endpoint_first():
     optional = [("alarms", 1), ("events", 1), ("vpn", 2), ("bgp", 1)]
-    assert mist.plan_optional(0, 5000, 12, 6, optional) == []
-    assert mist.plan_optional(4900, 5000, 12, 6, optional) == ["vpn", "bgp"]  # 8.3 calls a cycle left
-    assert mist.plan_optional(4990, 5000, 2, 6, optional) == ["alarms", "events", "vpn", "bgp"]
+    assert mistcollector.plan_optional(0, 5000, 12, 6, optional) == []
+    assert mistcollector.plan_optional(4900, 5000, 12, 6, optional) == ["vpn", "bgp"]  # 8.3 calls a cycle left
+    assert mistcollector.plan_optional(4990, 5000, 2, 6, optional) == ["alarms", "events", "vpn", "bgp"]
 
 
 def test_the_shortest_interval_follows_the_cost_of_a_cycle():
-    assert mist.min_interval_s(9, 5000) == 60
-    assert mist.min_interval_s(137, 5000) == 120  # 36 cycles an hour fit: every 100 s, so 2 minutes
-    assert mist.min_interval_s(6000, 5000) is None
+    assert mistcollector.min_interval_s(9, 5000) == 60
+    assert mistcollector.min_interval_s(137, 5000) == 120  # 36 cycles an hour fit: every 100 s, so 2 minutes
+    assert mistcollector.min_interval_s(6000, 5000) is None

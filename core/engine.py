@@ -253,6 +253,8 @@ def run_summary(result: CycleResult) -> dict[str, Any]:
         for entity in result.snapshot.entities:
             kinds[entity.kind] = kinds.get(entity.kind, 0) + 1
         summary["entities"] = kinds
+        if result.snapshot.api_budget:  # calls this cycle and clock hour, skipped endpoints (for status)
+            summary["api_budget"] = result.snapshot.api_budget
     if result.rules is not None:
         states: dict[str, int] = {}
         for alert in result.rules.alerts:

@@ -205,8 +205,7 @@ def test_healthy_metrics_are_all_present_with_healthy_values(collector, healthy)
         assert site.metrics["site.ap_connected_ratio"] == 1.0
         assert site.metrics["site.devices_total"] == 6 == site.metrics["site.devices_connected"]
         assert site.metrics["site.alarms_open"] == 0
-        assert all(0.9 <= site.metrics[name] <= 1.0 for name in SLE_NAMES - {"sle.wan.gateway_bandwidth"}
-                   if not name.endswith(".clients"))
+        assert all(0.9 <= site.metrics[name] <= 1.0 for name in SLE_NAMES - {"sle.wan.gateway_bandwidth"})
     (org,) = by_kind(snap, "org")
     assert set(org.metrics) == ORG_METRICS
     assert org.metrics["org.sites"] == 12 and org.metrics["org.devices"] == 72
@@ -401,7 +400,7 @@ def test_failing_wifi_sle_marks_sle_wifi_unknown_not_zero_and_keeps_the_rest(col
     snap = collect(collector, healthy)
     (error,) = snap.errors
     assert error.endpoint == "insights/sites-sle?sle=wifi" and "gave up after 2 attempts" in error.message
-    assert error.kinds == {"site"} and error.metrics == {"sle.wifi.*"}
+    assert error.kinds == {"site"} and error.metrics == {"sle.wifi.*", "site.sle_wifi_clients"}
     for site in by_kind(snap, "site"):
         assert not any(name.startswith("sle.wifi.") for name in site.metrics)
         assert snap.is_unknown(site, "sle.wifi.coverage")
@@ -670,9 +669,9 @@ def test_sle_v1_and_current_names_map_to_one_metric_and_the_current_one_wins():
            "wan-link-health-v2": 0.7, "application-health": 0.95, "gateway-bandwidth": 0.99, "new-thing-v3": 0.5}
     assert mistcollector.sle_metrics("wan", row) == {
         "sle.wan.wan_link_health": 0.7, "sle.wan.application_health": 0.95, "sle.wan.gateway_bandwidth": 0.99,
-        "sle.wan.new_thing": 0.5, "sle.wan.clients": 40.0}
+        "sle.wan.new_thing": 0.5, "site.sle_wan_clients": 40.0}
     assert mistcollector.sle_metrics("wired", {"switch-health-v2": 0.8, "num_users": 3}) == {
-        "sle.wired.switch_health": 0.8, "sle.wired.clients": 3.0}
+        "sle.wired.switch_health": 0.8, "site.sle_wired_clients": 3.0}
 
 
 # ------------------------------------------------------------------------------------- the budget

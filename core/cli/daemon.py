@@ -183,7 +183,8 @@ def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
             return None
         return {"id": r.id, "started_at": r.started_at.isoformat(timespec="seconds"),
                 "finished_at": r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
-                "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors)}
+                "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors),
+                "api_budget": (r.summary or {}).get("api_budget", {})}
 
     firing: dict[str, int] = {"critical": 0, "major": 0, "minor": 0, "info": 0}
     pending = 0
@@ -276,6 +277,12 @@ def _print_status(data: dict[str, Any]) -> None:
         table.add_row(r["started_at"], r["mode"], f"[{colour}]{r['status']}[/]", str(r["api_calls"]),
                       escape("; ".join(r["errors"]), 80))
     console.print(table)
+    from mistwatch.report.console import budget_text
+
+    latest = next((r for r in data["runs"] if r.get("api_budget")), None)
+    for name, budget in sorted((latest or {}).get("api_budget", {}).items()):
+        console.print(f"[bold]API budget ({escape(name)}, cycle of {latest['started_at']}):[/] "
+                      f"{escape(budget_text(budget))}")
     f = data["alerts_firing"]
     console.print(f"[bold]Alerts firing:[/] critical {f.get('critical', 0)}, major {f.get('major', 0)}, "
                   f"minor {f.get('minor', 0)}, info {f.get('info', 0)}; pending {data['alerts_pending']}")

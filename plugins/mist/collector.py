@@ -166,7 +166,7 @@ SLE_METRICS: dict[str, tuple[str, ...]] = {
 for _sle, _names in SLE_METRICS.items():
     for _name in _names:
         METRICS[f"sle.{_sle}.{_name}"] = f"{_sle} SLE {_name.replace('_', ' ')}: share of good user-minutes, 0..1"
-    METRICS[f"sle.{_sle}.clients"] = (f"clients the {_sle} SLE is computed over (num_clients, else num_users); "
+    METRICS[f"site.sle_{_sle}_clients"] = (f"clients the {_sle} SLE is computed over (num_clients, else num_users); "
                                       "rules guard on it like the Wi-Fi rules on site.clients")
 
 #: The portal's page kind per device type (``#!ap/detail/<device_id>/<site_id>``).
@@ -496,7 +496,8 @@ def _sle_name(sle: str, key: str) -> tuple[str, int]:
 
 def sle_metrics(sle: str, row: Mapping[str, Any]) -> dict[str, float]:
     """sle.<sle>.* of one sites-sle result: v1 and current key names map to one metric (the newer
-    version wins), ``num_clients`` (else ``num_users``) becomes ``sle.<sle>.clients``."""
+    version wins), ``num_clients`` (else ``num_users``) becomes ``site.sle_<sle>_clients`` (a count, so not in
+    the sle.* namespace of 0..1 ratios)."""
     metrics: dict[str, float] = {}
     versions: dict[str, int] = {}
     for key, value in row.items():
@@ -514,7 +515,7 @@ def sle_metrics(sle: str, row: Mapping[str, Any]) -> dict[str, float]:
     if clients is None:
         clients = _num(row.get("num_users"))
     if clients is not None:
-        metrics[f"sle.{sle}.clients"] = clients
+        metrics[f"site.sle_{sle}_clients"] = clients
     return metrics
 
 
@@ -1047,9 +1048,10 @@ class MistCollector:
             if site_id is not None:
                 collected.append((site_id, sle_metrics(sle, row)))
 
-        ok = self._call(cycle, f"insights/sites-sle?sle={sle}", {"site"}, [f"sle.{sle}.*"], lambda: self._pages(
-            client.iter_pages(f"{base}/insights/sites-sle", {"sle": sle, "duration": "1h"}),
-            ctx, f"sle {sle}", handle), client)
+        ok = self._call(cycle, f"insights/sites-sle?sle={sle}", {"site"}, [f"sle.{sle}.*", f"site.sle_{sle}_clients"],
+                        lambda: self._pages(client.iter_pages(f"{base}/insights/sites-sle",
+                                                              {"sle": sle, "duration": "1h"}),
+                                            ctx, f"sle {sle}", handle), client)
         if ok:  # only a complete answer is used, never half of one
             for site_id, metrics in collected:
                 cycle.site(site_id).update(metrics)

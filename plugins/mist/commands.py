@@ -31,8 +31,10 @@ from mistwatch.plugins.mist.simdata import SCENARIOS
               help="healthy, degraded (sites 2-5 in list order have problems) or recovered.")
 @click.option("--token", default="sim-token", show_default=True, help="API token the simulator accepts.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated org.")
+@click.option("--hourly-budget", type=click.IntRange(0, None), default=5000, show_default=True,
+              help="Calls per token and clock hour before HTTP 429, as Mist does (0: unlimited).")
 def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: str, token: str,
-             seed: int) -> None:
+             seed: int, hourly_budget: int) -> None:
     """Serve a Mist-compatible API on loopback, for trying rules.
 
     The org is generated from --seed; point `mistwatch run` at the printed base_url, token and org_id.
@@ -43,7 +45,7 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
     org = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario, seed=seed)
     org.prepare()  # device texts built before serving, so a big org's first poll is as fast as the next
     try:
-        server = serve(org, host=host, port=port, token=token)
+        server = serve(org, host=host, port=port, token=token, hourly_budget=hourly_budget or None)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host") from None
     except OSError as exc:

@@ -751,3 +751,17 @@ def test_odd_sites_send_the_current_sle_names_next_to_the_v1_ones(simulator):
     odd, even = rows[ids.index(rows[1]["site_id"])], rows[0]
     assert {"wan-link-health-v2", "application-health", "gateway-bandwidth", "wan-link-health"} <= set(odd)
     assert "wan-link-health-v2" not in even and "wan-link-health" in even
+
+
+def test_the_normal_part_of_an_upgrade_wave_completes_with_the_new_version_and_the_stuck_switch_stays(
+        make_simulator):
+    server = make_simulator(sites=6, now=DAY1, scenario="upgrade-wave")
+    ids = server.org.site_ids()
+    get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)  # the wave starts being seen
+    server.org.now = DAY1 + timedelta(minutes=20)
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    aps = [d for d in devices if d["site_id"] == ids[1] and d["type"] == "ap"]
+    assert {(d["status"], d["version"], d["fwupdate"]["status"]) for d in aps} == {
+        ("connected", "0.14.29889", "upgraded")}
+    assert all(d["uptime"] < 20 * 60 for d in aps)
+    assert {d["status"] for d in devices if d["site_id"] == ids[2]} == {"connected", "upgrading"}

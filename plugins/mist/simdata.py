@@ -28,8 +28,9 @@ Scenarios (``SCENARIOS``):
   fresh uptime (``*_CONNECTED`` events, indexed by Mist 4 minutes late, as events a device buffered
   while offline are), the site-3 alarms are resolved. History keeps the incident.
 * ``upgrade-wave``: a firmware upgrade rolls through sites 1-3: site 1's APs are ``upgrading`` (still
-  reporting, ``fwupdate.status`` inprogress); site 2's switch has been ``upgrading`` for 2 hours
-  (stuck) and one AP is ``restarting``; at site 3 one AP's upgrade ``failed`` (it runs the old version)
+  reporting, ``fwupdate.status`` inprogress) for the wave's first 15 minutes, then run the new version
+  with a fresh uptime; site 2's switch has been ``upgrading`` for 2 hours (stuck) and one AP is
+  ``restarting`` (back after the 15 minutes too); at site 3 one AP's upgrade ``failed`` (it runs the old version)
   and one AP was claimed but never connected (no ``last_seen``, no ``uptime``).
 * ``wan-link-failure``: site 1's gateway lost its second WAN link (``if_stat`` wan2 down, its VPN path
   down, a ``vpn_peer_down`` warn alarm); site 2's primary WAN path is lossy (loss 6 %, latency 180 ms,
@@ -139,6 +140,8 @@ SLE_KEYS = {"wifi": WIFI_KEYS, "wired": WIRED_KEYS, "wan": WAN_KEYS}
 CURRENT_SLE_NAMES = {"switch-health": "switch-health-v2", "wan-link-health": "wan-link-health-v2",
                      "application_health": "application-health"}
 WAN_LINKS = (("ge-0/0/0", "wan1", "broadband"), ("ge-0/0/1", "wan2", "lte"))
+UPGRADE_WAVE_MINUTES = 15  # how long the normal part of the upgrade wave takes
+UPGRADED_AP_VERSION = "0.14.29889"
 
 # history that is not part of a scenario: resolved alarms of these kinds, config events
 BACKGROUND_ALARMS = (("rogue_ap", "security", "warn"), ("infra_dhcp_failure", "infrastructure", "warn"),
@@ -256,6 +259,7 @@ class ScenarioState:
         self.wan_down: dict[int, set[str]] = {}  # gateway -> WAN names down
         self.vpn: dict[tuple[int, str], dict] = {}  # (gateway, wan name) -> path stat overrides
         self.bgp_down: set[int] = set()  # gateways whose BGP neighbor is down
+        self.expires_at: float | None = None  # the scenario's next phase starts then
 
 
 class SimulatedOrg:
@@ -335,6 +339,11 @@ class SimulatedOrg:
         """The current scenario's state, anchored at the clock of its first use after ``set_scenario``
         (so ``set_scenario`` and setting ``now`` may come in either order)."""
         state = self._state
+        if state is not None and state.expires_at is not None and self.now.timestamp() >= state.expires_at:
+            with self._state_lock:  # the scenario moves on by itself (an upgrade wave completes)
+                if self._state is state:
+                    self._previous, self._state = state, None
+            state = None
         if state is None:
             with self._state_lock:
                 if self._state is None:
@@ -370,7 +379,7 @@ class SimulatedOrg:
         if name == "healthy":
             return state
         if name == "upgrade-wave":
-            return self._upgrade_wave(state, t)
+            return self._upgrade_wave(state, t, previous)
         if name == "wan-link-failure":
             return self._wan_link_failure(state, t)
         n = len(self._sites)
@@ -467,26 +476,43 @@ class SimulatedOrg:
                   "aps": [self.device_mac(g0 + (ap or 0))], "hostnames": [self.device_name(g0 + (ap or 0))]}
         return [critical, optics, marvis]
 
-    def _upgrade_wave(self, state: ScenarioState, t: float) -> ScenarioState:
+    def _upgrade_wave(self, state: ScenarioState, t: float, previous: ScenarioState | None) -> ScenarioState:
+        """Phase 1 (its first 15 minutes): site 1's APs upgrading, site 2's AP restarting. Phase 2: they
+        are done (new version, fresh uptime); the switch of site 2 stays stuck, site 3 stays as it is."""
         dps, n = self.devices_per_site, len(self._sites)
         started = t - 600
+        if previous is not None and previous.name == "upgrade-wave" and previous.incident_ts is not None:
+            started = previous.incident_ts
         state.incident_ts = started
         state.anchor = started
+        done_at = started + UPGRADE_WAVE_MINUTES * 60
+        running = t < done_at
+        if running:
+            state.expires_at = done_at
         aps = [p for p, kind in enumerate(self.layout) if kind == "ap"]
         upgrading = {"status": "inprogress", "progress": 40, "status_id": 5, "timestamp": started,
                      "will_retry": False}
         if n > 1:
-            for pos in aps:
-                state.status[dps + pos] = "upgrading"
-                state.fwupdate[dps + pos] = dict(upgrading)
-            state.affected[1] = f"{len(aps)} APs upgrading (normal wave)"
+            for k, pos in enumerate(aps):
+                g = dps + pos
+                if running:
+                    state.status[g] = "upgrading"
+                    state.fwupdate[g] = dict(upgrading)
+                else:
+                    state.boot[g] = done_at - 240 + 20 * k
+                    state.version[g] = UPGRADED_AP_VERSION
+                    state.fwupdate[g] = dict(upgrading, status="upgraded", progress=100, status_id=3037)
+            state.affected[1] = f"{len(aps)} APs upgrading (a normal wave, done after {UPGRADE_WAVE_MINUTES} min)"
         if n > 2:
             sw = self.device_pos("switch")
             if sw is not None:
                 state.status[2 * dps + sw] = "upgrading"
-                state.fwupdate[2 * dps + sw] = dict(upgrading, timestamp=t - 2 * 3600, progress=60)
+                state.fwupdate[2 * dps + sw] = dict(upgrading, timestamp=started - 2 * 3600, progress=60)
             if aps:
-                state.status[2 * dps + aps[0]] = "restarting"
+                if running:
+                    state.status[2 * dps + aps[0]] = "restarting"
+                else:
+                    state.boot[2 * dps + aps[0]] = done_at - 300
             state.affected[2] = "switch upgrading for 2 hours (stuck), an AP restarting"
         if n > 3 and aps:
             state.fwupdate[3 * dps + aps[0]] = {"status": "failed", "progress": 0, "status_id": 9,

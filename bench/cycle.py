@@ -166,7 +166,10 @@ def main() -> None:
           f"{platform.system()} {platform.release()}")
     budgets = {1000: (2.0, 80), 10000: (15.0, 250)}
     for sites in args.sites or [1000, 10000]:
-        pages = -(-sites // 1000) + -(-sites * 6 // 1000) + 3 * -(-sites // 1000)
+        # stats/sites, stats/devices (6 devices a site), 3 SLEs; then the WAN path and BGP peer searches,
+        # whose rows grow with gateways (here one a site, with two WAN links), not with calls per site
+        pages = (-(-sites // 1000) + -(-sites * 6 // 1000) + 3 * -(-sites // 1000)
+                 + -(-sites * 2 // 1000) + -(-sites // 1000))
         for mode in args.mode or ["monitor", "all"]:
             figures = measure(sites, mode, args.cycles, args.history_days)
             if figures["filled"]:

@@ -141,13 +141,14 @@ def test_settings_schema_accepts_a_cloud_or_a_base_url_and_rejects_the_rest():
     assert validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o"})
     assert validator.is_valid({"base_url": "https://api.gc2.mist.com", "token": "t0ken", "org_id": "o",
                                "timeout": 10, "page_limit": 500, "max_retries": 2, "verify_tls": False,
-                               "sites_refresh": 600})
+                               "sites_refresh": 600, "hourly_budget": 2500})
     assert not validator.is_valid({"cloud": "mars", "token": "t0ken", "org_id": "o"})
     assert not validator.is_valid({"cloud": "eu", "org_id": "o"})  # token missing
     assert not validator.is_valid({"cloud": "eu", "token": "t0ken"})  # org_id missing
     assert not validator.is_valid({"token": "t0ken", "org_id": "o"})  # neither cloud nor base_url
     assert not validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o", "tokn": "typo"})
     assert not validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o", "page_limit": 5000})
+    assert not validator.is_valid({"cloud": "eu", "token": "t0ken", "org_id": "o", "hourly_budget": 0})
 
 
 # ------------------------------------------------------------------------------------------ healthy

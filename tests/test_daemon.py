@@ -467,6 +467,26 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert "failed" in text and "Outbox: 0 pending, 0 failed, 0 sent" in text
 
 
+def test_status_shows_the_api_budget_of_the_last_cycle_that_recorded_one(notify_env):
+    from click.testing import CliRunner
+
+    from mistwatch.cli.daemon import status
+
+    config = notify_env.configure([{"name": "console", "type": "console"}])
+    store = notify_env.store
+    then = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+    run = store.start_run(then, "all")
+    budget = {"calls_cycle": 9, "calls_hour": 4992, "hourly_budget": 5000, "min_interval_s": 60.0,
+              "skipped": ["stats/bgp_peers/search", "stats/vpn_peers/search"], "blocked_until": None}
+    store.finish_run(run, finished_at=then + MIN, status="partial", api_calls=9,
+                     summary={"api_budget": {"mist": budget}})
+    data = json.loads(CliRunner().invoke(status, ["--config", str(config.path), "--json"]).output)
+    assert data["runs"][0]["api_budget"] == {"mist": budget}
+    text = " ".join(CliRunner().invoke(status, ["--config", str(config.path)]).output.split())
+    assert "9 calls this cycle, 4992 this clock hour of 5000" in text
+    assert "skipped to save the budget: stats/bgp_peers/search, stats/vpn_peers/search" in text
+
+
 def test_status_judges_staleness_by_the_daemons_own_interval(notify_env):
     from mistwatch.cli.daemon import KV_DAEMON_INTERVAL, status_data
 

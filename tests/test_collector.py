@@ -181,11 +181,10 @@ def test_entities_carry_exactly_the_documented_labels(collector, healthy):
 def test_healthy_metrics_are_all_present_with_healthy_values(collector, healthy):
     snap = collect(collector, healthy)
     for device in by_kind(snap, "device"):
-        expected = {"device.connected", "device.upgrading", "device.uptime", "device.last_seen_age", "device.cpu",
-                    "device.memory"}
+        expected = {"device.connected", "device.uptime", "device.last_seen_age", "device.cpu", "device.memory"}
         kind = device.labels["device_type"]
         if kind == "ap":
-            expected |= {"device.clients", "device.power_constrained", "device.radio_util_24", "device.radio_util_5",
+            expected |= {"device.clients", "device.radio_util_24", "device.radio_util_5",
                          "device.noise_floor_24", "device.noise_floor_5"}
         else:
             expected |= {"device.config_failed", "device.psus", "device.psus_failed", "device.fans_failed",
@@ -195,7 +194,7 @@ def test_healthy_metrics_are_all_present_with_healthy_values(collector, healthy)
         if kind == "gateway":
             expected |= {"device.ha", "device.wan_links", "device.wan_links_up", "device.wan_links_down"}
         assert set(device.metrics) == expected
-        assert device.metrics["device.upgrading"] == 0.0
+        assert "device.upgrading" not in device.metrics  # only written while upgrading
         assert device.metrics.get("device.psus_failed", 0) == 0 and device.metrics.get("device.wan_links_down", 0) == 0
         assert device.metrics["device.connected"] == 1.0
         assert 0 <= device.metrics["device.cpu"] <= 100 and 0 <= device.metrics["device.memory"] <= 100
@@ -546,12 +545,12 @@ def test_device_rows_with_missing_fields_yield_no_metric_and_unknown_fields_are_
     now = 1764590400.0
     disconnected_ap = {"type": "ap", "id": "x", "status": "disconnected", "last_seen": 1764585000,
                        "uptime": 0, "brand_new_field": {"nested": [1, 2]}}
-    assert device_metrics(disconnected_ap, now) == {"device.connected": 0.0, "device.upgrading": 0.0,
-                                                    "device.uptime": 0.0, "device.last_seen_age": 5400.0}
+    assert device_metrics(disconnected_ap, now) == {"device.connected": 0.0, "device.uptime": 0.0,
+                                                    "device.last_seen_age": 5400.0}
     switch = {"type": "switch", "status": "connected", "cpu_stat": {"idle": 74}, "memory_stat": {"usage": 16},
               "last_seen": 1764590380000}  # milliseconds
-    assert device_metrics(switch, now) == {"device.connected": 1.0, "device.upgrading": 0.0,
-                                           "device.last_seen_age": 20.0, "device.cpu": 26.0, "device.memory": 16.0}
+    assert device_metrics(switch, now) == {"device.connected": 1.0, "device.last_seen_age": 20.0,
+                                           "device.cpu": 26.0, "device.memory": 16.0}
     ap = {"type": "ap", "cpu_util": 7, "mem_used_kb": 202096, "mem_total_kb": 505468, "num_clients": 23}
     metrics = device_metrics(ap, now)
     assert metrics["device.cpu"] == 7 and metrics["device.clients"] == 23

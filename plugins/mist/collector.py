@@ -85,12 +85,19 @@ OPTIONAL_ENDPOINTS = ("stats/bgp_peers/search", "stats/vpn_peers/search", "devic
                       "alarms/search?status=open")
 
 _SITE_COUNTERS = (("ap", "num_ap"), ("switch", "num_switch"), ("gateway", "num_gateway"))
-_RADIO_BANDS = (("band_24", "24"), ("band_5", "5"), ("band_6", "6"))
+# Metric names are built once, not per entity: an f-string makes a new str object each time, and
+# 100,000 entities would each hold their own copies of the same names.
+_KIND_METRICS = {kind: (f"site.{kind}_total", f"site.{kind}_connected") for kind, _ in _SITE_COUNTERS}
+_RADIO_BANDS = (("band_24", "device.radio_util_24", "device.noise_floor_24"),
+                ("band_5", "device.radio_util_5", "device.noise_floor_5"),
+                ("band_6", "device.radio_util_6", "device.noise_floor_6"))
+_VPN_METRICS = tuple((source, f"vpn_peer.{source}") for source in ("latency", "jitter", "loss", "mos"))
+_SLE_CLIENTS = {sle: f"site.sle_{sle}_clients" for sle in ("wifi", "wired", "wan")}
 
 METRICS: dict[str, str] = {
     "device.connected": "1 when connected (or upgrading/restarting and still reporting), 0 when gone; "
                         "absent for an unknown status or a device that never connected",
-    "device.upgrading": "1 while Mist reports the device upgrading or restarting, else 0",
+    "device.upgrading": "1 while Mist reports the device upgrading or restarting (absent otherwise)",
     "device.fwupdate_failed": "1 when the last firmware update failed (fwupdate.status failed/error), else 0",
     "device.status_unknown": "1 when stats/devices status is a string mistwatch does not know (label status)",
     "device.never_connected": "1 for a claimed device that never connected (no last_seen, no uptime)",
@@ -109,7 +116,7 @@ METRICS: dict[str, str] = {
     "device.temperature_max": "highest chassis temperature sensor, Celsius",
     "device.temperatures_alarm": "temperature sensors whose status is not ok",
     "device.ha": "1 when the gateway is an HA cluster (is_ha), else 0",
-    "device.power_constrained": "1 when the AP runs power-constrained (PoE budget too low), else 0",
+    "device.power_constrained": "1 when the AP reports power_constrained (PoE budget too low); absent otherwise",
     "site.ap_total": "APs of the site (connected or down; never-connected and unknown-status excluded)",
     "site.ap_connected": "APs connected (upgrading/restarting APs that still report count as connected)",
     "site.switch_total": "switches of the site",
@@ -258,6 +265,11 @@ def _num(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _count(n: int) -> float:
+    """A small count as a shared float object (60,000 devices would otherwise each hold their own)."""
+    return _SMALL_FLOATS[n] if 0 <= n < 1024 else float(n)
+
+
 class _Interner(dict):
     """Shares equal label strings (org id, site ids, models, versions) across 60k entities."""
 
@@ -310,9 +322,10 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
             metrics["device.status_unknown"] = 1.0
     else:
         metrics["device.connected"] = 0.0 if state == "gone" else 1.0
-    status = get("status")
-    if type(status) is str:
-        metrics["device.upgrading"] = 1.0 if status in STATUS_BUSY else 0.0
+    # Flags that are almost always off are only written when on: a 10-key dict is half the size of an
+    # 11-key one, for 40,000 APs. Their absence is "off", as read from a row that was there.
+    if get("status") in STATUS_BUSY:
+        metrics["device.upgrading"] = 1.0
     uptime = _num(get("uptime"))
     if uptime is not None:
         metrics["device.uptime"] = uptime
@@ -329,9 +342,8 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
         clients = _num(get("num_clients"))
         if clients is not None:
             metrics["device.clients"] = clients
-        constrained = get("power_constrained")
-        if type(constrained) is bool:
-            metrics["device.power_constrained"] = 1.0 if constrained else 0.0
+        if get("power_constrained") is True:
+            metrics["device.power_constrained"] = 1.0
         radios = get("radio_stat")
         if isinstance(radios, dict):
             _radio_metrics(radios, metrics)
@@ -356,9 +368,9 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
                 links = wan_links(if_stat)
                 if links:
                     up = sum(1 for _, is_up in links if is_up)
-                    metrics["device.wan_links"] = float(len(links))
-                    metrics["device.wan_links_up"] = float(up)
-                    metrics["device.wan_links_down"] = float(len(links) - up)
+                    metrics["device.wan_links"] = _count(len(links))
+                    metrics["device.wan_links_up"] = _count(up)
+                    metrics["device.wan_links_down"] = _count(len(links) - up)
     if cpu is not None:
         metrics["device.cpu"] = cpu
     if memory is not None:
@@ -367,16 +379,16 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
 
 
 def _radio_metrics(radios: Mapping[str, Any], metrics: dict[str, float]) -> None:
-    for key, band in _RADIO_BANDS:
+    for key, util_name, noise_name in _RADIO_BANDS:
         radio = radios.get(key)
         if not isinstance(radio, dict):
             continue
         util = _num(radio.get("util_all"))
         if util is not None:
-            metrics[f"device.radio_util_{band}"] = util
+            metrics[util_name] = util
         noise = _num(radio.get("noise_floor"))
         if noise is not None:
-            metrics[f"device.noise_floor_{band}"] = noise
+            metrics[noise_name] = noise
 
 
 def _parts(modules: list, kind: str) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
@@ -396,18 +408,18 @@ def _chassis_metrics(modules: list, metrics: dict[str, float]) -> None:
     """PSU, fan and temperature metrics of a switch or gateway (virtual-chassis members included)."""
     psus = [status for _, status, _ in _parts(modules, "psus") if status not in PART_ABSENT]
     if psus:
-        metrics["device.psus"] = float(len(psus))
-        metrics["device.psus_failed"] = float(sum(1 for s in psus if s != "ok"))
+        metrics["device.psus"] = _count(len(psus))
+        metrics["device.psus_failed"] = _count(sum(1 for s in psus if s != "ok"))
     fans = [status for _, status, _ in _parts(modules, "fans") if status not in PART_ABSENT]
     if fans:
-        metrics["device.fans_failed"] = float(sum(1 for s in fans if s != "ok"))
+        metrics["device.fans_failed"] = _count(sum(1 for s in fans if s != "ok"))
     temps = list(_parts(modules, "temperatures"))
     celsius = [c for c in (_num(item.get("celsius")) for _, _, item in temps) if c is not None]
     if celsius:
         metrics["device.temperature_max"] = max(celsius)
     statuses = [s for _, s, _ in temps if s]
     if statuses:
-        metrics["device.temperatures_alarm"] = float(sum(1 for s in statuses if s != "ok"))
+        metrics["device.temperatures_alarm"] = _count(sum(1 for s in statuses if s != "ok"))
 
 
 def chassis_faults(modules: Any) -> str:
@@ -447,13 +459,14 @@ def site_counter_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     total_sum = connected_sum = None
     for kind, field_name in _SITE_COUNTERS:
+        total_name, connected_name = _KIND_METRICS[kind]
         total = _num(row.get(field_name))
         connected = _num(row.get(f"{field_name}_connected"))
         if total is not None:
-            metrics[f"site.{kind}_total"] = total
+            metrics[total_name] = total
             total_sum = (total_sum or 0.0) + total
         if connected is not None:
-            metrics[f"site.{kind}_connected"] = connected
+            metrics[connected_name] = connected
             connected_sum = (connected_sum or 0.0) + connected
     if total_sum is None:
         total_sum = _num(row.get("num_devices"))
@@ -515,7 +528,7 @@ def sle_metrics(sle: str, row: Mapping[str, Any]) -> dict[str, float]:
     if clients is None:
         clients = _num(row.get("num_users"))
     if clients is not None:
-        metrics[f"site.sle_{sle}_clients"] = clients
+        metrics[_SLE_CLIENTS.get(sle) or f"site.sle_{sle}_clients"] = clients
     return metrics
 
 
@@ -1030,10 +1043,11 @@ class MistCollector:
             metrics = cycle.site(site_id)
             total = connected = 0.0
             for kind, _ in _SITE_COUNTERS:
-                kind_total = site_counts.get(f"site.{kind}_total", 0.0)
-                kind_up = site_counts.get(f"site.{kind}_connected", 0.0)
-                metrics[f"site.{kind}_total"] = kind_total
-                metrics[f"site.{kind}_connected"] = kind_up
+                total_name, connected_name = _KIND_METRICS[kind]
+                kind_total = site_counts.get(total_name, 0.0)
+                kind_up = site_counts.get(connected_name, 0.0)
+                metrics[total_name] = kind_total
+                metrics[connected_name] = kind_up
                 total += kind_total
                 connected += kind_up
             for name in ("site.devices_upgrading", "site.devices_not_connected_yet", "site.devices_status_unknown"):
@@ -1182,10 +1196,9 @@ def _count_device(counts: dict[str, float], device_type: str, state: str, metric
     if state == "unknown":
         counts["site.devices_status_unknown"] = counts.get("site.devices_status_unknown", 0.0) + 1
         return
-    total = f"site.{device_type}_total"
+    total, up = _KIND_METRICS[device_type]
     counts[total] = counts.get(total, 0.0) + 1
     if state in ("connected", "busy"):
-        up = f"site.{device_type}_connected"
         counts[up] = counts.get(up, 0.0) + 1
     if metrics.get("device.upgrading"):
         counts["site.devices_upgrading"] = counts.get("site.devices_upgrading", 0.0) + 1
@@ -1299,22 +1312,23 @@ def vpn_peer_entity(row: Mapping[str, Any], cycle: _Cycle) -> Entity | None:
     labels = _peer_labels(row, cycle, f"{port} > {peer} {peer_port}")
     if labels is None:
         return None
-    labels["port_id"] = port
-    labels["peer_name"] = peer[:100]
-    labels["peer_port_id"] = peer_port
+    names = cycle.names  # ports, hub names and types repeat across thousands of paths
+    labels["port_id"] = names[port[:64]]
+    labels["peer_name"] = names[peer[:100]]
+    labels["peer_port_id"] = names[peer_port[:64]]
     vpn_type = _text(row.get("type"))
     if vpn_type:
-        labels["vpn_type"] = vpn_type[:32]
+        labels["vpn_type"] = names[vpn_type[:32]]
     metrics: dict[str, float] = {}
     for flag, metric in (("up", "vpn_peer.up"), ("is_active", "vpn_peer.active")):
         if type(row.get(flag)) is bool:
             metrics[metric] = 1.0 if row[flag] else 0.0
-    for source in ("latency", "jitter", "loss", "mos"):
+    for source, name in _VPN_METRICS:
         value = _num(row.get(source))
         if value is not None:
-            metrics[f"vpn_peer.{source}"] = value
+            metrics[name] = value
     key = f"vpn_peer:{labels['device_id']}:{labels['peer_id']}"
-    return Entity(key, "vpn_peer", labels, metrics)
+    return Entity(key, "vpn_peer", labels, cycle.share(metrics))
 
 
 def bgp_peer_entity(row: Mapping[str, Any], cycle: _Cycle) -> Entity | None:
@@ -1328,12 +1342,13 @@ def bgp_peer_entity(row: Mapping[str, Any], cycle: _Cycle) -> Entity | None:
     labels = _peer_labels(row, cycle, peer_id)
     if labels is None:
         return None
-    labels["neighbor"] = neighbor[:64]
-    labels["vrf_name"] = vrf[:64]
+    names = cycle.names
+    labels["neighbor"] = names[neighbor[:64]]
+    labels["vrf_name"] = names[vrf[:64]]
     state = _text(row.get("state"))
     metrics: dict[str, float] = {}
     if state is not None:
-        labels["bgp_state"] = state[:32]
+        labels["bgp_state"] = names[state[:32]]
         metrics["bgp_peer.up"] = 1.0 if state == "established" else 0.0
     elif type(row.get("up")) is bool:
         metrics["bgp_peer.up"] = 1.0 if row["up"] else 0.0

@@ -210,7 +210,7 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     console.print(f"[bold]API:[/] {result.api_calls} calls this cycle; at a {interval_s / 60:g} min interval "
                   f"[{colour}]{per_hour} calls/hour[/]{of} ({result.duration_s:.2f} s)")
     for name, budget in sorted(snapshot.api_budget.items()):
-        console.print(f"[bold]API budget ({escape(name)}):[/] {escape(budget_text(budget))}")
+        console.print(f"[bold]API budget ({console_text(name)}):[/] {console_text(budget_text(budget), 1000)}")
 
 
 def budget_text(budget: dict[str, Any]) -> str:

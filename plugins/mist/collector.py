@@ -68,8 +68,6 @@ BUSY_REPORTING_WINDOW = 20 * 60
 ALARM_SEVERITY = {"critical": "critical", "warn": "major", "info": "info"}
 #: A severity Mist does not document: kept (never dropped) at this level, raw value in ``mist_severity``.
 UNKNOWN_ALARM_SEVERITY = "minor"
-#: Alarm groups of Mist (``group``); Marvis actions are recommendations with their own rule.
-ALARM_GROUPS = ("infrastructure", "marvis", "security")
 
 #: stats/devices ``status`` is a free string: only these mean what they say; any other is "unknown".
 STATUS_CONNECTED = "connected"

@@ -202,7 +202,10 @@ def main() -> None:
 
 def _run(args: argparse.Namespace, budgets: dict, store: str | None) -> None:
     for sites in args.sites or [1000, 10000]:
-        pages = -(-sites // 1000) + -(-sites * 6 // 1000) + 3 * -(-sites // 1000)
+        # stats/sites, stats/devices (6 devices a site), 3 SLEs; then the WAN path and BGP peer searches,
+        # whose rows grow with gateways (here one a site, with two WAN links), not with calls per site
+        pages = (-(-sites // 1000) + -(-sites * 6 // 1000) + 3 * -(-sites // 1000)
+                 + -(-sites * 2 // 1000) + -(-sites // 1000))
         for mode in args.mode or ["monitor", "all"]:
             if store and args.compare:
                 base = measure(sites, mode, args.cycles, args.history_days)

@@ -7,6 +7,7 @@ guards each plugin call, and records the run.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -130,8 +131,11 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
     failures: list[str] = []
     for collector in collectors:
         settings = app.config.data.get(collector.config_key, {}) if collector.config_key else {}
+        state_key = f"collector-state:{collector.name}"
+        state = app.store.kv_get(state_key, {}) or {}
+        saved = json.dumps(state, sort_keys=True, default=str)
         ctx = CollectContext(settings=settings, now=now, cursor=cursors.get(collector.name, {}),
-                             **({"progress": progress} if progress else {}))
+                             state=state, **({"progress": progress} if progress else {}))
         try:
             part = collector.collect(ctx)
         except Exception as exc:  # isolate the plugin; its data is unknown, not down
@@ -141,6 +145,11 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
             failures.append(f"{collector.name}: {message}")
             snapshot.errors.append(CollectorError(collector=collector.name, endpoint="*", message=message))
             continue
+        finally:
+            # Saved whatever happened (also in a dry run): it records the outside world, such as the
+            # API calls this cycle spent, which a failed or dry cycle spent all the same.
+            if json.dumps(state, sort_keys=True, default=str) != saved:
+                app.store.kv_set(state_key, state)
         snapshot.merge(part)
         snapshot.taken_at = now
     if len(failures) == len(collectors):
@@ -286,6 +295,8 @@ def run_summary(result: CycleResult) -> dict[str, Any]:
         for entity in result.snapshot.entities:
             kinds[entity.kind] = kinds.get(entity.kind, 0) + 1
         summary["entities"] = kinds
+        if result.snapshot.api_budget:  # calls this cycle and clock hour, skipped endpoints (for status)
+            summary["api_budget"] = result.snapshot.api_budget
     if result.rules is not None:
         states: dict[str, int] = {}
         for alert in result.rules.alerts:

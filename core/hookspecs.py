@@ -43,12 +43,16 @@ class CollectContext:
     validated against its ``settings_schema`` with ``${VAR}`` expanded. ``cursor`` is what the
     collector returned in ``Snapshot.cursors[name]`` last cycle (empty on the first run).
     ``progress(stage, done, total)`` drives the console progress bar; calling it is optional.
+    ``state`` is the collector's own persistent dict of JSON values: unlike ``cursor`` it is saved
+    whatever happens to the cycle (failed, dry run) - for facts about the outside world that stay
+    true, such as API calls already spent this hour. Keep it small.
     """
 
     settings: Mapping[str, Any]
     now: datetime
     cursor: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[str, int, int | None], None] = _no_progress
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 SEVERITIES: tuple[str, ...] = ("info", "minor", "major", "critical")
 
 #: Labels that identify an entity; rule identity is the rule id plus these (never values).
-IDENTITY_LABELS: tuple[str, ...] = ("org_id", "site_id", "device_id")
+IDENTITY_LABELS: tuple[str, ...] = ("org_id", "site_id", "device_id", "peer_id")
 
 
 def severity_rank(severity: str) -> int:
@@ -96,6 +96,9 @@ class Snapshot:
     api_calls: int = 0
     #: What collectors want back next cycle (e.g. the time of the last event seen), by collector name.
     cursors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: API budget facts by collector name (calls this cycle and hour, skipped endpoints, ...), for
+    #: the run summary and ``status``.
+    api_budget: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def is_unknown(self, entity: Entity, metric: str) -> bool:
         """True when this cycle cannot tell the metric's value for the entity."""
@@ -113,6 +116,7 @@ class Snapshot:
         self.errors.extend(other.errors)
         self.api_calls += other.api_calls
         self.cursors.update(other.cursors)
+        self.api_budget.update(other.api_budget)
 
 
 @dataclass(slots=True)

@@ -9,8 +9,12 @@
   from, not merely because the offset moved past the drop.
 - ``absence``: an entity not seen for ``absent_for`` (from the store's last_seen), or a metric an
   entity used to report and no longer does. A failed collection makes absence unknown, not true.
-- ``event``: Mist alarms and events in the snapshot by ``source``, ``types`` and ``severities``;
-  one alert per (site/device, event type) with the event's labels and severity.
+- ``event``: Mist alarms and events in the snapshot by ``source``, ``types`` and ``severities``
+  (select an alarm ``group`` with ``match: {group: marvis}``); one alert per (site/device, event
+  type) with the event's labels and severity. ``severity_by_type`` / ``severity_by_group`` override
+  the severity per event type (globs) or alarm group before the severity filters apply; ``within``
+  ignores events older than that (for Mist alarms: not seen again for that long), so an alarm Mist
+  never closes resolves.
 - ``correlation``: ``all_of`` / ``any_of`` / ``unless`` over other rules, joined on labels
   (``join: [site_id]``), over this cycle's conditions or alerts true ``within`` a window; one alert
   citing its causes.
@@ -497,15 +501,29 @@ def compile_event(spec: Mapping[str, Any]) -> Check:
     min_rank = severity_rank(spec["min_severity"]) if "min_severity" in spec else -1
     within = _duration(spec, "within", None)
     fixed = spec.get("severity")  # none given: each alert takes its events' highest severity
+    by_type = dict(spec.get("severity_by_type") or {})
+    by_group = dict(spec.get("severity_by_group") or {})
+
+    def severity_of(event: Any) -> str:
+        """The event's severity after this rule's overrides: its type (first matching glob), then
+        its alarm group, then what the collector said."""
+        for pattern, severity in by_type.items():
+            if fnmatch.fnmatchcase(event.type, pattern):
+                return severity
+        group = event.labels.get("group")
+        if group is not None and group in by_group:
+            return by_group[group]
+        return event.severity
 
     def wanted(event: Any, ctx: RuleContext) -> bool:
         if sources and event.source not in sources:
             return False
         if types and not any(fnmatch.fnmatchcase(event.type, t) for t in types):
             return False
-        if severities and event.severity not in severities:
+        severity = severity_of(event)
+        if severities and severity not in severities:
             return False
-        if severity_rank(event.severity) < min_rank:
+        if severity_rank(severity) < min_rank:
             return False
         if within is not None and event.timestamp < ctx.now - within:
             return False
@@ -527,7 +545,7 @@ def compile_event(spec: Mapping[str, Any]) -> Check:
         for subject, events in groups.items():
             latest = max(events, key=lambda e: e.timestamp)
             labels = {**latest.labels, "event_type": latest.type, "event_source": latest.source}
-            severity = fixed or max((e.severity for e in events), key=severity_rank)
+            severity = fixed or max((severity_of(e) for e in events), key=severity_rank)
             if severity not in SEVERITIES:
                 severity = "info"
             count = sum(e.count for e in events)
@@ -555,7 +573,11 @@ EVENT = RuleKind(
     schema={"properties": {
         "source": _NAMES, "types": _NAMES, "type": {"type": "string"},
         "severities": {"type": "array", "items": {"enum": list(SEVERITIES)}, "minItems": 1},
-        "min_severity": {"enum": list(SEVERITIES)}, "within": _DURATION}},
+        "min_severity": {"enum": list(SEVERITIES)}, "within": _DURATION,
+        "severity_by_type": {"type": "object", "additionalProperties": {"enum": list(SEVERITIES)},
+                             "x-message": "maps event types (globs) to severities"},
+        "severity_by_group": {"type": "object", "additionalProperties": {"enum": list(SEVERITIES)},
+                              "x-message": "maps alarm groups (infrastructure, marvis, security) to severities"}}},
 )
 
 

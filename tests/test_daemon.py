@@ -407,6 +407,11 @@ def test_the_daemon_stops_mid_cycle_on_sigterm_after_finishing_it(tmp_path, simu
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX")
 def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_second_writer_is_refused(tmp_path, simulator):
     config = write_config(tmp_path, simulator)
+    # Cycles every 2 s would spend 16,200 calls an hour: with Mist's 5,000 the collector would skip
+    # its optional endpoints (a partial cycle). A token with a bigger budget keeps these cycles whole.
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "org_id:", "hourly_budget: 100000\n  org_id:", 1), encoding="utf-8")
+    simulator.hourly_budget = None
     proc, log = start_daemon(tmp_path, simulator, "--interval", "2s")
     try:
         wait_for(lambda: finished_runs(tmp_path) >= 1, what="the first cycle")
@@ -465,6 +470,26 @@ def test_status_shows_the_last_successful_cycle_alerts_and_outbox(notify_env):
     assert "Last successful cycle: 2026-01-05T08:01:00+00:00" in text
     assert data["runs"][0]["errors"] == ["collection failed: timeout"]
     assert "failed" in text and "Outbox: 0 pending, 0 failed, 0 sent" in text
+
+
+def test_status_shows_the_api_budget_of_the_last_cycle_that_recorded_one(notify_env):
+    from click.testing import CliRunner
+
+    from mistwatch.cli.daemon import status
+
+    config = notify_env.configure([{"name": "console", "type": "console"}])
+    store = notify_env.store
+    then = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+    run = store.start_run(then, "all")
+    budget = {"calls_cycle": 9, "calls_hour": 4992, "hourly_budget": 5000, "min_interval_s": 60.0,
+              "skipped": ["stats/bgp_peers/search", "stats/vpn_peers/search"], "blocked_until": None}
+    store.finish_run(run, finished_at=then + MIN, status="partial", api_calls=9,
+                     summary={"api_budget": {"mist": budget}})
+    data = json.loads(CliRunner().invoke(status, ["--config", str(config.path), "--json"]).output)
+    assert data["runs"][0]["api_budget"] == {"mist": budget}
+    text = " ".join(CliRunner().invoke(status, ["--config", str(config.path)]).output.split())
+    assert "9 calls this cycle, 4992 this clock hour of 5000" in text
+    assert "skipped to save the budget: stats/bgp_peers/search, stats/vpn_peers/search" in text
 
 
 def test_status_judges_staleness_by_the_daemons_own_interval(notify_env):

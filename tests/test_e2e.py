@@ -120,3 +120,20 @@ def test_status_and_silences_need_no_mist_token(org_config, simulator):
         done = subprocess.run([sys.executable, "-m", "mistwatch", *args], cwd=org_config, env=env,
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
+
+
+def test_one_shot_runs_count_the_hours_calls_in_the_store_and_ask_self_once_a_day(org_config, simulator):
+    # Separate processes, as cron would start them: only the store carries the count and the /self check.
+    first = run_at(org_config, simulator, DAY1, "healthy", "--json")
+    dry = run_at(org_config, simulator, DAY1 + timedelta(minutes=15), "healthy", "--json", "--dry-run")
+    third = run_at(org_config, simulator, DAY1 + timedelta(minutes=30), "healthy", "--json")
+    assert first.returncode == dry.returncode == third.returncode == 0, third.stderr
+    budgets = [json.loads(done.stdout)["api_budget"]["mist"] for done in (first, dry, third)]
+    assert [b["calls_cycle"] for b in budgets] == [10, 9, 9]  # /self only in the first
+    assert [b["calls_hour"] for b in budgets] == [10, 19, 28]  # a dry run spends real calls too
+    assert simulator.calls_by_path["/api/v1/self"] == 1
+    assert budgets[-1]["calls_hour"] == simulator.calls_this_hour()
+    next_hour = run_at(org_config, simulator, DAY1 + timedelta(hours=1), "healthy", "--json")
+    assert json.loads(next_hour.stdout)["api_budget"]["mist"]["calls_hour"] == 9
+    state = (org_config / "var").rglob("*")
+    assert not any(simulator.token.encode() in p.read_bytes() for p in state if p.is_file())

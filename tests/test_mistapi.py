@@ -257,23 +257,22 @@ def test_429_with_retry_after_beyond_the_cap_gives_up_at_once(sim, sleeps):
     assert client.calls == 1
 
 
-def test_429_without_retry_after_backs_off_exponentially_and_bounded(sim, sleeps):
-    client = client_for(sim, sleeps, max_retries=6, backoff=1.0, max_backoff=8)
-    sim.inject("*/stats/sites", "429", count=6)
-    assert len(client.get_pages(org_path(sim, "stats/sites"))) == 12
-    assert len(sleeps) == 6
-    for attempt, slept in enumerate(sleeps, start=1):
-        cap = min(8, 2 ** (attempt - 1))
-        assert cap / 2 <= slept <= cap
-    assert max(sleeps) <= 8
-
-
-def test_429_that_never_clears_says_the_hourly_budget_may_be_exhausted(sim, sleeps):
-    client = client_for(sim, sleeps, max_retries=3)
-    sim.inject("*/stats/sites", "429", count=100)
-    with pytest.raises(MistRateLimitError, match=r"gave up after 4 attempts.*429.*hourly API budget"):
+def test_429_without_retry_after_is_not_retried_because_the_hourly_budget_is_spent(sim, sleeps):
+    client = client_for(sim, sleeps, max_retries=6)
+    sim.inject("*/stats/sites", "429", count=1)
+    with pytest.raises(MistRateLimitError, match=r"429 Too Many Requests without Retry-After.*hourly API") as err:
         client.get(org_path(sim, "stats/sites"))
-    assert len(sleeps) == 3 and sum(sleeps) < 60
+    assert err.value.retry_after is None
+    assert client.calls == 1 and sleeps == []
+
+
+def test_429_with_short_retry_after_that_never_clears_gives_up_after_the_retries(sim, sleeps):
+    client = client_for(sim, sleeps, max_retries=3)
+    sim.inject("*/stats/sites", "429", count=100, retry_after=2)
+    with pytest.raises(MistRateLimitError, match=r"gave up after 4 attempts.*429.*hourly API budget") as err:
+        client.get(org_path(sim, "stats/sites"))
+    assert sleeps == [2, 2, 2]
+    assert err.value.retry_after is not None
 
 
 @pytest.mark.parametrize("kind", ["500", "502", "503"])

@@ -310,3 +310,33 @@ def test_a_long_list_of_healthy_sites_is_left_out_of_print_but_kept_on_screen(st
     assert f"Site {PRINT_HEALTHY_ROWS + 1:04d}" in page  # still on screen
     short, _ = cycle(store, 1, n_sites=4)
     assert "left out of print" not in render_html(short)
+
+
+def test_upgrading_and_never_connected_devices_cost_no_health_and_the_report_lists_the_latter(
+        store, make_simulator):
+    # Real parts: the Mist collector over HTTP against the simulator's upgrade wave.
+    from datetime import datetime, timezone
+
+    from mistwatch.hookspecs import CollectContext
+    from mistwatch.plugins.mist.collector import MistCollector
+
+    now = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    server = make_simulator(sites=6, devices_per_site=6, scenario="upgrade-wave", now=now)
+    settings = {"base_url": server.url, "token": server.token, "org_id": server.org.org_id}
+    snap = MistCollector().collect(CollectContext(settings=settings, now=now))
+    health = compute_health(snap, [])
+    run = {"started_at": now, "duration_s": 0.5, "api_calls": snap.api_calls, "errors": [], "mode": "all"}
+    report = build_report(store, snap, health, [], [], run, now)
+    jsonschema.Draft202012Validator(schema()).validate(json.loads(json.dumps(report)))
+    sites = {s["id"]: s for s in report["sites"]}
+    ids = server.org.site_ids()
+    for sid in ids[1:4]:  # upgrading APs, a stuck switch, a restarting AP, a failed upgrade, a new AP
+        availability = [c for c in sites[sid]["health"]["components"] if "availability" in c["name"]]
+        assert all(c["points_lost"] == 0 for c in availability)
+        assert sites[sid]["devices"]["disconnected"] == []
+    (never,) = [d for d in snap.entities if d.metrics.get("device.never_connected")]
+    assert sites[ids[3]]["devices"]["not_yet_connected"] == [never.labels["device_name"]]
+    assert report["org"]["devices_not_connected_yet"] == 1
+    assert report["org"]["devices"] == 35 and report["org"]["devices_unknown"] == 0
+    html = render_html(report)
+    assert "Not yet connected" in html and never.labels["device_name"] in html

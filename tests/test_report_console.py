@@ -168,3 +168,26 @@ def test_the_console_notifier_keeps_its_words_together_at_80_columns():
     assert max(len(line) for line in lines) <= 80
     body = [line.strip("│ ").split("  ")[-1].strip() for line in lines[3:-1]]
     assert all(len(text.split()) >= 3 for text in body if text), body  # never one word per line
+
+
+def test_run_shows_the_calls_of_the_cycle_and_the_hour_and_the_shortest_interval_the_budget_allows():
+    import io
+
+    from fixtures_reports import T0, synthetic_org
+    from rich.console import Console
+
+    from mistwatch.engine import CycleResult
+    from mistwatch.report.console import budget_text, print_summary
+
+    snap = synthetic_org(2, 3, at=T0)
+    snap.api_budget["mist"] = {"calls_cycle": 132, "calls_hour": 396, "hourly_budget": 5000,
+                               "min_interval_s": 120.0, "skipped": [], "blocked_until": None}
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200), CycleResult(run_id=None, mode="monitor", started_at=T0,
+                                                            snapshot=snap))
+    assert ("API budget (mist): 132 calls this cycle, 396 this clock hour of 5000; "
+            "shortest interval at this size 2 min") in out.getvalue()
+    tight = {"calls_cycle": 9, "calls_hour": 4990, "hourly_budget": 5000, "min_interval_s": 60.0,
+             "skipped": ["stats/bgp_peers/search"], "blocked_until": "2026-01-05T10:01:00+00:00"}
+    assert budget_text(tight).endswith("skipped to save the budget: stats/bgp_peers/search; "
+                                       "budget spent (HTTP 429): no calls until 2026-01-05T10:01:00+00:00")

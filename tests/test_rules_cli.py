@@ -120,7 +120,7 @@ def test_check_the_default_pack_prints_a_table_of_rules(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     code, out, err = run_cli(["rules", "check"], capsys)
     assert code == 0, err
-    assert "rule(s) in 4 file(s): OK" in out
+    assert "rule(s) in 5 file(s): OK" in out
     assert "site-degraded" in out and "wifi-coverage-drop" in out
 
 
@@ -128,7 +128,7 @@ def test_check_without_a_config_or_a_rules_folder_checks_the_shipped_pack(tmp_pa
     monkeypatch.chdir(tmp_path)  # e.g. right after pip install, in an empty folder
     code, out, err = run_cli(["rules", "check"], capsys)
     assert code == 0, err
-    assert "rule(s) in 4 file(s): OK" in out and "site-degraded" in out
+    assert "rule(s) in 5 file(s): OK" in out and "site-degraded" in out
 
 
 def test_check_takes_rule_paths_from_config_yaml(tmp_path, monkeypatch, capsys):

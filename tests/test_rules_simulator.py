@@ -61,7 +61,7 @@ def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(s
     site_ids = {s.index: s.id for s in simulator.org.sites}
     assert {"ap-offline", "site-ap-availability-low"} <= by_site[site_ids[1]]
     assert {"wifi-coverage-low", "wifi-coverage-drop", "site-clients-drop"} <= by_site[site_ids[2]]
-    assert "mist-alarm" in by_site[site_ids[3]]
+    assert {"mist-alarm", "mist-marvis-action", "device-psu-failed"} <= by_site[site_ids[3]]
     assert {"gateway-offline", "switch-offline", "site-gateway-down", "site-degraded"} <= by_site[site_ids[4]]
     degraded_alert = next(a for a in degraded.alerts if a.rule_id == "site-degraded")
     assert degraded_alert.severity == "critical"
@@ -72,3 +72,65 @@ def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(s
     assert firing(recovered) == {}
     resolved_sites = {a.labels.get("site_id") for a in recovered.alerts if a.state == "resolved"}
     assert resolved_sites == set(affected)
+
+
+def pack_cycle(simulator, tmp_path):
+    """A function running one cycle of the default pack on the simulator: (when, scenario) -> outcome."""
+    host = make_host(entry_points=False)
+    collector = host.collectors()["mist"]
+    known = {m for c in host.collectors().values() for m in c.metrics}
+    ruleset = load_rules([REPO / "rules"], host.rule_kinds(), known_metrics=known)
+    settings = {"base_url": simulator.url, "token": simulator.token, "org_id": simulator.org.org_id}
+    kept: dict = {"cursor": {}, "state": {}}
+
+    def cycle(when: datetime, scenario: str) -> RulesOutcome:
+        simulator.org.set_scenario(scenario)
+        simulator.org.now = when
+        snapshot = collector.collect(CollectContext(settings=settings, now=when, cursor=kept["cursor"],
+                                                    state=kept["state"]))
+        kept["cursor"] = snapshot.cursors.get("mist", {})
+        assert not snapshot.errors, snapshot.errors
+        with Store.open(tmp_path / "state") as store:
+            run_id = store.start_run(when, "insights")
+            store.write_snapshot(run_id, snapshot)
+            outcome = run_rules(store, ruleset, snapshot, when)
+            store.finish_run(run_id, finished_at=when, status="ok")
+        return outcome
+
+    return cycle
+
+
+def firing_by_site(outcome: RulesOutcome) -> dict[str, set[str]]:
+    by_site: dict[str, set[str]] = {}
+    for alert in outcome.alerts:
+        if alert.state == "firing":
+            by_site.setdefault(alert.labels.get("site_id", ""), set()).add(alert.rule_id)
+    return by_site
+
+
+def test_an_upgrade_wave_is_not_an_outage_but_a_stuck_upgrade_and_a_failed_one_alert(simulator, tmp_path):
+    cycle = pack_cycle(simulator, tmp_path)
+    for minutes in range(0, 75, 15):
+        outcome = cycle(DAY1 + timedelta(minutes=minutes), "upgrade-wave")
+    ids = {s.index: s.id for s in simulator.org.sites}
+    by_site = firing_by_site(outcome)
+    assert set(by_site) == {ids[2], ids[3]}
+    assert by_site[ids[2]] == {"device-upgrade-stuck"}  # the switch, upgrading for over an hour
+    assert by_site[ids[3]] == {"device-upgrade-failed"}  # and no alert for the AP that never connected
+    offline = {"ap-offline", "switch-offline", "gateway-offline", "site-ap-availability-low", "site-devices-down"}
+    assert not any(a.rule_id in offline for a in outcome.alerts)
+
+
+def test_a_wan_link_failure_alerts_the_link_the_path_the_lossy_path_and_the_bgp_peer(simulator, tmp_path):
+    cycle = pack_cycle(simulator, tmp_path)
+    for minutes in range(0, 35, 5):
+        outcome = cycle(DAY1 + timedelta(minutes=minutes), "wan-link-failure")
+    ids = {s.index: s.id for s in simulator.org.sites}
+    by_site = firing_by_site(outcome)
+    assert by_site == {ids[1]: {"gateway-wan-link-down", "wan-path-down", "mist-alarm"},
+                       ids[2]: {"wan-path-lossy", "wan-path-poor-mos"},
+                       ids[3]: {"bgp-peer-down"}}
+    lossy = next(a for a in outcome.alerts if a.rule_id == "wan-path-lossy")
+    assert lossy.severity == "major" and "6% of packets" in lossy.summary
+    alarm = next(a for a in outcome.alerts if a.rule_id == "mist-alarm")
+    assert alarm.severity == "major" and alarm.labels["event_type"] == "vpn_peer_down"

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import jsonschema
 import pytest
 import requests
 from click.testing import CliRunner
@@ -86,14 +87,28 @@ PAGED = [
     ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wifi"}),
     ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wired"}),
     ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wan"}),
-    ("/api/v1/orgs/{org_id}/clients/count", "orgs/{org}/clients/count", {"distinct": "site_id"}),
 ]
 SEARCHES = [
     ("/api/v1/orgs/{org_id}/alarms/search", "orgs/{org}/alarms/search", {"duration": "7d"}),
     ("/api/v1/orgs/{org_id}/alarms/search", "orgs/{org}/alarms/search", {"status": "open"}),
     ("/api/v1/orgs/{org_id}/devices/events/search", "orgs/{org}/devices/events/search",
      {"device_type": "all", "duration": "2d"}),
+    ("/api/v1/orgs/{org_id}/stats/vpn_peers/search", "orgs/{org}/stats/vpn_peers/search", {"duration": "1h"}),
 ]
+BGP_SPEC = Path(__file__).resolve().parent / "data" / "bgp_peers_search.openapi.json"
+
+
+def assert_valid_bgp_search(payload) -> None:
+    """stats/bgp_peers/search is not in the shared subset: its schema comes from the official spec
+    (tests/data/bgp_peers_search.openapi.json, extracted verbatim; relaxed like the subset)."""
+    doc = json.loads(BGP_SPEC.read_text())
+    schemas = doc["components"]["schemas"]
+    for schema in schemas.values():
+        schema.pop("additionalProperties", None)
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/response_search_bgps", "components": {"schemas": schemas}})
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in validator.iter_errors(payload)]
+    assert not errors, errors
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -111,6 +126,10 @@ def test_every_endpoint_matches_the_spec_in_every_scenario(spec, make_simulator,
         body = get_json(server, path, limit=3, **params)
         assert_valid(spec, spec_path, body)
         assert_valid(spec, spec_path, {**body, "results": follow(server, body)})
+    bgp = get_json(server, "orgs/{org}/stats/bgp_peers/search", limit=3, duration="1h")
+    assert bgp["results"] and "next" in bgp
+    assert_valid_bgp_search(bgp)
+    assert_valid_bgp_search({**bgp, "results": follow(server, bgp)})
     for site_id in server.org.site_ids()[:6]:
         assert_valid(spec, "/api/v1/sites/{site_id}/stats", get_json(server, f"sites/{site_id}/stats"))
         assert_valid(spec, "/api/v1/sites/{site_id}/stats/devices",
@@ -158,12 +177,20 @@ def test_sites_sle_echoes_limit_page_total_in_body_and_headers(make_simulator):
     assert response.headers["X-Page-Total"] == "7" and response.headers["X-Page-Page"] == "3"
 
 
-def test_clients_count_pages_by_limit_and_page(simulator):
-    pages = [get_json(simulator, "orgs/{org}/clients/count", distinct="site_id", limit=5, page=p)
-             for p in (1, 2, 3)]
-    assert [len(p["results"]) for p in pages] == [5, 5, 2]
-    assert all(p["total"] == 12 and p["distinct"] == "site_id" for p in pages)
-    assert [r["property"] for p in pages for r in p["results"]] == simulator.org.site_ids()
+def test_clients_count_by_site_id_is_not_served_because_the_spec_does_not_document_it(simulator):
+    assert api(simulator, "orgs/{org}/clients/count", distinct="site_id").status_code == 404
+
+
+def test_vpn_and_bgp_peer_searches_page_with_next_and_agree_with_the_gateways(make_simulator):
+    server = make_simulator(sites=30, now=DAY1)
+    first = get_json(server, "orgs/{org}/stats/vpn_peers/search", limit=7, duration="1h")
+    paths = follow(server, first)
+    assert first["total"] == len(paths) == 2 * 29  # two WAN links per branch gateway to the hub (site 0)
+    assert len({(p["mac"], p["port_id"]) for p in paths}) == len(paths)
+    bgp = follow(server, get_json(server, "orgs/{org}/stats/bgp_peers/search", limit=7, duration="1h"))
+    assert len(bgp) == 29 and {b["state"] for b in bgp} == {"established"}
+    gateways = {d["mac"]: d for d in get_json(server, "orgs/{org}/stats/devices", type="gateway", limit=1000)}
+    assert {p["mac"] for p in paths} | {b["mac"] for b in bgp} <= set(gateways)
 
 
 def test_alarm_search_next_is_relative_and_absent_on_the_last_page(make_simulator):
@@ -249,14 +276,12 @@ def test_device_ids_and_macs_agree_across_endpoints(make_simulator):
 def test_site_stats_counts_agree_with_device_stats(make_simulator):
     server = make_simulator(sites=12, scenario="degraded")
     devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
-    clients = {r["property"]: r["count"]
-               for r in get_json(server, "orgs/{org}/clients/count", distinct="site_id")["results"]}
     for site in get_json(server, "orgs/{org}/stats/sites"):
         mine = [d for d in devices if d["site_id"] == site["id"]]
         assert site["num_ap"] == sum(d["type"] == "ap" for d in mine)
         assert site["num_ap_connected"] == sum(d["type"] == "ap" and d["status"] == "connected" for d in mine)
         assert site["num_devices_connected"] == sum(d["status"] == "connected" for d in mine)
-        assert site["num_clients"] == clients[site["id"]] == sum(d.get("num_clients", 0) for d in mine)
+        assert site["num_clients"] == sum(d.get("num_clients", 0) for d in mine)
 
 
 # --- auth and errors ----------------------------------------------------------------------------------
@@ -395,8 +420,9 @@ def per_site_view(server) -> dict[str, dict]:
     for kind in ("wifi", "wired", "wan"):
         for row in get_json(server, "orgs/{org}/insights/sites-sle", sle=kind)["results"]:
             view[row["site_id"]][kind] = row
-    for row in get_json(server, "orgs/{org}/clients/count", distinct="site_id")["results"]:
-        view[row["property"]]["clients"] = row["count"]
+    for path in ("stats/vpn_peers/search", "stats/bgp_peers/search"):
+        for row in get_json(server, f"orgs/{{org}}/{path}", limit=1000)["results"]:
+            view[row["site_id"]].setdefault(path, []).append(row)
     for device in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000):
         view[device["site_id"]]["devices"].append(device)
     for alarm in get_json(server, "orgs/{org}/alarms/search", duration="2d", limit=1000)["results"]:
@@ -407,7 +433,7 @@ def per_site_view(server) -> dict[str, dict]:
     return view
 
 
-@pytest.mark.parametrize("scenario", ["degraded", "recovered"])
+@pytest.mark.parametrize("scenario", ["degraded", "recovered", "upgrade-wave", "wan-link-failure"])
 def test_a_scenario_changes_exactly_its_documented_sites(make_simulator, scenario):
     healthy = make_simulator(sites=30, now=DAY1)
     other = make_simulator(sites=30, now=DAY1)
@@ -450,8 +476,9 @@ def test_healthy_org_is_connected_with_high_sles_and_no_open_alarms(simulator):
     assert {d["status"] for d in devices} == {"connected"}
     for kind, keys in (("wifi", 8), ("wired", 3), ("wan", 3)):
         for row in get_json(simulator, "orgs/{org}/insights/sites-sle", sle=kind)["results"]:
-            values = [v for k, v in row.items() if k != "site_id" and not k.startswith("num_")]
-            assert len(values) == keys and all(0.9 <= v <= 1.0 for v in values)
+            values = {k: v for k, v in row.items() if k != "site_id" and not k.startswith("num_")}
+            current = {k for k in values if k.endswith("-v2") or k in ("application-health", "gateway-bandwidth")}
+            assert len(values) - len(current) == keys and all(0.9 <= v <= 1.0 for v in values.values())
     assert get_json(simulator, "orgs/{org}/alarms/search", status="open")["total"] == 0
 
 
@@ -474,17 +501,20 @@ def test_degraded_site_2_has_a_wifi_sle_collapse_and_60_percent_fewer_clients(ma
     assert all(0.5 <= row[k] <= 0.6 for k in ("coverage", "capacity", "time-to-connect"))
 
     def clients(server):
-        rows = get_json(server, "orgs/{org}/clients/count", distinct="site_id")["results"]
-        return next(r["count"] for r in rows if r["property"] == site_id)
+        return next(r["num_clients"] for r in get_json(server, "orgs/{org}/stats/sites") if r["id"] == site_id)
 
     assert clients(degraded) == pytest.approx(0.4 * clients(healthy), abs=1)
 
 
-def test_degraded_site_3_has_open_critical_and_major_alarms(make_simulator):
+def test_degraded_site_3_has_open_alarms_in_mists_groups_and_severities(make_simulator):
     server = make_simulator(sites=12, scenario="degraded")
-    alarms = get_json(server, "orgs/{org}/alarms/search", status="open")["results"]
+    alarms = get_json(server, "orgs/{org}/alarms/search", status="open", duration="7d")["results"]
     assert {a["site_id"] for a in alarms} == {server.org.site_ids()[3]}
-    assert sorted(a["severity"] for a in alarms) == ["critical", "major"]
+    assert sorted((a["group"], a["type"], a["severity"]) for a in alarms) == [
+        ("infrastructure", "sw_alarm_chassis_psu", "critical"), ("infrastructure", "sw_bad_optics", "warn"),
+        ("marvis", "bad_cable", "warn"), ("security", "rogue_ap", "warn")]
+    never_closed = next(a for a in alarms if a["group"] == "security")
+    assert server.org.now.timestamp() - never_closed["last_seen"] >= 2 * 86400
 
 
 def test_degraded_site_4_has_gateway_and_switch_disconnected_with_events(make_simulator):
@@ -503,12 +533,15 @@ def test_recovered_closes_alarms_and_brings_devices_back_with_fresh_uptime(make_
     server.org.set_scenario("recovered")
     assert get_json(server, "orgs/{org}/alarms/search", status="open")["total"] == 0
     resolved = get_json(server, "orgs/{org}/alarms/search", status="resolved", duration="6h")["results"]
-    assert sorted(a["severity"] for a in resolved if a["site_id"] == server.org.site_ids()[3]) == [
-        "critical", "major"]
+    assert sorted(a["severity"] for a in resolved if a["site_id"] == server.org.site_ids()[3]
+                  and a["type"] != "rogue_ap") == ["critical", "warn", "warn"]
     devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
     assert {d["status"] for d in devices} == {"connected"}
     site4 = [d for d in devices if d["site_id"] == server.org.site_ids()[4] and d["type"] != "ap"]
     assert all(d["uptime"] < 600 for d in site4)
+    events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
+    assert [e["type"] for e in events if e["type"].endswith("_CONNECTED")] == []  # Mist indexes them late
+    server.org.now = DAY1 + timedelta(hours=3, minutes=5)
     events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
     assert sorted(e["type"] for e in events) == ["AP_CONNECTED"] * 3 + ["GW_CONNECTED", "SW_CONNECTED"]
 
@@ -540,7 +573,7 @@ def test_degraded_incident_stays_at_its_time_when_the_clock_moves_on(make_simula
     assert all(DAY1.timestamp() - 600 <= d["last_seen"] <= DAY1.timestamp() for d in down)
     recent = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
     assert not [e for e in recent if e["type"].endswith("_DISCONNECTED")]
-    assert get_json(server, "orgs/{org}/alarms/search", status="open")["total"] == 2
+    assert get_json(server, "orgs/{org}/alarms/search", status="open")["total"] == 3
 
 
 def test_scenario_set_before_the_clock_moves_starts_at_the_new_time(make_simulator):
@@ -661,3 +694,74 @@ def test_close_stops_serving_even_with_an_idle_keep_alive_connection():
         session.get(url, headers={"Authorization": f"Token {server.token}"}, timeout=5)
     with pytest.raises(requests.ConnectionError):
         requests.get(url, timeout=5)
+
+
+# --- Mist's own behaviour: the hourly budget, upgrades, WAN --------------------------------------------
+
+def test_the_hourly_budget_answers_429_without_retry_after_once_spent_until_the_hour_turns(make_simulator):
+    server = make_simulator(sites=3, now=DAY1)
+    server.hourly_budget = 3
+    for _ in range(3):
+        assert api(server, "orgs/{org}/stats/sites").status_code == 200
+    refused = requests.get(f"{server.url}/api/v1/self", headers={"Authorization": f"Token {server.token}"},
+                           timeout=10)
+    assert refused.status_code == 429 and "Retry-After" not in refused.headers
+    assert "5000 API Calls per hour" in refused.json()["detail"]
+    server.org.now = DAY1 + timedelta(hours=1)
+    assert api(server, "orgs/{org}/stats/sites").status_code == 200
+
+
+def test_an_upgrade_wave_reports_mists_status_strings_and_a_never_connected_device(make_simulator):
+    server = make_simulator(sites=6, now=DAY1, scenario="upgrade-wave")
+    ids = server.org.site_ids()
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    by_site = {sid: [d for d in devices if d["site_id"] == sid] for sid in ids}
+    assert {d["status"] for d in by_site[ids[1]] if d["type"] == "ap"} == {"upgrading"}
+    assert all(d["fwupdate"]["status"] == "inprogress" for d in by_site[ids[1]] if d["type"] == "ap")
+    (switch,) = [d for d in by_site[ids[2]] if d["type"] == "switch"]
+    assert switch["status"] == "upgrading" and DAY1.timestamp() - switch["fwupdate"]["timestamp"] >= 2 * 3600
+    assert "restarting" in {d["status"] for d in by_site[ids[2]]}
+    failed = [d for d in by_site[ids[3]] if d.get("fwupdate", {}).get("status") == "failed"]
+    assert len(failed) == 1 and failed[0]["status"] == "connected"
+    never = [d for d in by_site[ids[3]] if "last_seen" not in d]
+    assert len(never) == 1 and "uptime" not in never[0] and never[0]["status"] == "disconnected"
+    assert all(d["status"] == "connected" for sid in (ids[0], *ids[4:]) for d in by_site[sid])
+
+
+def test_a_wan_link_failure_shows_in_if_stat_vpn_paths_bgp_and_an_alarm(make_simulator):
+    server = make_simulator(sites=6, now=DAY1, scenario="wan-link-failure")
+    ids = server.org.site_ids()
+    gateway = get_json(server, f"sites/{ids[1]}/stats/devices", type="gateway")[0]
+    wan = {p["wan_name"]: p["up"] for p in gateway["if_stat"].values() if p.get("port_usage") == "wan"}
+    assert wan == {"wan1": True, "wan2": False}
+    paths = get_json(server, "orgs/{org}/stats/vpn_peers/search", limit=1000)["results"]
+    assert [(p["port_id"], p["up"]) for p in paths if p["site_id"] == ids[1]] == [("ge-0/0/0", True),
+                                                                                  ("ge-0/0/1", False)]
+    lossy = [p for p in paths if p["site_id"] == ids[2] and p["loss"] > 0]
+    assert len(lossy) == 1 and lossy[0]["loss"] == 6.0
+    bgp = get_json(server, "orgs/{org}/stats/bgp_peers/search", limit=1000)["results"]
+    assert [b["site_id"] for b in bgp if b["state"] != "established"] == [ids[3]]
+    alarms = get_json(server, "orgs/{org}/alarms/search", status="open")["results"]
+    assert [(a["type"], a["severity"], a["site_id"]) for a in alarms] == [("vpn_peer_down", "warn", ids[1])]
+
+
+def test_odd_sites_send_the_current_sle_names_next_to_the_v1_ones(simulator):
+    rows = get_json(simulator, "orgs/{org}/insights/sites-sle", sle="wan")["results"]
+    ids = simulator.org.site_ids()
+    odd, even = rows[ids.index(rows[1]["site_id"])], rows[0]
+    assert {"wan-link-health-v2", "application-health", "gateway-bandwidth", "wan-link-health"} <= set(odd)
+    assert "wan-link-health-v2" not in even and "wan-link-health" in even
+
+
+def test_the_normal_part_of_an_upgrade_wave_completes_with_the_new_version_and_the_stuck_switch_stays(
+        make_simulator):
+    server = make_simulator(sites=6, now=DAY1, scenario="upgrade-wave")
+    ids = server.org.site_ids()
+    get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)  # the wave starts being seen
+    server.org.now = DAY1 + timedelta(minutes=20)
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    aps = [d for d in devices if d["site_id"] == ids[1] and d["type"] == "ap"]
+    assert {(d["status"], d["version"], d["fwupdate"]["status"]) for d in aps} == {
+        ("connected", "0.14.29889", "upgraded")}
+    assert all(d["uptime"] < 20 * 60 for d in aps)
+    assert {d["status"] for d in devices if d["site_id"] == ids[2]} == {"connected", "upgrading"}

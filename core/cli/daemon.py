@@ -315,6 +315,12 @@ def _print_status(data: dict[str, Any]) -> None:
         table.add_row(r["started_at"], r["mode"], f"[{colour}]{r['status']}[/]", str(r["api_calls"]),
                       escape("; ".join(r["errors"]), 80))
     console.print(table)
+    from mistwatch.report.console import budget_text
+
+    latest = next((r for r in data["runs"] if r.get("api_budget")), None)
+    for name, budget in sorted((latest or {}).get("api_budget", {}).items()):
+        console.print(f"[bold]API budget ({escape(name)}, cycle of {latest['started_at']}):[/] "
+                      f"{escape(budget_text(budget), 1000)}")
     f = data["alerts_firing"]
     console.print(f"[bold]Alerts firing:[/] critical {f.get('critical', 0)}, major {f.get('major', 0)}, "
                   f"minor {f.get('minor', 0)}, info {f.get('info', 0)}; pending {data['alerts_pending']}")

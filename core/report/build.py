@@ -276,6 +276,11 @@ def _build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: 
     open_alerts.sort(key=lambda a: (-severity_rank(a.severity), a.state != "firing", a.site_name, a.summary))
 
     by_site_devices: dict[str, list[dict[str, Any]]] = {}
+    # Claimed devices that never connected are inventory, not outages: listed per site, not counted.
+    not_yet: dict[str, list[str]] = {}
+    for e in devices_e:
+        if e.metrics.get("device.never_connected"):
+            not_yet.setdefault(e.labels.get("site_id", ""), []).append(e.name)
     devices = []
     for e in devices_e:
         score = health.devices.get(e.key)
@@ -322,7 +327,8 @@ def _build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: 
             "health": h,
             "devices": {"total": None if unknown_devices else _int(m.get("site.devices_total")),
                         "connected": None if unknown_devices else _int(m.get("site.devices_connected")),
-                        "disconnected": sorted(d["name"] for d in site_devices if d["connected"] is False)},
+                        "disconnected": sorted(d["name"] for d in site_devices if d["connected"] is False),
+                        "not_yet_connected": sorted(not_yet.get(sid, []))},
             "clients": _series(trends["site.clients"][i], clients, 1, shared),  # type: ignore[arg-type]
             "sles": sles,
             "alarms": {k: (None if unknown(f"site.alarms_{k}") else _int(m.get(f"site.alarms_{k}")))
@@ -401,11 +407,13 @@ def _org(snapshot: Snapshot, org_e: Any, sites: list[dict[str, Any]], devices: l
     org_health = health.org
     trend = [*past, org_health]
     labels = org_e.labels if org_e is not None else {}
+    not_yet = sum(len(s["devices"]["not_yet_connected"]) for s in sites)
     return {
         "id": labels.get("org_id"), "name": labels.get("org_name") or labels.get("org_id") or "",
-        "sites": len(sites), "devices": len(devices),
+        "sites": len(sites), "devices": len(devices) - not_yet,
         "devices_connected": sum(1 for d in devices if d["connected"]),
-        "devices_unknown": sum(1 for d in devices if d["connected"] is None),
+        "devices_unknown": sum(1 for d in devices if d["connected"] is None) - not_yet,
+        "devices_not_connected_yet": not_yet,
         "clients": round(sum(clients)) if clients else None,
         "health": {"value": org_health, "delta_1d": _delta(org_health, trend[-2], 1),
                    "delta_7d": _delta(org_health, trend[0], 1), "trend": [_r(v, 1) for v in trend]},

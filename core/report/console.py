@@ -214,6 +214,24 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
     of = f" of the {allowed} allowed per token" if allowed else ""
     console.print(f"[bold]API:[/] {result.api_calls} calls this cycle; at a {interval_s / 60:g} min interval "
                   f"[{colour}]{per_hour} calls/hour[/]{of} ({result.duration_s:.2f} s)")
+    for name, budget in sorted(snapshot.api_budget.items()):
+        console.print(f"[bold]API budget ({console_text(name)}):[/] {console_text(budget_text(budget), 1000)}")
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    """One line on a collector's API budget: calls this cycle and clock hour, the shortest interval
+    the org's size allows, what was skipped to save calls, and when a spent budget comes back."""
+    parts = [f"{budget.get('calls_cycle', '?')} calls this cycle, {budget.get('calls_hour', '?')} this clock hour"
+             + (f" of {budget['hourly_budget']}" if budget.get("hourly_budget") else "")]
+    fastest = budget.get("min_interval_s")
+    if "min_interval_s" in budget:
+        parts.append("no interval fits the budget" if fastest is None
+                     else f"shortest interval at this size {float(fastest) / 60:g} min")
+    if budget.get("skipped"):
+        parts.append("skipped to save the budget: " + ", ".join(map(str, budget["skipped"])))
+    if budget.get("blocked_until"):
+        parts.append(f"budget spent (HTTP 429): no calls until {budget['blocked_until']}")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -292,6 +310,7 @@ def summary_json(result: Any) -> dict[str, Any]:
     }
     snapshot = result.snapshot
     if snapshot is not None:
+        out["api_budget"] = snapshot.api_budget
         out["totals"] = totals(snapshot)
         out["sites"] = [
             {"site_key": r.key, "site_name": r.name,

@@ -18,6 +18,7 @@ SLE_NAMES = {
     "wan.gateway_health": "WAN gateway health", "wan.link_health": "WAN link health",
     "wan.wan_link_health": "WAN link health", "wired.switch_bandwidth": "Wired switch bandwidth",
     "wan.application_health": "WAN application health",
+    "wan.gateway_bandwidth": "WAN gateway bandwidth", "wired.switch_stc": "Wired successful connects",
 }
 COMPONENT_NAMES = {"availability": "Devices connected", "mist_alarms": "Mist alarms", "alerts": "Open alerts",
                    "device.cpu": "CPU", "device.memory": "Memory", "device.alerts": "Open alerts",

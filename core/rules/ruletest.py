@@ -15,6 +15,9 @@ A test file (YAML)::
               device.connected: "1 1 0 0 0 0"     # or a list; "0.9x24" repeats 0.9 24 times
         events:                          # optional, each at a time offset
           - {at: 10m, source: mist.alarm, type: device_down, severity: critical, labels: {site_id: s1}}
+          # until: repeat it in every cycle up to then (an open alarm comes back each cycle);
+          # seen: its timestamp (a Mist alarm's last_seen), when not the cycle's time
+          - {at: 0m, until: 2h, seen: 0m, type: rogue_ap, severity: major}
         errors:                          # optional collector failures (data unknown) at time offsets
           - {at: 15m, kinds: [device], metrics: ["*"]}
         expect:
@@ -78,7 +81,8 @@ TEST_SCHEMA: dict[str, Any] = {
                             "x-message": "a series is a string like \"1 1 0 _ x\" or a list"}}}}},
                 "events": {"type": ["array", "null"], "items": {
                     "type": "object", "additionalProperties": False, "required": ["at", "type"],
-                    "properties": {"at": _DUR, "source": {"type": "string"}, "type": {"type": "string"},
+                    "properties": {"at": _DUR, "until": _DUR, "seen": _DUR,
+                                   "source": {"type": "string"}, "type": {"type": "string"},
                                    "severity": {"enum": list(SEVERITIES)}, "labels": _LABELS,
                                    "text": {"type": "string"}, "count": {"type": "integer", "minimum": 1},
                                    "id": {"type": "string"}}}},
@@ -141,6 +145,8 @@ def parse_series(raw: Any, *, file: str, line: int | None, key: str) -> list[flo
 
 def _entity_key(kind: str, labels: Mapping[str, str]) -> str:
     ident = labels.get(f"{kind}_id") or labels.get("device_id") or labels.get("site_id") or labels.get("org_id")
+    if labels.get("peer_id"):  # a gateway has several WAN paths and BGP peers
+        ident = f"{ident}:{labels['peer_id']}"
     return f"{kind}:{ident or 'unnamed'}"
 
 
@@ -248,12 +254,16 @@ class _TestFile:
         events: dict[int, list[Event]] = {}
         for v_index, spec in enumerate(test.get("events") or []):
             step = self.step_of(spec["at"], interval, (*base, "events", v_index, "at"))
-            events.setdefault(step, []).append(Event(
-                source=spec.get("source", "mist.alarm"), type=spec["type"],
-                severity=spec.get("severity", "major"),
-                timestamp=self.start + step * interval,
-                labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()},
-                text=spec.get("text", spec["type"]), id=spec.get("id", ""), count=spec.get("count", 1)))
+            last = (self.step_of(spec["until"], interval, (*base, "events", v_index, "until"))
+                    if "until" in spec else step)
+            seen = (self.start + parse_duration(spec["seen"])) if "seen" in spec else None
+            for each in range(step, last + 1):
+                events.setdefault(each, []).append(Event(
+                    source=spec.get("source", "mist.alarm"), type=spec["type"],
+                    severity=spec.get("severity", "major"),
+                    timestamp=seen or self.start + each * interval,
+                    labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()},
+                    text=spec.get("text", spec["type"]), id=spec.get("id", ""), count=spec.get("count", 1)))
         errors: list[tuple[int, int | None, CollectorError]] = []
         for r_index, spec in enumerate(test.get("errors") or []):
             first = self.step_of(spec["at"], interval, (*base, "errors", r_index, "at"))

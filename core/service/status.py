@@ -100,7 +100,8 @@ def _run_dict(r: Any) -> dict[str, Any] | None:
         return None
     return {"id": r.id, "started_at": r.started_at.isoformat(timespec="seconds"),
             "finished_at": r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
-            "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors)}
+            "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors),
+            "api_budget": (r.summary or {}).get("api_budget", {})}
 
 
 def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:

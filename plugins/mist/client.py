@@ -5,8 +5,9 @@ What it does for its callers (see the Mist notes, README sections 1.1-1.5):
 * authenticates with ``Authorization: Token ...`` and never lets the token into a message, repr or log;
 * follows both pagination styles: ``X-Page-*`` headers on list endpoints (:meth:`MistClient.iter_pages`)
   and the relative ``next`` link on ``.../search`` endpoints (:meth:`MistClient.iter_search`);
-* retries what can heal (5xx, timeouts, dropped connections, malformed JSON, 429) with bounded
-  exponential backoff and jitter, and turns what cannot (401, 403, 404, other 4xx) into clear errors.
+* retries what can heal (5xx, timeouts, dropped connections, malformed JSON, a 429 with a short
+  ``Retry-After``) with bounded exponential backoff and jitter, and turns what cannot (401, 403, 404,
+  other 4xx, a 429 without ``Retry-After``: the hourly budget is spent) into clear errors.
 
 Every HTTP attempt counts in :attr:`MistClient.calls`: the hourly budget (5,000 calls per token) is
 spent by attempts, not by successes.
@@ -101,7 +102,13 @@ class MistRetryError(MistAPIError):
 
 
 class MistRateLimitError(MistRetryError):
-    """429 that did not clear within the retries, or a Retry-After longer than ``max_retry_after``."""
+    """429: without ``Retry-After`` (the hourly budget is spent: retrying before the top of the hour
+    only burns calls), with one longer than ``max_retry_after``, or one that did not clear within the
+    retries. ``retry_after`` is Mist's wait in seconds, None when it sent none."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -169,6 +176,11 @@ def _detail(resp: requests.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
         return body["detail"][:200]
     return ""
+
+
+def _said(resp: requests.Response) -> str:
+    detail = _detail(resp)
+    return f" (Mist says: {detail})" if detail else ""
 
 
 def _page_items(body: Any, headers: Mapping[str, str], limit: int) -> tuple[list, int | None, int]:
@@ -429,11 +441,19 @@ class MistClient:
                 elif status == 429:
                     rate_limited, last_status = True, status
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                    if retry_after is not None and retry_after > self.max_retry_after:
+                    if retry_after is None:
+                        # Mist documents no Retry-After: its 429 means the token's hourly budget is
+                        # spent, and every retry before the top of the hour is one more refused call.
+                        raise MistRateLimitError(
+                            f"GET {shown}: HTTP 429 Too Many Requests without Retry-After; "
+                            f"{_RATE_LIMIT_HINT}{_said(resp)}", path=shown, status=429, attempts=attempt,
+                            last_error="429 Too Many Requests", retry_after=None)
+                    if retry_after > self.max_retry_after:
                         raise MistRateLimitError(
                             f"GET {shown}: HTTP 429 Too Many Requests, Mist asks to wait {retry_after:.0f}s "
                             f"(more than max_retry_after={self.max_retry_after:g}s); {_RATE_LIMIT_HINT}",
-                            path=shown, status=429, attempts=attempt, last_error="429 Too Many Requests")
+                            path=shown, status=429, attempts=attempt, last_error="429 Too Many Requests",
+                            retry_after=retry_after)
                     last_error = "HTTP 429 Too Many Requests"
                     wait = retry_after
                 elif status >= 500:
@@ -445,7 +465,7 @@ class MistClient:
         message = f"GET {shown}: gave up after {attempts} attempts: {last_error}"
         if rate_limited:
             raise MistRateLimitError(f"{message}; {_RATE_LIMIT_HINT}", path=shown, status=last_status,
-                                     attempts=attempts, last_error=last_error)
+                                     attempts=attempts, last_error=last_error, retry_after=0.0)
         raise MistRetryError(message, path=shown, status=last_status, attempts=attempts,
                              last_error=last_error)
 

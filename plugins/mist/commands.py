@@ -34,8 +34,10 @@ from mistwatch.plugins.mist.simdata import SCENARIOS
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated org.")
 @click.option("--orgs", "n_orgs", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Serve this many orgs, each on its own port (--port, --port+1, ...) with its own token.")
+@click.option("--hourly-budget", type=click.IntRange(0, None), default=5000, show_default=True,
+              help="Calls per token and clock hour before HTTP 429, as Mist does (0: unlimited).")
 def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: str, token: str,
-             seed: int, n_orgs: int) -> None:
+             seed: int, n_orgs: int, hourly_budget: int) -> None:
     """Serve a Mist-compatible API on loopback, for trying rules.
 
     The org is generated from --seed; point `mistwatch run` at the printed base_url, token and org_id.
@@ -47,12 +49,13 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
     org.prepare()  # device texts built before serving, so a big org's first poll is as fast as the next
     servers: list[Any] = []
     try:
-        servers.append(serve(org, host=host, port=port, token=token))
+        servers.append(serve(org, host=host, port=port, token=token, hourly_budget=hourly_budget or None))
         for i in range(1, n_orgs):
             other = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario,
                                  seed=seed + i, org_name=f"Org {i + 1}")
             other.prepare()
-            servers.append(serve(other, host=host, port=port + i if port else 0, token=f"{token}-{i + 1}"))
+            servers.append(serve(other, host=host, port=port + i if port else 0, token=f"{token}-{i + 1}",
+                                 hourly_budget=hourly_budget or None))
     except (ValueError, OSError) as exc:
         for opened in servers:
             opened.close()

@@ -25,8 +25,24 @@ Scenarios (``SCENARIOS``):
     - site 4: its gateway and switch disconnected (``GW_DISCONNECTED``/``SW_DISCONNECTED`` events);
       wired ``switch-health`` and wan ``gateway-health``/``wan-link-health`` low.
 * ``recovered``: current state as ``healthy``; the devices that were down are connected again with a
-  fresh uptime (``*_CONNECTED`` events), the site-3 alarms are resolved. History keeps the incident.
-  ``set_scenario("healthy")`` forgets it all.
+  fresh uptime (``*_CONNECTED`` events, indexed by Mist 4 minutes late, as events a device buffered
+  while offline are), the site-3 alarms are resolved. History keeps the incident.
+* ``upgrade-wave``: a firmware upgrade rolls through sites 1-3: site 1's APs are ``upgrading`` (still
+  reporting, ``fwupdate.status`` inprogress) for the wave's first 15 minutes, then run the new version
+  with a fresh uptime; site 2's switch has been ``upgrading`` for 2 hours (stuck) and one AP is
+  ``restarting`` (back after the 15 minutes too); at site 3 one AP's upgrade ``failed`` (it runs the old version)
+  and one AP was claimed but never connected (no ``last_seen``, no ``uptime``).
+* ``wan-link-failure``: site 1's gateway lost its second WAN link (``if_stat`` wan2 down, its VPN path
+  down, a ``vpn_peer_down`` warn alarm); site 2's primary WAN path is lossy (loss 6 %, latency 180 ms,
+  MOS 3.0); site 3's BGP neighbor is down (state ``active``, no routes).
+
+``set_scenario("healthy")`` forgets it all. Background alarms carry Mist's real groups and severities
+(``critical``/``warn``/``info``); ``degraded`` also leaves a security alarm Mist never closed (last
+seen two days ago). Sites with an odd index answer ``sites-sle`` with the current SLE names
+(``wan-link-health-v2``, ``application-health``, ``switch-health-v2``, ``gateway-bandwidth``) next to
+the v1 names the spec requires; even ones with the v1 names only. ``SimulatorServer`` also counts
+calls per token and clock hour (of ``now``) and answers 429 without ``Retry-After`` once the hour's
+budget (default 5,000) is spent.
 """
 
 from __future__ import annotations
@@ -41,7 +57,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-SCENARIOS: tuple[str, ...] = ("healthy", "degraded", "recovered")
+SCENARIOS: tuple[str, ...] = ("healthy", "degraded", "recovered", "upgrade-wave", "wan-link-failure")
 
 _M64 = (1 << 64) - 1
 DAY = 86400
@@ -120,10 +136,16 @@ WIFI_KEYS = ("ap-availability", "ap-health", "capacity", "coverage", "roaming", 
 WIRED_KEYS = ("switch-health", "switch-throughput", "switch-bandwidth")
 WAN_KEYS = ("gateway-health", "wan-link-health", "application_health")
 SLE_KEYS = {"wifi": WIFI_KEYS, "wired": WIRED_KEYS, "wan": WAN_KEYS}
+#: The names Mist sends today next to the v1 ones (sites with an odd index use these).
+CURRENT_SLE_NAMES = {"switch-health": "switch-health-v2", "wan-link-health": "wan-link-health-v2",
+                     "application_health": "application-health"}
+WAN_LINKS = (("ge-0/0/0", "wan1", "broadband"), ("ge-0/0/1", "wan2", "lte"))
+UPGRADE_WAVE_MINUTES = 15  # how long the normal part of the upgrade wave takes
+UPGRADED_AP_VERSION = "0.14.29889"
 
 # history that is not part of a scenario: resolved alarms of these kinds, config events
-BACKGROUND_ALARMS = (("rogue_ap", "security", "warn"), ("dhcp_failure", "marvis", "warn"),
-                     ("arp_failure", "marvis", "info"))
+BACKGROUND_ALARMS = (("rogue_ap", "security", "warn"), ("infra_dhcp_failure", "infrastructure", "warn"),
+                     ("infra_arp_failure", "infrastructure", "info"), ("missing_vlan", "marvis", "warn"))
 REF_EPOCH = 1_700_000_000  # created_time of generated objects lies before this
 MAX_CACHED_DEVICES = 200_000  # device texts kept up to this org size (~260 MB); bigger orgs build per request
 
@@ -229,6 +251,15 @@ class ScenarioState:
         self.alarms: list[dict] = []  # alarms; "last_seen" None means "now" (still open)
         self.events: list[dict] = []
         self.affected: dict[int, str] = {}
+        self.status: dict[int, str] = {}  # global device index -> status other than connected (reporting)
+        self.fwupdate: dict[int, dict] = {}  # global device index -> fwupdate object
+        self.version: dict[int, str] = {}  # global device index -> firmware version override
+        self.never: set[int] = set()  # claimed, never connected
+        self.psu_failed: set[int] = set()  # switches/gateways with PSU 1 failed
+        self.wan_down: dict[int, set[str]] = {}  # gateway -> WAN names down
+        self.vpn: dict[tuple[int, str], dict] = {}  # (gateway, wan name) -> path stat overrides
+        self.bgp_down: set[int] = set()  # gateways whose BGP neighbor is down
+        self.expires_at: float | None = None  # the scenario's next phase starts then
 
 
 class SimulatedOrg:
@@ -308,6 +339,11 @@ class SimulatedOrg:
         """The current scenario's state, anchored at the clock of its first use after ``set_scenario``
         (so ``set_scenario`` and setting ``now`` may come in either order)."""
         state = self._state
+        if state is not None and state.expires_at is not None and self.now.timestamp() >= state.expires_at:
+            with self._state_lock:  # the scenario moves on by itself (an upgrade wave completes)
+                if self._state is state:
+                    self._previous, self._state = state, None
+            state = None
         if state is None:
             with self._state_lock:
                 if self._state is None:
@@ -342,6 +378,10 @@ class SimulatedOrg:
         state = ScenarioState(name, t)
         if name == "healthy":
             return state
+        if name == "upgrade-wave":
+            return self._upgrade_wave(state, t, previous)
+        if name == "wan-link-failure":
+            return self._wan_link_failure(state, t)
         n = len(self._sites)
         if name == "degraded" and previous is not None and previous.name == "degraded":
             incident = previous.incident_ts or t - 300
@@ -365,7 +405,10 @@ class SimulatedOrg:
             state.affected[2] = "wifi SLE collapse (coverage, capacity, time-to-connect) and clients -60%"
         if n > 3:
             state.alarms = self._incident_alarms(3, incident)
-            state.affected[3] = "open critical and major Mist alarms"
+            sw = self.device_pos("switch")
+            if sw is not None:
+                state.psu_failed.add(3 * self.devices_per_site + sw)
+            state.affected[3] = "open critical and warn Mist alarms, a Marvis action, a failed PSU"
         if n > 4:
             for pos, kind in enumerate(self.layout):
                 if kind in ("switch", "gateway"):
@@ -380,14 +423,24 @@ class SimulatedOrg:
             state.down = down
             if 1 in state.affected:
                 state.sle[(1, "wifi")] = {"ap-availability": 0.25}
+            if n > 3:  # a security alarm Mist never closes, last seen two days ago
+                rng = random.Random(mix(self.seed, 3, 917))
+                state.alarms.append({"id": _uuid(rng), "org_id": self.org_id, "site_id": self._sites[3].id,
+                                     "type": "rogue_ap", "group": "security", "severity": "warn",
+                                     "status": "open", "count": 1, "timestamp": int(incident) - 3 * DAY,
+                                     "last_seen": int(incident) - 2 * DAY, "acked": False,
+                                     "bssids": ["02aabbccdd01"], "ssids": ["Free-WiFi"]})
             return state
         # recovered: everything back; the incident stays in the history
         state.sle, state.client_factor = {}, {}
         recovered = max(t - 120, incident + 60)
         state.recovered_ts = recovered
+        state.psu_failed = set()
         for g, ts in sorted(down.items()):
             state.boot[g] = recovered + (ts - incident)
-            state.events.append(self._event(g, "CONNECTED", state.boot[g] + 45))
+            event = self._event(g, "CONNECTED", state.boot[g] + 45)
+            event["_indexed_at"] = event["timestamp"] + 240  # Mist indexes it late
+            state.events.append(event)
         for alarm in state.alarms:
             alarm["status"] = "resolved"
             alarm["resolved_time"] = int(recovered)
@@ -407,17 +460,96 @@ class SimulatedOrg:
         sw = self.device_pos("switch")
         ap = self.device_pos("ap")
         g0 = site_index * self.devices_per_site
-        critical = {"id": _uuid(rng), "org_id": self.org_id, "site_id": site.id, "type": "switch_stp_loop",
+        critical = {"id": _uuid(rng), "org_id": self.org_id, "site_id": site.id, "type": "sw_alarm_chassis_psu",
                     "group": "infrastructure", "severity": "critical", "status": "open", "count": 3,
                     "timestamp": int(incident), "last_seen": None, "acked": False}
+        optics = {"id": _uuid(rng), "org_id": self.org_id, "site_id": site.id, "type": "sw_bad_optics",
+                  "group": "infrastructure", "severity": "warn", "status": "open", "count": 1,
+                  "timestamp": int(incident) + 20, "last_seen": None, "acked": False}
         if sw is not None:
-            critical["switches"] = [self.device_mac(g0 + sw)]
-            critical["hostnames"] = [self.device_name(g0 + sw)]
-        major = {"id": _uuid(rng), "org_id": self.org_id, "site_id": site.id, "type": "ap_bad_cable",
-                 "group": "marvis", "severity": "major", "status": "open", "count": 1,
-                 "timestamp": int(incident) + 40, "last_seen": None, "acked": False,
-                 "aps": [self.device_mac(g0 + (ap or 0))], "hostnames": [self.device_name(g0 + (ap or 0))]}
-        return [critical, major]
+            for alarm in (critical, optics):
+                alarm["switches"] = [self.device_mac(g0 + sw)]
+                alarm["hostnames"] = [self.device_name(g0 + sw)]
+        marvis = {"id": _uuid(rng), "org_id": self.org_id, "site_id": site.id, "type": "bad_cable",
+                  "group": "marvis", "severity": "warn", "status": "open", "count": 1,
+                  "timestamp": int(incident) + 40, "last_seen": None, "acked": False,
+                  "aps": [self.device_mac(g0 + (ap or 0))], "hostnames": [self.device_name(g0 + (ap or 0))]}
+        return [critical, optics, marvis]
+
+    def _upgrade_wave(self, state: ScenarioState, t: float, previous: ScenarioState | None) -> ScenarioState:
+        """Phase 1 (its first 15 minutes): site 1's APs upgrading, site 2's AP restarting. Phase 2: they
+        are done (new version, fresh uptime); the switch of site 2 stays stuck, site 3 stays as it is."""
+        dps, n = self.devices_per_site, len(self._sites)
+        started = t - 600
+        if previous is not None and previous.name == "upgrade-wave" and previous.incident_ts is not None:
+            started = previous.incident_ts
+        state.incident_ts = started
+        state.anchor = started
+        done_at = started + UPGRADE_WAVE_MINUTES * 60
+        running = t < done_at
+        if running:
+            state.expires_at = done_at
+        aps = [p for p, kind in enumerate(self.layout) if kind == "ap"]
+        upgrading = {"status": "inprogress", "progress": 40, "status_id": 5, "timestamp": started,
+                     "will_retry": False}
+        if n > 1:
+            for k, pos in enumerate(aps):
+                g = dps + pos
+                if running:
+                    state.status[g] = "upgrading"
+                    state.fwupdate[g] = dict(upgrading)
+                else:
+                    state.boot[g] = done_at - 240 + 20 * k
+                    state.version[g] = UPGRADED_AP_VERSION
+                    state.fwupdate[g] = dict(upgrading, status="upgraded", progress=100, status_id=3037)
+            state.affected[1] = f"{len(aps)} APs upgrading (a normal wave, done after {UPGRADE_WAVE_MINUTES} min)"
+        if n > 2:
+            sw = self.device_pos("switch")
+            if sw is not None:
+                state.status[2 * dps + sw] = "upgrading"
+                state.fwupdate[2 * dps + sw] = dict(upgrading, timestamp=started - 2 * 3600, progress=60)
+            if aps:
+                if running:
+                    state.status[2 * dps + aps[0]] = "restarting"
+                else:
+                    state.boot[2 * dps + aps[0]] = done_at - 300
+            state.affected[2] = "switch upgrading for 2 hours (stuck), an AP restarting"
+        if n > 3 and aps:
+            state.fwupdate[3 * dps + aps[0]] = {"status": "failed", "progress": 0, "status_id": 9,
+                                                "timestamp": started, "will_retry": False}
+            state.version[3 * dps + aps[0]] = "0.12.27452"
+            if len(aps) > 1:
+                state.never.add(3 * dps + aps[-1])
+            state.affected[3] = "an AP's upgrade failed, an AP claimed but never connected"
+        return state
+
+    def _wan_link_failure(self, state: ScenarioState, t: float) -> ScenarioState:
+        dps, n = self.devices_per_site, len(self._sites)
+        gw = self.device_pos("gateway")
+        state.incident_ts = t - 300
+        state.anchor = t - 300
+        if gw is None:
+            return state
+        if n > 1:
+            g = dps + gw
+            state.wan_down[g] = {"wan2"}
+            state.vpn[(g, "wan2")] = {"up": False}
+            rng = random.Random(mix(self.seed, 1, 419))
+            site = self._sites[1]
+            state.alarms = [{"id": _uuid(rng), "org_id": self.org_id, "site_id": site.id, "type": "vpn_peer_down",
+                             "group": "infrastructure", "severity": "warn", "status": "open", "count": 1,
+                             "timestamp": int(t - 290), "last_seen": None, "acked": False,
+                             "gateways": [self.device_mac(g)], "hostnames": [self.device_name(g)]}]
+            state.events.append(dict(self._event(g, "VPN_PATH_DOWN", t - 295), port_id="ge-0/0/1",
+                                     text="VPN path ge-0/0/1 down"))
+            state.affected[1] = "gateway lost WAN link wan2 (VPN path down)"
+        if n > 2:
+            state.vpn[(2 * dps + gw, "wan1")] = {"loss": 6.0, "latency": 180.0, "jitter": 35.0, "mos": 3.0}
+            state.affected[2] = "primary WAN path lossy (6 % loss, 180 ms)"
+        if n > 3:
+            state.bgp_down.add(3 * dps + gw)
+            state.affected[3] = "BGP neighbor down"
+        return state
 
     def _event(self, g: int, what: str, ts: float) -> dict:
         kind = self.device_type(g)
@@ -596,7 +728,8 @@ def site_payload(org: SimulatedOrg, site: Site) -> dict:
 def down_by_site(org: SimulatedOrg, state: ScenarioState) -> dict[tuple[int, str], int]:
     """(site index, device type) -> number of disconnected devices."""
     out: dict[tuple[int, str], int] = {}
-    for g in state.down:
+    # Mist's own counters count what is not "connected" as not connected (upgrading too [unconfirmed])
+    for g in {*state.down, *state.never, *state.status}:
         key = (g // org.devices_per_site, org.device_type(g))
         out[key] = out.get(key, 0) + 1
     return out
@@ -686,12 +819,17 @@ class DeviceText:
         serial_prefix = {"ap": "A07032", "switch": "FJ0324", "gateway": "CV0219"}[kind]
         out: dict = {"type": kind, "id": "00000000-0000-0000-1000-" + mac, "mac": mac, "name": name,
                      "model": org.device_model(g), "serial": f"{serial_prefix}{h % 10_000_000:07d}",
-                     "version": VERSIONS[kind], "site_id": site.id, "org_id": org.org_id,
+                     "version": state.version.get(g, VERSIONS[kind]), "site_id": site.id, "org_id": org.org_id,
                      "created_time": site.created + 3600 + 60 * pos, "modified_time": site.created + 20 * DAY}
         if kind != "ap":
             out["hostname"] = name
         down_since = state.down.get(g)
-        self.static = down_since is not None
+        self.static = down_since is not None or g in state.never
+        if g in state.never:  # claimed into the site, never came up: no last_seen, no uptime
+            out.update(status="disconnected", created_time=int(state.anchor) - DAY,
+                       modified_time=int(state.anchor) - DAY)
+            self.text = json.dumps(out, separators=(",", ":"))
+            return
         if down_since is not None:  # a disconnected device keeps only its identity (shape unconfirmed)
             out.update(status="disconnected", last_seen=int(down_since), uptime=0)
             self.text = json.dumps(out, separators=(",", ":"))
@@ -707,7 +845,10 @@ class DeviceText:
         ip = f"10.{a % 256}.{b}.{10 + pos}"
         self.rate = rate = 2000 + (h >> 40) % 20000
         slot = _SLOT
-        out.update(status="connected", uptime=slot["uptime"], last_seen=slot["last_seen"], ip=ip)
+        out.update(status=state.status.get(g, "connected"), uptime=slot["uptime"], last_seen=slot["last_seen"],
+                   ip=ip)
+        if g in state.fwupdate:
+            out["fwupdate"] = state.fwupdate[g]
         base = site_i * org.devices_per_site
         aps = [p for p, k in enumerate(org.layout) if k == "ap"]
         if kind == "ap":
@@ -739,6 +880,12 @@ class DeviceText:
             expected = AP_SLOTS
         else:
             out.update(config_status="COMMITED", cpu_stat=slot["cpu_stat"], memory_stat={"usage": slot["memory"]})
+            psu1 = "failed" if g in state.psu_failed else "ok"
+            out["module_stat"] = [{
+                "model": out["model"], "serial": out["serial"], "status": "ok",
+                "psus": [{"name": "Power Supply 0", "status": "ok"}, {"name": "Power Supply 1", "status": psu1}],
+                "fans": [{"name": "Fan 0", "status": "ok", "rpm": 6000 + h % 900, "airflow": "out"}],
+                "temperatures": [{"name": "CPU", "status": "ok", "celsius": 40 + h % 15}]}]
             if kind == "switch":
                 self.ports_up = sum(1 for p in aps if base + p not in state.down)
                 if_stat = {}
@@ -749,8 +896,9 @@ class DeviceText:
                 out.update(clients_stats={"total": {"num_aps": [self.ports_up],
                                                     "num_wired_clients": org.site_wired_clients(site_i)}},
                            if_stat=if_stat,
-                           fwupdate={"status": "upgraded", "progress": 100, "status_id": 3037,
-                                     "timestamp": float(site.created + 5 * DAY), "will_retry": False})
+                           fwupdate=state.fwupdate.get(g) or {
+                               "status": "upgraded", "progress": 100, "status_id": 3037,
+                               "timestamp": float(site.created + 5 * DAY), "will_retry": False})
                 expected = SWITCH_SLOTS + SWITCH_PORT_SLOTS * self.ports_up
             else:
                 out.update(ip=site.ext_ip, ext_ip=site.ext_ip, is_ha=False,
@@ -758,9 +906,15 @@ class DeviceText:
                                       "spu_current_session": 20 + (h >> 20) % 400, "spu_max_session": 32768,
                                       "spu_uptime": slot["spu_uptime"]}],
                            if_stat={"ge-0/0/0.0": {"port_id": "ge-0/0/0", "port_usage": "wan", "wan_name": "wan1",
-                                                   "wan_type": "broadband", "up": True, "rx_bytes": slot["rx_bytes"],
-                                                   "tx_bytes": slot["tx_bytes"], "rx_pkts": slot["rx_pkts"],
-                                                   "tx_pkts": slot["tx_pkts"]}})
+                                                   "wan_type": "broadband",
+                                                   "up": "wan1" not in state.wan_down.get(g, ()),
+                                                   "rx_bytes": slot["rx_bytes"], "tx_bytes": slot["tx_bytes"],
+                                                   "rx_pkts": slot["rx_pkts"], "tx_pkts": slot["tx_pkts"]},
+                                    # the backup link carries little: its counters are not clock slots
+                                    "ge-0/0/1.0": {"port_id": "ge-0/0/1", "port_usage": "wan", "wan_name": "wan2",
+                                                   "wan_type": "lte", "up": "wan2" not in state.wan_down.get(g, ()),
+                                                   "rx_bytes": h % 100_000, "tx_bytes": h % 70_000,
+                                                   "rx_pkts": h % 1000, "tx_pkts": h % 700}})
                 expected = GATEWAY_SLOTS
         self.text, names = _template_text(out)
         if names != expected:  # render() fills slots by position
@@ -823,7 +977,12 @@ def sle_result(org: SimulatedOrg, site: Site, kind: str, now_ts: float, state: S
     else:
         head = {"site_id": site.id, "num_gateways": org.layout.count("gateway"),
                 "num_clients": clients + org.site_wired_clients(i)}
-    head.update(org.sle_values(i, kind, now_ts, state))
+    values = org.sle_values(i, kind, now_ts, state)
+    if i % 2:  # the names live orgs send today next to the v1 ones the spec documents (and requires)
+        values.update({CURRENT_SLE_NAMES[k]: v for k, v in values.items() if k in CURRENT_SLE_NAMES})
+        if kind == "wan":
+            values["gateway-bandwidth"] = round(0.95 + 0.05 * unit(org.seed, i, 5), 3)
+    head.update(values)
     return head
 
 
@@ -863,10 +1022,68 @@ def alarms_in(org: SimulatedOrg, start: float, end: float, now_ts: float, state:
 
 
 def events_in(org: SimulatedOrg, start: float, end: float, now_ts: float, state: ScenarioState) -> list[dict]:
+    """Device events with a timestamp in [start, end] that Mist has indexed by ``now`` (some come late)."""
     end = min(end, now_ts)
     out = []
     for day in range(int(start // DAY), int(end // DAY) + 1):
         out.extend(e for e in org.background("events", day) if start <= e["timestamp"] <= end)
-    out.extend(e for e in state.events if start <= e["timestamp"] <= end)
+    for e in state.events:
+        if start <= e["timestamp"] <= end and e.get("_indexed_at", 0) <= now_ts:
+            out.append({k: v for k, v in e.items() if k != "_indexed_at"} if "_indexed_at" in e else e)
     out.sort(key=lambda e: (e["timestamp"], e["mac"], e["type"]))
     return out
+
+
+# --- WAN paths and BGP peers ---------------------------------------------------------------------------
+
+def _gateways(org: SimulatedOrg, state: ScenarioState) -> list[int]:
+    """Global indexes of the branch gateways that report (site 0 is the hub they peer with)."""
+    gw = org.device_pos("gateway")
+    if gw is None or len(org.sites) < 2:
+        return []
+    dps = org.devices_per_site
+    return [i * dps + gw for i in range(1, len(org.sites)) if i * dps + gw not in state.down]
+
+
+def vpn_peer_rows(org: SimulatedOrg, now_ts: float, state: ScenarioState) -> list[dict]:
+    """stats/vpn_peers/search rows: each branch gateway's two WAN links to the hub gateway."""
+    gateways = _gateways(org, state)
+    if not gateways:
+        return []
+    hub = org.device_pos("gateway")
+    hub_mac, hub_name, hub_site = org.device_mac(hub), org.device_name(hub), org.sites[0].id
+    rows = []
+    for g in gateways:
+        site = org.sites[g // org.devices_per_site]
+        mac, name = org.device_mac(g), org.device_name(g)
+        h = mix(org.seed, g, 41)
+        for k, (port, wan, _) in enumerate(WAN_LINKS):
+            over = state.vpn.get((g, wan), {})
+            up = over.get("up", wan not in state.wan_down.get(g, ()))
+            row = {"org_id": org.org_id, "site_id": site.id, "mac": mac, "router_name": name, "port_id": port,
+                   "type": "ipsec", "peer_mac": hub_mac, "peer_router_name": hub_name, "peer_port_id": port,
+                   "peer_site_id": hub_site, "up": up, "is_active": k == 0, "mtu": 1400,
+                   "uptime": int(now_ts - REF_EPOCH) % (30 * DAY) if up else 0,
+                   "last_seen": int(now_ts) - h % 50}
+            if up:
+                row.update(latency=over.get("latency", round(12 + h % 40 + 8 * k, 1)),
+                           jitter=over.get("jitter", round(0.5 + (h >> 8) % 30 / 10, 1)),
+                           loss=over.get("loss", 0.0), mos=over.get("mos", round(4.2 + (h >> 16) % 20 / 100, 2)))
+            rows.append(row)
+    return rows
+
+
+def bgp_peer_rows(org: SimulatedOrg, now_ts: float, state: ScenarioState) -> list[dict]:
+    """stats/bgp_peers/search rows: each branch gateway's overlay neighbor at the hub."""
+    rows = []
+    for g in _gateways(org, state):
+        site_i = g // org.devices_per_site
+        down = g in state.bgp_down
+        rows.append({"org_id": org.org_id, "site_id": org.sites[site_i].id, "mac": org.device_mac(g),
+                     "neighbor": "10.255.0.1", "neighbor_as": 65000, "local_as": 65001 + site_i % 1000,
+                     "neighbor_mac": org.device_mac(org.device_pos("gateway")), "vrf_name": "default",
+                     "state": "active" if down else "established", "up": not down,
+                     "rx_routes": 0 if down else 10 + site_i % 50, "tx_routes": 4,
+                     "rx_pkts": 1000 + site_i, "tx_pkts": 900 + site_i, "uptime": 0 if down else 86400,
+                     "evpn_overlay": False, "for_overlay": True, "timestamp": round(now_ts - 30, 1)})
+    return rows

@@ -15,12 +15,16 @@ endpoint the Mist collector uses::
                                                          duration, limit, sort; cursor ``next``
     GET /api/v1/orgs/{org_id}/devices/events/search      device_type (default ap), type, mac, site_id,
                                                          start/end/duration, limit, sort; cursor ``next``
-    GET /api/v1/orgs/{org_id}/clients/count              distinct=site_id, page/limit
+    GET /api/v1/orgs/{org_id}/stats/vpn_peers/search     mac, site_id, type, start/end/duration, limit;
+                                                         cursor ``next``
+    GET /api/v1/orgs/{org_id}/stats/bgp_peers/search     mac, site_id, start/end/duration, limit; cursor
     GET /api/v1/sites/{site_id}/stats                    drill-down
     GET /api/v1/sites/{site_id}/stats/devices            drill-down, like the org call
 
 Auth: ``Authorization: Token <token>``; otherwise 401. An org (or site) outside the token's privileges
-gets 403, an unknown path 404, a bad parameter 400. Unused query parameters are ignored.
+gets 403, an unknown path 404, a bad parameter 400. Unused query parameters are ignored. Each token has
+``hourly_budget`` calls (default 5,000, Mist's limit) per clock hour of the org's clock; past it every
+call gets 429 without ``Retry-After`` (as Mist documents it) until the hour turns.
 
 The data and the scenarios are described in ``mistwatch.plugins.mist.simdata`` (``healthy``, ``degraded`` - sites
 index 1-4 only - and ``recovered``). Fault injection (``server.inject``) and call counters are for
@@ -29,6 +33,7 @@ tests of the client.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import ipaddress
 import json
@@ -48,6 +53,7 @@ from mistwatch.plugins.mist.simdata import (
     SCENARIOS,
     SimulatedOrg,
     alarms_in,
+    bgp_peer_rows,
     device_stats_text,
     down_by_site,
     events_in,
@@ -55,6 +61,7 @@ from mistwatch.plugins.mist.simdata import (
     site_payload,
     site_stats_payload,
     sle_result,
+    vpn_peer_rows,
 )
 
 __all__ = ["FAULT_KINDS", "SCENARIOS", "SimulatedOrg", "SimulatorServer", "serve"]
@@ -182,13 +189,15 @@ class MistApi:
             ("insights/sites-sle", self.sites_sle),
             ("alarms/search", self.alarms_search),
             ("devices/events/search", self.events_search),
-            ("clients/count", self.clients_count),
+            ("stats/vpn_peers/search", self.vpn_peers_search),
+            ("stats/bgp_peers/search", self.bgp_peers_search),
         ]
         self.org_routes = dict(org_routes)
         self.site_routes = {"stats": self.site_stats, "stats/devices": self.site_devices}
         self._hourly_lock = threading.Lock()
         self._hourly_stamp: tuple[Any, int] | None = None
         self._hourly_texts: dict[tuple, bytes] = {}
+        self._peers: tuple[tuple[Any, int], dict[str, tuple[list, list]]] | None = None
 
     def handle(self, path: str, query: dict[str, str], authorization: str | None) -> Response:
         if authorization != f"Token {self.token}":
@@ -328,20 +337,6 @@ class MistApi:
         head = {"start": start, "end": end, "interval": interval, "limit": limit, "page": page, "total": len(sites)}
         return Response(200, _with_results(head, results), _page_headers(limit, page, len(sites)))
 
-    def clients_count(self, query: dict[str, str], path: str) -> Response:
-        now_ts, state = self._snapshot()
-        distinct = query.get("distinct") or "device"
-        if distinct != "site_id":
-            raise BadRequest(f"the simulator counts clients by distinct=site_id only, not {distinct!r}")
-        start, end = window(query, now_ts)
-        org = self.org
-        sites = org.sites if "ap" in org.layout else []
-        limit, page, first, last = _page(len(sites), query)
-        results = self._hourly(("clients/count", first, last), now_ts, state, lambda: [
-            {"property": s.id, "count": org.site_clients(s.index, now_ts, state)} for s in sites[first:last]])
-        head = {"distinct": "site_id", "start": start, "end": end, "limit": limit, "total": len(sites)}
-        return Response(200, _with_results(head, results), _page_headers(limit, page, len(sites)))
-
     def _search(self, query: dict[str, str], path: str, items: list[dict],
                 key: Callable[[dict], tuple[int, str]], start: int, end: int) -> Response:
         """Cursor pagination: ``next`` is a relative URL with ``search_after``, absent on the last page."""
@@ -375,6 +370,60 @@ class MistApi:
         if query.get("acked") in ("true", "false"):
             alarms = [a for a in alarms if a.get("acked") == (query["acked"] == "true")]
         return self._search(query, path, alarms, lambda a: (int(a["timestamp"] * 1000), a["id"]), start, end)
+
+    def _peer_rows(self, kind: str, now_ts: float, state: Any) -> tuple[list, list]:
+        """(sorted keys, rows) of the vpn or bgp peer rows, built once per state and minute: at 10,000
+        sites they are 20,000 rows, asked page by page."""
+        stamp = (state, int(now_ts // 60))
+        with self._hourly_lock:
+            cached = self._peers
+            if cached is None or cached[0][0] is not state or cached[0][1] != stamp[1]:
+                cached = self._peers = (stamp, {})
+            found = cached[1].get(kind)
+        if found is None:
+            if kind == "vpn":
+                rows = vpn_peer_rows(self.org, now_ts, state)
+                keyed = sorted(((0, f"{r['mac']}:{r['port_id']}:{r['peer_mac']}"), r) for r in rows)
+            else:
+                rows = bgp_peer_rows(self.org, now_ts, state)
+                keyed = sorted(((0, f"{r['mac']}:{r['vrf_name']}:{r['neighbor']}"), r) for r in rows)
+            found = cached[1][kind] = ([k for k, _ in keyed], [r for _, r in keyed])
+        return found
+
+    def _peers_search(self, kind: str, query: dict[str, str], path: str) -> Response:
+        now_ts, state = self._snapshot()
+        start, end = window(query, now_ts)
+        keys, rows = self._peer_rows(kind, now_ts, state)
+        filters = [(name, set(_csv(query, name))) for name in ("mac", "site_id", "type") if _csv(query, name)]
+        if filters:
+            pairs = [(k, r) for k, r in zip(keys, rows, strict=True)
+                     if all(r.get(name) in wanted for name, wanted in filters)]
+            keys, rows = [k for k, _ in pairs], [r for _, r in pairs]
+        limit = _limit(query)
+        first = 0
+        if query.get("search_after"):
+            try:
+                after = tuple(json.loads(query["search_after"]))
+            except (ValueError, TypeError):
+                raise BadRequest("invalid search_after") from None
+            first = bisect.bisect_right(keys, after)
+        page = rows[first:first + limit]
+        body: dict[str, Any] = {"start": start, "end": end, "limit": limit, "total": len(rows), "results": page}
+        if first + limit < len(rows):
+            params = {k: v for k, v in query.items() if k not in ("search_after", "duration", "page")}
+            params.update(start=str(start), end=str(end), limit=str(limit),
+                          search_after=json.dumps(list(keys[first + limit - 1])))
+            body["next"] = f"{path}?{urlencode(sorted(params.items()))}"
+        return Response(200, body)
+
+    def vpn_peers_search(self, query: dict[str, str], path: str) -> Response:
+        vpn_type = query.get("type")
+        if vpn_type and not set(_csv(query, "type")) <= {"ipsec", "svr"}:
+            raise BadRequest(f"invalid type: {vpn_type!r}")
+        return self._peers_search("vpn", query, path)
+
+    def bgp_peers_search(self, query: dict[str, str], path: str) -> Response:
+        return self._peers_search("bgp", {k: v for k, v in query.items() if k != "type"}, path)
 
     def events_search(self, query: dict[str, str], path: str) -> Response:
         now_ts, state = self._snapshot()
@@ -451,6 +500,9 @@ class _Handler(BaseHTTPRequestHandler):
             if length:
                 self.rfile.read(length)
         fault = self.sim._record(method, path, query)
+        if fault is None and self.sim._over_budget(self.headers.get("Authorization")):
+            self._send(429, _dumps({"detail": DETAIL_429}), {})  # no Retry-After, as Mist documents it
+            return
         if fault is not None:
             if fault.kind == "drop":
                 self.close_connection = True
@@ -518,10 +570,12 @@ class _V6Server(_Server):
 class SimulatorServer:
     """A running simulator. ``url`` is the host root; clients add ``/api/v1/...``."""
 
-    def __init__(self, org: SimulatedOrg, host: str, port: int, token: str):
+    def __init__(self, org: SimulatedOrg, host: str, port: int, token: str, hourly_budget: int | None = 5000):
         self.org = org
         self.token = token
         self.api = MistApi(org, token)
+        self.hourly_budget = hourly_budget
+        self._hour_calls: dict[tuple[str, int], int] = {}
         self.calls = 0
         self.calls_by_path: Counter[str] = Counter()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
@@ -577,6 +631,23 @@ class SimulatorServer:
                         self._faults.remove(fault)
                     return fault
         return None
+
+    def _over_budget(self, authorization: str | None) -> bool:
+        """Count a call of this token in the org clock's hour; True once the hour's budget is spent."""
+        if not authorization or self.hourly_budget is None:
+            return False
+        key = (authorization, int(self.org.now.timestamp() // 3600))
+        with self._lock:
+            if len(self._hour_calls) > 64:
+                self._hour_calls.clear()
+            used = self._hour_calls[key] = self._hour_calls.get(key, 0) + 1
+        return used > self.hourly_budget
+
+    def calls_this_hour(self, token: str | None = None) -> int:
+        """Calls of ``token`` (default: the simulator's) in the current hour of the org's clock."""
+        key = (f"Token {token or self.token}", int(self.org.now.timestamp() // 3600))
+        with self._lock:
+            return self._hour_calls.get(key, 0)
 
     def _track(self, conn: socket.socket, opened: bool) -> None:
         with self._lock:
@@ -638,12 +709,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(org: SimulatedOrg, *, host: str = "127.0.0.1", port: int = 0, token: str = "sim-token") -> SimulatorServer:
-    """Start the simulator on ``host:port`` (port 0: a free one). Loopback only: this is a test server."""
+def serve(org: SimulatedOrg, *, host: str = "127.0.0.1", port: int = 0, token: str = "sim-token",
+          hourly_budget: int | None = 5000) -> SimulatorServer:
+    """Start the simulator on ``host:port`` (port 0: a free one). Loopback only: this is a test server.
+    ``hourly_budget``: calls per token and clock hour before 429 (None: unlimited)."""
     if not _is_loopback(host):
         raise ValueError(f"the simulator binds loopback addresses only, not {host!r}")
     if not token:
         raise ValueError("token must not be empty")
     if host == "localhost":
         host = "127.0.0.1"
-    return SimulatorServer(org, host, port, token)
+    return SimulatorServer(org, host, port, token, hourly_budget)

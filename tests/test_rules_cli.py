@@ -252,3 +252,11 @@ def test_rules_test_and_schema_know_the_kinds_of_a_plugin_in_the_config_plugins_
     assert "1 passed, 0 failed" in out
     code, out, err = run_cli(["rules", "schema"], capsys)
     assert code == 0 and '"zero"' in out
+
+
+def test_rules_test_of_a_rule_pack_folder_runs_the_tests_in_its_tests_folder(capsys):
+    main(["rules", "test", str(REPO / "rules")])  # returns: every test passed
+    out = capsys.readouterr().out
+    files = {line.split(": ")[0].split()[-1] for line in out.splitlines() if line.strip().startswith("PASS")}
+    assert "0 failed" in out
+    assert files == {str(p) for p in (REPO / "rules" / "tests").glob("*.yaml")}

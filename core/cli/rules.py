@@ -137,16 +137,30 @@ _CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_ty
                                    "(default: ./config.yaml if present).")
 
 
+def _test_files(paths: tuple[Path, ...]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        folder = path / "tests" if (path / "tests").is_dir() else path
+        found.extend(sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")))
+    return found
+
+
 @rules.command("test")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_CONFIG_OPTION
 @click.pass_context
 def test(ctx: click.Context, files: tuple[Path, ...], config_path: Path | None) -> None:
-    """Run rule unit tests (YAML, like promtool test rules). Exit 1 if a test fails, 2 if a file is malformed."""
+    """Run rule unit tests (YAML, like promtool test rules). Exit 1 if a test fails, 2 if a file is malformed.
+
+    A folder stands for its test files: FOLDER/tests/*.yaml when it has a tests/ folder (a rule pack,
+    as `mistwatch init` writes it), else FOLDER/*.yaml."""
     from mistwatch.rules.ruletest import run_rule_tests
 
     host = _host(_config_plugins_dir(config_path))
-    outcomes = run_rule_tests(list(files), host.rule_kinds())
+    outcomes = run_rule_tests(_test_files(files), host.rule_kinds())
     failed = [o for o in outcomes if not o.ok]
     for outcome in outcomes:
         if outcome.ok:

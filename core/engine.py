@@ -164,6 +164,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
     if not dry_run:
         store.write_snapshot(result.run_id, snapshot)
         store.kv_set("cursors", snapshot.cursors)
+        store.roll_up(now)  # the hours completed since the last cycle, for seasonal and trend rules
 
     if mode in ("insights", "report", "all"):
         from mistwatch.rules.lifecycle import run_rules
@@ -232,7 +233,8 @@ def _maybe_prune(app: App, now: datetime) -> None:
     if last is not None and now.timestamp() - float(last) < PRUNE_EVERY.total_seconds():
         return
     history = app.config.data.get("history", {}) or {}
-    app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days") if k in history})
+    keys = ("raw_hours", "hourly_days", "retention_days", "rollup_days")
+    app.store.prune(now, **{k: history[k] for k in keys if k in history})
     app.store.kv_set("last_prune", now.timestamp())
 
 

@@ -12,16 +12,18 @@ Nothing here writes anything; ``mistwatch.rules.lifecycle`` turns findings into 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mistwatch.model import IDENTITY_LABELS, Alert, Entity, Snapshot
 from mistwatch.rules.expr import ExpressionError
 from mistwatch.rules.loader import Matcher
 from mistwatch.rules.variables import template_variables
-from mistwatch.store.records import EntityRecord
+from mistwatch.store.records import EntityRecord, HourlyRollups
 
 if TYPE_CHECKING:
     from mistwatch.rules.loader import Rule, RuleSet
@@ -40,6 +42,10 @@ class History(Protocol):
 
     def entities(self, kind: str | None = None, *,
                  seen_before: datetime | None = None) -> list[EntityRecord]: ...
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups: ...
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]: ...
 
 
 @dataclass(slots=True)
@@ -152,6 +158,8 @@ class _Shared:
         self.means: dict[tuple[str, datetime, datetime], dict[str, tuple[float, int]]] = {}
         self.starts: dict[str | None, datetime | None] = {}
         self.records: dict[tuple[str, datetime | None], list[EntityRecord]] = {}
+        self.hourly: dict[tuple[str, datetime, datetime], HourlyRollups] = {}
+        self.changes: dict[tuple[str, datetime, datetime], dict[str, int]] = {}
         self.alerts_by_rule: dict[str, dict[str, Alert]] = {}
         for alert in (alerts or {}).values():
             subject = alert.annotations.get("subject") or alert.key
@@ -310,6 +318,27 @@ class RuleContext:
             self._shared.queries += 1
             self._shared.records[key] = self._shared.history.entities(kind, seen_before=seen_before)
         return self._shared.records[key]
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
+        """Hourly roll-ups (min, max, mean, count) of ``metric`` for every entity, for the hours
+        starting in [start, end): one batched query, cached (rules asking for the same window share it).
+        Only complete hours are rolled up, so end the window at the current hour's start."""
+        key = (metric, start, end)
+        cached = self._shared.hourly.get(key)
+        if cached is None:
+            self._shared.queries += 1
+            cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end)
+        return cached
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
+        """How often each entity's ``metric`` changed between consecutive samples in [start, end]
+        (raw samples: windows up to the store's ``raw_hours``). One batched query, cached."""
+        key = (metric, start, end)
+        cached = self._shared.changes.get(key)
+        if cached is None:
+            self._shared.queries += 1
+            cached = self._shared.changes[key] = self._shared.history.state_changes(metric, start, end)
+        return cached
 
     # reporting -------------------------------------------------------------------------------------
     def note(self, text: str, kind: str = "info") -> None:
@@ -519,6 +548,40 @@ class MemoryHistory:
                     keys: Iterable[str] | None = None) -> dict[str, tuple[float, int]]:
         return {k: (sum(v for _, v in s) / len(s), len(s))
                 for k, s in self.window(metric, start, end, keys).items()}
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
+        """Roll-ups computed from the samples, as the store keeps them (complete hours only when
+        ``end`` is the current hour's start)."""
+        lo, hi = start.timestamp(), end.timestamp()
+        hours: dict[int, dict[str, list[float]]] = {}
+        for sample_at, values in self._samples.get(metric, []):
+            hour = int(sample_at.timestamp()) // 3600 * 3600
+            if lo <= hour < hi:
+                bucket = hours.setdefault(hour, {})
+                for key, value in values.items():
+                    bucket.setdefault(key, []).append(value)
+        result = HourlyRollups(metric, [])
+        position: dict[str, int] = {}
+        for hour in sorted(hours):
+            bucket = hours[hour]
+            for key in bucket:
+                position.setdefault(key, len(position))
+            result.hours.append(hour)
+            result.rows.append(array("i", (position[k] for k in bucket)))
+            result.mins.append(array("d", (min(v) for v in bucket.values())))
+            result.maxs.append(array("d", (max(v) for v in bucket.values())))
+            result.means.append(array("d", (sum(v) / len(v) for v in bucket.values())))
+            result.counts.append(array("i", (len(v) for v in bucket.values())))
+        result.keys.extend(position)
+        return result
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
+        changes: dict[str, int] = {}
+        for key, series in self.window(metric, start, end).items():
+            count = sum(1 for (_, a), (_, b) in pairwise(series) if a != b)
+            if count:
+                changes[key] = count
+        return changes
 
     def history_start(self, metric: str | None = None) -> datetime | None:
         series = self._samples.get(metric, []) if metric else [s[0] for s in self._samples.values() if s]

@@ -99,9 +99,16 @@ def test_anomaly_ignores_a_drop_smaller_than_min_change(tmp_path):
 
 
 def test_anomaly_without_enough_history_notes_it_and_never_alerts(tmp_path):
-    cycles = cycles_with_history(ruleset(tmp_path, ANOMALY), days=3)
+    cycles = cycles_with_history(ruleset(tmp_path, ANOMALY), days=0.5)
     assert cycles.run([site_tz(site__clients=0)]) == {}
-    assert any("less than 7d of history for site.clients" in n for n in cycles.notes())
+    assert any("without a baseline for site.clients yet (less than 1d of history" in n for n in cycles.notes())
+
+
+def test_anomaly_on_the_first_weekend_has_no_baseline_yet_rather_than_a_weekday_one(tmp_path):
+    saturday = NOW + timedelta(days=4)
+    cycles = cycles_with_history(ruleset(tmp_path, ANOMALY), days=5, until=saturday)  # Monday to Friday
+    assert cycles.run([site_tz(site__clients=8)]) == {}
+    assert any("without a baseline for site.clients yet" in n for n in cycles.notes())
 
 
 def test_anomaly_uses_a_daily_profile_while_fewer_than_three_weeks_are_stored(tmp_path):

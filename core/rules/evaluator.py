@@ -498,12 +498,30 @@ class MemoryHistory:
     def __init__(self) -> None:
         self._samples: dict[str, list[tuple[datetime, dict[str, float]]]] = {}
         self._entities: dict[str, EntityRecord] = {}
+        #: {metric: {hour start (epoch s): {key: [min, max, sum, count]}}}, updated as samples arrive
+        self._rollups: dict[str, dict[int, dict[str, list[float]]]] = {}
+        self._positions: dict[str, dict[str, int]] = {}  # metric -> key -> row in hourly()
+        self._columns: dict[str, dict[int, tuple[array, ...]]] = {}  # hourly() columns, built once
 
     def add(self, at: datetime, metric_values: Mapping[str, Mapping[str, float]]) -> None:
+        hour = int(at.timestamp()) // 3600 * 3600
         for metric, values in metric_values.items():
             series = self._samples.setdefault(metric, [])
             series.append((at, dict(values)))
             series.sort(key=lambda item: item[0])
+            bucket = self._rollups.setdefault(metric, {}).setdefault(hour, {})
+            self._columns.get(metric, {}).pop(hour, None)
+            positions = self._positions.setdefault(metric, {})
+            for key, value in values.items():
+                if key not in positions:
+                    positions[key] = len(positions)
+                stats = bucket.get(key)
+                if stats is None:
+                    bucket[key] = [value, value, value, 1]
+                else:
+                    stats[0], stats[1] = min(stats[0], value), max(stats[1], value)
+                    stats[2] += value
+                    stats[3] += 1
 
     def add_snapshot(self, snapshot: Snapshot) -> None:
         """Record entities (last_seen) and every known metric, as ``Store.write_snapshot`` does."""
@@ -550,29 +568,26 @@ class MemoryHistory:
                 for k, s in self.window(metric, start, end, keys).items()}
 
     def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
-        """Roll-ups computed from the samples, as the store keeps them (complete hours only when
-        ``end`` is the current hour's start)."""
+        """Roll-ups of the samples, as the store keeps them (complete hours only when ``end`` is the
+        current hour's start); kept up to date by ``add``. Rows are every key ever seen for the metric."""
         lo, hi = start.timestamp(), end.timestamp()
-        hours: dict[int, dict[str, list[float]]] = {}
-        for sample_at, values in self._samples.get(metric, []):
-            hour = int(sample_at.timestamp()) // 3600 * 3600
-            if lo <= hour < hi:
-                bucket = hours.setdefault(hour, {})
-                for key, value in values.items():
-                    bucket.setdefault(key, []).append(value)
-        result = HourlyRollups(metric, [])
-        position: dict[str, int] = {}
-        for hour in sorted(hours):
-            bucket = hours[hour]
-            for key in bucket:
-                position.setdefault(key, len(position))
+        buckets = self._rollups.get(metric, {})
+        positions = self._positions.setdefault(metric, {})
+        columns = self._columns.setdefault(metric, {})
+        result = HourlyRollups(metric, list(positions))
+        for hour in sorted(h for h in buckets if lo <= h < hi):
+            built = columns.get(hour)
+            if built is None:  # new or changed since last built
+                bucket = buckets[hour]
+                built = columns[hour] = (
+                    array("i", (positions[k] for k in bucket)), array("d", (s[0] for s in bucket.values())),
+                    array("d", (s[1] for s in bucket.values())),
+                    array("d", (s[2] / s[3] for s in bucket.values())),
+                    array("i", (int(s[3]) for s in bucket.values())))
             result.hours.append(hour)
-            result.rows.append(array("i", (position[k] for k in bucket)))
-            result.mins.append(array("d", (min(v) for v in bucket.values())))
-            result.maxs.append(array("d", (max(v) for v in bucket.values())))
-            result.means.append(array("d", (sum(v) / len(v) for v in bucket.values())))
-            result.counts.append(array("i", (len(v) for v in bucket.values())))
-        result.keys.extend(position)
+            for target, column in zip((result.rows, result.mins, result.maxs, result.means, result.counts),
+                                      built, strict=True):
+                target.append(column)
         return result
 
     def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:

@@ -35,6 +35,7 @@ def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(s
         with Store.open(tmp_path / "state") as store:
             run_id = store.start_run(when, "insights")
             store.write_snapshot(run_id, snapshot)
+            store.roll_up(when)  # as the engine does each cycle
             outcome = run_rules(store, ruleset, snapshot, when)
             store.finish_run(run_id, finished_at=when, status="ok")
         return outcome

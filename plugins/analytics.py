@@ -11,7 +11,9 @@
   default 1d), ``noise_floor:`` the smallest relative spread assumed (0.05: 5 % off the usual is one
   deviation at least, however steady the history). The alert explains itself: ``extra.explanation``
   reads "142, usual for a Tuesday 10:00 is 310 (280-335)". Local time comes from the entity's
-  ``timezone`` label (UTC without one).
+  ``timezone`` label (UTC without one). ``widespread: {by: country_code, share: 0.5, min_sites: 5}``:
+  when at least that share (and number) of the entities sharing the label are abnormal at once, it is
+  a holiday, a closure or an upstream cause: no alert per entity, one note.
 - ``forecast``: a robust (Theil-Sen) line through the hourly means of the last ``window`` and the
   value now; fires when the line reaches the tier's ``above:``/``below:`` value within ``horizon``
   (or is past it), with the projected time in ``extra.eta``; resolves when it no longer does.
@@ -279,6 +281,26 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     return np.nan_to_num(_nanmedian(rel.reshape(rel.shape[0], -1), axis=1) * _MAD_SCALE, nan=0.0)
 
 
+def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int], by: str,
+                     share: float, min_sites: int) -> None:
+    """When a large share of a peer group (the sites of one country, say) is abnormal at once, it is
+    the calendar (a public holiday, an org-wide closure) or something upstream, not each site: their
+    results become inactive and one note says so, instead of dozens of alerts."""
+    abnormal: dict[str, list[Result]] = {}
+    for result in results:
+        if result.severity is not None:
+            abnormal.setdefault(result.labels.get(by, ""), []).append(result)
+    for group, found in sorted(abnormal.items()):
+        total = evaluated.get(group, 0)
+        if len(found) >= min_sites and total and len(found) / total >= share:
+            for result in found:
+                result.severity = None
+                result.extra = {**result.extra, "widespread": f"{len(found)} of {total} with {by}={group}"}
+            ctx.note(f"{len(found)} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
+                     f"usual {ctx.rule.spec.get('metric')} at once: a holiday, a closure or an upstream "
+                     "cause, not alerted per site", "info")
+
+
 def compile_anomaly(spec: Mapping[str, Any]) -> Check:
     import math
 
@@ -299,6 +321,10 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
     recover = spec.get("recover_when") if isinstance(spec.get("recover_when"), Mapping) else {}
     recover_at = float(recover["deviations"]) if "deviations" in recover else None
     sign = {"below": -1, "above": 1, "both": 0}[direction]
+    widespread = spec.get("widespread") or {}
+    widespread_by = widespread.get("by")
+    widespread_share = float(widespread.get("share", 0.5))
+    widespread_min = int(widespread.get("min_sites", 5))
 
     def check(ctx: RuleContext) -> Iterator[Result]:
         candidates, all_unknown = _candidates(ctx, metric)
@@ -312,6 +338,8 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         base, local_now = _baselines(rollups, candidates, ctx.now, min_weeks=min_weeks, daily_days=14,
                                       noise_floor=noise_floor)
         short = 0
+        results: list[Result] = []
+        evaluated: dict[str, int] = {}  # peer group -> entities with a baseline
         for i, entity in enumerate(candidates):
             value = float(entity.metrics[metric])
             expected, sigma = float(base.expected[i]), float(base.sigma[i])
@@ -319,6 +347,9 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                 short += 1
                 continue
             done.add(entity.key)
+            if widespread_by:
+                group = entity.labels.get(widespread_by, "")
+                evaluated[group] = evaluated.get(group, 0) + 1
             diff = value - expected
             z = diff / sigma if sigma > 0 else (math.copysign(math.inf, diff) if diff else 0.0)
             directed = abs(z) if sign == 0 else z * sign
@@ -341,9 +372,13 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
             recovered = None
             if severity is None and recover_at is not None:
                 recovered = directed < recover_at
-            yield Result(entity.key, entity.labels, severity, value=value, baseline=expected,
-                         threshold=bound if bound is not None else expected - tiers[-1][1] * sigma * (sign or -1),
-                         score=z, metrics=entity.metrics, recovered=recovered, extra=extra)
+            results.append(Result(entity.key, entity.labels, severity, value=value, baseline=expected,
+                                  threshold=bound if bound is not None else
+                                  expected - tiers[-1][1] * sigma * (sign or -1),
+                                  score=z, metrics=entity.metrics, recovered=recovered, extra=extra))
+        if widespread_by:
+            _calm_widespread(ctx, results, evaluated, widespread_by, widespread_share, widespread_min)
+        yield from results
         if short:
             ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "
                      f"{format_duration(min_history)} of history, or none at this hour on this kind of day): "
@@ -367,7 +402,11 @@ ANOMALY = RuleKind(
         "min_history": _DURATION,
         "history": _DURATION,
         "min_weeks": {"type": "integer", "minimum": 1, "maximum": 8},
-        "noise_floor": {"type": "number", "minimum": 0, "maximum": 1}}},
+        "noise_floor": {"type": "number", "minimum": 0, "maximum": 1},
+        "widespread": {"type": "object", "additionalProperties": False, "required": ["by"], "properties": {
+            "by": {"type": "string", "minLength": 1}, "share": {"type": "number", "exclusiveMinimum": 0,
+                                                                "maximum": 1},
+            "min_sites": {"type": "integer", "minimum": 2}}}}},
 )
 
 

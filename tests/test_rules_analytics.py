@@ -262,3 +262,28 @@ def test_flapping_resolves_once_the_window_holds_too_few_changes(tmp_path):
 def test_flapping_needs_at_least_two_changes(tmp_path):
     with pytest.raises(ConfigError, match="changes"):
         ruleset(tmp_path, FLAPPING.replace("changes: 4", "changes: 1"))
+
+
+def test_anomaly_at_most_sites_of_a_country_at_once_is_a_holiday_noted_not_alerted(tmp_path):
+    rules = ruleset(tmp_path, ANOMALY + "    widespread: {by: country_code, share: 0.5, min_sites: 3}\n")
+    cycles = Cycles(rules, start=NOW)
+    rng = random.Random(2)
+    at = NOW - timedelta(days=35)
+    keys = [f"site:s{i}" for i in range(6)]
+    while at < NOW:
+        cycles.history.add(at, {"site.clients": {k: office(at, rng) for k in keys}})
+        at += HOUR
+
+    def sites(closed: set[int], country: str = "IE"):
+        out = []
+        for i in range(6):
+            entity = site(f"s{i}", f"Site {i}", site__clients=8 if i in closed else 300)
+            entity.labels.update(timezone="UTC", country_code=country if i < 5 else "NL")
+            out.append(entity)
+        return out
+
+    assert cycles.run(sites({0, 1, 2, 3})) == {}  # 4 of the 5 Irish sites: a holiday
+    assert any("4 of 5 site(s) with country_code=IE" in n for n in cycles.notes())
+    assert cycles.states() == {}
+    alerts = cycles.step(sites({0, 5}), minutes=5)  # one Irish and the Dutch site: each is an incident
+    assert sorted(a.labels["site_name"] for a in alerts.values()) == ["Site 0", "Site 5"]

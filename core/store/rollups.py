@@ -16,7 +16,7 @@ consecutive raw samples, for flapping rules).
 from __future__ import annotations
 
 from array import array
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from mistwatch.store.records import _BIG_ENDIAN, _HOUR, HourlyRollups, _epoch, _pack, _unpack
@@ -149,3 +149,15 @@ class RollupMixin:
                 last[entity_id] = value
         names = self._keys_of(changes)
         return {name: count for name, count in zip(names, changes.values(), strict=True) if name is not None}
+
+    def metric_names(self) -> list[str]:
+        """Every metric the store has history of, by name."""
+        with self._errors("reading metric names"):
+            return [row[0] for row in self.db.execute("SELECT name FROM metrics ORDER BY name")]
+
+    def sample_times(self, start: datetime, end: datetime) -> list[datetime]:
+        """The distinct times of stored samples in [start, end], oldest first (the cycles that ran)."""
+        with self._errors("reading history"):
+            rows = self.db.execute("SELECT DISTINCT ts FROM samples WHERE ts >= ? AND ts <= ? ORDER BY ts",
+                                   (_epoch(start), _epoch(end))).fetchall()
+        return [datetime.fromtimestamp(row[0], tz=timezone.utc) for row in rows]

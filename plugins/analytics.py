@@ -216,9 +216,11 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
             low, high = np.nanpercentile(chosen, [25, 75], axis=1)
             mad = _nanmedian(np.abs(chosen - expected[:, None]), axis=1) * _MAD_SCALE
             relative = np.fmax(_relative_noise(sub, hours, zone), noise_floor)
-        # A slot's own spread from a few weeks can be 0 by chance: the entity's usual relative noise
-        # (over all its busy hours), at least ``noise_floor``, times the expected value is the floor.
-        sigma = np.fmax(mad, relative * np.abs(expected))
+        # The entity's usual relative noise (over all its busy hours), at least ``noise_floor``, times
+        # the expected value. Not the spread of this weekday-hour's own four or five values: one past
+        # holiday or outage among them would widen it enough to hide the next outage. Until two weeks
+        # are stored (no relative noise yet), that spread is all there is.
+        sigma = np.where(relative > noise_floor, relative * np.abs(expected), np.fmax(mad, relative * np.abs(expected)))
         out.expected[targets] = np.where(ok, expected, np.nan)
         out.low[targets], out.high[targets] = low, high
         out.sigma[targets] = sigma
@@ -264,39 +266,48 @@ def _nanmedian(values: Any, axis: int) -> Any:
 
 
 def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
-    """Per entity, the median relative distance of an hour's value from its weekday-hour median, over
-    the busy hours (slot median at least a quarter of the entity's typical level), as a sigma.
-    Computed on a (entities x weeks x 168 hours) cube: one median call, not one per hour of the week."""
+    """Per entity, a robust relative sigma: the median relative distance of an hour's value from the
+    median of the same weekday and hour in the *other* weeks (leave-one-out, so a value is never
+    compared with a median it is part of, which would understate the spread), over the busy hours
+    (that median at least 60 % of the entity's typical level, where the relative noise is what it is
+    at the levels alerts are about), times 1.4826. Median over all
+    busy hours of five weeks, so a past outage or holiday barely moves it, where the spread of one
+    weekday-hour's four or five values would. On an (entities x weeks x 168 hours) cube."""
     import numpy as np
 
     slot, monday = _local_hours(zone, hours)
     week = (monday - monday.min()) // 7
-    cube = np.full((sub.shape[0], int(week.max()) + 1, 168), np.nan)
+    weeks = int(week.max()) + 1
+    cube = np.full((sub.shape[0], weeks, 168), np.nan)
     cube[:, week, slot] = sub
-    medians = _nanmedian(cube, axis=1)[:, None, :]
+    if weeks < 2:
+        return np.zeros(sub.shape[0])
+    others = np.stack([_nanmedian(np.delete(cube, w, axis=1), axis=1) for w in range(weeks)], axis=1)
     with np.errstate(all="ignore"), _quiet():
         level = np.nanpercentile(sub, 90, axis=1)[:, None, None]
-        busy = (medians >= 0.25 * level) & (medians > 0)
-        rel = np.where(busy, np.abs(cube - medians) / np.where(medians > 0, medians, 1), np.nan)
+        busy = (others >= 0.6 * level) & (others > 0)
+        rel = np.where(busy, np.abs(cube - others) / np.where(others > 0, others, 1), np.nan)
     return np.nan_to_num(_nanmedian(rel.reshape(rel.shape[0], -1), axis=1) * _MAD_SCALE, nan=0.0)
 
 
-def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int], by: str,
-                     share: float, min_sites: int) -> None:
-    """When a large share of a peer group (the sites of one country, say) is abnormal at once, it is
-    the calendar (a public holiday, an org-wide closure) or something upstream, not each site: their
-    results become inactive and one note says so, instead of dozens of alerts."""
+def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int],
+                     off: Mapping[str, int], by: str, share: float, min_sites: int) -> None:
+    """When a large share of a peer group (the sites of one country, say) is off its usual at once, it
+    is the calendar (a public holiday, an org-wide closure) or something upstream, not each site: their
+    results become inactive and one note says so, instead of dozens of alerts. ``off`` counts per
+    group the entities at least half the lowest tier's deviations off in the rule's direction, min_change
+    or not, so a holiday evening, when only the big sites would alert, is still seen as one."""
     abnormal: dict[str, list[Result]] = {}
     for result in results:
         if result.severity is not None:
             abnormal.setdefault(result.labels.get(by, ""), []).append(result)
     for group, found in sorted(abnormal.items()):
-        total = evaluated.get(group, 0)
-        if len(found) >= min_sites and total and len(found) / total >= share:
+        total, peers_off = evaluated.get(group, 0), off.get(group, 0)
+        if peers_off >= min_sites and total and peers_off / total >= share:
             for result in found:
                 result.severity = None
-                result.extra = {**result.extra, "widespread": f"{len(found)} of {total} with {by}={group}"}
-            ctx.note(f"{len(found)} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
+                result.extra = {**result.extra, "widespread": f"{peers_off} of {total} with {by}={group}"}
+            ctx.note(f"{peers_off} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
                      f"usual {ctx.rule.spec.get('metric')} at once: a holiday, a closure or an upstream "
                      "cause, not alerted per site", "info")
 
@@ -340,6 +351,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         short = 0
         results: list[Result] = []
         evaluated: dict[str, int] = {}  # peer group -> entities with a baseline
+        off: dict[str, int] = {}  # peer group -> entities well off their usual (see _calm_widespread)
         for i, entity in enumerate(candidates):
             value = float(entity.metrics[metric])
             expected, sigma = float(base.expected[i]), float(base.sigma[i])
@@ -347,12 +359,17 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                 short += 1
                 continue
             done.add(entity.key)
-            if widespread_by:
-                group = entity.labels.get(widespread_by, "")
+            # peers count only where a drop could alert at all (usual >= min_change): at a holiday's
+            # edges most small sites cannot, and would hide that every big one is quiet
+            peer = bool(widespread_by) and (abs(expected) >= min_change or sign > 0)
+            group = entity.labels.get(widespread_by, "") if widespread_by else ""
+            if peer:
                 evaluated[group] = evaluated.get(group, 0) + 1
             diff = value - expected
             z = diff / sigma if sigma > 0 else (math.copysign(math.inf, diff) if diff else 0.0)
             directed = abs(z) if sign == 0 else z * sign
+            if peer and directed >= tiers[-1][1] / 2:
+                off[group] = off.get(group, 0) + 1
             weekday, hour = local_now[entity.labels.get("timezone") or ""]
             when = f"a {_DAYS[weekday]} {hour:02d}:00" if base.seasonal[i] else f"{hour:02d}:00"
             usual = f"{_num(expected)} ({_num(float(base.low[i]))}–{_num(float(base.high[i]))})"
@@ -377,7 +394,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                                   expected - tiers[-1][1] * sigma * (sign or -1),
                                   score=z, metrics=entity.metrics, recovered=recovered, extra=extra))
         if widespread_by:
-            _calm_widespread(ctx, results, evaluated, widespread_by, widespread_share, widespread_min)
+            _calm_widespread(ctx, results, evaluated, off, widespread_by, widespread_share, widespread_min)
         yield from results
         if short:
             ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "

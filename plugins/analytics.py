@@ -6,7 +6,8 @@
   last two weeks. Median and MAD, not mean and standard deviation, so a past outage does not drag
   the baseline. ``deviations:`` (per tier) is how many robust standard deviations count as abnormal,
   ``direction:`` ``below`` (default), ``above`` or ``both``, ``min_change:`` the smallest absolute
-  difference that may alert (3 -> 1 clients at night is not an incident), ``min_history:`` how long
+  difference that may alert (3 -> 1 clients at night is not an incident), ``min_change_pct:`` the
+  smallest difference in percent of the usual value (a busy site's ordinary bad hour), ``min_history:`` how long
   an entity must have history before it may fire (less, or no baseline yet: a note, never an alert;
   default 1d), ``noise_floor:`` the smallest relative spread assumed (0.05: 5 % off the usual is one
   deviation at least, however steady the history). The alert explains itself: ``extra.explanation``
@@ -321,6 +322,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
     if any(value <= 0 for _, value in tiers):
         raise RuleSpecError("deviations must be positive", key="deviations")
     min_change = float(spec.get("min_change", 0))
+    min_change_pct = float(spec.get("min_change_pct", 0))
     history = _duration(spec, "history", "35d")
     min_history = _duration(spec, "min_history", "1d")
     noise_floor = float(spec.get("noise_floor", 0.0))
@@ -379,7 +381,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                      "explanation": f"{_num(value)}, usual for {when} is {usual}"}
             severity = None
             bound = None
-            if abs(diff) >= min_change and diff != 0:
+            if abs(diff) >= min_change and diff != 0 and abs(diff) >= min_change_pct / 100 * abs(expected):
                 for tier_severity, k in tiers:  # highest severity first
                     if directed >= k:
                         severity, bound = tier_severity, expected + (k * sigma if diff > 0 else -k * sigma)
@@ -416,6 +418,7 @@ ANOMALY = RuleKind(
         "deviations": {"type": "number", "exclusiveMinimum": 0},
         "direction": {"enum": ["below", "above", "both"]},
         "min_change": {"type": "number", "minimum": 0},
+        "min_change_pct": {"type": "number", "minimum": 0},
         "min_history": _DURATION,
         "history": _DURATION,
         "min_weeks": {"type": "integer", "minimum": 1, "maximum": 8},

@@ -36,14 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from seasonal import Truth, backfill, make_truth  # noqa: E402
+from seasonal import Truth, backfill, make_truth
 
-from mistwatch.host import make_host  # noqa: E402
-from mistwatch.model import Snapshot  # noqa: E402
-from mistwatch.rules.backtest import Episode, replay  # noqa: E402
-from mistwatch.rules.evaluator import evaluate  # noqa: E402
-from mistwatch.rules.loader import RuleSet, load_rules  # noqa: E402
-from mistwatch.store.database import Store  # noqa: E402
+from mistwatch.host import make_host
+from mistwatch.model import Snapshot
+from mistwatch.rules.backtest import Episode, replay
+from mistwatch.rules.evaluator import evaluate
+from mistwatch.rules.loader import RuleSet, load_rules
+from mistwatch.store.database import Store
 
 REPO = Path(__file__).resolve().parent.parent
 MIN_DROP = 20  # the shipped rule's min_change
@@ -180,8 +180,8 @@ def detection(args: argparse.Namespace, tmp: Path, kinds) -> None:
     elapsed = time.perf_counter() - started
     print(f"replay: {results[0].steps} cycles x 3 rule files over {args.eval_days} days in {elapsed:.1f} s")
     print(f"\ndetection over the last {args.eval_days} days ({args.sites * args.eval_days} site-days):")
-    print(f"  {'rule':<20} {'alerts':>6} {'recall':>7} {'recall>=20':>9} {'precision':>9} {'false':>6} {'false/1000sd':>12} "
-          f"{'on holidays':>11}  recall by shape")
+    print(f"  {'rule':<20} {'alerts':>6} {'recall':>7} {'recall>=20':>9} {'precision':>9} {'false':>6} "
+          f"{'false/1000sd':>12} {'on holidays':>11}  recall by shape")
     rows = [("site-clients-drop", results[0].rules["site-clients-drop"].episodes)]
     rows += [(rule_id, r.episodes) for rule_id, r in results[1].rules.items()]
     for rule_id, episodes in rows:
@@ -225,9 +225,9 @@ def cost(args: argparse.Namespace, tmp: Path, kinds) -> None:
     anomaly = pack_rule(kinds, "site-clients-drop", tmp)
     forecasts = load(FORECASTS, tmp, "forecasts.yaml", kinds)
     ruleset = RuleSet(rules=[*anomaly.rules, *forecasts.rules], files=[*anomaly.files, *forecasts.files])
-    from seasonal import values_at
-
     import random
+
+    from seasonal import values_at
 
     now = truth.end
     snapshot = Snapshot(taken_at=now, entities=values_at(truth, now, random.Random(1), {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,25 @@ def test_state_changes_count_value_changes_between_consecutive_samples(store):
     # s1: 1 0 1 _ 1 0 -> three changes (the gap is not one); s2 never changes
     assert store.state_changes("site.clients", T0, T0 + HOUR) == {"site:s1": 3}
     assert store.state_changes("site.clients", T0 + timedelta(minutes=10), T0 + HOUR) == {"site:s1": 1}
+
+
+def test_each_cycle_rolls_up_the_hours_completed_since_the_last(tmp_path, simulator):
+    """Through the engine: `mistwatch run` at 09:00 and 10:05 leaves the 09:00 hour rolled up."""
+    import yaml
+
+    from mistwatch.engine import close_app, open_app, run_cycle
+
+    config = {"mist": {"base_url": simulator.url, "token": simulator.token, "org_id": simulator.org.org_id},
+              "state_dir": str(tmp_path / "var"), "reports": {"dir": str(tmp_path / "reports")},
+              "rules": [str(Path(__file__).resolve().parents[1] / "rules")], "notifiers": []}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    app = open_app(tmp_path / "config.yaml")
+    try:
+        for when in (T0 - 3 * HOUR, T0 - 2 * HOUR + timedelta(minutes=5)):
+            simulator.org.now = when
+            assert run_cycle(app, mode="monitor", now=when).status == "ok"
+        rollups = app.store.hourly("site.clients", T0 - 4 * HOUR, T0)
+    finally:
+        close_app(app)
+    assert [datetime.fromtimestamp(h, timezone.utc) for h in rollups.hours] == [T0 - 3 * HOUR]
+    assert len(rollups.keys) == len(simulator.org.site_ids())

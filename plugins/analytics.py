@@ -13,8 +13,8 @@
   deviation at least, however steady the history). The alert explains itself: ``extra.explanation``
   reads "142, usual for a Tuesday 10:00 is 310 (280-335)". Local time comes from the entity's
   ``timezone`` label (UTC without one). ``widespread: {by: country_code, share: 0.5, min_sites: 5}``:
-  when at least that share (and number) of the entities sharing the label are abnormal at once, it is
-  a holiday, a closure or an upstream cause: no alert per entity, one note.
+  when at least that share (and number) of the entities sharing the label are abnormal at once and
+  the other groups are not, it is a holiday: no alert per entity, one note.
 - ``forecast``: a robust (Theil-Sen) line through the hourly means of the last ``window`` and the
   value now; fires when the line reaches the tier's ``above:``/``below:`` value within ``horizon``
   (or is past it), with the projected time in ``extra.eta``; resolves when it no longer does.
@@ -293,24 +293,30 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
 
 def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int],
                      off: Mapping[str, int], by: str, share: float, min_sites: int) -> None:
-    """When a large share of a peer group (the sites of one country, say) is off its usual at once, it
-    is the calendar (a public holiday, an org-wide closure) or something upstream, not each site: their
-    results become inactive and one note says so, instead of dozens of alerts. ``off`` counts per
+    """When a large share of a peer group (the sites of one country, say) is off its usual at once while
+    the other groups are not, it is the calendar (a public holiday): their results become inactive
+    and one note says so, instead of dozens of alerts. Off in every group at once is an incident and
+    alerts. ``off`` counts per
     group the entities at least half the lowest tier's deviations off in the rule's direction, min_change
     or not, so a holiday evening, when only the big sites would alert, is still seen as one."""
     abnormal: dict[str, list[Result]] = {}
     for result in results:
         if result.severity is not None:
             abnormal.setdefault(result.labels.get(by, ""), []).append(result)
+    everywhere, everywhere_off = sum(evaluated.values()), sum(off.values())
     for group, found in sorted(abnormal.items()):
         total, peers_off = evaluated.get(group, 0), off.get(group, 0)
-        if peers_off >= min_sites and total and peers_off / total >= share:
+        elsewhere = everywhere - total
+        # off in this group only: the calendar; off everywhere at once (a RADIUS or cloud outage): an
+        # incident, which must alert (the upstream kind can group it)
+        alone = elsewhere == 0 or (everywhere_off - peers_off) / elsewhere < share / 2
+        if peers_off >= min_sites and total and peers_off / total >= share and alone:
             for result in found:
                 result.severity = None
                 result.extra = {**result.extra, "widespread": f"{peers_off} of {total} with {by}={group}"}
             ctx.note(f"{peers_off} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
-                     f"usual {ctx.rule.spec.get('metric')} at once: a holiday, a closure or an upstream "
-                     "cause, not alerted per site", "info")
+                     f"usual {ctx.rule.spec.get('metric')} at once, the others are not: a holiday or a local "
+                     "closure, not alerted per site", "info")
 
 
 def compile_anomaly(spec: Mapping[str, Any]) -> Check:

@@ -287,3 +287,20 @@ def test_anomaly_at_most_sites_of_a_country_at_once_is_a_holiday_noted_not_alert
     assert cycles.states() == {}
     alerts = cycles.step(sites({0, 5}), minutes=5)  # one Irish and the Dutch site: each is an incident
     assert sorted(a.labels["site_name"] for a in alerts.values()) == ["Site 0", "Site 5"]
+
+
+def test_anomaly_everywhere_at_once_is_an_incident_not_a_holiday(tmp_path):
+    rules = ruleset(tmp_path, ANOMALY + "    widespread: {by: country_code, share: 0.5, min_sites: 2}\n")
+    cycles = Cycles(rules, start=NOW)
+    rng = random.Random(2)
+    at = NOW - timedelta(days=35)
+    keys = [f"site:s{i}" for i in range(6)]
+    while at < NOW:
+        cycles.history.add(at, {"site.clients": {k: office(at, rng) for k in keys}})
+        at += HOUR
+    entities = []
+    for i in range(6):  # every site of both countries drops (RADIUS is down)
+        entity = site(f"s{i}", f"Site {i}", site__clients=8)
+        entity.labels.update(timezone="UTC", country_code="IE" if i < 3 else "NL")
+        entities.append(entity)
+    assert len(cycles.run(entities)) == 6

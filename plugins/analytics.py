@@ -22,6 +22,11 @@
   ``changes:`` times within ``window`` (raw samples, so at most the store's ``raw_hours``): one alert
   per flapping entity.
 
+- ``upstream``: when at least ``share`` (default 10 %) and ``min_sites`` (5) of the entities in scope
+  sharing the ``by`` label (``org_id``) have the condition of the same one of the ``any_of`` rules at
+  once, one alert for the group citing them ("likely upstream"): route it, and inhibit the per-site
+  alerts with it in ``inhibit:`` if wanted.
+
 numpy is imported when a rule is evaluated, never when mistwatch starts.
 """
 
@@ -608,7 +613,74 @@ FLAPPING = RuleKind(
         "window": _DURATION}},
 )
 
-ANALYTICS_KINDS = (ANOMALY, FORECAST, FLAPPING)
+# --- upstream ------------------------------------------------------------------------------------------
+
+def _upstream_refs(spec: Mapping[str, Any]) -> list[str]:
+    value = spec.get("any_of") or []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def compile_upstream(spec: Mapping[str, Any]) -> Check:
+    rules = _upstream_refs(spec)
+    if not rules:
+        raise RuleSpecError("needs any_of: the rules whose alerts count", key="any_of")
+    if spec["id"] in rules:
+        raise RuleSpecError("an upstream rule cannot count itself", key="any_of")
+    by = str(spec.get("by", "org_id"))
+    share = float(spec.get("share", 0.1))
+    least = int(spec.get("min_sites", 5))
+    severity = spec["tiers"][0]["severity"]
+
+    def check(ctx: RuleContext) -> Iterator[Result]:
+        totals: dict[str, int] = {}
+        for entity in ctx.entities():
+            group = entity.labels.get(by)
+            if group is not None:
+                totals[group] = totals.get(group, 0) + 1
+        emitted = set()
+        for group in sorted(totals):
+            best: tuple[int, str, list[Any]] | None = None
+            for rule_id in rules:  # "the same way": entities with the same rule's condition now
+                found = {f.subject: f for f in ctx.findings(rule_id) if f.labels.get(by) == group}
+                if len(found) >= least and len(found) >= share * totals[group] and (
+                        best is None or len(found) > best[0]):
+                    best = (len(found), rule_id, sorted(found.values(), key=lambda f: f.subject))
+            if best is None:
+                continue
+            count, rule_id, findings = best
+            subject = f"{by}={group}"
+            emitted.add(subject)
+            names = [f.labels.get("site_name") or f.labels.get("device_name") or f.subject for f in findings]
+            yield Result(subject, {by: group, **({"org_id": findings[0].labels["org_id"]}
+                                                 if by != "org_id" and "org_id" in findings[0].labels else {})},
+                         severity, value=float(count), threshold=share * totals[group], identity={by: group},
+                         causes=tuple(f.key for f in findings),
+                         extra={"rule": rule_id, "count": count, "total": totals[group],
+                                "share": round(100 * count / totals[group]), "names": names[:20],
+                                "more": max(0, len(names) - 20)})
+        for subject, alert in ctx.tracked().items():
+            if subject not in emitted:
+                unknown = any(ctx.rule_unknown(r) for r in rules)
+                yield Result(subject, alert.labels, None, value=0.0, identity={by: alert.labels.get(by, "")},
+                             unknown=unknown)
+
+    return check
+
+
+UPSTREAM = RuleKind(
+    name="upstream",
+    compile=compile_upstream,
+    description="many entities of a group with the same rule's condition at once: one 'likely upstream' alert",
+    references=_upstream_refs,
+    default_scope="site",
+    schema={"required": ["any_of"], "properties": {
+        "any_of": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "by": {"type": "string", "minLength": 1},
+        "share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "min_sites": {"type": "integer", "minimum": 1}}},
+)
+
+ANALYTICS_KINDS = (ANOMALY, FORECAST, FLAPPING, UPSTREAM)
 
 
 @hookimpl

@@ -304,3 +304,48 @@ def test_anomaly_everywhere_at_once_is_an_incident_not_a_holiday(tmp_path):
         entity.labels.update(timezone="UTC", country_code="IE" if i < 3 else "NL")
         entities.append(entity)
     assert len(cycles.run(entities)) == 6
+
+
+# --- upstream ------------------------------------------------------------------------------------
+
+UPSTREAM = """
+rules:
+  - {id: few-clients, kind: threshold, scope: site, metric: site.clients, below: 10, severity: major}
+  - {id: slow-connect, kind: threshold, scope: site, metric: sle.wifi.time_to_connect, below: 0.5,
+     severity: major}
+  - id: likely-upstream
+    kind: upstream
+    any_of: [few-clients, slow-connect]
+    by: org_id
+    share: 0.1
+    min_sites: 5
+    severity: critical
+    summary: "{{ extra.count }} of {{ extra.total }} sites {{ extra.rule }} at once: {{ extra.names | join(', ') }}"
+"""
+
+
+def org(down: int, slow: int = 0, total: int = 20):
+    return [site(f"s{i}", f"Site {i:02d}", site__clients=2 if i < down else 50,
+                 sle__wifi__time_to_connect=0.2 if down <= i < down + slow else 0.9) for i in range(total)]
+
+
+def test_upstream_groups_many_sites_with_the_same_condition_into_one_alert(tmp_path):
+    cycles = Cycles(ruleset(tmp_path, UPSTREAM), start=NOW)
+    alerts = cycles.run(org(down=5))
+    upstream = cycles.only("likely-upstream")
+    assert upstream.summary == "5 of 20 sites few-clients at once: Site 00, Site 01, Site 02, Site 03, Site 04"
+    assert len(upstream.causes) == 5 and len(alerts) == 6
+
+
+def test_upstream_needs_min_sites_the_same_way(tmp_path):
+    cycles = Cycles(ruleset(tmp_path, UPSTREAM), start=NOW)
+    cycles.run(org(down=4))
+    cycles.step(org(down=3, slow=3))  # six sites, but three one way and three another
+    assert "likely-upstream" not in {a.rule_id for a in cycles.alerts.values()}
+
+
+def test_upstream_resolves_when_the_sites_recover(tmp_path):
+    cycles = Cycles(ruleset(tmp_path, UPSTREAM), start=NOW)
+    cycles.run(org(down=6))
+    cycles.step(org(down=1))
+    assert cycles.only("likely-upstream").state == "resolved"

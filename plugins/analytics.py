@@ -404,7 +404,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                 recovered = directed < recover_at
             results.append(Result(entity.key, entity.labels, severity, value=value, baseline=expected,
                                   threshold=bound if bound is not None else
-                                  expected - tiers[-1][1] * sigma * (sign or -1),
+                                  expected + (sign or -1) * tiers[-1][1] * sigma,
                                   score=z, metrics=entity.metrics, recovered=recovered, extra=extra))
         if widespread_by:
             _calm_widespread(ctx, results, evaluated, off, widespread_by, widespread_share, widespread_min)

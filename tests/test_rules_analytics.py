@@ -148,7 +148,9 @@ def test_anomaly_resolves_when_the_value_is_usual_again(tmp_path):
     cycles = cycles_with_history(ruleset(tmp_path, ANOMALY), days=35)
     cycles.run([site_tz(site__clients=50)])
     cycles.step([site_tz(site__clients=295)], minutes=5)
-    assert cycles.only().state == "resolved"
+    alert = cycles.only()
+    assert alert.state == "resolved"
+    assert alert.threshold < alert.baseline  # the bound it had to fall below, not one above usual
 
 
 def test_anomaly_tiers_need_more_deviations_for_the_more_severe_tier(tmp_path):

@@ -154,6 +154,9 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
            progress: Callable[[str, int, int | None], None] | None) -> None:
     store, mode = app.store, result.mode
     snapshot = collect(app, now, progress)
+    from mistwatch.rules.derived import derive
+
+    derive(app.ruleset.metrics, snapshot)  # metrics: of the rule files, stored and evaluated like the others
     result.snapshot = snapshot
     result.api_calls = snapshot.api_calls
     budgets = [c.calls_per_hour for c in enabled_collectors(app) if c.calls_per_hour]

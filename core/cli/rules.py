@@ -78,7 +78,8 @@ def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
     known = {m for c in host.collectors().values() for m in c.metrics}
     ruleset = load_rules(list(paths), host.rule_kinds(), known_metrics=known or None)
     console = Console()
-    table = Table(title=f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s): OK")
+    derived = f" and {len(ruleset.metrics)} derived metric(s)" if ruleset.metrics else ""
+    table = Table(title=f"{len(ruleset.rules)} rule(s){derived} in {len(ruleset.files)} file(s): OK")
     table.add_column("id", no_wrap=True)
     for column in ("kind", "scope", "severity", "for"):
         table.add_column(column)

@@ -37,6 +37,7 @@ from mistwatch.durations import parse_duration
 from mistwatch.errors import ConfigError
 from mistwatch.hookspecs import RuleKind
 from mistwatch.model import SEVERITIES, severity_rank
+from mistwatch.rules.derived import DerivedMetric
 from mistwatch.rules.expr import Expression, ExpressionError, Template
 from mistwatch.rules.variables import template_variables
 from mistwatch.yamlfile import format_key_path, load_yaml, validate
@@ -177,9 +178,10 @@ def file_schema(kinds: Mapping[str, RuleKind]) -> dict[str, Any]:
         "$id": "https://mistwatch.dev/schemas/rules.schema.json",
         "title": "mistwatch rule file",
         "$defs": {"rule": rule},
-        "if": {"type": "object", "required": ["rules"]},
+        "if": {"type": "object", "anyOf": [{"required": ["rules"]}, {"required": ["metrics"]}]},
         "then": {"type": "object", "additionalProperties": False,
-                 "properties": {"rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}}}},
+                 "properties": {"rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}},
+                                "metrics": METRICS_SCHEMA}},
         "else": {"$ref": "#/$defs/rule"},
     }
 
@@ -297,6 +299,8 @@ class RuleSet:
 
     rules: list[Rule] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    #: derived metrics (``metrics:`` in rule files), computed into each snapshot before it is stored
+    metrics: list[DerivedMetric] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -467,8 +471,17 @@ def _test_render(rule: Rule, fail: Callable[[str, str | None], ConfigError]) -> 
                        f"{', '.join(sorted(variables))})", key)
 
 
-_RULES_LIST = {"type": "object", "additionalProperties": False, "required": ["rules"],
-               "properties": {"rules": {"type": ["array", "null"], "items": {"type": "object"}}}}
+METRICS_SCHEMA: dict[str, Any] = {"type": ["array", "null"], "items": {
+    "type": "object", "additionalProperties": False, "required": ["name", "expr"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$",
+                 "x-message": "must be a dotted metric name like site.clients_per_ap"},
+        "scope": {"type": "string", "minLength": 1},
+        "expr": {"type": "string", "minLength": 1},
+        "description": {"type": "string"}}}}
+_RULES_LIST = {"type": "object", "additionalProperties": False,
+               "properties": {"rules": {"type": ["array", "null"], "items": {"type": "object"}},
+                              "metrics": METRICS_SCHEMA}}
 _ID_AND_KIND = {"type": "object", "required": ["id", "kind"],
                 "properties": {"kind": {"type": "string"}}}
 
@@ -491,6 +504,7 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
     files = expand_paths(paths)
     if not files:
         raise ConfigError("no rule files found", file=", ".join(str(p) for p in paths) or None)
+    loaded = []
     for path in files:
         file = str(path)
         data, lines = load_yaml(path)
@@ -500,9 +514,17 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
         if not isinstance(data, Mapping):
             raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
         _check_kinds(data, kinds, file, lines)
-        if "rules" in data:
+        if "rules" in data or "metrics" in data:
             validate(data, _RULES_LIST, file=file, lines=lines)
-            items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
+        loaded.append((file, data, lines))
+    # derived metrics first: a rule in any file may read them
+    for file, data, lines in loaded:
+        ruleset.metrics.extend(_derived_metrics(data, file, lines, ruleset.metrics, known_metrics))
+    if known_metrics is not None and ruleset.metrics:
+        known_metrics = {*known_metrics, *(m.name for m in ruleset.metrics)}
+    for file, data, lines in loaded:
+        if "rules" in data or "metrics" in data:
+            items = [(("rules", i), r) for i, r in enumerate(data.get("rules") or [])]
         else:
             items = [((), data)]
         for prefix, raw in items:
@@ -530,6 +552,35 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
             seen[rule.id] = rule
     ruleset.rules = _ordered(list(seen.values()))
     return ruleset
+
+
+def _derived_metrics(data: Mapping[str, Any], file: str, lines: Any, earlier: Sequence[DerivedMetric],
+                     known: Collection[str] | None) -> list[DerivedMetric]:
+    """The ``metrics:`` of one file, compiled; a name defined twice or read before it is defined (or
+    unknown to the collectors, when ``known`` is given) is an error naming the line."""
+    out: list[DerivedMetric] = []
+    names = {m.name for m in earlier}
+    for index, spec in enumerate(data.get("metrics") or []):
+        where = ("metrics", index)
+
+        def fail(message: str, key: str, where: tuple[str | int, ...] = where) -> ConfigError:
+            return ConfigError(message, file=file, line=lines.line((*where, key)), key=format_key_path((*where, key)))
+
+        name = spec["name"]
+        if name in names or (known is not None and name in known):
+            raise fail(f"metric '{name}' is already defined" + ("" if name in names else " by a collector"), "name")
+        try:
+            expr = Expression(spec["expr"])
+        except ExpressionError as exc:
+            raise fail(f"invalid expression: {exc}", "expr") from None
+        for read in sorted(expr.metric_names()):
+            if known is not None and read not in names and read not in known:
+                raise fail(f"unknown metric '{read}'{_close(read, [*known, *names])} (derived metrics may "
+                           "read collected ones and those defined before them)", "expr")
+        names.add(name)
+        out.append(DerivedMetric(name, str(spec.get("scope") or "site"), expr, str(spec.get("description") or ""),
+                                 file, lines.line(where)))
+    return out
 
 
 def _check_kinds(data: Mapping[str, Any], kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:

@@ -106,7 +106,8 @@ def _condition(spec: Any) -> str:
         cond = ", ".join(f"{k} {v}" for k, v in tier.items() if k not in ("severity", "_index"))
         if cond:
             parts.append(f"{tier['severity']}: {cond}")
-    for key in ("offset", "absent_for", "source", "all_of", "any_of", "unless", "when"):
+    for key in ("offset", "absent_for", "source", "all_of", "any_of", "unless", "when", "direction", "window",
+                "horizon"):
         if key in spec:
             value = spec[key]
             parts.append(f"{key} {', '.join(value) if isinstance(value, list) else value}")

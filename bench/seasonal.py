@@ -2,7 +2,9 @@
 
 Used by ``bench/analytics.py`` (and handy for trying ``mistwatch rules backtest``)::
 
-    python bench/seasonal.py --state-dir /tmp/mw-seasonal --sites 200 --days 35
+    python bench/seasonal.py --state-dir /tmp/mw-seasonal --sites 200 --days 35 --truth truth.json
+    mistwatch rules backtest rules/sites.yaml rules/sle-trends.yaml --state-dir /tmp/mw-seasonal \
+        --until 2026-11-27T00:00:00Z --since 14d --rule site-clients-drop
 
 Per site (labels as the Mist collector sets them: org_id, site_id, site_name, timezone, country_code):
 
@@ -24,6 +26,7 @@ live daemon would have, so ``for:`` durations replay as they would run).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -196,16 +199,32 @@ def backfill(store: Store, truth: Truth, *, seed: int, fine_days: float = 0,
     return written
 
 
+def truth_json(truth: Truth) -> dict:
+    """What was injected, for scoring alerts from ``mistwatch rules backtest --json`` against it."""
+    return {
+        "start": truth.start.isoformat(), "end": truth.end.isoformat(),
+        "anomalies": [{"key": a.key, "start": a.start.isoformat(), "end": a.end.isoformat(), "shape": a.shape,
+                       "depth": round(a.depth, 3)} for a in truth.anomalies],
+        "trends": [{"key": t.key, "metric": t.metric, "start": t.start.isoformat(), "rate_per_hour": t.rate,
+                    "crosses_at": t.crosses_at.isoformat()} for t in truth.trends],
+        "holidays": {country: [d.isoformat() for d in days] for country, days in truth.holidays.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--sites", type=int, default=200)
     parser.add_argument("--days", type=float, default=35)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--anomalies", type=int, default=60)
+    parser.add_argument("--truth", type=Path, help="write the ground truth (anomalies, trends, holidays) as JSON")
     args = parser.parse_args()
-    truth = make_truth(args.sites, args.days, args.seed)
+    truth = make_truth(args.sites, args.days, args.seed, anomalies=args.anomalies)
     with Store.open(args.state_dir) as store:
         count = backfill(store, truth, seed=args.seed)
+    if args.truth:
+        args.truth.write_text(json.dumps(truth_json(truth), indent=2), encoding="utf-8")
     print(f"{count} snapshots of {args.sites} sites from {truth.start:%Y-%m-%d} to {truth.end:%Y-%m-%d} "
           f"in {args.state_dir}; {len(truth.anomalies)} anomalies injected", file=sys.stderr)
 

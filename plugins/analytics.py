@@ -13,8 +13,9 @@
   deviation at least, however steady the history). The alert explains itself: ``extra.explanation``
   reads "142, usual for a Tuesday 10:00 is 310 (280-335)". Local time comes from the entity's
   ``timezone`` label (UTC without one). ``widespread: {by: country_code, share: 0.5, min_sites: 5}``:
-  when at least that share (and number) of the entities sharing the label are abnormal at once and
-  the other groups are not, it is a holiday: no alert per entity, one note.
+  when at least that share (and number) of the entities sharing the label are abnormal at once while
+  another group is as usual, it is a holiday: no alert per entity, one note. No group as usual (an
+  outage everywhere, or an org in one country): every entity alerts.
 - ``forecast``: a robust (Theil-Sen) line through the hourly means of the last ``window`` and the
   value now; fires when the line reaches the tier's ``above:``/``below:`` value within ``horizon``
   (or is past it), with the projected time in ``extra.eta``; resolves when it no longer does.
@@ -297,31 +298,34 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
 
 
 def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int],
-                     off: Mapping[str, int], by: str, share: float, min_sites: int) -> None:
-    """When a large share of a peer group (the sites of one country, say) is off its usual at once while
-    the other groups are not, it is the calendar (a public holiday): their results become inactive
-    and one note says so, instead of dozens of alerts. Off in every group at once is an incident and
-    alerts. ``off`` counts per
-    group the entities at least half the lowest tier's deviations off in the rule's direction, min_change
-    or not, so a holiday evening, when only the big sites would alert, is still seen as one."""
+                     off: Mapping[str, int], witnesses: Mapping[str, int], witnesses_off: Mapping[str, int],
+                     by: str, share: float, min_sites: int) -> None:
+    """When a large share of a peer group (the sites of one country, say) is off its usual at once
+    while another group (a witness, with at least ``min_sites`` peers) is as usual, it is the calendar
+    (a public holiday, in one country or several): their results become inactive and one note says
+    so, instead of dozens of alerts. With no group as usual (a RADIUS or cloud outage everywhere, or
+    an org in one country) nothing is calmed: an outage must alert, the upstream kind can group it.
+    ``off`` counts per group the entities at least half the lowest tier's deviations off in the
+    rule's direction, min_change or not, so a holiday evening, when only the big sites would alert,
+    is still seen as one; ``evaluated`` the entities whose usual value could alert at all. A group is
+    as usual when fewer than ``share`` of its ``witnesses`` (entities that would show a drop to zero
+    as off, however small) are off."""
     abnormal: dict[str, list[Result]] = {}
     for result in results:
         if result.severity is not None:
             abnormal.setdefault(result.labels.get(by, ""), []).append(result)
-    everywhere, everywhere_off = sum(evaluated.values()), sum(off.values())
+    as_usual = {group for group, total in witnesses.items()
+                if total >= min_sites and witnesses_off.get(group, 0) / total < share}
     for group, found in sorted(abnormal.items()):
         total, peers_off = evaluated.get(group, 0), off.get(group, 0)
-        elsewhere = everywhere - total
-        # off in this group only: the calendar; off everywhere at once (a RADIUS or cloud outage): an
-        # incident, which must alert (the upstream kind can group it)
-        alone = elsewhere == 0 or (everywhere_off - peers_off) / elsewhere < share / 2
-        if peers_off >= min_sites and total and peers_off / total >= share and alone:
+        witness = bool(as_usual - {group})
+        if peers_off >= min_sites and total and peers_off / total >= share and witness:
             for result in found:
                 result.severity = None
                 result.extra = {**result.extra, "widespread": f"{peers_off} of {total} with {by}={group}"}
             ctx.note(f"{peers_off} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
-                     f"usual {ctx.rule.spec.get('metric')} at once, the others are not: a holiday or a local "
-                     "closure, not alerted per site", "info")
+                     f"usual {ctx.rule.spec.get('metric')} at once while others are as usual: a holiday or a "
+                     "local closure, not alerted per site", "info")
 
 
 def compile_anomaly(spec: Mapping[str, Any]) -> Check:
@@ -365,6 +369,8 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         results: list[Result] = []
         evaluated: dict[str, int] = {}  # peer group -> entities with a baseline
         off: dict[str, int] = {}  # peer group -> entities well off their usual (see _calm_widespread)
+        witnesses: dict[str, int] = {}
+        witnesses_off: dict[str, int] = {}
         for i, entity in enumerate(candidates):
             value = float(entity.metrics[metric])
             expected, sigma = float(base.expected[i]), float(base.sigma[i])
@@ -383,6 +389,12 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
             directed = abs(z) if sign == 0 else z * sign
             if peer and directed >= tiers[-1][1] / 2:
                 off[group] = off.get(group, 0) + 1
+            # a witness that its group is as usual: any entity that would show as off if it dropped to
+            # zero, small or not (at night, small sites are what there is to see an outage with)
+            if widespread_by and (sign >= 0 or expected >= tiers[-1][1] / 2 * sigma > 0):
+                witnesses[group] = witnesses.get(group, 0) + 1
+                if directed >= tiers[-1][1] / 2:
+                    witnesses_off[group] = witnesses_off.get(group, 0) + 1
             weekday, hour = local_now[entity.labels.get("timezone") or ""]
             when = f"a {_DAYS[weekday]} {hour:02d}:00" if base.seasonal[i] else f"{hour:02d}:00"
             usual = f"{_num(expected)} ({_num(float(base.low[i]))}–{_num(float(base.high[i]))})"
@@ -407,7 +419,8 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                                   expected + (sign or -1) * tiers[-1][1] * sigma,
                                   score=z, metrics=entity.metrics, recovered=recovered, extra=extra))
         if widespread_by:
-            _calm_widespread(ctx, results, evaluated, off, widespread_by, widespread_share, widespread_min)
+            _calm_widespread(ctx, results, evaluated, off, witnesses, witnesses_off, widespread_by,
+                             widespread_share, widespread_min)
         yield from results
         if short:
             ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "

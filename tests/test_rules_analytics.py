@@ -271,23 +271,22 @@ def test_anomaly_at_most_sites_of_a_country_at_once_is_a_holiday_noted_not_alert
     cycles = Cycles(rules, start=NOW)
     rng = random.Random(2)
     at = NOW - timedelta(days=35)
-    keys = [f"site:s{i}" for i in range(6)]
+    keys = [f"site:s{i}" for i in range(8)]
     while at < NOW:
         cycles.history.add(at, {"site.clients": {k: office(at, rng) for k in keys}})
         at += HOUR
 
-    def sites(closed: set[int], country: str = "IE"):
+    def sites(closed: set[int]):
         out = []
-        for i in range(6):
+        for i in range(8):  # five Irish sites, three Dutch ones (as usual: the witness)
             entity = site(f"s{i}", f"Site {i}", site__clients=8 if i in closed else 300)
-            entity.labels.update(timezone="UTC", country_code=country if i < 5 else "NL")
+            entity.labels.update(timezone="UTC", country_code="IE" if i < 5 else "NL")
             out.append(entity)
         return out
 
     assert cycles.run(sites({0, 1, 2, 3})) == {}  # 4 of the 5 Irish sites: a holiday
     assert any("4 of 5 site(s) with country_code=IE" in n for n in cycles.notes())
-    assert cycles.states() == {}
-    alerts = cycles.step(sites({0, 5}), minutes=5)  # one Irish and the Dutch site: each is an incident
+    alerts = cycles.step(sites({0, 5}), minutes=5)  # one Irish and one Dutch site: each is an incident
     assert sorted(a.labels["site_name"] for a in alerts.values()) == ["Site 0", "Site 5"]
 
 
@@ -351,3 +350,23 @@ def test_upstream_resolves_when_the_sites_recover(tmp_path):
     cycles.run(org(down=6))
     cycles.step(org(down=1))
     assert cycles.only("likely-upstream").state == "resolved"
+
+
+def test_anomaly_holiday_witnesses_may_be_small_sites_at_night_elsewhere(tmp_path):
+    rules = ruleset(tmp_path, ANOMALY + "    widespread: {by: country_code, share: 0.5, min_sites: 3}\n")
+    cycles = Cycles(rules, start=NOW)
+    rng = random.Random(4)
+    at = NOW - timedelta(days=35)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    while at < NOW:  # 10:00 UTC: office hours in Dublin, 19:00 (quiet, 8 clients) in Tokyo
+        cycles.history.add(at, {"site.clients": {
+            **{f"site:s{i}": office(at, rng) for i in range(5)},
+            **{f"site:s{i}": office(at.astimezone(tokyo), rng) for i in range(5, 8)}}})
+        at += HOUR
+    entities = []
+    for i in range(8):
+        entity = site(f"s{i}", f"Site {i}", site__clients=8)  # Dublin closed (a holiday); Tokyo as usual
+        entity.labels.update(timezone="UTC" if i < 5 else "Asia/Tokyo", country_code="IE" if i < 5 else "JP")
+        entities.append(entity)
+    assert cycles.run(entities) == {}
+    assert any("5 of 5 site(s) with country_code=IE" in n for n in cycles.notes())

@@ -252,3 +252,15 @@ def test_rules_test_and_schema_know_the_kinds_of_a_plugin_in_the_config_plugins_
     assert "1 passed, 0 failed" in out
     code, out, err = run_cli(["rules", "schema"], capsys)
     assert code == 0 and '"zero"' in out
+
+
+def test_rules_test_of_a_rule_folder_runs_its_tests_folder(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(["rules", "test", "rules/"], capsys)
+    assert code == 0, err
+    assert re.search(r"^\d+ passed, 0 failed$", out, re.MULTILINE)
+
+
+def test_rules_test_of_a_folder_without_tests_exits_2(tmp_path, capsys):
+    code, _, err = run_cli(["rules", "test", str(tmp_path)], capsys)
+    assert code == 2 and "no rule test files" in err

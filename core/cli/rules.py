@@ -128,6 +128,22 @@ _CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_ty
                                    "(default: ./config.yaml if present).")
 
 
+def _test_files(paths: tuple[Path, ...]) -> list[Path]:
+    """Test files as given; for a folder, its ``tests/*.yaml`` (a rule folder such as ``rules/``) or,
+    without a tests folder, its own ``*.yaml``."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            folder = path / "tests" if (path / "tests").is_dir() else path
+            found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+            if not found:
+                raise ConfigError("no rule test files (*.yaml) in this folder", file=str(folder))
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
 @rules.command("test")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_CONFIG_OPTION
@@ -137,7 +153,7 @@ def test(ctx: click.Context, files: tuple[Path, ...], config_path: Path | None) 
     from mistwatch.rules.ruletest import run_rule_tests
 
     host = _host(_config_plugins_dir(config_path))
-    outcomes = run_rule_tests(list(files), host.rule_kinds())
+    outcomes = run_rule_tests(_test_files(files), host.rule_kinds())
     failed = [o for o in outcomes if not o.ok]
     for outcome in outcomes:
         if outcome.ok:

@@ -252,11 +252,13 @@ def main() -> None:
     parser.add_argument("--anomalies", type=int, default=150,
                         help="injected over the 35 days (about 40 %% of them in the evaluated window)")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-detection", action="store_true")
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPU(s), seed {args.seed}")
     kinds = make_host(entry_points=False).rule_kinds()
     with tempfile.TemporaryDirectory(prefix="mw-analytics-") as tmp:
-        detection(args, Path(tmp), kinds)
+        if not args.skip_detection:
+            detection(args, Path(tmp), kinds)
         if not args.skip_cost:
             cost(args, Path(tmp), kinds)
 

@@ -2,8 +2,8 @@
 
 Used by ``bench/analytics.py`` (and handy for trying ``mistwatch rules backtest``)::
 
-    python bench/seasonal.py --state-dir /tmp/mw-seasonal --sites 200 --days 35 --truth truth.json
-    mistwatch rules backtest rules/sites.yaml rules/sle-trends.yaml --state-dir /tmp/mw-seasonal \
+    python bench/seasonal.py --state-dir ./seasonal-state --sites 200 --days 35 --truth truth.json
+    mistwatch rules backtest rules/sites.yaml rules/sle-trends.yaml --state-dir ./seasonal-state \
         --until 2026-11-27T00:00:00Z --since 14d --rule site-clients-drop
 
 Per site (labels as the Mist collector sets them: org_id, site_id, site_name, timezone, country_code):

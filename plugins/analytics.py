@@ -220,7 +220,7 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
             continue
         with np.errstate(all="ignore"), _quiet():
             expected = _nanmedian(chosen, axis=1)
-            low, high = np.nanpercentile(chosen, [25, 75], axis=1)
+            low, high = _nanquantile(chosen, 0.25), _nanquantile(chosen, 0.75)
             mad = _nanmedian(np.abs(chosen - expected[:, None]), axis=1) * _MAD_SCALE
             relative = np.fmax(_relative_noise(sub, hours, zone), noise_floor)
         # The entity's usual relative noise (over all its busy hours), at least ``noise_floor``, times
@@ -272,6 +272,24 @@ def _nanmedian(values: Any, axis: int) -> Any:
         return np.squeeze(np.where(n > 0, (lo + hi) / 2, np.nan), axis=axis)
 
 
+def _nanquantile(values: Any, q: float) -> Any:
+    """Per row, the ``q`` quantile (linear interpolation) skipping NaN; NaN where a row has none.
+    numpy's nanquantile loops over the rows in Python."""
+    import numpy as np
+
+    ordered = np.sort(values, axis=1)
+    n = (~np.isnan(values)).sum(axis=1)
+    position = np.maximum(n - 1, 0) * q
+    lo = np.floor(position).astype(int)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    rows = np.arange(values.shape[0])
+    if values.shape[1] == 0:
+        return np.full(values.shape[0], np.nan)
+    a, b = ordered[rows, lo], ordered[rows, hi]
+    with np.errstate(all="ignore"):
+        return np.where(n > 0, a + (b - a) * (position - lo), np.nan)
+
+
 def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     """Per entity, a robust relative sigma: the median relative distance of an hour's value from the
     median of the same weekday and hour in the *other* weeks (leave-one-out, so a value is never
@@ -291,7 +309,7 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
         return np.zeros(sub.shape[0])
     others = np.stack([_nanmedian(np.delete(cube, w, axis=1), axis=1) for w in range(weeks)], axis=1)
     with np.errstate(all="ignore"), _quiet():
-        level = np.nanpercentile(sub, 90, axis=1)[:, None, None]
+        level = _nanquantile(sub, 0.9)[:, None, None]
         busy = (others >= 0.6 * level) & (others > 0)
         rel = np.where(busy, np.abs(cube - others) / np.where(others > 0, others, 1), np.nan)
     return np.nan_to_num(_nanmedian(rel.reshape(rel.shape[0], -1), axis=1) * _MAD_SCALE, nan=0.0)

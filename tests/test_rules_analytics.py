@@ -370,3 +370,21 @@ def test_anomaly_holiday_witnesses_may_be_small_sites_at_night_elsewhere(tmp_pat
         entities.append(entity)
     assert cycles.run(entities) == {}
     assert any("5 of 5 site(s) with country_code=IE" in n for n in cycles.notes())
+
+
+def test_the_fast_nan_median_and_quantile_agree_with_numpy():
+    import warnings
+
+    import numpy as np
+
+    from mistwatch.plugins.analytics import _nanmedian, _nanquantile
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(200, 9))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[3] = np.nan  # a row without any value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert np.allclose(_nanmedian(values, axis=1), np.nanmedian(values, axis=1), equal_nan=True)
+        for q in (0.25, 0.75, 0.9):
+            assert np.allclose(_nanquantile(values, q), np.nanquantile(values, q, axis=1), equal_nan=True)

@@ -200,6 +200,9 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         result.collectors_failed = [c.name for c in enabled_collectors(app)]
         raise
     result.collectors_failed = sorted({e.collector for e in snapshot.errors if e.endpoint == "*"})
+    from mistwatch.rules.derived import derive
+
+    derive(app.ruleset.metrics, snapshot)  # metrics: of the rule files, stored and evaluated like the others
     result.snapshot = snapshot
     result.api_calls = snapshot.api_calls
     budgets = [c.calls_per_hour for c in enabled_collectors(app) if c.calls_per_hour]
@@ -211,6 +214,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
         with result.stage("store"):
             store.write_snapshot(result.run_id, snapshot)
             store.kv_set("cursors", snapshot.cursors)
+            store.roll_up(now)  # the hours completed since the last cycle, for seasonal and trend rules
 
     if mode in ("insights", "report", "all"):
         from mistwatch.rules.lifecycle import run_rules
@@ -283,7 +287,8 @@ def _maybe_prune(app: App, now: datetime) -> None:
     if last is not None and now.timestamp() - float(last) < PRUNE_EVERY.total_seconds():
         return
     history = app.config.data.get("history", {}) or {}
-    app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days") if k in history})
+    keys = ("raw_hours", "hourly_days", "retention_days", "rollup_days")
+    app.store.prune(now, **{k: history[k] for k in keys if k in history})
     app.store.kv_set("last_prune", now.timestamp())
 
 

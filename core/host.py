@@ -26,6 +26,7 @@ from mistwatch.hookspecs import Collector, Notifier, RuleKind
 BUILTINS: tuple[str, ...] = (
     "mistwatch.plugins.mist",
     "mistwatch.plugins.rulekinds",
+    "mistwatch.plugins.analytics",
     "mistwatch.notifiers.email",
     "mistwatch.notifiers.console",
     "mistwatch.notifiers.webhook",

@@ -709,5 +709,8 @@ def mistwatch_rule_kinds() -> Iterator[RuleKind]:
 
 
 def builtin_kinds() -> dict[str, RuleKind]:
-    """The built-in kinds by name, without a plugin host (tests, tools)."""
-    return {k.name: k for k in BUILTIN_KINDS}
+    """The built-in kinds by name, with the analytics kinds (anomaly, forecast, flapping, a built-in
+    plugin of their own), without a plugin host (tests, tools)."""
+    from mistwatch.plugins.analytics import ANALYTICS_KINDS
+
+    return {k.name: k for k in (*BUILTIN_KINDS, *ANALYTICS_KINDS)}

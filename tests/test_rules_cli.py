@@ -254,9 +254,13 @@ def test_rules_test_and_schema_know_the_kinds_of_a_plugin_in_the_config_plugins_
     assert code == 0 and '"zero"' in out
 
 
-def test_rules_test_of_a_rule_pack_folder_runs_the_tests_in_its_tests_folder(capsys):
-    main(["rules", "test", str(REPO / "rules")])  # returns: every test passed
-    out = capsys.readouterr().out
-    files = {line.split(": ")[0].split()[-1] for line in out.splitlines() if line.strip().startswith("PASS")}
-    assert "0 failed" in out
-    assert files == {str(p) for p in (REPO / "rules" / "tests").glob("*.yaml")}
+def test_rules_test_of_a_rule_folder_runs_its_tests_folder(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(["rules", "test", "rules/"], capsys)
+    assert code == 0, err
+    assert re.search(r"^\d+ passed, 0 failed$", out, re.MULTILINE)
+
+
+def test_rules_test_of_a_folder_without_tests_exits_2(tmp_path, capsys):
+    code, _, err = run_cli(["rules", "test", str(tmp_path)], capsys)
+    assert code == 2 and "no rule test files" in err

@@ -35,6 +35,7 @@ def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(s
         with Store.open(tmp_path / "state") as store:
             run_id = store.start_run(when, "insights")
             store.write_snapshot(run_id, snapshot)
+            store.roll_up(when)  # as the engine does each cycle
             outcome = run_rules(store, ruleset, snapshot, when)
             store.finish_run(run_id, finished_at=when, status="ok")
         return outcome
@@ -46,13 +47,13 @@ def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(s
                 by_site.setdefault(alert.labels.get("site_id", ""), set()).add(alert.rule_id)
         return by_site
 
-    for minutes in (0, 15, 30):
+    for minutes in (0, 15, 30, 45, 60):  # the hours the degraded day compares with
         healthy = cycle(DAY1 + timedelta(minutes=minutes), "healthy")
         assert firing(healthy) == {}
     assert any(n.kind == "insufficient_history" for n in healthy.notes)
 
     day2 = DAY1 + timedelta(days=1)
-    for minutes in (0, 15, 30):
+    for minutes in (0, 15, 30, 45, 60):  # site-clients-drop holds for 1h
         degraded = cycle(day2 + timedelta(minutes=minutes), "degraded")
     by_site = firing(degraded)
     affected = simulator.org.affected_sites("degraded")
@@ -68,7 +69,7 @@ def test_default_pack_on_the_simulator_alerts_the_affected_sites_then_resolves(s
     assert any(c.startswith("site-devices-down") for c in degraded_alert.causes)
     assert any("-drop{" in c for c in degraded_alert.causes)
 
-    recovered = cycle(day2 + timedelta(hours=2), "recovered")
+    recovered = cycle(day2 + timedelta(hours=3), "recovered")  # past site-degraded's within: 1h
     assert firing(recovered) == {}
     resolved_sites = {a.labels.get("site_id") for a in recovered.alerts if a.state == "resolved"}
     assert resolved_sites == set(affected)

@@ -139,8 +139,9 @@ def _rules_at(alerts, site_name):
 
 def test_the_demo_notifies_one_alert_per_sle_at_vienna(demo_morning):
     notified = demo_morning.notified
+    # site-clients-drop is an anomaly rule now: the demo's one day of history is below its minimum
     assert _rules_at(notified, "Vienna Branch 1") == [
-        "site-clients-drop", "wifi-capacity-drop", "wifi-coverage-drop", "wifi-time-to-connect-drop"]
+        "wifi-capacity-drop", "wifi-coverage-drop", "wifi-time-to-connect-drop"]
 
 
 def test_the_demo_keeps_the_superseded_sle_levels_firing_for_the_report(demo_morning):

@@ -88,7 +88,8 @@ def check(paths: tuple[Path, ...], config_path: Path | None) -> None:
             click.echo(f"mistwatch: {len(problems)} problems in the rule files", err=True)
         sys.exit(2)
     console = Console()
-    table = Table(title=f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s): OK")
+    derived = f" and {len(ruleset.metrics)} derived metric(s)" if ruleset.metrics else ""
+    table = Table(title=f"{len(ruleset.rules)} rule(s){derived} in {len(ruleset.files)} file(s): OK")
     table.add_column("id", no_wrap=True)
     for column in ("kind", "scope", "severity", "for"):
         table.add_column(column)
@@ -115,7 +116,8 @@ def _condition(spec: Any) -> str:
         cond = ", ".join(f"{k} {v}" for k, v in tier.items() if k not in ("severity", "_index"))
         if cond:
             parts.append(f"{tier['severity']}: {cond}")
-    for key in ("offset", "absent_for", "source", "all_of", "any_of", "unless", "when"):
+    for key in ("offset", "absent_for", "source", "all_of", "any_of", "unless", "when", "direction", "window",
+                "horizon"):
         if key in spec:
             value = spec[key]
             parts.append(f"{key} {', '.join(value) if isinstance(value, list) else value}")
@@ -138,14 +140,19 @@ _CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_ty
 
 
 def _test_files(paths: tuple[Path, ...]) -> list[Path]:
-    found: list[Path] = []
+    """Test files as given; for a folder, its ``tests/*.yaml`` (a rule folder such as ``rules/``) or,
+    without a tests folder, its own ``*.yaml``."""
+    out: list[Path] = []
     for path in paths:
-        if not path.is_dir():
-            found.append(path)
-            continue
-        folder = path / "tests" if (path / "tests").is_dir() else path
-        found.extend(sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")))
-    return found
+        if path.is_dir():
+            folder = path / "tests" if (path / "tests").is_dir() else path
+            found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+            if not found:
+                raise ConfigError("no rule test files (*.yaml) in this folder", file=str(folder))
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
 
 
 @rules.command("test")
@@ -181,3 +188,115 @@ def schema(config_path: Path | None) -> None:
     from mistwatch.rules.schema import file_schema
 
     click.echo(json.dumps(file_schema(_host(_config_plugins_dir(config_path)).rule_kinds()), indent=2))
+
+
+@rules.command("backtest")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--since", default="7d", show_default=True, help="How far back to replay (a duration).")
+@click.option("--until", "until", default=None, help="End of the replay (ISO time; default: now).")
+@click.option("--step", default="15m", show_default=True,
+              help="Replay one stored cycle per step (longer: faster, coarser `for:` timing).")
+@click.option("--rule", "rule_id", default=None, help="Report only this rule.")
+@click.option("--compare", "compare_path", type=click.Path(path_type=Path), default=None,
+              help="Another version of the rule file(s): show what differs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--state-dir", "state_dir", type=click.Path(path_type=Path), default=None,
+              help="The state directory to read history from (default: the config's state_dir).")
+@_CONFIG_OPTION
+def backtest(files: tuple[Path, ...], since: str, until: str | None, step: str, rule_id: str | None,
+             compare_path: Path | None, as_json: bool, state_dir: Path | None, config_path: Path | None) -> None:
+    """Replay stored history through rule files: when each alert would have fired and resolved,
+    notifications per day, which sites. Uses the same evaluator and lifecycle as a live cycle, with
+    throwaway alert states: the live ones are not touched and nothing is sent."""
+    from datetime import datetime, timezone
+
+    from mistwatch.durations import parse_duration, parse_time
+    from mistwatch.rules.backtest import compare, replay
+    from mistwatch.rules.loader import load_rules
+    from mistwatch.store.database import DB_FILENAME, Store
+
+    def duration(value: str, option: str) -> Any:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+
+    span, every = duration(since, "--since"), duration(step, "--step")
+    try:
+        end = parse_time(until) if until else datetime.now(timezone.utc)
+    except ValueError:
+        raise click.BadParameter("not an ISO 8601 time", param_hint="--until") from None
+    for path in (*files, *([compare_path] if compare_path else [])):
+        if not path.exists():
+            raise ConfigError("no such file or folder", file=str(path))
+    host = _host(_config_plugins_dir(config_path))
+    if state_dir is None:
+        from mistwatch.config import load_config
+
+        config = config_path or Path("config.yaml")
+        if not config.exists():
+            raise ConfigError("no config to take state_dir from: give --config or --state-dir", file=str(config))
+        state_dir = load_config(config, host, require_env=False).state_dir
+    if not (state_dir / DB_FILENAME).exists():
+        raise ConfigError(f"no mistwatch history in {state_dir}", file=str(state_dir))
+    kinds = host.rule_kinds()
+    rulesets = [load_rules(list(files), kinds)]
+    if compare_path is not None:
+        rulesets.append(load_rules([compare_path], kinds))
+    if rule_id is not None and not any(rule_id in rs.ids for rs in rulesets):
+        raise click.BadParameter(f"no rule '{rule_id}' in the rule files", param_hint="--rule")
+    with Store.open(state_dir) as store:
+        results = replay(store, rulesets, end - span, end, step=every, rule_id=rule_id)
+    differences = compare(results[0], results[1]) if len(results) == 2 else None
+    if as_json:
+        data: dict[str, Any] = results[0].as_dict()
+        if differences is not None:
+            data["compare"] = {"file": str(compare_path), "replay": results[1].as_dict(),
+                               "differences": [d.as_dict() for d in differences]}
+        click.echo(json.dumps(data, indent=2))
+        return
+    _print_replay(results[0], str(" ".join(map(str, files))))
+    if differences is not None:
+        _print_replay(results[1], str(compare_path))
+        click.echo(f"\nDifferences ({' '.join(map(str, files))} -> {compare_path}):")
+        for diff in differences:
+            if not diff.only_before and not diff.only_after:
+                continue
+            click.echo(f"  {diff.rule_id}: {diff.before} -> {diff.after} alert(s)")
+            for episode in diff.only_before:
+                click.echo(f"    - {_episode_line(episode)}")
+            for episode in diff.only_after:
+                click.echo(f"    + {_episode_line(episode)}")
+
+
+def _clip(text: str, limit: int) -> str:
+    """One line for the terminal: control characters (escape sequences, line breaks from Mist names)
+    shown as '?', at most ``limit`` characters."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def _episode_line(episode: Any) -> str:
+    until = f"{episode.resolved_at:%m-%d %H:%M}" if episode.resolved_at else "still firing"
+    return (f"{episode.fired_at:%Y-%m-%d %H:%M} -> {until}  {episode.severity:<8} "
+            f"{_clip(episode.summary or episode.key, 160)}")
+
+
+def _print_replay(result: Any, label: str) -> None:
+    click.echo(f"{label}: {result.steps} cycle(s) replayed from {result.start:%Y-%m-%d %H:%M} to "
+               f"{result.end:%Y-%m-%d %H:%M} UTC ({result.days} day(s))")
+    for rule_id, replayed in result.rules.items():
+        if not replayed.episodes:
+            click.echo(f"  {rule_id} ({replayed.kind}): no alert")
+            continue
+        per_day = replayed.notifications / result.days
+        sites = replayed.sites
+        click.echo(f"  {rule_id} ({replayed.kind}): {len(replayed.episodes)} alert(s), "
+                   f"{replayed.notifications} notification(s) ({per_day:.1f}/day), {len(sites)} site(s): "
+                   + _clip(", ".join(sites), 200))
+        for episode in replayed.episodes[:50]:
+            click.echo(f"      {_episode_line(episode)}")
+        if len(replayed.episodes) > 50:
+            click.echo(f"      ... {len(replayed.episodes) - 50} more (--json for all)")
+    for note in result.notes:
+        click.echo(f"  note: {_clip(note, 300)}")

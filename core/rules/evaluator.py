@@ -12,16 +12,18 @@ Nothing here writes anything; ``mistwatch.rules.lifecycle`` turns findings into 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mistwatch.model import Alert, Entity, Result, Snapshot, identity_of
 from mistwatch.rules.expr import ExpressionError, LimitExceeded, time_limit
 from mistwatch.rules.loader import Matcher
 from mistwatch.rules.variables import template_variables
-from mistwatch.store.records import EntityRecord
+from mistwatch.store.records import EntityRecord, HourlyRollups
 
 if TYPE_CHECKING:
     from mistwatch.rules.loader import Rule, RuleSet
@@ -40,6 +42,10 @@ class History(Protocol):
 
     def entities(self, kind: str | None = None, *,
                  seen_before: datetime | None = None) -> list[EntityRecord]: ...
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups: ...
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]: ...
 
 
 @dataclass(slots=True)
@@ -122,6 +128,8 @@ class _Shared:
         self.means: dict[tuple[str, datetime, datetime], dict[str, tuple[float, int]]] = {}
         self.starts: dict[str | None, datetime | None] = {}
         self.records: dict[tuple[str, datetime | None], list[EntityRecord]] = {}
+        self.hourly: dict[tuple[str, datetime, datetime], HourlyRollups] = {}
+        self.changes: dict[tuple[str, datetime, datetime], dict[str, int]] = {}
         self.alerts_by_rule: dict[str, dict[str, Alert]] = {}
         for alert in (alerts or {}).values():
             subject = alert.annotations.get("subject") or alert.key
@@ -280,6 +288,27 @@ class RuleContext:
             self._shared.queries += 1
             self._shared.records[key] = self._shared.history.entities(kind, seen_before=seen_before)
         return self._shared.records[key]
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
+        """Hourly roll-ups (min, max, mean, count) of ``metric`` for every entity, for the hours
+        starting in [start, end): one batched query, cached (rules asking for the same window share it).
+        Only complete hours are rolled up, so end the window at the current hour's start."""
+        key = (metric, start, end)
+        cached = self._shared.hourly.get(key)
+        if cached is None:
+            self._shared.queries += 1
+            cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end)
+        return cached
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
+        """How often each entity's ``metric`` changed between consecutive samples in [start, end]
+        (raw samples: windows up to the store's ``raw_hours``). One batched query, cached."""
+        key = (metric, start, end)
+        cached = self._shared.changes.get(key)
+        if cached is None:
+            self._shared.queries += 1
+            cached = self._shared.changes[key] = self._shared.history.state_changes(metric, start, end)
+        return cached
 
     # reporting -------------------------------------------------------------------------------------
     def note(self, text: str, kind: str = "info") -> None:
@@ -469,12 +498,30 @@ class MemoryHistory:
     def __init__(self) -> None:
         self._samples: dict[str, list[tuple[datetime, dict[str, float]]]] = {}
         self._entities: dict[str, EntityRecord] = {}
+        #: {metric: {hour start (epoch s): {key: [min, max, sum, count]}}}, updated as samples arrive
+        self._rollups: dict[str, dict[int, dict[str, list[float]]]] = {}
+        self._positions: dict[str, dict[str, int]] = {}  # metric -> key -> row in hourly()
+        self._columns: dict[str, dict[int, tuple[array, ...]]] = {}  # hourly() columns, built once
 
     def add(self, at: datetime, metric_values: Mapping[str, Mapping[str, float]]) -> None:
+        hour = int(at.timestamp()) // 3600 * 3600
         for metric, values in metric_values.items():
             series = self._samples.setdefault(metric, [])
             series.append((at, dict(values)))
             series.sort(key=lambda item: item[0])
+            bucket = self._rollups.setdefault(metric, {}).setdefault(hour, {})
+            self._columns.get(metric, {}).pop(hour, None)
+            positions = self._positions.setdefault(metric, {})
+            for key, value in values.items():
+                if key not in positions:
+                    positions[key] = len(positions)
+                stats = bucket.get(key)
+                if stats is None:
+                    bucket[key] = [value, value, value, 1]
+                else:
+                    stats[0], stats[1] = min(stats[0], value), max(stats[1], value)
+                    stats[2] += value
+                    stats[3] += 1
 
     def add_snapshot(self, snapshot: Snapshot) -> None:
         """Record entities (last_seen) and every known metric, as ``Store.write_snapshot`` does."""
@@ -519,6 +566,37 @@ class MemoryHistory:
                     keys: Iterable[str] | None = None) -> dict[str, tuple[float, int]]:
         return {k: (sum(v for _, v in s) / len(s), len(s))
                 for k, s in self.window(metric, start, end, keys).items()}
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
+        """Roll-ups of the samples, as the store keeps them (complete hours only when ``end`` is the
+        current hour's start); kept up to date by ``add``. Rows are every key ever seen for the metric."""
+        lo, hi = start.timestamp(), end.timestamp()
+        buckets = self._rollups.get(metric, {})
+        positions = self._positions.setdefault(metric, {})
+        columns = self._columns.setdefault(metric, {})
+        result = HourlyRollups(metric, list(positions))
+        for hour in sorted(h for h in buckets if lo <= h < hi):
+            built = columns.get(hour)
+            if built is None:  # new or changed since last built
+                bucket = buckets[hour]
+                built = columns[hour] = (
+                    array("i", (positions[k] for k in bucket)), array("d", (s[0] for s in bucket.values())),
+                    array("d", (s[1] for s in bucket.values())),
+                    array("d", (s[2] / s[3] for s in bucket.values())),
+                    array("i", (int(s[3]) for s in bucket.values())))
+            result.hours.append(hour)
+            for target, column in zip((result.rows, result.mins, result.maxs, result.means, result.counts),
+                                      built, strict=True):
+                target.append(column)
+        return result
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
+        changes: dict[str, int] = {}
+        for key, series in self.window(metric, start, end).items():
+            count = sum(1 for (_, a), (_, b) in pairwise(series) if a != b)
+            if count:
+                changes[key] = count
+        return changes
 
     def history_start(self, metric: str | None = None) -> datetime | None:
         series = self._samples.get(metric, []) if metric else [s[0] for s in self._samples.values() if s]

@@ -291,6 +291,49 @@ def mark_superseded(alerts: Sequence[Alert], ruleset: RuleSet) -> None:
             alert.annotations["superseded_by_rule"] = source.rule_id
 
 
+#: An alert that fired at about this local time of day (within RECURRING_WITHIN) on at least
+#: RECURRING_DAYS of the last RECURRING_LOOKBACK days is labelled ``recurring=true``.
+RECURRING_DAYS = 3
+RECURRING_LOOKBACK = timedelta(days=7)
+RECURRING_WITHIN = timedelta(minutes=45)
+
+
+def _local(at: datetime, tz: str | None) -> datetime:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return at.astimezone(ZoneInfo(tz)) if tz else at
+    except (ZoneInfoNotFoundError, ValueError):
+        return at
+
+
+def mark_recurring(alerts: list[Alert], transitions: list[Transition], store: Any, now: datetime) -> None:
+    """Label ``recurring=true`` the alerts that start firing now at about the same local time of day
+    (the ``timezone`` label, else UTC) as they did on at least 3 of the last 7 days: a backup window,
+    a nightly job, a school bell, rather than a new incident. Decided when an episode starts (one
+    transitions query per newly firing alert) and kept, in the annotations, while it fires."""
+    started = {t.alert_key for t in transitions if t.to_state == "firing" and t.from_state != "firing"}
+    for alert in alerts:
+        if alert.key in started:
+            alert.annotations.pop("recurring", None)
+            tz = alert.labels.get("timezone")
+            here = _local(now, tz)
+            minutes = here.hour * 60 + here.minute
+            days = set()
+            for t in store.transitions(alert.key, since=now - RECURRING_LOOKBACK):
+                if t.to_state != "firing" or t.from_state == "firing" or t.at >= now:
+                    continue
+                then = _local(t.at, tz)
+                apart = abs(then.hour * 60 + then.minute - minutes)
+                if min(apart, 24 * 60 - apart) <= RECURRING_WITHIN.total_seconds() / 60 and then.date() != here.date():
+                    days.add(then.date())
+            if len(days) >= RECURRING_DAYS:
+                alert.annotations["recurring"] = (f"also fired around {here:%H:%M} on {len(days)} of the last "
+                                                  f"{RECURRING_LOOKBACK.days} days")
+        if alert.state == "firing" and "recurring" in alert.annotations:
+            alert.labels = {**alert.labels, "recurring": "true"}
+
+
 def run_rules(store: Store, ruleset: RuleSet, snapshot: Snapshot, now: datetime, *,
               dry_run: bool = False) -> RulesOutcome:
     """Evaluate against the store's history and alert states, advance the states, save them.
@@ -301,6 +344,7 @@ def run_rules(store: Store, ruleset: RuleSet, snapshot: Snapshot, now: datetime,
     evaluation = evaluate(ruleset, snapshot, store, now, alerts=previous)
     alerts, transitions = advance(previous, evaluation, ruleset, now)
     mark_superseded(alerts, ruleset)
+    mark_recurring(alerts, transitions, store, now)
     if not dry_run:
         store.save_alerts(alerts, transitions)
     return RulesOutcome(alerts=[a for a in alerts if a.state != "inactive"], transitions=transitions,

@@ -36,8 +36,9 @@ from mistwatch.durations import parse_duration
 from mistwatch.errors import ConfigError
 from mistwatch.hookspecs import RuleKind, RuleSpecError
 from mistwatch.model import severity_rank
+from mistwatch.rules.derived import DerivedMetric
 from mistwatch.rules.expr import Expression, ExpressionError, Template
-from mistwatch.rules.schema import kind_rule_schema
+from mistwatch.rules.schema import METRICS_SCHEMA, kind_rule_schema
 from mistwatch.rules.variables import template_variables
 from mistwatch.yamlfile import format_key_path, load_yaml, validate
 
@@ -161,6 +162,8 @@ class RuleSet:
 
     rules: list[Rule] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    #: derived metrics (``metrics:`` in rule files), computed into each snapshot before it is stored
+    metrics: list[DerivedMetric] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -337,8 +340,9 @@ def _test_render(rule: Rule, fail: Callable[[str, str | None], ConfigError]) -> 
                        f"{', '.join(sorted(variables))})", key)
 
 
-_RULES_LIST = {"type": "object", "additionalProperties": False, "required": ["rules"],
-               "properties": {"rules": {"type": ["array", "null"], "items": {"type": "object"}}}}
+_RULES_LIST = {"type": "object", "additionalProperties": False,
+               "properties": {"rules": {"type": ["array", "null"], "items": {"type": "object"}},
+                              "metrics": METRICS_SCHEMA}}
 _ID_AND_KIND = {"type": "object", "required": ["id", "kind"],
                 "properties": {"kind": {"type": "string"}}}
 
@@ -393,6 +397,7 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
             raise exc
         errors.append(exc)
 
+    loaded = []
     for path in files:
         file = str(path)
         try:
@@ -402,14 +407,24 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
                 continue  # an empty file is allowed: no rules
             if not isinstance(data, Mapping):
                 raise ConfigError("a rule file holds 'rules: [...]' or a single rule mapping", file=file, line=1)
-            if "rules" in data:
+            if "rules" in data or "metrics" in data:
                 validate(data, _RULES_LIST, file=file, lines=lines)
-                items = [(("rules", i), r) for i, r in enumerate(data["rules"] or [])]
-            else:
-                items = [((), data)]
+            loaded.append((file, data, lines))
         except ConfigError as exc:
             failed(exc)
-            continue
+    # derived metrics first: a rule in any file may read them
+    for file, data, lines in loaded:
+        try:
+            ruleset.metrics.extend(_derived_metrics(data, file, lines, ruleset.metrics, known_metrics))
+        except ConfigError as exc:
+            failed(exc)
+    if known_metrics is not None and ruleset.metrics:
+        known_metrics = {*known_metrics, *(m.name for m in ruleset.metrics)}
+    for file, data, lines in loaded:
+        if "rules" in data or "metrics" in data:
+            items = [(("rules", i), r) for i, r in enumerate(data.get("rules") or [])]
+        else:
+            items = [((), data)]
         for prefix, raw in items:
             try:
                 _check_kind(raw, prefix, kinds, file, lines)
@@ -421,6 +436,35 @@ def load_rules(paths: Sequence[str | Path], kinds: Mapping[str, RuleKind], *,
     except ConfigError as exc:
         failed(exc)
     return ruleset
+
+
+def _derived_metrics(data: Mapping[str, Any], file: str, lines: Any, earlier: Sequence[DerivedMetric],
+                     known: Collection[str] | None) -> list[DerivedMetric]:
+    """The ``metrics:`` of one file, compiled; a name defined twice or read before it is defined (or
+    unknown to the collectors, when ``known`` is given) is an error naming the line."""
+    out: list[DerivedMetric] = []
+    names = {m.name for m in earlier}
+    for index, spec in enumerate(data.get("metrics") or []):
+        where = ("metrics", index)
+
+        def fail(message: str, key: str, where: tuple[str | int, ...] = where) -> ConfigError:
+            return ConfigError(message, file=file, line=lines.line((*where, key)), key=format_key_path((*where, key)))
+
+        name = spec["name"]
+        if name in names or (known is not None and name in known):
+            raise fail(f"metric '{name}' is already defined" + ("" if name in names else " by a collector"), "name")
+        try:
+            expr = Expression(spec["expr"])
+        except ExpressionError as exc:
+            raise fail(f"invalid expression: {exc}", "expr") from None
+        for read in sorted(expr.metric_names()):
+            if known is not None and read not in names and read not in known:
+                raise fail(f"unknown metric '{read}'{_close(read, [*known, *names])} (derived metrics may "
+                           "read collected ones and those defined before them)", "expr")
+        names.add(name)
+        out.append(DerivedMetric(name, str(spec.get("scope") or "site"), expr, str(spec.get("description") or ""),
+                                 file, lines.line(where)))
+    return out
 
 
 def _check_kind(rule: Any, prefix: tuple, kinds: Mapping[str, RuleKind], file: str, lines: Any) -> None:

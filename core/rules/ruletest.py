@@ -46,6 +46,7 @@ from mistwatch.durations import parse_duration, parse_time
 from mistwatch.errors import ConfigError
 from mistwatch.hookspecs import RuleKind, duration_schema
 from mistwatch.model import SEVERITIES, Alert, CollectorError, Entity, Event, Snapshot
+from mistwatch.rules.derived import derive
 from mistwatch.rules.evaluator import MemoryHistory, evaluate
 from mistwatch.rules.lifecycle import advance
 from mistwatch.rules.loader import RuleSet, load_rules
@@ -308,6 +309,7 @@ class _TestFile:
             snapshot.events.extend(events.get(step, []))
             snapshot.errors.extend(err for first, last, err in errors
                                    if first <= step <= (last if last is not None else first))
+            derive(ruleset.metrics, snapshot)
             history.add_snapshot(snapshot)
             evaluation = evaluate(ruleset, snapshot, history, now, alerts=alerts)
             new, _ = advance(alerts, evaluation, ruleset, now)

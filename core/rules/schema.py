@@ -27,6 +27,17 @@ _MATCHER_VALUE: dict[str, Any] = {"oneOf": [
 _TEMPLATE = {"type": "string", "minLength": 1}
 
 
+#: ``metrics:`` in a rule file: derived metrics (mistwatch.rules.derived).
+METRICS_SCHEMA: dict[str, Any] = {"type": ["array", "null"], "items": {
+    "type": "object", "additionalProperties": False, "required": ["name", "expr"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$",
+                 "x-message": "must be a dotted metric name like site.clients_per_ap"},
+        "scope": {"type": "string", "minLength": 1},
+        "expr": {"type": "string", "minLength": 1},
+        "description": {"type": "string"}}}}
+
+
 def common_properties() -> dict[str, Any]:
     """The JSON Schema of the keys every rule has."""
     return {
@@ -123,8 +134,9 @@ def file_schema(kinds: Mapping[str, RuleKind]) -> dict[str, Any]:
         "$id": "https://mistwatch.dev/schemas/rules.schema.json",
         "title": "mistwatch rule file",
         "$defs": {"rule": rule},
-        "if": {"type": "object", "required": ["rules"]},
+        "if": {"type": "object", "anyOf": [{"required": ["rules"]}, {"required": ["metrics"]}]},
         "then": {"type": "object", "additionalProperties": False,
-                 "properties": {"rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}}}},
+                 "properties": {"rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}},
+                                "metrics": METRICS_SCHEMA}},
         "else": {"$ref": "#/$defs/rule"},
     }

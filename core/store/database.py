@@ -60,6 +60,7 @@ from mistwatch.store.records import (
     _epoch_or_none,
     _json,
 )
+from mistwatch.store.rollups import DEFAULT_ROLLUP_DAYS, RollupMixin
 from mistwatch.store.schema import MIGRATIONS
 
 DB_FILENAME = "mistwatch.db"
@@ -73,7 +74,7 @@ DEFAULT_BUSY_TIMEOUT = 10.0
 
 
 
-class Store(HistoryMixin):
+class Store(HistoryMixin, RollupMixin):
     """The state database. Open with ``Store.open(state_dir)`` (SQLite, one file under the state
     directory, WAL) or ``Store.open("postgresql://...")`` (a shared PostgreSQL database); use as a
     context manager. Both backends have the same schema versions, behaviour and API.
@@ -529,7 +530,7 @@ class Store(HistoryMixin):
 
     # retention --------------------------------------------------------------------------------
     def prune(self, now: datetime, *, raw_hours: float = 48, hourly_days: float = 8,
-              retention_days: float = 35) -> dict[str, int]:
+              retention_days: float = 35, rollup_days: float = DEFAULT_ROLLUP_DAYS) -> dict[str, int]:
         """Thin history: keep every run's samples for ``raw_hours``, then one run per hour until
         ``hourly_days``, then one per day until ``retention_days``, then nothing. Old runs and
         transitions go too. Returns counts of what was deleted.
@@ -538,7 +539,9 @@ class Store(HistoryMixin):
         (epoch seconds // 3600 or // 86400), so repeated prunes keep the same rows. Entities not
         seen for ``retention_days`` are deleted. Counts: ``samples`` (total) split into
         ``samples_hourly``, ``samples_daily`` (thinned) and ``samples_expired``; ``runs``,
-        ``transitions``, ``entities``. Does not VACUUM: freed pages are reused."""
+        ``transitions``, ``entities``, ``rollups`` (hourly roll-ups of hours older than ``rollup_days``;
+        those of deleted entities have no key and are ignored until they expire). Does not VACUUM:
+        freed pages are reused."""
         t = _epoch(now)
         raw_cut = t - raw_hours * _HOUR
         hourly_cut = min(t - hourly_days * _DAY, raw_cut)
@@ -554,11 +557,13 @@ class Store(HistoryMixin):
             # A "running" run that old crashed long ago: it goes too.
             runs = db.execute("DELETE FROM runs WHERE started_at < ?", (retention_cut,)).rowcount
             transitions = db.execute("DELETE FROM transitions WHERE at < ?", (retention_cut,)).rowcount
+            rollups = db.execute("DELETE FROM rollups WHERE hour < ?", (t - rollup_days * _DAY,)).rowcount
             entities = db.execute("DELETE FROM entities WHERE last_seen < ?", (retention_cut,)).rowcount
         if entities:
             self._entity_ids = None  # reload lazily rather than track the deleted ids
         return {"samples": expired + daily + hourly, "samples_expired": expired, "samples_daily": daily,
-                "samples_hourly": hourly, "runs": runs, "transitions": transitions, "entities": entities}
+                "samples_hourly": hourly, "runs": runs, "transitions": transitions, "entities": entities,
+                "rollups": rollups}
 
 
 #: A pg_locks row that is the active lock of this store's schema (two-key advisory lock: objsubid 2).

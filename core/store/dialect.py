@@ -191,6 +191,7 @@ _DDL_RULES = [
     (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
     (re.compile(r"\bBLOB\b"), "BYTEA"),
     (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
+    (re.compile(r"\)\s*WITHOUT\s+ROWID\b", re.I), ")"),  # SQLite's clustered-table option: PostgreSQL has none
 ]
 
 

@@ -53,6 +53,24 @@ class Transition:
     value: float | None
 
 
+@dataclass(frozen=True)
+class HourlyRollups:
+    """Hourly roll-ups of one metric over a window, column by column: hour ``hours[i]`` (epoch seconds
+    of the UTC hour's start, oldest first) holds the entities ``rows[i]`` (indexes into ``keys``) with
+    their ``mins[i]``, ``maxs[i]``, ``means[i]`` and sample ``counts[i]``, all arrays in that order.
+
+    Plain arrays, so a rule kind can hand them to numpy (``numpy.frombuffer``) without a copy per value."""
+
+    metric: str
+    keys: list[str]
+    hours: list[int] = field(default_factory=list)
+    rows: list[array] = field(default_factory=list)
+    mins: list[array] = field(default_factory=list)
+    maxs: list[array] = field(default_factory=list)
+    means: list[array] = field(default_factory=list)
+    counts: list[array] = field(default_factory=list)
+
+
 # conversions -----------------------------------------------------------------------------------
 def _epoch(dt: datetime) -> float:
     if dt.tzinfo is None:

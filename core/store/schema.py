@@ -134,6 +134,24 @@ CREATE TABLE IF NOT EXISTS silences (
 );
 """
 
+# Hourly roll-ups of metric history (``mistwatch.store.rollups``), kept longer than the raw samples
+# (which are thinned after two days) so seasonal baselines and trends have an hour-by-hour history.
+# Column-oriented like samples: one row per (metric, UTC hour) holding the entity ids and each
+# statistic as packed arrays in the same order.
+_SCHEMA_V11_ROLLUPS = """
+CREATE TABLE IF NOT EXISTS rollups (
+    metric_id   INTEGER NOT NULL REFERENCES metrics (id),
+    hour        INTEGER NOT NULL,
+    entity_ids  BLOB NOT NULL,
+    mins        BLOB NOT NULL,
+    maxs        BLOB NOT NULL,
+    means       BLOB NOT NULL,
+    counts      BLOB NOT NULL,
+    PRIMARY KEY (metric_id, hour)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_hour ON rollups (hour);
+"""
+
 # Claims (who is sending a row, until when) so two processes never send the same row and a row
 # claimed by a killed process is retried once the claim lapses; attempted_at (the last attempt) so
 # a backward step of the wall clock makes a retry due now instead of an hour late.
@@ -159,5 +177,5 @@ CREATE TABLE IF NOT EXISTS attachments (
 #: Ordered schema migrations: (version, SQL script). Append only; never edit a released one.
 #: A script runs inside one transaction together with its version bump, so it must not contain
 #: BEGIN/COMMIT itself.
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (10, _SCHEMA_V10_NOTIFICATIONS),
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (10, _SCHEMA_V10_NOTIFICATIONS), (11, _SCHEMA_V11_ROLLUPS),
                                      (12, _SCHEMA_V12_ATTACHMENTS), (13, _SCHEMA_V13_OUTBOX_CLAIMS)]

@@ -1,0 +1,165 @@
+"""Hourly roll-ups of metric history: min, max, mean and sample count per (metric, entity, UTC hour).
+
+Raw samples are thinned after ``raw_hours`` (two days by default), which leaves too little for a
+seasonal baseline ("a Tuesday at 10:00") or a two-week trend. So every cycle rolls up the complete
+hours it has not rolled up yet (``roll_up``), from the raw samples of those hours, into the
+``rollups`` table (schema version 11), kept for ``rollup_days`` (42 by default: five earlier weeks of
+every weekday and hour, plus margin). Only complete hours are rolled up, so the current hour of a
+running cycle is never half-counted; a sample written later for an hour already rolled up (replaying
+old snapshots) is not added to it.
+
+Readers: ``hourly`` (one batched read of a metric's roll-ups for every entity over a window, for
+anomaly and forecast rules) and ``state_changes`` (how often each entity's value changed between
+consecutive raw samples, for flapping rules).
+"""
+
+from __future__ import annotations
+
+from array import array
+from datetime import datetime, timezone
+from typing import Any
+
+from mistwatch.store.records import _BIG_ENDIAN, _HOUR, HourlyRollups, _epoch, _pack, _unpack
+
+#: Roll-ups older than this many days are pruned (``history.rollup_days`` in the config).
+DEFAULT_ROLLUP_DAYS = 42.0
+
+
+def _blob(typecode: str, values: array) -> bytes:
+    return _pack(typecode, values) if _BIG_ENDIAN else values.tobytes()
+
+
+def _aggregate(rows: list[tuple[bytes, bytes]], decode: Any) -> tuple[array, array, array, array, array]:
+    """(ids, mins, maxs, means, counts) of the sample rows of one metric in one hour."""
+    first_ids = rows[0][0]
+    if all(ids == first_ids for ids, _ in rows):
+        # the usual case: the same entities every cycle, so the columns line up position by position
+        ids = decode(first_ids, rows[0][1])[0]
+        columns = [decode(ids_blob, vals)[1] for ids_blob, vals in rows]
+        n = len(columns)
+        if n == 1:
+            only = columns[0]
+            return ids, only, only, only, array("i", [1]) * len(ids)
+        return (ids, array("d", map(min, *columns)), array("d", map(max, *columns)),
+                array("d", (s / n for s in map(sum, zip(*columns, strict=True)))), array("i", [n]) * len(ids))
+    stats: dict[int, list[float]] = {}
+    for ids_blob, vals in rows:
+        for entity_id, value in zip(*decode(ids_blob, vals), strict=True):
+            s = stats.get(entity_id)
+            if s is None:
+                stats[entity_id] = [value, value, value, 1]
+            else:
+                s[0] = min(s[0], value)
+                s[1] = max(s[1], value)
+                s[2] += value
+                s[3] += 1
+    order = sorted(stats)
+    return (array("i", order), array("d", (stats[i][0] for i in order)),
+            array("d", (stats[i][1] for i in order)), array("d", (stats[i][2] / stats[i][3] for i in order)),
+            array("i", (int(stats[i][3]) for i in order)))
+
+
+class RollupMixin:
+    """The roll-up half of :class:`mistwatch.store.Store` (it supplies ``db``, ``transaction``,
+    ``_errors``, ``_decode``, ``_metric_id`` and ``_keys_of``)."""
+
+    db: Any
+    transaction: Any
+    _errors: Any
+    _decode: Any
+    _metric_id: Any
+    _keys_of: Any
+
+    def roll_up(self, now: datetime) -> int:
+        """Roll up every complete UTC hour before the hour of ``now`` that has raw samples and is newer
+        than the last hour rolled up. Returns the number of hours written."""
+        current = int(_epoch(now)) // _HOUR * _HOUR
+        with self._errors("rolling up history"):
+            last = self.db.execute("SELECT max(hour) FROM rollups").fetchone()[0]
+            start = 0 if last is None else int(last) + _HOUR
+            hours = [row[0] * _HOUR for row in self.db.execute(
+                "SELECT DISTINCT ts / ? FROM samples WHERE ts >= ? AND ts < ? ORDER BY 1",
+                (_HOUR, start, current))]
+        for hour in hours:
+            with self._errors("rolling up history"):
+                rows = self.db.execute(
+                    "SELECT metric_id, entity_ids, vals FROM samples WHERE ts >= ? AND ts < ? "
+                    "ORDER BY metric_id, ts", (hour, hour + _HOUR)).fetchall()
+            by_metric: dict[int, list[tuple[bytes, bytes]]] = {}
+            for metric_id, ids_blob, vals_blob in rows:
+                by_metric.setdefault(metric_id, []).append((ids_blob, vals_blob))
+            out = []
+            for metric_id, metric_rows in by_metric.items():
+                ids, mins, maxs, means, counts = _aggregate(metric_rows, self._decode)
+                out.append((metric_id, hour, _blob("i", ids), _blob("d", mins), _blob("d", maxs),
+                            _blob("d", means), _blob("i", counts)))
+            with self.transaction() as db:
+                db.executemany("INSERT INTO rollups (metric_id, hour, entity_ids, mins, maxs, means, counts) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (metric_id, hour) DO UPDATE SET "
+                               "entity_ids = excluded.entity_ids, mins = excluded.mins, maxs = excluded.maxs, "
+                               "means = excluded.means, counts = excluded.counts", out)
+        return len(hours)
+
+    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
+        """The roll-ups of ``metric`` for every entity, hours starting in [start, end), oldest first."""
+        with self._errors(f"reading roll-ups of {metric}"):
+            metric_id = self._metric_id(metric, create=False)
+            if metric_id is None:
+                return HourlyRollups(metric, [])
+            rows = self.db.execute(
+                "SELECT hour, entity_ids, mins, maxs, means, counts FROM rollups WHERE metric_id = ? "
+                "AND hour >= ? AND hour < ? ORDER BY hour", (metric_id, _epoch(start), _epoch(end))).fetchall()
+        position: dict[int, int] = {}
+        result = HourlyRollups(metric, [])
+        previous_blob, previous_rows = b"", array("i")
+        for hour, ids_blob, mins, maxs, means, counts in rows:
+            ids, mean_values = self._decode(ids_blob, means)
+            if ids_blob != previous_blob:  # most hours hold the same entities as the one before
+                for entity_id in ids:
+                    if entity_id not in position:
+                        position[entity_id] = len(position)
+                previous_rows = array("i", map(position.__getitem__, ids))
+                previous_blob = ids_blob
+            result.hours.append(hour)
+            result.rows.append(previous_rows)
+            result.means.append(mean_values)
+            result.mins.append(_unpack("d", mins))
+            result.maxs.append(_unpack("d", maxs))
+            result.counts.append(_unpack("i", counts))
+        names = self._keys_of(position)
+        result.keys.extend(name if name is not None else f"#{i}" for name, i in zip(names, position, strict=True))
+        return result
+
+    def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
+        """How many times each entity's ``metric`` changed value between consecutive raw samples in
+        [start, end] (entities without a change are absent). A gap (an entity missing from some
+        samples) is not a change."""
+        with self._errors(f"reading {metric}"):
+            metric_id = self._metric_id(metric, create=False)
+            if metric_id is None:
+                return {}
+            rows = self.db.execute(
+                "SELECT entity_ids, vals FROM samples WHERE metric_id = ? AND ts >= ? AND ts <= ? ORDER BY ts",
+                (metric_id, _epoch(start), _epoch(end))).fetchall()
+        last: dict[int, float] = {}
+        changes: dict[int, int] = {}
+        for ids_blob, vals_blob in rows:
+            for entity_id, value in zip(*self._decode(ids_blob, vals_blob), strict=True):
+                before = last.get(entity_id)
+                if before is not None and before != value:
+                    changes[entity_id] = changes.get(entity_id, 0) + 1
+                last[entity_id] = value
+        names = self._keys_of(changes)
+        return {name: count for name, count in zip(names, changes.values(), strict=True) if name is not None}
+
+    def metric_names(self) -> list[str]:
+        """Every metric the store has history of, by name."""
+        with self._errors("reading metric names"):
+            return [row[0] for row in self.db.execute("SELECT name FROM metrics ORDER BY name")]
+
+    def sample_times(self, start: datetime, end: datetime) -> list[datetime]:
+        """The distinct times of stored samples in [start, end], oldest first (the cycles that ran)."""
+        with self._errors("reading history"):
+            rows = self.db.execute("SELECT DISTINCT ts FROM samples WHERE ts >= ? AND ts <= ? ORDER BY ts",
+                                   (_epoch(start), _epoch(end))).fetchall()
+        return [datetime.fromtimestamp(row[0], tz=timezone.utc) for row in rows]

@@ -311,6 +311,7 @@ def summary_json(result: Any) -> dict[str, Any]:
     snapshot = result.snapshot
     if snapshot is not None:
         out["api_budget"] = snapshot.api_budget
+        out["api_requests"] = snapshot.api_requests  # collector -> endpoint template -> status -> count
         out["totals"] = totals(snapshot)
         out["sites"] = [
             {"site_key": r.key, "site_name": r.name,

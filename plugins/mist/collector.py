@@ -678,6 +678,14 @@ class _Cycle:
         return metrics
 
 
+def requests_by_endpoint(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """The client's attempts ``{(endpoint, outcome): n}`` as ``Snapshot.api_requests`` holds them."""
+    out: dict[str, dict[str, int]] = {}
+    for (endpoint, outcome), n in sorted(counts.items()):
+        out.setdefault(endpoint, {})[outcome] = n
+    return out
+
+
 class MistCollector:
     """Collects one Mist org. Keeps the HTTP session and the ``/self`` check across cycles."""
 
@@ -826,6 +834,7 @@ class MistCollector:
         snap.events.extend(device_events)
         snap.errors.extend(cycle.errors)
         snap.api_calls = client.calls
+        snap.api_requests[NAME] = requests_by_endpoint(getattr(client, "requests", {}))
         full_cycle = sum(cycle.calls.values()) if not cycle.skip else sum(
             int(n) for n in (entry.get("last_calls") or {}).values()) or client.calls
         fastest = min_interval_s(full_cycle, limit)

@@ -217,10 +217,16 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
             store.roll_up(now)  # the hours completed since the last cycle, for seasonal and trend rules
 
     if mode in ("insights", "report", "all"):
+        from mistwatch.notify.pipeline import inhibitors
+        from mistwatch.notify.settings import load_settings
         from mistwatch.rules.lifecycle import run_rules
 
+        inhibit_rules = load_settings(app.config).inhibit
         with result.stage("rules"):
-            result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
+            # inhibition is decided here, not only when notifying, so the alerts carry it into the
+            # store, the report and `mistwatch alerts` (the rules stage may not import notify)
+            result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run,
+                                     inhibit=lambda alerts: inhibitors(alerts, inhibit_rules))
         with result.stage("health"):
             _health(app, result, now, dry_run)
 

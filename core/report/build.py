@@ -220,6 +220,8 @@ def alert_dict(a: Alert) -> dict[str, Any]:
         "resolved_at": iso(a.resolved_at),
         # held back from notifications because a more telling alert of the same entity replaces it
         "superseded_by": a.annotations.get("superseded_by_rule") if a.state == "firing" else None,
+        # muted by the config's inhibit: rules (the rule of the firing alert muting it)
+        "inhibited_by": a.annotations.get("inhibited_by_rule") if a.state == "firing" else None,
         "link": alert_link(a) or None,
     }
 

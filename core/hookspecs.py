@@ -104,7 +104,8 @@ class Collector:
     ``snapshot.api_calls`` and, by endpoint and outcome, in ``snapshot.api_requests[name]``
     (``{"/api/v1/orgs/{org_id}/stats/devices": {"200": 2, "503": 1, "timeout": 1}}``: path templates
     without ids or query, every attempt counted, retries included), which ``/metrics`` exports as
-    ``mistwatch_api_requests_total``. ``describe(settings)``, optional, returns
+    ``mistwatch_api_requests_total``; a ``CollectionFailed(..., api_requests=...)`` carries those
+    made before the failure (a refused token's 401). ``describe(settings)``, optional, returns
     ``(label, value)`` lines for ``config check`` (never a secret's value).
     """
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools
 import json
 from datetime import datetime, timezone
-from types import SimpleNamespace
 
+import pytest
 import yaml
-from test_e2e import DAY1, REPO, run_at
+from test_e2e import DAY1, REPO, mistwatch, run_at
 from test_http import cycle_result, samples
 
+from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
 from mistwatch.model import Snapshot
 from mistwatch.plugins.mist.client import MistClient, endpoint_template
@@ -26,10 +27,11 @@ def no_sleep(seconds: float) -> None:
     return None
 
 
-def collect_once(server) -> Snapshot:
+def collect_once(server, token: str | None = None) -> Snapshot:
     server.org.now = NOW
     collector = MistCollector(client_factory=functools.partial(MistClient, sleep=no_sleep))
-    settings = {"base_url": server.url, "token": server.token, "org_id": server.org.org_id, "max_retries": 2}
+    settings = {"base_url": server.url, "token": token or server.token, "org_id": server.org.org_id,
+                "max_retries": 2}
     return collector.collect(CollectContext(settings=settings, now=NOW, cursor={}, state={}))
 
 
@@ -92,8 +94,8 @@ def test_metrics_export_api_requests_by_collector_endpoint_and_status(http_face,
     sim.inject("*/stats/devices", "500", count=1)
     snap = collect_once(sim)
     face = http_face()
-    face.live.record_cycle(cycle_result(snapshot=snap), ["mist"])
-    face.live.record_cycle(cycle_result(snapshot=snap), ["mist"])
+    face.live.record_cycle(cycle_result(api_requests=snap.api_requests), ["mist"])
+    face.live.record_cycle(cycle_result(api_requests=snap.api_requests), ["mist"])
     got = samples(face.get("/metrics").text)
     endpoint = "/api/v1/orgs/{org_id}/stats/devices"
     assert got[("mistwatch_api_requests_total",
@@ -102,19 +104,38 @@ def test_metrics_export_api_requests_by_collector_endpoint_and_status(http_face,
                 (("collector", "mist"), ("endpoint", endpoint), ("status", "200")))] == 2
 
 
-def test_a_cycle_without_a_snapshot_adds_no_requests(http_face):
+def test_a_cycle_without_requests_adds_none(http_face):
     face = http_face()
-    face.live.record_cycle(cycle_result(snapshot=None), ["mist"])
-    face.live.record_cycle(SimpleNamespace(**vars(cycle_result())), ["mist"])  # no snapshot attribute at all
+    face.live.record_cycle(cycle_result(api_requests={}), ["mist"])
+    face.live.record_cycle(cycle_result(), ["mist"])  # a result without the attribute at all
     assert not any(name == "mistwatch_api_requests_total" for name, _ in samples(face.get("/metrics").text))
 
 
-def test_run_json_carries_the_requests_by_endpoint(tmp_path, simulator):
+def write_config(folder, simulator) -> None:
     config = {"mist": {"base_url": simulator.url, "token": "${MIST_API_TOKEN}", "org_id": simulator.org.org_id},
               "state_dir": "var", "rules": [str(REPO / "rules")], "notifiers": [{"name": "console", "type": "console"}]}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def test_run_json_carries_the_requests_by_endpoint(tmp_path, simulator):
+    write_config(tmp_path, simulator)
     simulator.inject("*/stats/sites", "503", count=1)
     done = run_at(tmp_path, simulator, DAY1, "healthy", "--mode", "monitor", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     assert out["api_requests"]["mist"]["/api/v1/orgs/{org_id}/stats/sites"] == {"200": 1, "503": 1}
+
+
+def test_a_refused_token_still_reports_the_refused_request(make_simulator):
+    sim = make_simulator(sites=3, devices_per_site=2)
+    with pytest.raises(CollectionFailed) as failed:
+        collect_once(sim, token="not-the-token")
+    assert failed.value.api_requests == {"mist": {"/api/v1/self": {"401": 1}}}
+
+
+def test_run_json_of_a_failed_collection_carries_its_requests(tmp_path, simulator):
+    write_config(tmp_path, simulator)
+    done = mistwatch("run", "--now", DAY1.isoformat(), "--mode", "monitor", "--json", cwd=tmp_path,
+                     env={"MIST_API_TOKEN": "not-the-token"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert json.loads(done.stdout)["api_requests"] == {"mist": {"/api/v1/self": {"401": 1}}}

@@ -306,12 +306,13 @@ def summary_json(result: Any) -> dict[str, Any]:
         "started_at": result.started_at.isoformat(),
         "duration_s": round(result.duration_s, 3),
         "api_calls": result.api_calls,
+        # collector -> endpoint template -> status -> count (also when collection failed)
+        "api_requests": getattr(result, "api_requests", {}),
         "errors": list(result.errors),
     }
     snapshot = result.snapshot
     if snapshot is not None:
         out["api_budget"] = snapshot.api_budget
-        out["api_requests"] = snapshot.api_requests  # collector -> endpoint template -> status -> count
         out["totals"] = totals(snapshot)
         out["sites"] = [
             {"site_key": r.key, "site_name": r.name,

@@ -73,8 +73,7 @@ class LiveState:
                 self._stage_runs[(stage, "error" if stage in result.stage_errors else "ok")] += 1
             self._api_calls_total += result.api_calls
             self._last_api_calls = result.api_calls
-            snapshot = getattr(result, "snapshot", None)
-            for collector, endpoints in (getattr(snapshot, "api_requests", None) or {}).items():
+            for collector, endpoints in (getattr(result, "api_requests", None) or {}).items():
                 for endpoint, outcomes in endpoints.items():
                     for outcome, n in outcomes.items():
                         self._api_requests[(collector, endpoint, outcome)] += n

@@ -772,6 +772,16 @@ class MistCollector:
     # ---- one cycle
 
     def collect(self, ctx: CollectContext) -> Snapshot:
+        client = self._client(ctx.settings)[0]
+        try:
+            return self._collect(ctx)
+        except CollectionFailed as exc:
+            # the refused calls (a 401, a 429) are what /metrics should show for a failed cycle
+            if not exc.api_requests:
+                exc.api_requests = {NAME: requests_by_endpoint(getattr(client, "requests", {}))}
+            raise
+
+    def _collect(self, ctx: CollectContext) -> Snapshot:
         settings = ctx.settings
         org_id = str(settings["org_id"])
         client, key, fingerprint = self._client(settings)

@@ -109,3 +109,17 @@ def test_an_alert_no_longer_inhibited_loses_the_mark():
     assert target.annotations["inhibited_by_rule"] == "site-big"
     mark_inhibited([source, target], {})
     assert "inhibited_by" not in target.annotations and "inhibited_by_rule" not in target.annotations
+
+
+def test_the_alerts_api_names_what_inhibits_an_alert(http_face):
+    from fixtures_notify import make_alert
+
+    face = http_face()
+    source = make_alert("site-gateway-down", device_id=None)
+    target = make_alert("ap-offline")
+    mark_inhibited([source, target], {target.key: source})
+    face.env.store.save_alerts([source, target])
+    listed = {a["rule_id"]: a for a in face.get("/api/v1/alerts").json()["alerts"]}
+    assert listed["ap-offline"]["inhibited_by"] == source.key
+    assert listed["ap-offline"]["inhibited_by_rule"] == "site-gateway-down"
+    assert listed["site-gateway-down"]["inhibited_by"] is None

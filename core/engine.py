@@ -55,6 +55,9 @@ class CycleResult:
     report: Any = None  # mistwatch.report.build.ReportPaths
     errors: list[str] = field(default_factory=list)
     api_calls: int = 0
+    #: API requests by collector, endpoint and status (``Snapshot.api_requests``), also of a
+    #: collection that failed outright (for /metrics and run --json)
+    api_requests: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     api_calls_per_hour_allowed: int = 0  # the smallest budget the enabled collectors declare; 0: none
     duration_s: float = 0.0
     digest_sent: bool = False
@@ -144,6 +147,9 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
             message = redact(str(exc)) or type(exc).__name__
             failures.append(f"{collector.name}: {message}")
             snapshot.errors.append(CollectorError(collector=collector.name, endpoint="*", message=message))
+            spent = getattr(exc, "api_requests", None)  # what a CollectionFailed says was asked before
+            if isinstance(spent, dict):
+                snapshot.merge(Snapshot(taken_at=now, api_requests=spent))
             continue
         finally:
             # Saved whatever happened (also in a dry run): it records the outside world, such as the
@@ -153,7 +159,7 @@ def collect(app: App, now: datetime, progress: Callable[[str, int, int | None], 
         snapshot.merge(part)
         snapshot.taken_at = now
     if len(failures) == len(collectors):
-        raise CollectionFailed("collection failed: " + "; ".join(failures))
+        raise CollectionFailed("collection failed: " + "; ".join(failures), api_requests=snapshot.api_requests)
     return snapshot
 
 
@@ -196,8 +202,9 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
     try:
         with result.stage("collect"):
             snapshot = collect(app, now, progress, refused=result.collectors_refused)
-    except CollectionFailed:
+    except CollectionFailed as exc:
         result.collectors_failed = [c.name for c in enabled_collectors(app)]
+        result.api_requests = exc.api_requests
         raise
     result.collectors_failed = sorted({e.collector for e in snapshot.errors if e.endpoint == "*"})
     from mistwatch.rules.derived import derive
@@ -205,6 +212,7 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
     derive(app.ruleset.metrics, snapshot)  # metrics: of the rule files, stored and evaluated like the others
     result.snapshot = snapshot
     result.api_calls = snapshot.api_calls
+    result.api_requests = snapshot.api_requests
     budgets = [c.calls_per_hour for c in enabled_collectors(app) if c.calls_per_hour]
     result.api_calls_per_hour_allowed = min(budgets, default=0)
     result.errors.extend(f"{e.collector} {e.endpoint}: {e.message}" for e in snapshot.errors)
@@ -217,10 +225,16 @@ def _cycle(app: App, result: CycleResult, now: datetime, dry_run: bool,
             store.roll_up(now)  # the hours completed since the last cycle, for seasonal and trend rules
 
     if mode in ("insights", "report", "all"):
+        from mistwatch.notify.pipeline import inhibitors
+        from mistwatch.notify.settings import load_settings
         from mistwatch.rules.lifecycle import run_rules
 
+        inhibit_rules = load_settings(app.config).inhibit
         with result.stage("rules"):
-            result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run)
+            # inhibition is decided here, not only when notifying, so the alerts carry it into the
+            # store, the report and `mistwatch alerts` (the rules stage may not import notify)
+            result.rules = run_rules(store, app.ruleset, snapshot, now, dry_run=dry_run,
+                                     inhibit=lambda alerts: inhibitors(alerts, inhibit_rules))
         with result.stage("health"):
             _health(app, result, now, dry_run)
 

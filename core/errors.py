@@ -29,9 +29,17 @@ class ConfigError(MistwatchError):
 
 
 class CollectionFailed(MistwatchError):
-    """Collection failed entirely (every call failed, or the token was refused): exit 1."""
+    """Collection failed entirely (every call failed, or the token was refused): exit 1.
+
+    ``api_requests`` holds the API requests made before it failed, in the form of
+    ``Snapshot.api_requests`` (collector -> endpoint -> status -> count), so ``/metrics`` still
+    counts the refused calls (a 401, a 429) that made it fail."""
 
     exit_code = 1
+
+    def __init__(self, *args: object, api_requests: dict[str, dict[str, dict[str, int]]] | None = None) -> None:
+        super().__init__(*args)
+        self.api_requests = api_requests or {}
 
 
 class LockHeld(MistwatchError):

@@ -100,7 +100,12 @@ class Collector:
     expanded from the environment (unless the section holds a key the schema lists in
     ``"x-no-defaults-with"``: another form of the section, such as the Mist collector's ``orgs``).
     ``calls_per_hour`` is the API budget its source allows (0: none), so the run summary can show
-    how much of it the current interval uses. ``describe(settings)``, optional, returns
+    how much of it the current interval uses. A collector calling an HTTP API reports its calls in
+    ``snapshot.api_calls`` and, by endpoint and outcome, in ``snapshot.api_requests[name]``
+    (``{"/api/v1/orgs/{org_id}/stats/devices": {"200": 2, "503": 1, "timeout": 1}}``: path templates
+    without ids or query, every attempt counted, retries included), which ``/metrics`` exports as
+    ``mistwatch_api_requests_total``; a ``CollectionFailed(..., api_requests=...)`` carries those
+    made before the failure (a refused token's 401). ``describe(settings)``, optional, returns
     ``(label, value)`` lines for ``config check`` (never a secret's value).
     """
 

@@ -99,6 +99,12 @@ class Snapshot:
     #: API budget facts by collector name (calls this cycle and hour, skipped endpoints, ...), for
     #: the run summary and ``status``.
     api_budget: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: API requests this cycle by collector name, then endpoint, then outcome: ``{"mist":
+    #: {"/api/v1/orgs/{org_id}/stats/devices": {"200": 3, "503": 1}}}``. The endpoint is the path
+    #: template, ids replaced by placeholders and without query (never a token, never one series per
+    #: site); the outcome is the HTTP status code, ``timeout`` or ``error`` (no answer). Every attempt
+    #: counts, retries included. ``/metrics`` exports it as ``mistwatch_api_requests_total``.
+    api_requests: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def is_unknown(self, entity: Entity, metric: str) -> bool:
         """True when this cycle cannot tell the metric's value for the entity."""
@@ -117,6 +123,12 @@ class Snapshot:
         self.api_calls += other.api_calls
         self.cursors.update(other.cursors)
         self.api_budget.update(other.api_budget)
+        for collector, endpoints in other.api_requests.items():
+            mine = self.api_requests.setdefault(collector, {})
+            for endpoint, outcomes in endpoints.items():
+                counts = mine.setdefault(endpoint, {})
+                for outcome, n in outcomes.items():
+                    counts[outcome] = counts.get(outcome, 0) + n
 
 
 @dataclass(slots=True)

@@ -53,6 +53,9 @@ class AlertRow:
     link: str = ""
     #: the firing summary, also for a resolved row (whose ``summary`` is its resolved line)
     problem: str = ""
+    #: a correlation's causes as (rule id, link): the link is the alert's portal page (for
+    #: ``site-degraded``, the site's), "" when it has none
+    causes: tuple[tuple[str, str], ...] = ()
 
 
 def alert_order(a: Alert) -> tuple[object, ...]:
@@ -174,8 +177,19 @@ def alert_rows(n: Notification) -> list[AlertRow]:
             resolved_at=fmt_time(a.resolved_at), recommendation=cap(a.recommendation or "", TEXT_LIMIT),
             description=cap(a.description or "", TEXT_LIMIT),
             new=a.state == "firing" and a.key in new_keys, link=alert_link(a),
-            problem=one_line(a.summary or a.rule_id, SUMMARY_LIMIT)))
+            problem=one_line(a.summary or a.rule_id, SUMMARY_LIMIT),
+            causes=tuple((rule, alert_link(a)) for rule in cause_rule_ids(a))))
     return rows
+
+
+def cause_rule(key: str) -> str:
+    """The rule of a cause, from its alert key (``rule{site_id=...}``)."""
+    return one_line(key.split("{", 1)[0], NAME_LIMIT)
+
+
+def cause_rule_ids(a: Alert) -> list[str]:
+    """The rules of a correlation alert's causes, each once, in the order of ``causes``."""
+    return list(dict.fromkeys(cause_rule(key) for key in a.causes))
 
 
 def alert_link(a: Alert) -> str:
@@ -203,6 +217,8 @@ def plain_text(n: Notification) -> str:
                 lines.append(f"  value{' at resolution' if state == 'resolved' else ''}: {value}")
             if r.since:
                 lines.append(f"  since: {r.since}, {r.duration}" if r.duration else f"  since: {r.since}")
+            if r.causes:
+                lines.append("  causes: " + ", ".join(rule for rule, _link in r.causes))
             if r.link:
                 lines.append(f"  open: {r.link}")
             if r.recommendation and state == "firing":

@@ -401,6 +401,8 @@ def test_the_daemon_serves_while_it_runs_pings_the_heartbeat_and_stops_cleanly(t
         got = samples(requests.get(url + "/metrics", headers=auth, timeout=5).text)
         assert got[("mistwatch_cycles_total", (("outcome", "ok"),))] == 1
         assert got[("mistwatch_cycle_api_calls", ())] > 0
+        assert got[("mistwatch_api_requests_total",
+                    (("collector", "mist"), ("endpoint", "/api/v1/self"), ("status", "200")))] == 1
         assert requests.get(url + "/", headers=auth, timeout=5).text.startswith("<!")
         wait_for(lambda: len(http_receiver.requests) == 1, what="the heartbeat")
     finally:

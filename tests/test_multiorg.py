@@ -163,3 +163,11 @@ def test_simulate_serves_several_orgs_and_prints_a_config_that_collects_them_all
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(timeout=30)
+
+
+def test_requests_of_every_org_add_up_also_those_of_an_org_whose_token_is_refused(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a), {**org_entry(b), "token": "not-the-token"}])
+    mine = snap.api_requests["mist"]
+    assert mine["/api/v1/self"] == {"200": 1, "401": 1}
+    assert mine["/api/v1/orgs/{org_id}/stats/devices"] == {"200": 1}

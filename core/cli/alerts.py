@@ -58,6 +58,9 @@ def _print(found: list[Any], now: datetime) -> None:
         since = a.resolved_at if a.state == "resolved" else a.firing_since or a.pending_since
         ago = f"{format_duration(max(0.0, (now - since).total_seconds()))} ago" if since else ""
         # names come from Mist: printed as text, never as markup, on one line
-        table.add_row(a.state, f"[{colours.get(a.severity, 'white')}]{a.severity}[/]", escape(a.rule_id),
+        state = a.state
+        if a.state == "firing" and a.annotations.get("inhibited_by_rule"):  # muted by the config's inhibit:
+            state += f"\n[dim](inhibited by {escape(str(a.annotations['inhibited_by_rule']))})[/dim]"
+        table.add_row(state, f"[{colours.get(a.severity, 'white')}]{a.severity}[/]", escape(a.rule_id),
                       escape(a.site_name.replace("\n", " ")[:60]), escape(a.summary.replace("\n", " ")[:200]), ago)
     console.print(table)

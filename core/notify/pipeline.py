@@ -80,12 +80,17 @@ class NotifyResult:
 # -- pipeline stages (pure) -----------------------------------------------------------------------
 
 def inhibited(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str, str]:
-    """Firing alerts muted by another firing alert, as {alert key: reason}.
+    """Firing alerts muted by another firing alert, as {alert key: reason}."""
+    return {key: f"inhibited by {alert_name(source)}" for key, source in inhibitors(alerts, rules).items()}
+
+
+def inhibitors(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str, Alert]:
+    """Firing alerts muted by another firing alert, as {alert key: the alert muting it}.
 
     Like Alertmanager, an alert matching both sides of a rule is never muted by another alert that
     does too (so two gateway-down alerts do not mute each other), nor by itself."""
     firing = [(a, alert_labels(a)) for a in alerts if a.state == "firing"]
-    out: dict[str, str] = {}
+    out: dict[str, Alert] = {}
     for rule in rules:
         # sources by their values of the `equal` labels: a target only looks at its own bucket
         sources: dict[tuple[str, ...], list[tuple[Alert, dict[str, str]]]] = {}
@@ -101,7 +106,7 @@ def inhibited(alerts: Sequence[Alert], rules: Sequence[InhibitRule]) -> dict[str
             for source, slabels in sources.get(tuple(labels.get(k, "") for k in rule.equal), ()):
                 if source.key == target.key or (both and matches_all(rule.target, slabels)):
                     continue
-                out[target.key] = f"inhibited by {alert_name(source)}"
+                out[target.key] = source
                 break
     return out
 

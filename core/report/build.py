@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import hashlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 from mistwatch.files import open_private, private_dir
 from mistwatch.model import Alert, Snapshot, severity_rank
-from mistwatch.render import alert_link
+from mistwatch.render import alert_link, cause_rule
 from mistwatch.report.health import HealthResult, Score
 from mistwatch.secrets import redact
 
@@ -220,8 +221,29 @@ def alert_dict(a: Alert) -> dict[str, Any]:
         "resolved_at": iso(a.resolved_at),
         # held back from notifications because a more telling alert of the same entity replaces it
         "superseded_by": a.annotations.get("superseded_by_rule") if a.state == "firing" else None,
+        # muted by the config's inhibit: rules (the rule of the firing alert muting it)
+        "inhibited_by": a.annotations.get("inhibited_by_rule") if a.state == "firing" else None,
         "link": alert_link(a) or None,
+        # the id of its row in the HTML report, and a correlation's causes linking to their rows
+        # (``anchor`` None when the cause is not listed at the same site: see _link_causes)
+        "anchor": alert_anchor(a.key),
+        "causes": [{"key": key, "rule_id": cause_rule(key), "anchor": alert_anchor(key)}
+                   for key in dict.fromkeys(a.causes)],
     }
+
+
+def alert_anchor(key: str) -> str:
+    """A stable HTML id for an alert's row (alert keys hold braces, commas and Mist's ids)."""
+    return "alert-" + hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()[:12]
+
+
+def _link_causes(listed: list[dict[str, Any]]) -> None:
+    """Keep a cause's anchor only when the cause's row is in the same list (the site's open alerts)."""
+    keys = {d["key"] for d in listed}
+    for d in listed:
+        for cause in d["causes"]:
+            if cause["key"] not in keys:
+                cause["anchor"] = None
 
 
 def _recommendation_for(site: dict[str, Any]) -> str | None:
@@ -297,6 +319,8 @@ def _build_report(store: Any, snapshot: Snapshot, health: HealthResult, alerts: 
     alerts_by_site: dict[str, list[dict[str, Any]]] = {}
     for a in open_alerts:
         alerts_by_site.setdefault(a.labels.get("site_id", ""), []).append(alert_dict(a))
+    for listed in alerts_by_site.values():
+        _link_causes(listed)
 
     every_site = range(len(sites_e))
     wanted: dict[str, list[int] | range] = {"site.health": every_site, "site.clients": every_site}

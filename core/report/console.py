@@ -306,6 +306,8 @@ def summary_json(result: Any) -> dict[str, Any]:
         "started_at": result.started_at.isoformat(),
         "duration_s": round(result.duration_s, 3),
         "api_calls": result.api_calls,
+        # collector -> endpoint template -> status -> count (also when collection failed)
+        "api_requests": getattr(result, "api_requests", {}),
         "errors": list(result.errors),
     }
     snapshot = result.snapshot

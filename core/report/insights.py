@@ -90,6 +90,8 @@ def print_insights(console: Any, outcome: Any, *, now: datetime) -> None:
             rule = console_text(alert.rule_id)
             if alert.state == "firing" and alert.annotations.get("superseded_by_rule"):
                 rule += f"\n[dim](superseded by {console_text(alert.annotations['superseded_by_rule'])})[/dim]"
+            if alert.state == "firing" and alert.annotations.get("inhibited_by_rule"):
+                rule += f"\n[dim](inhibited by {console_text(alert.annotations['inhibited_by_rule'])})[/dim]"
             row = [f"[{_SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]", rule]
             if narrow:
                 row.append(f"{site} · {device}" if device else site)
@@ -159,6 +161,8 @@ def insights_json(outcome: Any) -> dict[str, Any]:
             "pending_since": _iso(a.pending_since), "firing_since": _iso(a.firing_since),
             "resolved_at": _iso(a.resolved_at), "causes": list(a.causes),
             "superseded_by": a.annotations.get("superseded_by") if a.state == "firing" else None,
+            "inhibited_by": a.annotations.get("inhibited_by") if a.state == "firing" else None,
+            "inhibited_by_rule": a.annotations.get("inhibited_by_rule") if a.state == "firing" else None,
         } for a in alerts],
         "notes": [{"rule": n.rule_id, "kind": n.kind, "text": n.text} for n in outcome.notes],
     }

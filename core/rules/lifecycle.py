@@ -17,7 +17,7 @@ keeps, so one-shot ``--now`` runs and daemon cycles behave the same.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -291,6 +291,21 @@ def mark_superseded(alerts: Sequence[Alert], ruleset: RuleSet) -> None:
             alert.annotations["superseded_by_rule"] = source.rule_id
 
 
+def mark_inhibited(alerts: Sequence[Alert], by: Mapping[str, Alert]) -> None:
+    """Record on each alert whether the config's ``inhibit:`` rules mute it this cycle
+    (``inhibited_by``: the key of the muting alert, ``inhibited_by_rule``: its rule), so reports and
+    listings say why it sent nothing. ``by`` is {muted alert key: the alert muting it}, computed by
+    the notification settings (which this stage may not import: the engine passes it in)."""
+    for alert in alerts:
+        source = by.get(alert.key) if alert.state == "firing" else None
+        if source is None:
+            alert.annotations.pop("inhibited_by", None)
+            alert.annotations.pop("inhibited_by_rule", None)
+        else:
+            alert.annotations["inhibited_by"] = source.key
+            alert.annotations["inhibited_by_rule"] = source.rule_id
+
+
 #: An alert that fired at about this local time of day (within RECURRING_WITHIN) on at least
 #: RECURRING_DAYS of the last RECURRING_LOOKBACK days is labelled ``recurring=true``.
 RECURRING_DAYS = 3
@@ -335,15 +350,20 @@ def mark_recurring(alerts: list[Alert], transitions: list[Transition], store: An
 
 
 def run_rules(store: Store, ruleset: RuleSet, snapshot: Snapshot, now: datetime, *,
-              dry_run: bool = False) -> RulesOutcome:
+              dry_run: bool = False,
+              inhibit: Callable[[Sequence[Alert]], Mapping[str, Alert]] | None = None) -> RulesOutcome:
     """Evaluate against the store's history and alert states, advance the states, save them.
 
-    ``dry_run`` computes everything and saves nothing.
+    ``dry_run`` computes everything and saves nothing. ``inhibit(alerts)`` returns {muted alert key:
+    the alert muting it} under the config's ``inhibit:`` rules; it is recorded on the alerts
+    (:func:`mark_inhibited`) before they are saved, so the report and ``mistwatch alerts`` show it.
     """
     previous = store.load_alerts()
     evaluation = evaluate(ruleset, snapshot, store, now, alerts=previous)
     alerts, transitions = advance(previous, evaluation, ruleset, now)
     mark_superseded(alerts, ruleset)
+    if inhibit is not None:
+        mark_inhibited(alerts, inhibit(alerts))
     mark_recurring(alerts, transitions, store, now)
     if not dry_run:
         store.save_alerts(alerts, transitions)

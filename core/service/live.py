@@ -28,6 +28,7 @@ class LiveSnapshot:
     last_cycle_outcome: str | None
     api_calls_total: int
     last_api_calls: int
+    api_requests: Counter  # (collector, endpoint template, outcome) -> count; outcome: status | timeout | error
     collector_last_ok: dict[str, datetime]
     notifications: Counter  # (notifier, outcome) -> count; outcome sent | failed | permanent
     webhooks: Counter  # (source, outcome) -> count
@@ -48,6 +49,7 @@ class LiveState:
     _last_outcome: str | None = None
     _api_calls_total: int = 0
     _last_api_calls: int = 0
+    _api_requests: Counter = field(default_factory=Counter)
     _collector_ok: dict[str, datetime] = field(default_factory=dict)
     _notifications: Counter = field(default_factory=Counter)
     _webhooks: Counter = field(default_factory=Counter)
@@ -71,6 +73,10 @@ class LiveState:
                 self._stage_runs[(stage, "error" if stage in result.stage_errors else "ok")] += 1
             self._api_calls_total += result.api_calls
             self._last_api_calls = result.api_calls
+            for collector, endpoints in (getattr(result, "api_requests", None) or {}).items():
+                for endpoint, outcomes in endpoints.items():
+                    for outcome, n in outcomes.items():
+                        self._api_requests[(collector, endpoint, outcome)] += n
             for name in collectors:
                 if name not in result.collectors_failed:
                     self._collector_ok[name] = result.started_at
@@ -104,5 +110,6 @@ class LiveState:
                 last_stage_seconds=dict(self._last_stages), last_cycle_seconds=self._last_cycle_seconds,
                 last_cycle_at=self._last_cycle_at, last_cycle_outcome=self._last_outcome,
                 api_calls_total=self._api_calls_total, last_api_calls=self._last_api_calls,
+                api_requests=Counter(self._api_requests),
                 collector_last_ok=dict(self._collector_ok), notifications=Counter(self._notifications),
                 webhooks=Counter(self._webhooks), heartbeat=Counter(self._heartbeat))

@@ -93,6 +93,13 @@ class StateCollector:
         c = CounterMetricFamily("mistwatch_api_calls", "API calls made by the collectors since start.")
         c.add_metric([], live.api_calls_total)
         yield c
+        c = CounterMetricFamily("mistwatch_api_requests", "API requests made by the collectors since start, by "
+                                "collector, endpoint (path template without ids) and status (HTTP status code, "
+                                "timeout, error: no answer); retries count.",
+                                labels=["collector", "endpoint", "status"])
+        for (collector, endpoint, status), n in sorted(live.api_requests.items()):
+            c.add_metric([collector, endpoint, status], n)
+        yield c
         g = GaugeMetricFamily("mistwatch_cycle_api_calls", "API calls made by the collectors in the last cycle.")
         if live.last_cycle_at is not None:
             g.add_metric([], live.last_api_calls)

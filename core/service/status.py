@@ -73,7 +73,14 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     return {"key": alert.key, "rule_id": alert.rule_id, "state": alert.state, "severity": alert.severity,
             "summary": alert.summary, "labels": dict(alert.labels), "value": alert.value,
             "threshold": alert.threshold, "pending_since": _iso(alert.pending_since),
-            "firing_since": _iso(alert.firing_since), "resolved_at": _iso(alert.resolved_at)}
+            "firing_since": _iso(alert.firing_since), "resolved_at": _iso(alert.resolved_at),
+            # muted by the config's inhibit: rules: the key and rule of the firing alert muting it
+            "inhibited_by": _muting(alert, "inhibited_by"), "inhibited_by_rule": _muting(alert, "inhibited_by_rule")}
+
+
+def _muting(alert: Alert, name: str) -> str | None:
+    value = alert.annotations.get(name) if alert.state == "firing" else None
+    return str(value) if value else None
 
 
 def alert_filters(params: Mapping[str, list[str]]) -> dict[str, list[str]]:

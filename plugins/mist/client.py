@@ -10,7 +10,9 @@ What it does for its callers (see the Mist notes, README sections 1.1-1.5):
   other 4xx, a 429 without ``Retry-After``: the hourly budget is spent) into clear errors.
 
 Every HTTP attempt counts in :attr:`MistClient.calls`: the hourly budget (5,000 calls per token) is
-spent by attempts, not by successes.
+spent by attempts, not by successes. :attr:`MistClient.requests` counts the same attempts by endpoint
+template (``/api/v1/orgs/{org_id}/stats/devices``: no ids, no query, never the token) and outcome
+(the HTTP status, ``timeout`` or ``error``), for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -167,6 +170,25 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+#: A path segment that is an id, not a name: a UUID (org, site, device ids), a MAC, or a number.
+_ID_SEGMENT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+                         r"|[0-9a-fA-F]{12}|[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}|[0-9]+")
+
+
+def endpoint_template(path: str) -> str:
+    """The endpoint a path belongs to, ids replaced by placeholders named after the collection they
+    follow: ``/api/v1/orgs/<uuid>/stats/devices`` -> ``/api/v1/orgs/{org_id}/stats/devices``. A
+    metrics label must not hold one series per org, site or device (nor anything secret)."""
+    out: list[str] = []
+    for segment in path.split("?", 1)[0].split("/"):
+        if segment and _ID_SEGMENT.fullmatch(segment):
+            parent = out[-1] if out else ""
+            name = parent[:-1] if parent.endswith("s") and not parent.startswith("{") else ""
+            segment = "{" + (f"{name}_id" if name.isidentifier() else "id") + "}"
+        out.append(segment)
+    return "/".join(out)
+
+
 def _detail(resp: requests.Response) -> str:
     """Mist's own one-line reason (``{"detail": ...}``), if the error body has one."""
     try:
@@ -239,6 +261,8 @@ class MistClient:
         self._lock = threading.Lock()
         self._sleep = sleep
         self.calls = 0
+        #: Attempts by (endpoint template, HTTP status or "timeout"/"error") since :meth:`reset_calls`.
+        self.requests: Counter[tuple[str, str]] = Counter()
         self._session = requests.Session()
         self._session.headers.update({"Accept": "application/json", "User-Agent": user_agent})
         if self._token:
@@ -257,7 +281,13 @@ class MistClient:
         self.close()
 
     def reset_calls(self) -> None:
-        self.calls = 0
+        with self._lock:
+            self.calls = 0
+            self.requests = Counter()
+
+    def _count(self, endpoint: str, outcome: str) -> None:
+        with self._lock:  # pages may be fetched from worker threads
+            self.requests[(endpoint, outcome)] += 1
 
     # ---- public calls
 
@@ -401,6 +431,7 @@ class MistClient:
         with ``malformed=state``: the retries go on after that attempt exactly as they would have."""
         url = self._url(path)
         shown = self._show(path)
+        endpoint = endpoint_template(shown)
         attempts = self.max_retries + 1
         last_error = ""
         last_status: int | None = None
@@ -420,16 +451,20 @@ class MistClient:
             try:
                 resp = self._session.get(url, params=params, timeout=self.timeout, verify=self.verify)
             except requests.Timeout:
+                self._count(endpoint, "timeout")
                 last_error, last_status = f"timed out (timeout {self.timeout}s)", None
                 self._log_fail(shown, params, last_error, started)
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
+                self._count(endpoint, "error")
                 last_error, last_status = f"connection failed ({type(exc).__name__})", None
                 self._log_fail(shown, params, last_error, started)
             except requests.RequestException as exc:  # bad URL and the like: retrying cannot help
+                self._count(endpoint, "error")
                 raise MistAPIError(f"GET {shown}: {type(exc).__name__}: {exc}", path=shown) from None
             else:
                 status = resp.status_code
+                self._count(endpoint, str(status))
                 self._log_call(shown, params, status, started)
                 if 200 <= status < 300:
                     if raw:

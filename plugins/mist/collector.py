@@ -678,6 +678,14 @@ class _Cycle:
         return metrics
 
 
+def requests_by_endpoint(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """The client's attempts ``{(endpoint, outcome): n}`` as ``Snapshot.api_requests`` holds them."""
+    out: dict[str, dict[str, int]] = {}
+    for (endpoint, outcome), n in sorted(counts.items()):
+        out.setdefault(endpoint, {})[outcome] = n
+    return out
+
+
 class MistCollector:
     """Collects one Mist org. Keeps the HTTP session and the ``/self`` check across cycles."""
 
@@ -764,6 +772,16 @@ class MistCollector:
     # ---- one cycle
 
     def collect(self, ctx: CollectContext) -> Snapshot:
+        client = self._client(ctx.settings)[0]
+        try:
+            return self._collect(ctx)
+        except CollectionFailed as exc:
+            # the refused calls (a 401, a 429) are what /metrics should show for a failed cycle
+            if not exc.api_requests:
+                exc.api_requests = {NAME: requests_by_endpoint(getattr(client, "requests", {}))}
+            raise
+
+    def _collect(self, ctx: CollectContext) -> Snapshot:
         settings = ctx.settings
         org_id = str(settings["org_id"])
         client, key, fingerprint = self._client(settings)
@@ -826,6 +844,7 @@ class MistCollector:
         snap.events.extend(device_events)
         snap.errors.extend(cycle.errors)
         snap.api_calls = client.calls
+        snap.api_requests[NAME] = requests_by_endpoint(getattr(client, "requests", {}))
         full_cycle = sum(cycle.calls.values()) if not cycle.skip else sum(
             int(n) for n in (entry.get("last_calls") or {}).values()) or client.calls
         fastest = min_interval_s(full_cycle, limit)

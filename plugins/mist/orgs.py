@@ -142,6 +142,9 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
                                                     kinds=frozenset(), metrics=frozenset()))
             if cursors.get(org_id):
                 new_cursors[org_id] = cursors[org_id]
+            spent = getattr(outcome, "api_requests", None)  # the calls the failed org made all the same
+            if isinstance(spent, dict):
+                merged.merge(Snapshot(taken_at=ctx.now, api_requests=spent))
             continue
         name = _org_name(settings, outcome, org_id)
         log.info("org %s: %d API calls", name, outcome.api_calls)  # each org's token has its own budget
@@ -156,7 +159,7 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
         outcome.cursors = {}
         merged.merge(outcome)
     if len(failures) == len(orgs):
-        raise CollectionFailed("; ".join(failures))
+        raise CollectionFailed("; ".join(failures), api_requests=merged.api_requests)
     merged.cursors["mist"] = {"orgs": new_cursors}
     return merged
 

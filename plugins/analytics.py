@@ -172,6 +172,10 @@ class _Baseline:
         self.points = np.zeros(n, dtype=int)
         self.seasonal = np.zeros(n, dtype=bool)
         self.history_hours = np.zeros(n)
+        #: the median at this local hour on the entity's quietest weekday (its usual day off, if it has one)
+        self.quiet = np.full(n, np.nan)
+        #: the entity's relative noise (sigma / expected)
+        self.relative = np.zeros(n)
 
 
 def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks: int, daily_days: int,
@@ -228,6 +232,12 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
         # holiday or outage among them would widen it enough to hide the next outage. Until two weeks
         # are stored (no relative noise yet), that spread is all there is.
         sigma = np.where(relative > noise_floor, relative * np.abs(expected), np.fmax(mad, relative * np.abs(expected)))
+        # the same hour on each weekday, the quietest of the seven: what a day off looks like here
+        by_day = np.stack([_nanmedian(_pad(sub[:, slot == d * 24 + here.hour], 1), axis=1) for d in range(7)],
+                          axis=1)
+        with _quiet():
+            out.quiet[targets] = np.nanmin(by_day, axis=1)
+        out.relative[targets] = relative
         out.expected[targets] = np.where(ok, expected, np.nan)
         out.low[targets], out.high[targets] = low, high
         out.sigma[targets] = sigma
@@ -317,7 +327,7 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
 
 def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int],
                      off: Mapping[str, int], witnesses: Mapping[str, int], witnesses_off: Mapping[str, int],
-                     by: str, share: float, min_sites: int) -> None:
+                     by: str, share: float, min_sites: int, closed_anyway: set[str] = frozenset()) -> None:
     """When a large share of a peer group (the sites of one country, say) is off its usual at once
     while another group (a witness, with at least ``min_sites`` peers) is as usual, it is the calendar
     (a public holiday, in one country or several): their results become inactive and one note says
@@ -327,7 +337,9 @@ def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping
     rule's direction, min_change or not, so a holiday evening, when only the big sites would alert,
     is still seen as one; ``evaluated`` the entities whose usual value could alert at all. A group is
     as usual when fewer than ``share`` of its ``witnesses`` (entities that would show a drop to zero
-    as off, however small) are off."""
+    as off, however small) are off. ``closed_anyway``: entities abnormal even against their own
+    quietest weekday at this hour (a shop that opens on the holiday and has an outage): a holiday does
+    not explain them, they alert."""
     abnormal: dict[str, list[Result]] = {}
     for result in results:
         if result.severity is not None:
@@ -339,11 +351,26 @@ def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping
         witness = bool(as_usual - {group})
         if peers_off >= min_sites and total and peers_off / total >= share and witness:
             for result in found:
+                if result.key in closed_anyway:
+                    continue
                 result.severity = None
                 result.extra = {**result.extra, "widespread": f"{peers_off} of {total} with {by}={group}"}
             ctx.note(f"{peers_off} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
                      f"usual {ctx.rule.spec.get('metric')} at once while others are as usual: a holiday or a "
                      "local closure, not alerted per site", "info")
+
+
+def _below_day_off(value: float, quiet: float, relative: float, min_change: float, min_change_pct: float,
+                   deviations: float) -> bool:
+    """Whether ``value`` would alert even against the entity's quietest weekday at this hour
+    (``quiet``): then a holiday, which makes a site look like its day off, does not explain it."""
+    import math
+
+    if math.isnan(quiet) or quiet <= 0:
+        return False
+    drop = quiet - value
+    sigma = max(relative, 1e-9) * quiet
+    return drop >= min_change and drop >= min_change_pct / 100 * quiet and drop / sigma >= deviations
 
 
 def compile_anomaly(spec: Mapping[str, Any]) -> Check:
@@ -389,6 +416,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         off: dict[str, int] = {}  # peer group -> entities well off their usual (see _calm_widespread)
         witnesses: dict[str, int] = {}
         witnesses_off: dict[str, int] = {}
+        closed_anyway: set[str] = set()
         for i, entity in enumerate(candidates):
             value = float(entity.metrics[metric])
             expected, sigma = float(base.expected[i]), float(base.sigma[i])
@@ -427,6 +455,9 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                     if directed >= k:
                         severity, bound = tier_severity, expected + (k * sigma if diff > 0 else -k * sigma)
                         break
+            if severity is not None and widespread_by and sign < 0 and _below_day_off(
+                    value, float(base.quiet[i]), float(base.relative[i]), min_change, min_change_pct, tiers[-1][1]):
+                closed_anyway.add(entity.key)
             if severity is None and not ctx.wants(entity.key):
                 continue
             recovered = None
@@ -438,7 +469,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                                   score=z, metrics=entity.metrics, recovered=recovered, extra=extra))
         if widespread_by:
             _calm_widespread(ctx, results, evaluated, off, witnesses, witnesses_off, widespread_by,
-                             widespread_share, widespread_min)
+                             widespread_share, widespread_min, closed_anyway)
         yield from results
         if short:
             ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "

@@ -50,6 +50,8 @@ Check = Callable[[RuleContext], Iterator[Result]]
 _DURATION = duration_schema()
 _HOUR = 3600
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+#: Weeks of history from which the same weekday and hour alone make a robust enough median.
+_FULL_WEEKS = 5
 #: MAD * 1.4826 estimates the standard deviation of normally distributed values.
 _MAD_SCALE = 1.4826
 
@@ -217,6 +219,13 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
                     & (hours >= now_ts - daily_days * 86400)]
         weekly_n = (~np.isnan(weekly)).sum(axis=1)
         use_weekly = weekly_n >= min_weeks
+        # Three or four weeks make a fragile median: one past outage and one holiday at this weekday
+        # and hour and it is off by half. Until five weeks are stored, the same hour on the same kind
+        # of day in the last week joins them (the weekly values still weigh as much).
+        recent = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
+                     & (hours >= now_ts - 7 * 86400)]
+        weekly = np.where((weekly_n < _FULL_WEEKS)[:, None], _pad(np.hstack([weekly, recent]), 0),
+                          _pad(weekly, weekly.shape[1] + recent.shape[1]))
         chosen = np.where(use_weekly[:, None], _pad(weekly, daily.shape[1]), _pad(daily, weekly.shape[1]))
         n = (~np.isnan(chosen)).sum(axis=1)
         ok = n >= 1
@@ -300,6 +309,14 @@ def _nanquantile(values: Any, q: float) -> Any:
         return np.where(n > 0, a + (b - a) * (position - lo), np.nan)
 
 
+def _median_variance() -> Any:
+    """The variance of the median of k normal values, in units of one value's (k = 0..8): 1, 1/2 (a
+    mean of two), then about pi / 2k."""
+    import numpy as np
+
+    return np.array([np.inf, 1.0, 0.5, 0.449, 0.343, 0.287, 0.236, 0.207, 0.181])
+
+
 def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     """Per entity, a robust relative sigma: the median relative distance of an hour's value from the
     median of the same weekday and hour in the *other* weeks (leave-one-out, so a value is never
@@ -318,10 +335,17 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     if weeks < 2:
         return np.zeros(sub.shape[0])
     others = np.stack([_nanmedian(np.delete(cube, w, axis=1), axis=1) for w in range(weeks)], axis=1)
+    # A value's distance from the others' median carries the noise of that median too (with two or
+    # three other weeks, half as much again as the value's own): take it out, or small histories
+    # overstate the noise by a fifth and hide the drops that matter.
+    k = np.stack([(~np.isnan(np.delete(cube, w, axis=1))).sum(axis=1) for w in range(weeks)], axis=1)
+    variances = _median_variance()
+    median_var = variances[np.minimum(k, len(variances) - 1)]
     with np.errstate(all="ignore"), _quiet():
         level = _nanquantile(sub, 0.9)[:, None, None]
         busy = (others >= 0.6 * level) & (others > 0)
-        rel = np.where(busy, np.abs(cube - others) / np.where(others > 0, others, 1), np.nan)
+        rel = np.where(busy, np.abs(cube - others) / np.where(others > 0, others, 1) / np.sqrt(1 + median_var),
+                       np.nan)
     return np.nan_to_num(_nanmedian(rel.reshape(rel.shape[0], -1), axis=1) * _MAD_SCALE, nan=0.0)
 
 

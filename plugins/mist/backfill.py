@@ -114,7 +114,9 @@ def make_truth(sites: int, days: float, seed: int, end: datetime = END, anomalie
                 chosen.append(day)
         truth.holidays[country] = chosen
     shapes = (("outage", 0.85, 1.0, 2, 5), ("major", 0.5, 0.8, 2, 6), ("moderate", 0.35, 0.5, 2, 6))
-    while len(truth.anomalies) < anomalies:
+    tries = 0
+    while len(truth.anomalies) < anomalies and tries < 1000 * anomalies:  # a short history may not fit them all
+        tries += 1
         site = rng.choice(truth.sites)
         shape, lo, hi, short, long = shapes[len(truth.anomalies) % len(shapes)]
         day = start + timedelta(days=rng.randint(1, int(days) - 1))
@@ -128,7 +130,7 @@ def make_truth(sites: int, days: float, seed: int, end: datetime = END, anomalie
                                     for a in truth.anomalies):
             continue
         truth.anomalies.append(anomaly)
-    leaking = rng.sample(truth.sites, leaks + drifts)
+    leaking = rng.sample(truth.sites, min(leaks + drifts, len(truth.sites)))
     for site in leaking[:leaks]:
         rate = rng.uniform(0.3, 1.0)
         begin = end - timedelta(days=rng.uniform(3, 8))

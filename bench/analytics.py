@@ -9,8 +9,12 @@
    ``site-clients-drop`` (anomaly) rule and, on the same snapshots, the rules it replaces: the former
    day-over-day change rule, its week-over-week companion, and a static threshold. An alert is a
    true one when it overlaps an injected anomaly at its site (up to an hour after it ends); recall
-   is the share of injected anomalies that got one. Targets: recall >= 0.9 on the operationally
-   meaningful anomalies, <= 1 false alert per 1,000 site-days.
+   is the share of injected anomalies that got one. Operationally meaningful: an anomaly that the
+   shipped rule's ``min_change`` and ``min_change_pct`` would let page, i.e. one removing at least
+   ``min_change`` (20) of the clients usual at its start and at least ``min_change_pct`` (30 %) of
+   them (every injected one does the latter); smaller drops are ignored by design, and counting them
+   as misses would grade the tuning, not the detector. Both recalls are printed. Targets: recall >= 0.9
+   on the meaningful anomalies, <= 1 false alert per 1,000 site-days, on several seeds.
 2. Forecast lead time: leaking devices (device.memory rising 0.3-1 %/h) and drifting SLEs, with a
    forecast rule each; the lead is the time from the first forecast alert to the crossing. Target:
    >= 6 h.
@@ -43,7 +47,6 @@ from mistwatch.rules.loader import RuleSet, load_rules
 from mistwatch.store.database import Store
 
 REPO = Path(__file__).resolve().parent.parent
-MIN_DROP = 20  # the shipped rule's min_change
 
 # The rules site-clients-drop replaces, as the default pack had them.
 REPLACED = """
@@ -129,9 +132,21 @@ def drop_size(truth: Truth, anomaly) -> float:
     return usual * anomaly.depth
 
 
+def shipped_limits() -> tuple[float, float]:
+    """``min_change`` and ``min_change_pct`` of the shipped site-clients-drop."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "rules" / "sites.yaml").read_text(encoding="utf-8"))
+    rule = next(r for r in data["rules"] if r["id"] == "site-clients-drop")
+    return float(rule.get("min_change", 0)), float(rule.get("min_change_pct", 0))
+
+
 def score(truth: Truth, episodes: list[Episode], start: datetime, sites: int, days: float,
-          min_drop: float = 0) -> dict:
-    anomalies = [a for a in truth.anomalies if a.start >= start and drop_size(truth, a) >= min_drop]
+          min_drop: float = 0, min_pct: float = 0) -> dict:
+    """Recall over the anomalies in the window removing at least ``min_drop`` clients and ``min_pct``
+    percent; precision and false alerts over all ``episodes``."""
+    anomalies = [a for a in truth.anomalies if a.start >= start and drop_size(truth, a) >= min_drop
+                 and 100 * a.depth >= min_pct]
     slack = timedelta(hours=1)
     detected, true_eps = set(), 0
     holiday_false = 0
@@ -175,20 +190,22 @@ def detection(args: argparse.Namespace, tmp: Path, kinds) -> None:
     elapsed = time.perf_counter() - started
     print(f"replay: {results[0].steps} cycles x 3 rule files over {args.eval_days} days in {elapsed:.1f} s")
     print(f"\ndetection over the last {args.eval_days} days ({args.sites * args.eval_days} site-days):")
-    print(f"  {'rule':<20} {'alerts':>6} {'recall':>7} {'recall>=20':>9} {'precision':>9} {'false':>6} "
+    min_drop, min_pct = shipped_limits()
+    print(f"  {'rule':<20} {'alerts':>6} {'recall':>7} {'meaningful':>10} {'precision':>9} {'false':>6} "
           f"{'false/1000sd':>12} {'on holidays':>11}  recall by shape")
     rows = [("site-clients-drop", results[0].rules["site-clients-drop"].episodes)]
     rows += [(rule_id, r.episodes) for rule_id, r in results[1].rules.items()]
     for rule_id, episodes in rows:
         s = score(truth, episodes, start, args.sites, args.eval_days)
-        big = score(truth, episodes, start, args.sites, args.eval_days, min_drop=MIN_DROP)
+        big = score(truth, episodes, start, args.sites, args.eval_days, min_drop=min_drop, min_pct=min_pct)
         shapes = ", ".join(f"{k} {v}" for k, v in s["by_shape"].items())
-        print(f"  {rule_id:<20} {s['alerts']:>6} {s['recall']:>7.2f} {big['recall']:>9.2f} {s['precision']:>9.2f} "
+        print(f"  {rule_id:<20} {s['alerts']:>6} {s['recall']:>7.2f} {big['recall']:>10.2f} {s['precision']:>9.2f} "
               f"{s['false']:>6} {s['false_per_1000_site_days']:>12.2f} {s['holiday_false']:>11}  {shapes}")
     total = score(truth, [], start, args.sites, args.eval_days)["anomalies"]
-    big = score(truth, [], start, args.sites, args.eval_days, min_drop=MIN_DROP)["anomalies"]
-    print(f"  ({total} injected anomalies in the window, {big} of them removing >= {MIN_DROP} clients: "
-          "recall>=20 counts only those, as the shipped rule ignores smaller drops by design)")
+    big = score(truth, [], start, args.sites, args.eval_days, min_drop=min_drop, min_pct=min_pct)["anomalies"]
+    print(f"  ({total} injected anomalies in the window, {big} of them meaningful: removing >= {min_drop:g} "
+          f"clients and >= {min_pct:g} % of the usual, what the shipped rule's min_change and min_change_pct "
+          "let page; 'meaningful' is the recall over those)")
     print("\nforecast lead time (first forecast alert to the crossing):")
     for rule_id, metric in (("memory-forecast", "device.memory"), ("sle-forecast", "sle.wifi.successful_connect")):
         episodes = results[2].rules[rule_id].episodes

@@ -1,7 +1,8 @@
 """Analytics rule kinds, over the store's hourly roll-ups (``RuleContext.hourly``) and raw samples.
 
 - ``anomaly``: the metric now against the entity's own seasonal baseline: the values at the same
-  local weekday and hour in earlier weeks; while fewer than ``min_weeks`` (3) weeks are stored, a
+  local weekday and hour in earlier weeks (until five weeks are stored, with the same hour on the
+  same kind of day in the last week); while fewer than ``min_weeks`` (3) weeks are stored, a
   plain daily profile: the same hour on earlier days of the same kind (weekday or weekend) in the
   last two weeks. Median and MAD, not mean and standard deviation, so a past outage does not drag
   the baseline. ``deviations:`` (per tier) is how many robust standard deviations count as abnormal,
@@ -14,8 +15,9 @@
   reads "142, usual for a Tuesday 10:00 is 310 (280-335)". Local time comes from the entity's
   ``timezone`` label (UTC without one). ``widespread: {by: country_code, share: 0.5, min_sites: 5}``:
   when at least that share (and number) of the entities sharing the label are abnormal at once while
-  another group is as usual, it is a holiday: no alert per entity, one note. No group as usual (an
-  outage everywhere, or an org in one country): every entity alerts.
+  another group is as usual, it is a holiday: no alert per entity, one note; except an entity that
+  would alert even against its own quietest weekday at this hour (a shop open on the holiday with an
+  outage). No group as usual (an outage everywhere, or an org in one country): every entity alerts.
 - ``forecast``: a robust (Theil-Sen) line through the hourly means of the last ``window`` and the
   value now; fires when the line reaches the tier's ``above:``/``below:`` value within ``horizon``
   (or is past it), with the projected time in ``extra.eta``; resolves when it no longer does.

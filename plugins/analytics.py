@@ -340,7 +340,8 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     # A value's distance from the others' median carries the noise of that median too (with two or
     # three other weeks, half as much again as the value's own): take it out, or small histories
     # overstate the noise by a fifth and hide the drops that matter.
-    k = np.stack([(~np.isnan(np.delete(cube, w, axis=1))).sum(axis=1) for w in range(weeks)], axis=1)
+    have = ~np.isnan(cube)
+    k = have.sum(axis=1, keepdims=True) - have  # per cell, how many other weeks hold a value
     variances = _median_variance()
     median_var = variances[np.minimum(k, len(variances) - 1)]
     with np.errstate(all="ignore"), _quiet():

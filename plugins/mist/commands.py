@@ -161,7 +161,7 @@ def write_backfill(span: str | None, state_dir: Path | None, truth_path: Path | 
                f"{truth.end:%Y-%m-%d %H:%M} UTC in {state_dir} ({time.perf_counter() - started:.1f} s): "
                f"{len(truth.anomalies)} drops injected, {len(truth.trends)} trends"
                + (f"; ground truth in {truth_path}" if truth_path else ""))
-    click.echo(f"Try: mistwatch rules backtest rules/sites.yaml --state-dir {state_dir} --since 14d "
+    click.echo(f"Try: mistwatch rules backtest rules/ --state-dir {state_dir} --since 14d "
                f"--until {truth.end:%Y-%m-%dT%H:%M}Z --rule site-clients-drop")
 
 

@@ -36,7 +36,7 @@ numpy is imported when a rule is evaluated, never when mistwatch starts.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from typing import Any
@@ -222,11 +222,11 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
         weekly_n = (~np.isnan(weekly)).sum(axis=1)
         use_weekly = weekly_n >= min_weeks
         # Three or four weeks make a fragile median: one past outage and one holiday at this weekday
-        # and hour and it is off by half. Until five weeks are stored, the same hour on the same kind
-        # of day in the last week joins them (the weekly values still weigh as much).
+        # and hour and it is off by half. Until five weeks are stored, the same hour on the days of
+        # the same kind in the last week (its weekdays, or its weekend) joins them.
         recent = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
                      & (hours >= now_ts - 7 * 86400)]
-        weekly = np.where((weekly_n < _FULL_WEEKS)[:, None], _pad(np.hstack([weekly, recent]), 0),
+        weekly = np.where((weekly_n < _FULL_WEEKS)[:, None], np.hstack([weekly, recent]),
                           _pad(weekly, weekly.shape[1] + recent.shape[1]))
         chosen = np.where(use_weekly[:, None], _pad(weekly, daily.shape[1]), _pad(daily, weekly.shape[1]))
         n = (~np.isnan(chosen)).sum(axis=1)
@@ -354,7 +354,7 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
 
 def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int],
                      off: Mapping[str, int], witnesses: Mapping[str, int], witnesses_off: Mapping[str, int],
-                     by: str, share: float, min_sites: int, closed_anyway: set[str] = frozenset()) -> None:
+                     by: str, share: float, min_sites: int, closed_anyway: Collection[str] = ()) -> None:
     """When a large share of a peer group (the sites of one country, say) is off its usual at once
     while another group (a witness, with at least ``min_sites`` peers) is as usual, it is the calendar
     (a public holiday, in one country or several): their results become inactive and one note says

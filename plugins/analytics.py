@@ -183,9 +183,10 @@ class _Baseline:
 
 
 def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks: int, daily_days: int,
-               noise_floor: float) -> tuple[_Baseline, dict[str, tuple[int, int]]]:
+               noise_floor: float, quiet: bool = False) -> tuple[_Baseline, dict[str, tuple[int, int]]]:
     """Seasonal baselines of ``entities`` from ``rollups``; and per timezone the local (weekday, hour)
-    of ``now``. Vectorised per timezone group: 1,000 sites x 35 days is a few numpy calls, not a loop."""
+    of ``now``. Vectorised per timezone group: 1,000 sites x 35 days is a few numpy calls, not a loop.
+    ``quiet``: also the median at this hour on each entity's quietest weekday (for holidays)."""
     import numpy as np
 
     matrix = _matrix(rollups)
@@ -243,11 +244,11 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
         # holiday or outage among them would widen it enough to hide the next outage. Until two weeks
         # are stored (no relative noise yet), that spread is all there is.
         sigma = np.where(relative > noise_floor, relative * np.abs(expected), np.fmax(mad, relative * np.abs(expected)))
-        # the same hour on each weekday, the quietest of the seven: what a day off looks like here
-        by_day = np.stack([_nanmedian(_pad(sub[:, slot == d * 24 + here.hour], 1), axis=1) for d in range(7)],
-                          axis=1)
-        with _quiet():
-            out.quiet[targets] = np.nanmin(by_day, axis=1)
+        if quiet:  # the same hour on each weekday, the quietest of the seven: what a day off looks like here
+            by_day = np.stack([_nanmedian(_pad(sub[:, slot == d * 24 + here.hour], 1), axis=1)
+                               for d in range(7)], axis=1)
+            with _quiet():
+                out.quiet[targets] = np.nanmin(by_day, axis=1)
         out.relative[targets] = relative
         out.expected[targets] = np.where(ok, expected, np.nan)
         out.low[targets], out.high[targets] = low, high
@@ -436,7 +437,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         end = _hour_start(ctx.now)
         rollups = ctx.hourly(metric, end - history, end)
         base, local_now = _baselines(rollups, candidates, ctx.now, min_weeks=min_weeks, daily_days=14,
-                                      noise_floor=noise_floor)
+                                      noise_floor=noise_floor, quiet=bool(widespread_by) and sign < 0)
         short = 0
         results: list[Result] = []
         evaluated: dict[str, int] = {}  # peer group -> entities with a baseline

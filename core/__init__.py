@@ -8,7 +8,8 @@ for each channel: terminal, Slack, Teams, HTML). Built-in plugins use nothing el
 - Plugins: ``hookimpl``, ``Collector``, ``Notifier``, ``RuleKind``, ``CollectContext`` and the model.
 - Rule kinds: ``Result``, ``RuleContext``, ``RuleSpecError``, ``duration_schema``, ``identity_of``.
 - Embedding and commands (``mistwatch_commands``): ``open_app``, ``run_cycle``, ``close_app``,
-  ``show_result``, ``result_json``, ``setup_console_logging``.
+  ``show_result``, ``result_json``, ``setup_console_logging``; ``Store`` (``Store.open(state_dir)``:
+  the store, for commands that write history, like ``mistwatch simulate --backfill``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 # Loaded on first use, so `import mistwatch` (every plugin, `mistwatch --help`) stays light.
 _LAZY: dict[str, tuple[str, str]] = {
     "RuleContext": ("mistwatch.rules.evaluator", "RuleContext"),
+    "Store": ("mistwatch.store.database", "Store"),
     "open_app": ("mistwatch.engine", "open_app"),
     "run_cycle": ("mistwatch.engine", "run_cycle"),
     "close_app": ("mistwatch.engine", "close_app"),

@@ -1,7 +1,8 @@
 """Analytics rule kinds, over the store's hourly roll-ups (``RuleContext.hourly``) and raw samples.
 
 - ``anomaly``: the metric now against the entity's own seasonal baseline: the values at the same
-  local weekday and hour in earlier weeks; while fewer than ``min_weeks`` (3) weeks are stored, a
+  local weekday and hour in earlier weeks (until five weeks are stored, with the same hour on the
+  same kind of day in the last week); while fewer than ``min_weeks`` (3) weeks are stored, a
   plain daily profile: the same hour on earlier days of the same kind (weekday or weekend) in the
   last two weeks. Median and MAD, not mean and standard deviation, so a past outage does not drag
   the baseline. ``deviations:`` (per tier) is how many robust standard deviations count as abnormal,
@@ -14,8 +15,9 @@
   reads "142, usual for a Tuesday 10:00 is 310 (280-335)". Local time comes from the entity's
   ``timezone`` label (UTC without one). ``widespread: {by: country_code, share: 0.5, min_sites: 5}``:
   when at least that share (and number) of the entities sharing the label are abnormal at once while
-  another group is as usual, it is a holiday: no alert per entity, one note. No group as usual (an
-  outage everywhere, or an org in one country): every entity alerts.
+  another group is as usual, it is a holiday: no alert per entity, one note; except an entity that
+  would alert even against its own quietest weekday at this hour (a shop open on the holiday with an
+  outage). No group as usual (an outage everywhere, or an org in one country): every entity alerts.
 - ``forecast``: a robust (Theil-Sen) line through the hourly means of the last ``window`` and the
   value now; fires when the line reaches the tier's ``above:``/``below:`` value within ``horizon``
   (or is past it), with the projected time in ``extra.eta``; resolves when it no longer does.
@@ -34,7 +36,7 @@ numpy is imported when a rule is evaluated, never when mistwatch starts.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from typing import Any
@@ -50,6 +52,8 @@ Check = Callable[[RuleContext], Iterator[Result]]
 _DURATION = duration_schema()
 _HOUR = 3600
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+#: Weeks of history from which the same weekday and hour alone make a robust enough median.
+_FULL_WEEKS = 5
 #: MAD * 1.4826 estimates the standard deviation of normally distributed values.
 _MAD_SCALE = 1.4826
 
@@ -172,12 +176,17 @@ class _Baseline:
         self.points = np.zeros(n, dtype=int)
         self.seasonal = np.zeros(n, dtype=bool)
         self.history_hours = np.zeros(n)
+        #: the median at this local hour on the entity's quietest weekday (its usual day off, if it has one)
+        self.quiet = np.full(n, np.nan)
+        #: the entity's relative noise (sigma / expected)
+        self.relative = np.zeros(n)
 
 
 def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks: int, daily_days: int,
-               noise_floor: float) -> tuple[_Baseline, dict[str, tuple[int, int]]]:
+               noise_floor: float, quiet: bool = False) -> tuple[_Baseline, dict[str, tuple[int, int]]]:
     """Seasonal baselines of ``entities`` from ``rollups``; and per timezone the local (weekday, hour)
-    of ``now``. Vectorised per timezone group: 1,000 sites x 35 days is a few numpy calls, not a loop."""
+    of ``now``. Vectorised per timezone group: 1,000 sites x 35 days is a few numpy calls, not a loop.
+    ``quiet``: also the median at this hour on each entity's quietest weekday (for holidays)."""
     import numpy as np
 
     matrix = _matrix(rollups)
@@ -213,6 +222,13 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
                     & (hours >= now_ts - daily_days * 86400)]
         weekly_n = (~np.isnan(weekly)).sum(axis=1)
         use_weekly = weekly_n >= min_weeks
+        # Three or four weeks make a fragile median: one past outage and one holiday at this weekday
+        # and hour and it is off by half. Until five weeks are stored, the same hour on the days of
+        # the same kind in the last week (its weekdays, or its weekend) joins them.
+        recent = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
+                     & (hours >= now_ts - 7 * 86400)]
+        weekly = np.where((weekly_n < _FULL_WEEKS)[:, None], np.hstack([weekly, recent]),
+                          _pad(weekly, weekly.shape[1] + recent.shape[1]))
         chosen = np.where(use_weekly[:, None], _pad(weekly, daily.shape[1]), _pad(daily, weekly.shape[1]))
         n = (~np.isnan(chosen)).sum(axis=1)
         ok = n >= 1
@@ -228,6 +244,12 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
         # holiday or outage among them would widen it enough to hide the next outage. Until two weeks
         # are stored (no relative noise yet), that spread is all there is.
         sigma = np.where(relative > noise_floor, relative * np.abs(expected), np.fmax(mad, relative * np.abs(expected)))
+        if quiet:  # the same hour on each weekday, the quietest of the seven: what a day off looks like here
+            by_day = np.stack([_nanmedian(_pad(sub[:, slot == d * 24 + here.hour], 1), axis=1)
+                               for d in range(7)], axis=1)
+            with _quiet():
+                out.quiet[targets] = np.nanmin(by_day, axis=1)
+        out.relative[targets] = relative
         out.expected[targets] = np.where(ok, expected, np.nan)
         out.low[targets], out.high[targets] = low, high
         out.sigma[targets] = sigma
@@ -290,6 +312,14 @@ def _nanquantile(values: Any, q: float) -> Any:
         return np.where(n > 0, a + (b - a) * (position - lo), np.nan)
 
 
+def _median_variance() -> Any:
+    """The variance of the median of k normal values, in units of one value's (k = 0..8): 1, 1/2 (a
+    mean of two), then about pi / 2k."""
+    import numpy as np
+
+    return np.array([np.inf, 1.0, 0.5, 0.449, 0.343, 0.287, 0.236, 0.207, 0.181])
+
+
 def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     """Per entity, a robust relative sigma: the median relative distance of an hour's value from the
     median of the same weekday and hour in the *other* weeks (leave-one-out, so a value is never
@@ -308,16 +338,24 @@ def _relative_noise(sub: Any, hours: Any, zone: Any) -> Any:
     if weeks < 2:
         return np.zeros(sub.shape[0])
     others = np.stack([_nanmedian(np.delete(cube, w, axis=1), axis=1) for w in range(weeks)], axis=1)
+    # A value's distance from the others' median carries the noise of that median too (with two or
+    # three other weeks, half as much again as the value's own): take it out, or small histories
+    # overstate the noise by a fifth and hide the drops that matter.
+    have = ~np.isnan(cube)
+    k = have.sum(axis=1, keepdims=True) - have  # per cell, how many other weeks hold a value
+    variances = _median_variance()
+    median_var = variances[np.minimum(k, len(variances) - 1)]
     with np.errstate(all="ignore"), _quiet():
         level = _nanquantile(sub, 0.9)[:, None, None]
         busy = (others >= 0.6 * level) & (others > 0)
-        rel = np.where(busy, np.abs(cube - others) / np.where(others > 0, others, 1), np.nan)
+        rel = np.where(busy, np.abs(cube - others) / np.where(others > 0, others, 1) / np.sqrt(1 + median_var),
+                       np.nan)
     return np.nan_to_num(_nanmedian(rel.reshape(rel.shape[0], -1), axis=1) * _MAD_SCALE, nan=0.0)
 
 
 def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping[str, int],
                      off: Mapping[str, int], witnesses: Mapping[str, int], witnesses_off: Mapping[str, int],
-                     by: str, share: float, min_sites: int) -> None:
+                     by: str, share: float, min_sites: int, closed_anyway: Collection[str] = ()) -> None:
     """When a large share of a peer group (the sites of one country, say) is off its usual at once
     while another group (a witness, with at least ``min_sites`` peers) is as usual, it is the calendar
     (a public holiday, in one country or several): their results become inactive and one note says
@@ -327,7 +365,9 @@ def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping
     rule's direction, min_change or not, so a holiday evening, when only the big sites would alert,
     is still seen as one; ``evaluated`` the entities whose usual value could alert at all. A group is
     as usual when fewer than ``share`` of its ``witnesses`` (entities that would show a drop to zero
-    as off, however small) are off."""
+    as off, however small) are off. ``closed_anyway``: entities abnormal even against their own
+    quietest weekday at this hour (a shop that opens on the holiday and has an outage): a holiday does
+    not explain them, they alert."""
     abnormal: dict[str, list[Result]] = {}
     for result in results:
         if result.severity is not None:
@@ -339,11 +379,26 @@ def _calm_widespread(ctx: RuleContext, results: list[Result], evaluated: Mapping
         witness = bool(as_usual - {group})
         if peers_off >= min_sites and total and peers_off / total >= share and witness:
             for result in found:
+                if result.key in closed_anyway:
+                    continue
                 result.severity = None
                 result.extra = {**result.extra, "widespread": f"{peers_off} of {total} with {by}={group}"}
             ctx.note(f"{peers_off} of {total} {ctx.rule.scope}(s) with {by}={group or '(none)'} are off their "
                      f"usual {ctx.rule.spec.get('metric')} at once while others are as usual: a holiday or a "
                      "local closure, not alerted per site", "info")
+
+
+def _below_day_off(value: float, quiet: float, relative: float, min_change: float, min_change_pct: float,
+                   deviations: float) -> bool:
+    """Whether ``value`` would alert even against the entity's quietest weekday at this hour
+    (``quiet``): then a holiday, which makes a site look like its day off, does not explain it."""
+    import math
+
+    if math.isnan(quiet) or quiet <= 0:
+        return False
+    drop = quiet - value
+    sigma = max(relative, 1e-9) * quiet
+    return drop >= min_change and drop >= min_change_pct / 100 * quiet and drop / sigma >= deviations
 
 
 def compile_anomaly(spec: Mapping[str, Any]) -> Check:
@@ -382,13 +437,14 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         end = _hour_start(ctx.now)
         rollups = ctx.hourly(metric, end - history, end)
         base, local_now = _baselines(rollups, candidates, ctx.now, min_weeks=min_weeks, daily_days=14,
-                                      noise_floor=noise_floor)
+                                      noise_floor=noise_floor, quiet=bool(widespread_by) and sign < 0)
         short = 0
         results: list[Result] = []
         evaluated: dict[str, int] = {}  # peer group -> entities with a baseline
         off: dict[str, int] = {}  # peer group -> entities well off their usual (see _calm_widespread)
         witnesses: dict[str, int] = {}
         witnesses_off: dict[str, int] = {}
+        closed_anyway: set[str] = set()
         for i, entity in enumerate(candidates):
             value = float(entity.metrics[metric])
             expected, sigma = float(base.expected[i]), float(base.sigma[i])
@@ -427,6 +483,9 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                     if directed >= k:
                         severity, bound = tier_severity, expected + (k * sigma if diff > 0 else -k * sigma)
                         break
+            if severity is not None and widespread_by and sign < 0 and _below_day_off(
+                    value, float(base.quiet[i]), float(base.relative[i]), min_change, min_change_pct, tiers[-1][1]):
+                closed_anyway.add(entity.key)
             if severity is None and not ctx.wants(entity.key):
                 continue
             recovered = None
@@ -438,7 +497,7 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                                   score=z, metrics=entity.metrics, recovered=recovered, extra=extra))
         if widespread_by:
             _calm_widespread(ctx, results, evaluated, off, witnesses, witnesses_off, widespread_by,
-                             widespread_share, widespread_min)
+                             widespread_share, widespread_min, closed_anyway)
         yield from results
         if short:
             ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "

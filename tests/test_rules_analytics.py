@@ -388,3 +388,61 @@ def test_the_fast_nan_median_and_quantile_agree_with_numpy():
         assert np.allclose(_nanmedian(values, axis=1), np.nanmedian(values, axis=1), equal_nan=True)
         for q in (0.25, 0.75, 0.9):
             assert np.allclose(_nanquantile(values, q), np.nanquantile(values, q, axis=1), equal_nan=True)
+
+
+def shop(at: datetime, rng: random.Random, busy: float = 300) -> float:
+    """Clients of a shop: open every day 10-18 (local), busiest on Saturday, +-5 %."""
+    open_now = 10 <= at.hour < 18
+    return round((busy * (1.0 if at.weekday() == 5 else 0.7) if open_now else 2) * rng.uniform(0.95, 1.05))
+
+
+def test_anomaly_on_a_holiday_still_alerts_a_site_far_below_even_its_quietest_weekday(tmp_path):
+    # Five Irish offices closed for a holiday (calmed), and an Irish shop that opened as on a
+    # Saturday but has an outage: a holiday does not explain that, it alerts.
+    rules = ruleset(tmp_path, ANOMALY + "    widespread: {by: country_code, share: 0.5, min_sites: 3}\n")
+    cycles = Cycles(rules, start=NOW)
+    rng = random.Random(2)
+    at = NOW - timedelta(days=35)
+    while at < NOW:
+        values = {f"site:s{i}": office(at, rng) for i in range(8)}
+        values["site:s9"] = shop(at, rng)
+        cycles.history.add(at, {"site.clients": values})
+        at += HOUR
+    entities = []
+    for i in (*range(8), 9):
+        closed = i < 5
+        entity = site(f"s{i}", f"Site {i}", site__clients=8 if closed else 20 if i == 9 else 300)
+        entity.labels.update(timezone="UTC", country_code="IE" if i < 5 or i == 9 else "NL")
+        entities.append(entity)
+    alerts = cycles.run(entities)
+    assert sorted(a.labels["site_name"] for a in alerts.values()) == ["Site 9"]
+    assert any("with country_code=IE" in n for n in cycles.notes())
+
+
+def test_anomaly_on_three_weeks_is_not_fooled_by_an_outage_and_a_holiday_at_this_weekday_and_hour(tmp_path):
+    # Three Tuesdays stored; at 10:00 one was an outage (0) and one a holiday (8): the median of the
+    # three alone would say 8 is usual. The last week's weekdays at 10:00 say 300.
+    bad_days = {(NOW - timedelta(days=7)).date(), (NOW - timedelta(days=14)).date()}
+
+    def history(at, rng):
+        if at.date() in bad_days and 9 <= at.hour < 17:
+            return 0 if at.date() == min(bad_days) else 8
+        return office(at, rng)
+
+    cycles = cycles_with_history(ruleset(tmp_path, ANOMALY), days=21, value=history)
+    alert = cycles.only() if cycles.run([site_tz(site__clients=100)]) else None
+    assert alert is not None and alert.annotations["basis"] == "weekly"
+    assert alert.baseline == pytest.approx(300, rel=0.06)
+
+
+def test_relative_noise_is_the_values_own_not_inflated_by_the_median_it_is_compared_with():
+    import numpy as np
+
+    from mistwatch.plugins.analytics import _relative_noise
+
+    rng = np.random.default_rng(3)
+    start = int(NOW.timestamp()) // 3600 * 3600 - 21 * 86400  # three weeks, hourly
+    hours = np.arange(start, start + 21 * 86400, 3600)
+    values = 200 * (1 + 0.1 * rng.standard_normal((50, len(hours))))  # 10 % noise, always busy
+    noise = _relative_noise(values, hours, timezone.utc)
+    assert np.median(noise) == pytest.approx(0.10, rel=0.08)

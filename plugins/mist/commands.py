@@ -36,13 +36,31 @@ from mistwatch.plugins.mist.simdata import SCENARIOS
               help="Serve this many orgs, each on its own port (--port, --port+1, ...) with its own token.")
 @click.option("--hourly-budget", type=click.IntRange(0, None), default=5000, show_default=True,
               help="Calls per token and clock hour before HTTP 429, as Mist does (0: unlimited).")
+@click.option("--backfill", metavar="DURATION", default=None,
+              help="Instead of serving: write this much seasonal history (e.g. 35d) into --state-dir and exit.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --backfill: the new state directory to write the history into.")
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --backfill: write what was injected (anomalies, trends, holidays) as JSON here.")
+@click.option("--anomalies", type=click.IntRange(0, None), default=None,
+              help="With --backfill: anomalies to inject (default: about one per site and two weeks).")
+@click.option("--until", default=None, metavar="TIME",
+              help="With --backfill: when the history ends (ISO time; default: the current hour).")
 def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: str, token: str,
-             seed: int, n_orgs: int, hourly_budget: int) -> None:
+             seed: int, n_orgs: int, hourly_budget: int, backfill: str | None, state_dir: Path | None,
+             truth: Path | None, anomalies: int | None, until: str | None) -> None:
     """Serve a Mist-compatible API on loopback, for trying rules.
 
     The org is generated from --seed; point `mistwatch run` at the printed base_url, token and org_id.
     Stops cleanly on Ctrl-C or SIGTERM.
+
+    With --backfill 35d --state-dir DIR it serves nothing: it writes weeks of seasonal history for
+    --sites sites (office hours, weekends, holidays, a leaking device, a drifting SLE, injected
+    drops) into DIR, for `mistwatch rules backtest --state-dir DIR` (docs/rules.md).
     """
+    if backfill is not None or state_dir is not None or truth is not None:
+        write_backfill(backfill, state_dir, truth, sites=sites, seed=seed, anomalies=anomalies, until=until)
+        return
     from mistwatch.plugins.mist.simulator import SimulatedOrg, serve
 
     org = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario, seed=seed)
@@ -99,6 +117,52 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
         for other in others:
             other.close()
     click.echo(f"Stopped after {server.calls} API calls.")
+
+
+def write_backfill(span: str | None, state_dir: Path | None, truth_path: Path | None, *, sites: int, seed: int,
+                   anomalies: int | None, until: str | None) -> None:
+    """``simulate --backfill``: the seasonal history of ``plugins/mist/backfill.py`` into a new store."""
+    import time
+
+    from mistwatch import Store
+    from mistwatch.durations import parse_duration
+    from mistwatch.plugins.mist.backfill import backfill, make_truth, truth_json
+
+    if span is None:
+        raise click.BadParameter("--state-dir and --truth go with --backfill DURATION", param_hint="--backfill")
+    try:
+        days = parse_duration(span) / timedelta(days=1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backfill") from None
+    if not 2 <= days <= 120:
+        raise click.BadParameter("between 2d and 120d", param_hint="--backfill")
+    if state_dir is None:
+        raise click.BadParameter("give the state directory to write the history into", param_hint="--state-dir")
+    if state_dir.exists() and any(state_dir.iterdir()):
+        # history written into a live state directory would mix with the real one for good
+        raise click.BadParameter(f"{state_dir} is not empty: backfill into a new directory",
+                                 param_hint="--state-dir")
+    try:
+        end = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else datetime.now(timezone.utc)
+    except ValueError:
+        raise click.BadParameter("not an ISO 8601 time", param_hint="--until") from None
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=timezone.utc)
+    end = end.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    count = anomalies if anomalies is not None else max(1, round(sites * days / 14))
+    truth = make_truth(sites, days, seed, end=end, anomalies=count, leaks=max(1, sites // 20),
+                       drifts=max(1, sites // 40))
+    started = time.perf_counter()
+    with Store.open(state_dir) as store:
+        written = backfill(store, truth, seed=seed)
+    if truth_path is not None:
+        truth_path.write_text(json.dumps(truth_json(truth), indent=2), encoding="utf-8")
+    click.echo(f"{written} hourly snapshots of {sites} sites from {truth.start:%Y-%m-%d %H:%M} to "
+               f"{truth.end:%Y-%m-%d %H:%M} UTC in {state_dir} ({time.perf_counter() - started:.1f} s): "
+               f"{len(truth.anomalies)} drops injected, {len(truth.trends)} trends"
+               + (f"; ground truth in {truth_path}" if truth_path else ""))
+    click.echo(f"Try: mistwatch rules backtest rules/ --state-dir {state_dir} --since 14d "
+               f"--until {truth.end:%Y-%m-%dT%H:%M}Z --rule site-clients-drop")
 
 
 # The demo's story: a quiet day, a bad morning a day later, an hour on, then recovery.

@@ -1,10 +1,10 @@
-"""Weeks of seasonal history, written into a real Store fast, with the ground truth of what was injected.
+"""Weeks of seasonal history, written into a real store fast, with the ground truth of what was injected.
 
-Used by ``bench/analytics.py`` (and handy for trying ``mistwatch rules backtest``)::
+Behind ``mistwatch simulate --backfill 35d`` (for trying ``mistwatch rules backtest``, docs/rules.md)
+and ``bench/analytics.py``::
 
-    python bench/seasonal.py --state-dir ./seasonal-state --sites 200 --days 35 --truth truth.json
-    mistwatch rules backtest rules/sites.yaml rules/sle-trends.yaml --state-dir ./seasonal-state \
-        --until 2026-11-27T00:00:00Z --since 14d --rule site-clients-drop
+    mistwatch simulate --backfill 35d --state-dir ./history --sites 200 --truth truth.json
+    mistwatch rules backtest rules/sites.yaml --state-dir ./history --since 14d --rule site-clients-drop
 
 Per site (labels as the Mist collector sets them: org_id, site_id, site_name, timezone, country_code):
 
@@ -25,18 +25,15 @@ live daemon would have, so ``for:`` durations replay as they would run).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import random
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from mistwatch.model import Entity, Snapshot
-from mistwatch.store.database import Store
 
 END = datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc)  # a Friday
 ZONES = (("Europe/Dublin", "IE"), ("Europe/Amsterdam", "NL"), ("Europe/Berlin", "DE"),
@@ -85,7 +82,7 @@ class Truth:
     holidays: dict[str, list[date]] = field(default_factory=dict)
 
 
-def _business(site: SiteModel, local: datetime, holidays: dict[str, list[date]]) -> float:
+def business_share(site: SiteModel, local: datetime, holidays: dict[str, list[date]]) -> float:
     """The site's usual share of its busy level at this local time (before noise)."""
     holiday = local.date() in holidays.get(site.labels["country_code"], [])
     if site.shop:
@@ -117,12 +114,14 @@ def make_truth(sites: int, days: float, seed: int, end: datetime = END, anomalie
                 chosen.append(day)
         truth.holidays[country] = chosen
     shapes = (("outage", 0.85, 1.0, 2, 5), ("major", 0.5, 0.8, 2, 6), ("moderate", 0.35, 0.5, 2, 6))
-    while len(truth.anomalies) < anomalies:
+    tries = 0
+    while len(truth.anomalies) < anomalies and tries < 1000 * anomalies:  # a short history may not fit them all
+        tries += 1
         site = rng.choice(truth.sites)
         shape, lo, hi, short, long = shapes[len(truth.anomalies) % len(shapes)]
         day = start + timedelta(days=rng.randint(1, int(days) - 1))
         local = day.astimezone(site.zone).replace(hour=rng.randint(9, 14), minute=0, second=0, microsecond=0)
-        if _business(site, local, truth.holidays) < 0.6:
+        if business_share(site, local, truth.holidays) < 0.6:
             continue
         begin = local.astimezone(timezone.utc)
         anomaly = Anomaly(site.key, begin, begin + timedelta(hours=rng.randint(short, long)), shape,
@@ -131,7 +130,7 @@ def make_truth(sites: int, days: float, seed: int, end: datetime = END, anomalie
                                     for a in truth.anomalies):
             continue
         truth.anomalies.append(anomaly)
-    leaking = rng.sample(truth.sites, leaks + drifts)
+    leaking = rng.sample(truth.sites, min(leaks + drifts, len(truth.sites)))
     for site in leaking[:leaks]:
         rate = rng.uniform(0.3, 1.0)
         begin = end - timedelta(days=rng.uniform(3, 8))
@@ -156,7 +155,7 @@ def values_at(truth: Truth, at: datetime, rng: random.Random, day_factor: dict[t
         factor = day_factor.get((site.key, local.date()))
         if factor is None:
             factor = day_factor[(site.key, local.date())] = rng.lognormvariate(0, 0.06)
-        usual = site.night + site.busy * _business(site, local, truth.holidays) * factor
+        usual = site.night + site.busy * business_share(site, local, truth.holidays) * factor
         clients = max(0.0, usual + rng.gauss(0, 0.03 * usual + math.sqrt(usual)))
         anomaly = by_key.get(site.key)
         if anomaly is not None:
@@ -181,10 +180,11 @@ def values_at(truth: Truth, at: datetime, rng: random.Random, day_factor: dict[t
     return entities
 
 
-def backfill(store: Store, truth: Truth, *, seed: int, fine_days: float = 0,
-             fine_step: timedelta = timedelta(minutes=30)) -> int:
+def backfill(store: Any, truth: Truth, *, seed: int, fine_days: float = 0,
+             fine_step: timedelta = timedelta(minutes=30), progress: Callable[[int], None] | None = None) -> int:
     """Write the history of ``truth`` (hourly, then every ``fine_step`` for the last ``fine_days``)
-    and roll it up. Returns the number of snapshots written."""
+    into ``store`` (a ``mistwatch.Store``) and roll it up. Returns the number of snapshots written;
+    ``progress`` is called with that number after each."""
     rng = random.Random(seed + 1)
     day_factor: dict[tuple[str, date], float] = {}
     fine_from = truth.end - timedelta(days=fine_days)
@@ -194,6 +194,8 @@ def backfill(store: Store, truth: Truth, *, seed: int, fine_days: float = 0,
         store.write_snapshot(run_id, Snapshot(taken_at=at, entities=values_at(truth, at, rng, day_factor)))
         store.finish_run(run_id, finished_at=at, status="ok")
         written += 1
+        if progress is not None:
+            progress(written)
         at += fine_step if at >= fine_from else timedelta(hours=1)
     store.roll_up(truth.end)
     return written
@@ -209,25 +211,3 @@ def truth_json(truth: Truth) -> dict:
                     "crosses_at": t.crosses_at.isoformat()} for t in truth.trends],
         "holidays": {country: [d.isoformat() for d in days] for country, days in truth.holidays.items()},
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--sites", type=int, default=200)
-    parser.add_argument("--days", type=float, default=35)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--anomalies", type=int, default=60)
-    parser.add_argument("--truth", type=Path, help="write the ground truth (anomalies, trends, holidays) as JSON")
-    args = parser.parse_args()
-    truth = make_truth(args.sites, args.days, args.seed, anomalies=args.anomalies)
-    with Store.open(args.state_dir) as store:
-        count = backfill(store, truth, seed=args.seed)
-    if args.truth:
-        args.truth.write_text(json.dumps(truth_json(truth), indent=2), encoding="utf-8")
-    print(f"{count} snapshots of {args.sites} sites from {truth.start:%Y-%m-%d} to {truth.end:%Y-%m-%d} "
-          f"in {args.state_dir}; {len(truth.anomalies)} anomalies injected", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -55,6 +55,16 @@ def test_each_org_spends_its_own_calls_and_keeps_its_own_event_cursor(two_orgs):
     assert set(snap.cursors["mist"]["orgs"]) == {a.org.org_id, b.org.org_id}
 
 
+def test_each_orgs_api_budget_is_reported_under_its_own_name_with_its_own_calls(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a, "North HQ"), org_entry(b)])
+    budgets = snap.api_budget
+    assert set(budgets) == {"mist org North HQ", "mist org South"}
+    assert budgets["mist org North HQ"]["calls_cycle"] == a.calls
+    assert budgets["mist org South"]["calls_cycle"] == b.calls
+    assert budgets["mist org South"]["org_id"] == b.org.org_id
+
+
 def test_an_org_that_fails_stands_in_with_its_last_entities_unknown_and_the_others_go_on(two_orgs):
     a, b = two_orgs
     last = _LastSeen()

@@ -154,11 +154,19 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
                       complete=complete)
         new_cursors[org_id] = outcome.cursors.get("mist", {})
         outcome.cursors = {}
+        outcome.api_budget = _per_org_budget(outcome.api_budget, org_id, name)
         merged.merge(outcome)
     if len(failures) == len(orgs):
         raise CollectionFailed("; ".join(failures))
     merged.cursors["mist"] = {"orgs": new_cursors}
     return merged
+
+
+def _per_org_budget(budgets: Mapping[str, Any], org_id: str, name: str) -> dict[str, Any]:
+    """The org's budget facts under a key of its own (``mist org <name>``): each org has its own token
+    and hourly budget, so merging them under one ``mist`` key would keep only the last org's."""
+    return {f"{collector} org {name}": {**facts, "org_id": org_id, "org_name": name}
+            for collector, facts in budgets.items()}
 
 
 def _named(items: list[Any], name: str) -> list[Any]:

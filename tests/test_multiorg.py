@@ -65,6 +65,12 @@ def test_each_orgs_api_budget_is_reported_under_its_own_name_with_its_own_calls(
     assert budgets["mist org South"]["org_id"] == b.org.org_id
 
 
+def test_two_orgs_of_one_name_keep_a_budget_line_each(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a, "Retail"), org_entry(b, "Retail")])
+    assert set(snap.api_budget) == {"mist org Retail", f"mist org Retail ({b.org.org_id})"}
+
+
 def test_an_org_that_fails_stands_in_with_its_last_entities_unknown_and_the_others_go_on(two_orgs):
     a, b = two_orgs
     last = _LastSeen()

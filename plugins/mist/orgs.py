@@ -125,6 +125,7 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
         outcomes = list(pool.map(one, orgs))
 
     merged = Snapshot(taken_at=ctx.now)
+    budget_names: set[str] = set()  # two orgs of one name still get a budget line each
     new_cursors: dict[str, Any] = {}
     failures: list[str] = []
     for settings, outcome in zip(orgs, outcomes, strict=True):
@@ -154,7 +155,9 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
                       complete=complete)
         new_cursors[org_id] = outcome.cursors.get("mist", {})
         outcome.cursors = {}
-        outcome.api_budget = _per_org_budget(outcome.api_budget, org_id, name)
+        label = name if name not in budget_names else f"{name} ({org_id})"
+        budget_names.add(label)
+        outcome.api_budget = _per_org_budget(outcome.api_budget, org_id, label)
         merged.merge(outcome)
     if len(failures) == len(orgs):
         raise CollectionFailed("; ".join(failures))
@@ -162,10 +165,10 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
     return merged
 
 
-def _per_org_budget(budgets: Mapping[str, Any], org_id: str, name: str) -> dict[str, Any]:
-    """The org's budget facts under a key of its own (``mist org <name>``): each org has its own token
+def _per_org_budget(budgets: Mapping[str, Any], org_id: str, label: str) -> dict[str, Any]:
+    """The org's budget facts under a key of its own (``mist org <label>``): each org has its own token
     and hourly budget, so merging them under one ``mist`` key would keep only the last org's."""
-    return {f"{collector} org {name}": {**facts, "org_id": org_id, "org_name": name}
+    return {f"{collector} org {label}": {**facts, "org_id": org_id, "org_name": label}
             for collector, facts in budgets.items()}
 
 

@@ -95,6 +95,9 @@ def fill(config: str, days: float, now: datetime) -> None:
     pruned = app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days")
                                      if k in history})
     app.store.kv_set("last_prune", now.timestamp())
+    # and the hourly roll-ups the daemon's cycles would have written as each hour completed:
+    # otherwise the first measured cycle catches up on all of them at once (a one-off of minutes)
+    app.store.roll_up(now)
     close_app(app)
     print(json.dumps({"runs": len(times), "pruned_samples": pruned["samples"]}))
 

@@ -179,3 +179,14 @@ def test_simulate_serves_several_orgs_and_prints_a_config_that_collects_them_all
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(timeout=30)
+
+
+def test_an_orgs_token_record_made_this_cycle_is_not_taken_for_a_stale_one_by_another_org():
+    # the orgs are collected at once: org B's thread must not drop the record org A's thread has
+    # just made (no cycle finished yet), or A's calls this hour are lost from its budget
+    now = NOW.timestamp()
+    state = {}
+    first = MistCollector._token_entry(state, "token-a", now)
+    first["calls"] = 16
+    MistCollector._token_entry(state, "token-b", now)
+    assert state["tokens"]["token-a"] is first and first["calls"] == 16

@@ -240,7 +240,7 @@ def _run(args: argparse.Namespace, budgets: dict, store: str | None) -> None:
                 print(f"sites={sites:>6} history: {args.history_days:g} days, {figures['filled']['runs']} runs "
                       f"written in {figures['filled']['seconds']} s (not measured; prune then removed "
                       f"{figures['filled']['pruned_samples']} sample rows)")
-            wall_budget, rss_budget = budgets.get(sites * args.orgs, (None, None))
+            wall_budget, rss_budget = budgets.get(sites * args.orgs, ("none", "none"))
             tag = f"orgs={args.orgs} x " if args.orgs > 1 else ""
             for cycle in figures["cycles"]:
                 print(f"{tag}sites={sites:>6} mode={mode:<8} cycle={cycle['cycle']} calls={cycle['api_calls']:>3} "

@@ -240,19 +240,21 @@ def _run(args: argparse.Namespace, budgets: dict, store: str | None) -> None:
                 print(f"sites={sites:>6} history: {args.history_days:g} days, {figures['filled']['runs']} runs "
                       f"written in {figures['filled']['seconds']} s (not measured; prune then removed "
                       f"{figures['filled']['pruned_samples']} sample rows)")
-            wall_budget, rss_budget = budgets.get(sites * args.orgs, ("none", "none"))
+            wall_budget, rss_budget = budgets.get(sites * args.orgs, (None, None))
+            wall_text = "none" if wall_budget is None else f"{wall_budget}s"
+            rss_text = "none" if rss_budget is None else f"{rss_budget} MB"
             tag = f"orgs={args.orgs} x " if args.orgs > 1 else ""
             for cycle in figures["cycles"]:
                 print(f"{tag}sites={sites:>6} mode={mode:<8} cycle={cycle['cycle']} calls={cycle['api_calls']:>3} "
                       f"(budget {15 + pages}{' per token' if args.orgs > 1 else ''}) wall={cycle['wall_s']:>6.2f}s "
-                      f"(budget {wall_budget}s) entities={cycle['entities']} rules={cycle['rules']} "
+                      f"(budget {wall_text}) entities={cycle['entities']} rules={cycle['rules']} "
                       f"status={cycle['status']}")
                 if args.orgs > 1:
                     print("    calls per token: " + ", ".join(f"{name} {calls}" for name, calls
                                                          in cycle["calls_by_token"].items()))
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             print(f"{tag}sites={sites:>6} mode={mode:<8} load average {load:.1f}; "
-                  f"peak RSS={figures['peak_rss_mb']} MB (budget {rss_budget} MB)")
+                  f"peak RSS={figures['peak_rss_mb']} MB (budget {rss_text})")
             if store and args.compare:
                 sq, pg = base["cycles"][-1]["wall_s"], figures["cycles"][-1]["wall_s"]
                 print(f"sites={sites:>6} mode={mode:<8} last cycle: sqlite {sq:.2f}s, postgresql {pg:.2f}s, "

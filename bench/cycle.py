@@ -20,6 +20,11 @@ same cycles on a PostgreSQL store (a fresh schema per measurement), to compare w
 
 ``--compare`` measures SQLite too and prints the ratio of the warm cycle's wall time (target <= 1.5).
 
+``--orgs N`` runs N orgs of ``--sites`` sites each (each its own simulator process, token and hourly
+budget) through ``mist: {orgs: [...]}``, to compare with one org of N times the sites:
+
+    python bench/cycle.py --orgs 3 --sites 1000 --mode all; python bench/cycle.py --sites 3000 --mode all
+
 Budgets (design.md): calls <= 15 + pages; 1,000 sites <= 2 s and <= 80 MB; 10,000 sites <= 15 s and <= 250 MB.
 """
 
@@ -48,16 +53,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_simulator(sites: int) -> tuple[subprocess.Popen, str, str]:
+def start_simulator(sites: int, seed: int = 7, token: str = TOKEN) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mistwatch", "simulate", "--port", str(port), "--sites", str(sites),
-         "--token", TOKEN], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--token", token, "--seed", str(seed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            answer = requests.get(f"{url}/api/v1/self", headers={"Authorization": f"Token {TOKEN}"}, timeout=2)
+            answer = requests.get(f"{url}/api/v1/self", headers={"Authorization": f"Token {token}"}, timeout=2)
             org_id = answer.json()["privileges"][0]["org_id"]
             return proc, url, org_id
         except (requests.RequestException, ValueError, KeyError):
@@ -90,6 +95,9 @@ def fill(config: str, days: float, now: datetime) -> None:
     pruned = app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days")
                                      if k in history})
     app.store.kv_set("last_prune", now.timestamp())
+    # and the hourly roll-ups the daemon's cycles would have written as each hour completed:
+    # otherwise the first measured cycle catches up on all of them at once (a one-off of minutes)
+    app.store.roll_up(now)
     close_app(app)
     print(json.dumps({"runs": len(times), "pruned_samples": pruned["samples"]}))
 
@@ -105,7 +113,9 @@ def child(config: str, mode: str, cycles: int, now: datetime) -> None:
     for i in range(cycles):
         start = time.perf_counter()
         result = run_cycle(app, mode=mode, now=now + timedelta(minutes=15 * i))
+        budgets = result.snapshot.api_budget if result.snapshot else {}
         out.append({"cycle": i + 1, "wall_s": round(time.perf_counter() - start, 3), "api_calls": result.api_calls,
+                    "calls_by_token": {name: b.get("calls_cycle") for name, b in sorted(budgets.items())},
                     "status": result.status, "entities": len(result.snapshot.entities) if result.snapshot else 0,
                     "rules": len(app.ruleset.rules)})
         # Like the daemon, keep nothing of a cycle into the next: otherwise the peak would be this
@@ -128,14 +138,24 @@ def fresh_schema(url: str) -> str:
     return url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{name}"
 
 
-def measure(sites: int, mode: str, cycles: int, history_days: float = 0, store: str | None = None) -> dict:
-    proc, url, org_id = start_simulator(sites)
+def measure(sites: int, mode: str, cycles: int, history_days: float = 0, store: str | None = None,
+            orgs: int = 1) -> dict:
+    """``orgs`` > 1: that many orgs of ``sites`` sites each, each its own simulator process (own seed,
+    so own ids), token and budget, collected through ``mist: {orgs: [...]}``."""
+    sims = [start_simulator(sites, seed=7 + i, token=TOKEN if i == 0 else f"{TOKEN}-{i + 1}")
+            for i in range(orgs)]
+    _, url, org_id = sims[0]
+    mist: dict = {"base_url": url, "token": TOKEN, "org_id": org_id}
+    if orgs > 1:
+        mist = {"orgs": [{"name": f"Org {i + 1}", "base_url": sim_url, "org_id": sim_org,
+                          "token": TOKEN if i == 0 else f"{TOKEN}-{i + 1}"}
+                         for i, (_, sim_url, sim_org) in enumerate(sims)]}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "config.yaml"
             rules = Path(__file__).resolve().parents[1] / "rules"
             config.write_text(json.dumps({
-                "mist": {"base_url": url, "token": TOKEN, "org_id": org_id},
+                "mist": mist,
                 "state_dir": str(Path(tmp) / "var"), "reports": {"dir": str(Path(tmp) / "reports")},
                 "rules": [str(rules)], "notifiers": [{"name": "console", "type": "console"}],
                 **({"store": {"url": fresh_schema(store)}} if store else {}),
@@ -160,8 +180,10 @@ def measure(sites: int, mode: str, cycles: int, history_days: float = 0, store: 
                 raise SystemExit(f"benchmark child failed:\n{done.stderr[-3000:]}")
             return {**json.loads(done.stdout.strip().splitlines()[-1]), "filled": filled}
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for sim, _, _ in sims:
+            sim.terminate()
+        for sim, _, _ in sims:
+            sim.wait(timeout=10)
 
 
 def main() -> None:
@@ -169,6 +191,8 @@ def main() -> None:
     parser.add_argument("--sites", type=int, action="append", help="sites (repeatable; default 1000 and 10000)")
     parser.add_argument("--mode", action="append", choices=["monitor", "insights", "report", "all"])
     parser.add_argument("--cycles", type=int, default=2, help="cycles per process (the first is cold)")
+    parser.add_argument("--orgs", type=int, default=1,
+                        help="orgs of --sites sites each, own token and budget each (mist: {orgs: [...]})")
     parser.add_argument("--history-days", type=float, default=0,
                         help="days of history in the store before the measured cycles (default 0: empty)")
     parser.add_argument("--store", metavar="URL", help="a postgresql:// URL, or auto (a throwaway cluster)")
@@ -209,21 +233,28 @@ def _run(args: argparse.Namespace, budgets: dict, store: str | None) -> None:
         for mode in args.mode or ["monitor", "all"]:
             if store and args.compare:
                 base = measure(sites, mode, args.cycles, args.history_days)
-            figures = measure(sites, mode, args.cycles, args.history_days, store)
+            figures = measure(sites, mode, args.cycles, args.history_days, store, orgs=args.orgs)
             if store:
                 print(f"sites={sites:>6} mode={mode:<8} store=postgresql")
             if figures["filled"]:
                 print(f"sites={sites:>6} history: {args.history_days:g} days, {figures['filled']['runs']} runs "
                       f"written in {figures['filled']['seconds']} s (not measured; prune then removed "
                       f"{figures['filled']['pruned_samples']} sample rows)")
-            wall_budget, rss_budget = budgets.get(sites, (None, None))
+            wall_budget, rss_budget = budgets.get(sites * args.orgs, (None, None))
+            wall_text = "none" if wall_budget is None else f"{wall_budget}s"
+            rss_text = "none" if rss_budget is None else f"{rss_budget} MB"
+            tag = f"orgs={args.orgs} x " if args.orgs > 1 else ""
             for cycle in figures["cycles"]:
-                print(f"sites={sites:>6} mode={mode:<8} cycle={cycle['cycle']} calls={cycle['api_calls']:>3} "
-                      f"(budget {15 + pages}) wall={cycle['wall_s']:>6.2f}s (budget {wall_budget}s) "
-                      f"entities={cycle['entities']} rules={cycle['rules']} status={cycle['status']}")
+                print(f"{tag}sites={sites:>6} mode={mode:<8} cycle={cycle['cycle']} calls={cycle['api_calls']:>3} "
+                      f"(budget {15 + pages}{' per token' if args.orgs > 1 else ''}) wall={cycle['wall_s']:>6.2f}s "
+                      f"(budget {wall_text}) entities={cycle['entities']} rules={cycle['rules']} "
+                      f"status={cycle['status']}")
+                if args.orgs > 1:
+                    print("    calls per token: " + ", ".join(f"{name} {calls}" for name, calls
+                                                         in cycle["calls_by_token"].items()))
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-            print(f"sites={sites:>6} mode={mode:<8} load average {load:.1f}; "
-                  f"peak RSS={figures['peak_rss_mb']} MB (budget {rss_budget} MB)")
+            print(f"{tag}sites={sites:>6} mode={mode:<8} load average {load:.1f}; "
+                  f"peak RSS={figures['peak_rss_mb']} MB (budget {rss_text})")
             if store and args.compare:
                 sq, pg = base["cycles"][-1]["wall_s"], figures["cycles"][-1]["wall_s"]
                 print(f"sites={sites:>6} mode={mode:<8} last cycle: sqlite {sq:.2f}s, postgresql {pg:.2f}s, "

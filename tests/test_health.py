@@ -205,3 +205,13 @@ def test_the_demos_bad_sites_rank_as_an_operator_would(demo_morning):
     # gateway and switch down < 3 of 4 APs down < three SLEs collapsed < a switch loop alarm
     assert ranked == ["Seattle Branch 1", "Stockholm Office", "Vienna Branch 1", "Cologne Branch 1"]
     assert by_name["Seattle Branch 1"] <= 20
+
+
+def test_devices_with_equal_components_share_one_list_so_60000_devices_do_not_hold_60000():
+    devices = [device_entity(f"d{i}", f"AP {i}", "s1", "Dublin", cpu=10.0) for i in range(3)]
+    result = compute_health(snap(*devices), [])
+    first, second, third = (result.devices[f"device:d{i}"] for i in range(3))
+    assert first.components is second.components is third.components
+    assert first.unknown is second.unknown
+    assert first.components == [("device.connected", 0.0, "connected"), ("device.cpu", 0.0, "cpu 10%"),
+                                ("device.memory", 0.0, "memory 40%"), ("device.alerts", 0.0, "no firing alerts")]

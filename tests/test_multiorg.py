@@ -55,6 +55,22 @@ def test_each_org_spends_its_own_calls_and_keeps_its_own_event_cursor(two_orgs):
     assert set(snap.cursors["mist"]["orgs"]) == {a.org.org_id, b.org.org_id}
 
 
+def test_each_orgs_api_budget_is_reported_under_its_own_name_with_its_own_calls(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a, "North HQ"), org_entry(b)])
+    budgets = snap.api_budget
+    assert set(budgets) == {"mist org North HQ", "mist org South"}
+    assert budgets["mist org North HQ"]["calls_cycle"] == a.calls
+    assert budgets["mist org South"]["calls_cycle"] == b.calls
+    assert budgets["mist org South"]["org_id"] == b.org.org_id
+
+
+def test_two_orgs_of_one_name_keep_a_budget_line_each(two_orgs):
+    a, b = two_orgs
+    _, _, snap = run([org_entry(a, "Retail"), org_entry(b, "Retail")])
+    assert set(snap.api_budget) == {"mist org Retail", f"mist org Retail ({b.org.org_id})"}
+
+
 def test_an_org_that_fails_stands_in_with_its_last_entities_unknown_and_the_others_go_on(two_orgs):
     a, b = two_orgs
     last = _LastSeen()
@@ -171,3 +187,14 @@ def test_requests_of_every_org_add_up_also_those_of_an_org_whose_token_is_refuse
     mine = snap.api_requests["mist"]
     assert mine["/api/v1/self"] == {"200": 1, "401": 1}
     assert mine["/api/v1/orgs/{org_id}/stats/devices"] == {"200": 1}
+
+
+def test_an_orgs_token_record_made_this_cycle_is_not_taken_for_a_stale_one_by_another_org():
+    # the orgs are collected at once: org B's thread must not drop the record org A's thread has
+    # just made (no cycle finished yet), or A's calls this hour are lost from its budget
+    now = NOW.timestamp()
+    state = {}
+    first = MistCollector._token_entry(state, "token-a", now)
+    first["calls"] = 16
+    MistCollector._token_entry(state, "token-b", now)
+    assert state["tokens"]["token-a"] is first and first["calls"] == 16

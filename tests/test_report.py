@@ -340,3 +340,15 @@ def test_upgrading_and_never_connected_devices_cost_no_health_and_the_report_lis
     assert report["org"]["devices"] == 35 and report["org"]["devices_unknown"] == 0
     html = render_html(report)
     assert "Not yet connected" in html and never.labels["device_name"] in html
+
+
+def test_sites_with_equal_sle_weeks_share_one_entry_and_the_json_says_the_same(store):
+    # ~160,000 SLE entries at 10,000 sites: equal ones are one dict (read-only once built)
+    for day in range(3):
+        report, _ = cycle(store, day, n_sites=4)
+    by_name = [{e["name"]: e for e in s["sles"]} for s in report["sites"] if s["id"] != "s0000"]
+    assert by_name[0]["wifi.capacity"] is by_name[1]["wifi.capacity"] is by_name[2]["wifi.capacity"]
+    assert by_name[0]["wifi.capacity"] == {"name": "wifi.capacity", "value": 0.92, "delta_1d": 0.0,
+                                           "delta_7d": None, "trend": [None] * 5 + [0.92, 0.92, 0.92]}
+    worst = next(s for s in report["sites"] if s["id"] == "s0000")
+    assert {e["name"]: e["value"] for e in worst["sles"]}["wifi.coverage"] == 0.7  # its own, not shared

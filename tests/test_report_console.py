@@ -191,3 +191,36 @@ def test_run_shows_the_calls_of_the_cycle_and_the_hour_and_the_shortest_interval
              "skipped": ["stats/bgp_peers/search"], "blocked_until": "2026-01-05T10:01:00+00:00"}
     assert budget_text(tight).endswith("skipped to save the budget: stats/bgp_peers/search; "
                                        "budget spent (HTTP 429): no calls until 2026-01-05T10:01:00+00:00")
+
+
+def test_with_several_orgs_each_tokens_calls_are_checked_against_its_own_budget_not_the_total():
+    import io
+
+    from fixtures_reports import T0, synthetic_org
+    from rich.console import Console
+
+    from mistwatch.engine import CycleResult
+    from mistwatch.report.console import print_summary, summary_json
+
+    snap = synthetic_org(2, 3, at=T0)
+    # three orgs of 1,000 calls a cycle: 12,000 an hour in all, but 4,000 per token, within each budget
+    for name in ("A", "B", "C"):
+        snap.api_budget[f"mist org {name}"] = {"calls_cycle": 1000, "calls_hour": 1000, "hourly_budget": 5000}
+    result = CycleResult(run_id=None, mode="monitor", started_at=T0, snapshot=snap, api_calls=3000,
+                         api_calls_per_hour_allowed=5000)
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200), result, interval_s=900)
+    text = out.getvalue()
+    assert "12000 calls/hour" not in text and "of the 5000 allowed per token" not in text
+    assert text.count("4000 calls/hour, within this token's budget") == 3
+    budgets = summary_json(result, 900)["api_budget"]
+    assert {name: b["within_budget"] for name, b in budgets.items()} == {
+        "mist org A": True, "mist org B": True, "mist org C": True}
+
+
+def test_a_token_whose_cycles_would_spend_more_than_its_hourly_budget_is_shown_over_it():
+    from mistwatch.report.console import budget_check, budget_text
+
+    budget = {"calls_cycle": 1300, "calls_hour": 1300, "hourly_budget": 5000}
+    assert budget_check(budget, 900) == {"calls_per_hour": 5200, "within_budget": False}
+    assert "5200 calls/hour, over this token's budget" in budget_text(budget, 900)

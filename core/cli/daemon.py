@@ -320,7 +320,7 @@ def _print_status(data: dict[str, Any]) -> None:
     latest = next((r for r in data["runs"] if r.get("api_budget")), None)
     for name, budget in sorted((latest or {}).get("api_budget", {}).items()):
         console.print(f"[bold]API budget ({escape(name)}, cycle of {latest['started_at']}):[/] "
-                      f"{escape(budget_text(budget), 1000)}")
+                      f"{escape(budget_text(budget, data['interval_s']), 1000)}")
     f = data["alerts_firing"]
     console.print(f"[bold]Alerts firing:[/] critical {f.get('critical', 0)}, major {f.get('major', 0)}, "
                   f"minor {f.get('minor', 0)}, info {f.get('info', 0)}; pending {data['alerts_pending']}")

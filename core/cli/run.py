@@ -101,9 +101,9 @@ def run(config_path: str, mode: str, now_text: str | None, dry_run: bool, as_jso
 
         logging.getLogger("mistwatch.cli.run").info("run --mode %s: %s", mode, _cycle_line(result))
         if as_json:
-            from mistwatch.report.console import summary_json
+            from mistwatch.report.console import interval_seconds, summary_json
 
-            click.echo(json.dumps(summary_json(result), indent=2, default=str))
+            click.echo(json.dumps(summary_json(result, interval_seconds(app.config)), indent=2, default=str))
         else:
             show_result(console, app, result, verbose=verbose > 0)
             if result.status == "failed":

@@ -209,20 +209,45 @@ def print_summary(console: Any, result: Any, *, interval_s: float = 900, max_sit
                       f"{console_text(error.endpoint, 300)}: {console_text(error.message, 1000)} "
                       "(affected data shown as ?)")
     per_hour = hourly_projection(result.api_calls, interval_s)
-    allowed = getattr(result, "api_calls_per_hour_allowed", 0)
-    colour = "green" if not allowed or per_hour < allowed * 0.5 else "yellow" if per_hour < allowed else "red"
-    of = f" of the {allowed} allowed per token" if allowed else ""
-    console.print(f"[bold]API:[/] {result.api_calls} calls this cycle; at a {interval_s / 60:g} min interval "
-                  f"[{colour}]{per_hour} calls/hour[/]{of} ({result.duration_s:.2f} s)")
+    if len(snapshot.api_budget) > 1:
+        # several tokens (orgs), each with its own hourly budget: the total is not held against any
+        # one of them; each budget line below carries its own check
+        console.print(f"[bold]API:[/] {result.api_calls} calls this cycle over {len(snapshot.api_budget)} "
+                      f"tokens, each checked against its own budget below ({result.duration_s:.2f} s)")
+    else:
+        allowed = getattr(result, "api_calls_per_hour_allowed", 0)
+        colour = "green" if not allowed or per_hour < allowed * 0.5 else "yellow" if per_hour < allowed else "red"
+        of = f" of the {allowed} allowed per token" if allowed else ""
+        console.print(f"[bold]API:[/] {result.api_calls} calls this cycle; at a {interval_s / 60:g} min interval "
+                      f"[{colour}]{per_hour} calls/hour[/]{of} ({result.duration_s:.2f} s)")
+    several = len(snapshot.api_budget) > 1  # with one token the API line above has the check
     for name, budget in sorted(snapshot.api_budget.items()):
-        console.print(f"[bold]API budget ({console_text(name)}):[/] {console_text(budget_text(budget), 1000)}")
+        console.print(f"[bold]API budget ({console_text(name)}):[/] "
+                      f"{console_text(budget_text(budget, interval_s if several else None), 1000)}")
 
 
-def budget_text(budget: dict[str, Any]) -> str:
-    """One line on a collector's API budget: calls this cycle and clock hour, the shortest interval
-    the org's size allows, what was skipped to save calls, and when a spent budget comes back."""
+def budget_check(budget: dict[str, Any], interval_s: float) -> dict[str, Any]:
+    """One token's budget held against its own calls: ``calls_per_hour`` at this cycle's calls and
+    the interval, and ``within_budget`` (None when the budget or the calls are not known)."""
+    calls, limit = budget.get("calls_cycle"), budget.get("hourly_budget")
+    if not isinstance(calls, int):
+        return {"calls_per_hour": None, "within_budget": None}
+    per_hour = hourly_projection(calls, interval_s)
+    return {"calls_per_hour": per_hour, "within_budget": per_hour <= limit if isinstance(limit, int) else None}
+
+
+def budget_text(budget: dict[str, Any], interval_s: float | None = None) -> str:
+    """One line on a collector's (or one org's token's) API budget: calls this cycle and clock hour,
+    with ``interval_s`` the calls per hour at that interval against this token's budget, the shortest
+    interval the org's size allows, what was skipped to save calls, and when a spent budget comes back."""
     parts = [f"{budget.get('calls_cycle', '?')} calls this cycle, {budget.get('calls_hour', '?')} this clock hour"
              + (f" of {budget['hourly_budget']}" if budget.get("hourly_budget") else "")]
+    if interval_s is not None:
+        check = budget_check(budget, interval_s)
+        if check["calls_per_hour"] is not None:
+            verdict = {True: "within", False: "over", None: "no known"}[check["within_budget"]]
+            parts.append(f"at a {interval_s / 60:g} min interval {check['calls_per_hour']} calls/hour, "
+                         f"{verdict} this token's budget")
     fastest = budget.get("min_interval_s")
     if "min_interval_s" in budget:
         parts.append("no interval fits the budget" if fastest is None
@@ -298,8 +323,9 @@ def print_devices(console: Any, snapshot: Snapshot, health: Any = None, *, verbo
     console.print(table)
 
 
-def summary_json(result: Any) -> dict[str, Any]:
-    """The same facts for scripts (`run --json`)."""
+def summary_json(result: Any, interval_s: float | None = None) -> dict[str, Any]:
+    """The same facts for scripts (`run --json`). With ``interval_s`` each API budget (one per
+    token: per org with ``mist: {orgs: ...}``) carries its own check (see :func:`budget_check`)."""
     out: dict[str, Any] = {
         "mode": result.mode,
         "status": result.status,
@@ -312,7 +338,8 @@ def summary_json(result: Any) -> dict[str, Any]:
     }
     snapshot = result.snapshot
     if snapshot is not None:
-        out["api_budget"] = snapshot.api_budget
+        out["api_budget"] = {name: {**budget, **(budget_check(budget, interval_s) if interval_s else {})}
+                             for name, budget in snapshot.api_budget.items()}
         out["totals"] = totals(snapshot)
         out["sites"] = [
             {"site_key": r.key, "site_name": r.name,

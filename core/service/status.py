@@ -102,13 +102,20 @@ def alert_filters(params: Mapping[str, list[str]]) -> dict[str, list[str]]:
 
 # -- status ----------------------------------------------------------------------------------------
 
-def _run_dict(r: Any) -> dict[str, Any] | None:
+def _run_dict(r: Any, interval_s: float | None = None) -> dict[str, Any] | None:
+    """A run as JSON; with ``interval_s`` each API budget (one per token, so per org with several
+    orgs) carries its check at that interval (``calls_per_hour``, ``within_budget``)."""
+    from mistwatch.report.console import budget_check
+
     if r is None:
         return None
+    budgets = (r.summary or {}).get("api_budget", {})
+    if interval_s:
+        budgets = {name: {**b, **budget_check(b, interval_s)} for name, b in budgets.items()}
     return {"id": r.id, "started_at": r.started_at.isoformat(timespec="seconds"),
             "finished_at": r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
             "mode": r.mode, "status": r.status, "api_calls": r.api_calls, "errors": list(r.errors),
-            "api_budget": (r.summary or {}).get("api_budget", {})}
+            "api_budget": budgets}
 
 
 def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
@@ -143,7 +150,7 @@ def status_data(config: Any, store: Any, now: datetime) -> dict[str, Any]:
         "last_successful_run": _run_dict(last_ok),
         "last_success_age_s": None if age is None else round(age),
         "stale": age is None or age > 3 * interval.total_seconds(),
-        "runs": [_run_dict(r) for r in store.runs(10)],
+        "runs": [_run_dict(r, interval.total_seconds()) for r in store.runs(10)],
         "alerts_firing": firing,
         "alerts_pending": pending,
         "store": {"backend": store.dialect.name, "where": store.where, "daemons": store.active_sessions()},

@@ -28,6 +28,7 @@ import gc
 import hashlib
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from mistwatch.hookspecs import CollectContext, Collector
 from mistwatch.model import CollectorError, Entity, Event, Snapshot
 
 NAME = "mist"
+#: Guards the per-token records of the collector state, which the org threads share.
+_TOKENS_LOCK = threading.Lock()
 #: Mist's documented API budget per token and clock hour.
 CALLS_PER_HOUR = 5000
 #: First run (no cursor): look this far back for device events.
@@ -757,17 +760,22 @@ class MistCollector:
 
     @staticmethod
     def _token_entry(state: MutableMapping[str, Any], fingerprint: str, now_ts: float) -> MutableMapping[str, Any]:
-        """This token's record in the persistent state; records of tokens unused for two days go."""
-        tokens = state.get("tokens")
-        if not isinstance(tokens, dict):
-            tokens = state["tokens"] = {}
-        for other in [f for f, e in tokens.items() if f != fingerprint and isinstance(e, dict)
-                      and (epoch(e.get("last_cycle_at")) or 0) < now_ts - 2 * 86400]:
-            del tokens[other]
-        entry = tokens.get(fingerprint)
-        if not isinstance(entry, dict):
-            entry = tokens[fingerprint] = {}
-        return entry
+        """This token's record in the persistent state; records of tokens unused for two days go.
+
+        Several orgs are collected at once, one thread each, into the one state: under a lock, so
+        two first cycles cannot each make a ``tokens`` record and keep only the other's; and a record
+        that has not finished a cycle yet (another org's, being collected now) is not stale."""
+        with _TOKENS_LOCK:
+            tokens = state.get("tokens")
+            if not isinstance(tokens, dict):
+                tokens = state["tokens"] = {}
+            for other in [f for f, e in tokens.items() if f != fingerprint and isinstance(e, dict)
+                          and (epoch(e.get("last_cycle_at")) or now_ts) < now_ts - 2 * 86400]:
+                del tokens[other]
+            entry = tokens.get(fingerprint)
+            if not isinstance(entry, dict):
+                entry = tokens[fingerprint] = {}
+            return entry
 
     # ---- one cycle
 

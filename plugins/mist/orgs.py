@@ -125,6 +125,7 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
         outcomes = list(pool.map(one, orgs))
 
     merged = Snapshot(taken_at=ctx.now)
+    budget_names: set[str] = set()  # two orgs of one name still get a budget line each
     new_cursors: dict[str, Any] = {}
     failures: list[str] = []
     for settings, outcome in zip(orgs, outcomes, strict=True):
@@ -157,11 +158,21 @@ def collect_orgs(collect_one: Callable[[CollectContext], Snapshot], ctx: Collect
                       complete=complete)
         new_cursors[org_id] = outcome.cursors.get("mist", {})
         outcome.cursors = {}
+        label = name if name not in budget_names else f"{name} ({org_id})"
+        budget_names.add(label)
+        outcome.api_budget = _per_org_budget(outcome.api_budget, org_id, label)
         merged.merge(outcome)
     if len(failures) == len(orgs):
         raise CollectionFailed("; ".join(failures), api_requests=merged.api_requests)
     merged.cursors["mist"] = {"orgs": new_cursors}
     return merged
+
+
+def _per_org_budget(budgets: Mapping[str, Any], org_id: str, label: str) -> dict[str, Any]:
+    """The org's budget facts under a key of its own (``mist org <label>``): each org has its own token
+    and hourly budget, so merging them under one ``mist`` key would keep only the last org's."""
+    return {f"{collector} org {label}": {**facts, "org_id": org_id, "org_name": label}
+            for collector, facts in budgets.items()}
 
 
 def _named(items: list[Any], name: str) -> list[Any]:

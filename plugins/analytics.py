@@ -436,6 +436,12 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         candidates = [e for e in candidates if not _unknown(ctx, e, metric, False)]
         end = _hour_start(ctx.now)
         rollups = ctx.hourly(metric, end - history, end)
+        if not rollups.hours:  # no hour of history in the window (a new store): nobody has a baseline, and
+            # saying so needs no numpy (~13 MB a process keeps once imported)
+            if candidates:
+                short_note(ctx, len(candidates))
+            yield from _inactive(ctx, metric, all_unknown, done)
+            return
         base, local_now = _baselines(rollups, candidates, ctx.now, min_weeks=min_weeks, daily_days=14,
                                       noise_floor=noise_floor, quiet=bool(widespread_by) and sign < 0)
         short = 0
@@ -500,10 +506,13 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
                              widespread_share, widespread_min, closed_anyway)
         yield from results
         if short:
-            ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "
-                     f"{format_duration(min_history)} of history, or none at this hour on this kind of day): "
-                     "not evaluated", "insufficient_history")
+            short_note(ctx, short)
         yield from _inactive(ctx, metric, all_unknown, done)
+
+    def short_note(ctx: RuleContext, short: int) -> None:
+        ctx.note(f"{short} {ctx.rule.scope}(s) without a baseline for {metric} yet (less than "
+                 f"{format_duration(min_history)} of history, or none at this hour on this kind of day): "
+                 "not evaluated", "insufficient_history")
 
     return check
 
@@ -591,8 +600,6 @@ def compile_forecast(spec: Mapping[str, Any]) -> Check:
         return (limit - level) / slope
 
     def check(ctx: RuleContext) -> Iterator[Result]:
-        import numpy as np
-
         candidates, all_unknown = _candidates(ctx, metric)
         done: set[str] = set()
         if all_unknown:
@@ -601,6 +608,14 @@ def compile_forecast(spec: Mapping[str, Any]) -> Check:
         candidates = [e for e in candidates if not _unknown(ctx, e, metric, False)]
         end = _hour_start(ctx.now)
         rollups = ctx.hourly(metric, ctx.now - window, end)
+        if not rollups.hours:  # no hour of history in the window (a new store): the value now is one point,
+            # fewer than min_samples (>= 2) for anyone; said without numpy (~13 MB once imported)
+            if candidates:
+                short_note(ctx, len(candidates))
+            yield from _inactive(ctx, metric, all_unknown, done)
+            return
+        import numpy as np
+
         now_h = ctx.now.timestamp() / _HOUR
         row_of = {key: i for i, key in enumerate(rollups.keys)}
         matrix = _matrix(rollups)[[row_of.get(e.key, 0) for e in candidates]] if rollups.keys else \
@@ -653,9 +668,12 @@ def compile_forecast(spec: Mapping[str, Any]) -> Check:
                 yield Result(entity.key, entity.labels, None, value=value, threshold=tiers[-1][2],
                              baseline=level, score=slope, metrics=entity.metrics, extra=extra)
         if short:
-            ctx.note(f"{short} {ctx.rule.scope}(s) with fewer than {min_samples} hourly values of {metric} in "
-                     f"the last {format_duration(window)}: not evaluated", "insufficient_history")
+            short_note(ctx, short)
         yield from _inactive(ctx, metric, all_unknown, done)
+
+    def short_note(ctx: RuleContext, short: int) -> None:
+        ctx.note(f"{short} {ctx.rule.scope}(s) with fewer than {min_samples} hourly values of {metric} in "
+                 f"the last {format_duration(window)}: not evaluated", "insufficient_history")
 
     return check
 

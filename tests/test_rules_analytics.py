@@ -497,3 +497,35 @@ def test_forecast_slopes_of_6000_devices_never_hold_every_pairwise_slope_at_once
     finally:
         tracemalloc.stop()
     assert peak < 20e6
+
+
+def test_anomaly_and_forecast_without_any_history_note_it_without_loading_numpy(tmp_path):
+    # in a process of its own: numpy stays loaded once any test here has used it
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for name, text in (("anomaly.yaml", ANOMALY), ("forecast.yaml", FORECAST)):
+        (tmp_path / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from fixtures_rules import Cycles, device
+        from test_rules_analytics import NOW, site_tz
+        from mistwatch.plugins.analytics import analytics_kinds
+        from mistwatch.plugins.rulekinds import builtin_kinds
+        from mistwatch.rules.loader import load_rules
+
+        rules = load_rules([Path({str(tmp_path)!r}) / "anomaly.yaml", Path({str(tmp_path)!r}) / "forecast.yaml"],
+                           {{**builtin_kinds(), **analytics_kinds()}})
+        cycles = Cycles(rules, start=NOW)
+        print(cycles.run([site_tz(site__clients=0), device(device__memory=99)]))
+        print("numpy" in sys.modules)
+        print(*cycles.notes(), sep="\\n")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    alerts, numpy_loaded, *notes = done.stdout.splitlines()
+    assert (alerts, numpy_loaded) == ("{}", "False")
+    assert any("1 site(s) without a baseline for site.clients yet" in n for n in notes)
+    assert any("1 device(s) with fewer than 6 hourly values of device.memory" in n for n in notes)

@@ -92,3 +92,44 @@ def test_a_rule_whose_kind_raises_is_a_note_and_freezes_only_its_own_alerts(tmp_
     cycles.step([site(site__clients=1)])
     assert {a.rule_id: a.state for a in cycles.alerts.values()} == {"flaky": "firing", "low": "firing"}
     assert any("flaky: rule failed: RuntimeError: plugin bug" in n for n in cycles.notes())
+
+
+class _Windows:
+    """A history whose ``hourly`` answers each read with a new (empty) roll-up, counting reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def hourly(self, metric, start, end):
+        from mistwatch.store.records import HourlyRollups
+
+        self.reads += 1
+        return HourlyRollups(metric, [])
+
+
+def _context(history):
+    from types import SimpleNamespace
+
+    from mistwatch.rules.evaluator import Evaluation, RuleContext, _Shared
+
+    shared = _Shared(Snapshot(taken_at=T0), history, T0, None)
+    return lambda: RuleContext(SimpleNamespace(id="r"), shared, Evaluation(at=T0))
+
+
+def test_rules_asking_for_the_same_hourly_window_in_a_row_share_one_read():
+    history = _Windows()
+    context = _context(history)
+    first = context().hourly("site.clients", T0 - timedelta(days=7), T0)
+    again = context().hourly("site.clients", T0 - timedelta(days=7), T0)
+    assert again is first and history.reads == 1
+
+
+def test_an_evaluation_lets_go_of_an_hourly_window_once_a_rule_reads_another():
+    import gc
+    import weakref
+
+    context = _context(_Windows())
+    first = weakref.ref(context().hourly("site.clients", T0 - timedelta(days=7), T0))
+    context().hourly("device.memory", T0 - timedelta(hours=24), T0)
+    gc.collect()
+    assert first() is None

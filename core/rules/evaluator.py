@@ -128,6 +128,8 @@ class _Shared:
         self.means: dict[tuple[str, datetime, datetime], dict[str, tuple[float, int]]] = {}
         self.starts: dict[str | None, datetime | None] = {}
         self.records: dict[tuple[str, datetime | None], list[EntityRecord]] = {}
+        #: the last window of hourly roll-ups read (at most one: at 10,000 sites one window is tens of
+        #: MB, and rules asking for the same one are usually adjacent, the tiers of one metric)
         self.hourly: dict[tuple[str, datetime, datetime], HourlyRollups] = {}
         self.changes: dict[tuple[str, datetime, datetime], dict[str, int]] = {}
         self.alerts_by_rule: dict[str, dict[str, Alert]] = {}
@@ -291,12 +293,15 @@ class RuleContext:
 
     def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
         """Hourly roll-ups (min, max, mean, count) of ``metric`` for every entity, for the hours
-        starting in [start, end): one batched query, cached (rules asking for the same window share it).
-        Only complete hours are rolled up, so end the window at the current hour's start."""
+        starting in [start, end): one batched query, cached until a rule asks for another
+        window (rules asking for the same one in a row share it; keeping every window read would hold
+        them all until the evaluation ends). Only complete hours are rolled up, so end the window at
+        the current hour's start."""
         key = (metric, start, end)
         cached = self._shared.hourly.get(key)
         if cached is None:
             self._shared.queries += 1
+            self._shared.hourly.clear()  # before reading: never two windows held at once
             cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end)
         return cached
 

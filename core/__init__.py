@@ -6,7 +6,7 @@ and descriptors), ``mistwatch.model`` (the dataclasses passed between stages), `
 for each channel: terminal, Slack, Teams, HTML). Built-in plugins use nothing else, as a third-party plugin would.
 
 - Plugins: ``hookimpl``, ``Collector``, ``Notifier``, ``RuleKind``, ``CollectContext`` and the model.
-- Rule kinds: ``Result``, ``RuleContext``, ``RuleSpecError``, ``duration_schema``, ``identity_of``.
+- Rule kinds: ``Result``, ``RuleContext``, ``RuleSpecError``, ``duration_schema``, ``spec_duration``, ``identity_of``.
 - Embedding and commands (``mistwatch_commands``): ``open_app``, ``run_cycle``, ``close_app``,
   ``show_result``, ``result_json``, ``setup_console_logging``; ``Store`` (``Store.open(state_dir)``:
   the store, for commands that write history, like ``mistwatch simulate --backfill``).
@@ -27,6 +27,7 @@ from mistwatch.hookspecs import (
     WebhookRequest,
     duration_schema,
     hookimpl,
+    spec_duration,
 )
 from mistwatch.model import (
     SEVERITIES,
@@ -87,6 +88,7 @@ __all__ = [
     "Result",
     "RuleSpecError",
     "duration_schema",
+    "spec_duration",
     "identity_of",
     *_LAZY,
 ]

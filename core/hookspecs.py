@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pluggy
 
+from mistwatch.durations import parse_duration
 from mistwatch.model import Delivery, Entity, Event, Notification, Snapshot
 
 PROJECT = "mistwatch"
@@ -216,6 +217,18 @@ class RuleSpecError(ValueError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+def spec_duration(spec: Mapping[str, Any], key: str, default: str | None = None) -> timedelta | None:
+    """A rule's duration key (``spec[key]``, else ``default``) as a timedelta, for a kind's
+    ``compile``; a malformed value raises :class:`RuleSpecError` naming the key. None if neither."""
+    value = spec.get(key, default)
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise RuleSpecError(str(exc), key=key) from None
 
 
 def duration_schema(description: str = "") -> dict[str, Any]:

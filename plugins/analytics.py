@@ -39,15 +39,18 @@ import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mistwatch import Result, RuleContext, RuleSpecError, duration_schema
-from mistwatch.durations import format_duration, parse_duration
-from mistwatch.hookspecs import RuleKind, hookimpl
+from mistwatch import Result, RuleSpecError, duration_schema
+from mistwatch.durations import format_duration
+from mistwatch.hookspecs import RuleKind, hookimpl, spec_duration
 from mistwatch.model import Entity, severity_rank
 
-Check = Callable[[RuleContext], Iterator[Result]]
+if TYPE_CHECKING:  # the evaluator loads with the rules, not when `mistwatch --help` lists plugins
+    from mistwatch import RuleContext
+
+Check = Callable[["RuleContext"], Iterator[Result]]
 
 _DURATION = duration_schema()
 _HOUR = 3600
@@ -56,16 +59,6 @@ _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Su
 _FULL_WEEKS = 5
 #: MAD * 1.4826 estimates the standard deviation of normally distributed values.
 _MAD_SCALE = 1.4826
-
-
-def _duration(spec: Mapping[str, Any], key: str, default: str | None) -> timedelta | None:
-    value = spec.get(key, default)
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise RuleSpecError(str(exc), key=key) from None
 
 
 def _hour_start(at: datetime) -> datetime:
@@ -411,8 +404,8 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         raise RuleSpecError("deviations must be positive", key="deviations")
     min_change = float(spec.get("min_change", 0))
     min_change_pct = float(spec.get("min_change_pct", 0))
-    history = _duration(spec, "history", "35d")
-    min_history = _duration(spec, "min_history", "1d")
+    history = spec_duration(spec, "history", "35d")
+    min_history = spec_duration(spec, "min_history", "1d")
     noise_floor = float(spec.get("noise_floor", 0.0))
     assert history is not None and min_history is not None
     if min_history > history:
@@ -575,8 +568,8 @@ def compile_forecast(spec: Mapping[str, Any]) -> Check:
     import math
 
     metric = spec["metric"]
-    window = _duration(spec, "window", "24h")
-    horizon = _duration(spec, "horizon", None)
+    window = spec_duration(spec, "window", "24h")
+    horizon = spec_duration(spec, "horizon", None)
     assert window is not None and horizon is not None
     if not timedelta(hours=6) <= window <= timedelta(days=14):
         raise RuleSpecError("window must be between 6h and 14d", key="window")
@@ -696,7 +689,7 @@ FORECAST = RuleKind(
 
 def compile_flapping(spec: Mapping[str, Any]) -> Check:
     metric = spec.get("metric", "device.connected")
-    window = _duration(spec, "window", "1h")
+    window = spec_duration(spec, "window", "1h")
     assert window is not None
     tiers = _tier_values(spec, "changes", 4)
     if any(value < 2 for _, value in tiers):

@@ -29,8 +29,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from mistwatch import Result, RuleSpecError, duration_schema, identity_of
-from mistwatch.durations import format_duration, parse_duration
-from mistwatch.hookspecs import RuleKind, hookimpl
+from mistwatch.durations import format_duration
+from mistwatch.hookspecs import RuleKind, hookimpl, spec_duration
 from mistwatch.model import SEVERITIES, Entity, severity_rank
 
 if TYPE_CHECKING:  # the evaluator loads with the rules, not when `mistwatch --help` lists plugins
@@ -44,16 +44,6 @@ _RANGE = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems
           "x-message": "must be a range [low, high]"}
 _NAMES = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
           "x-message": "must be a name or a list of names"}
-
-
-def _duration(spec: Mapping[str, Any], key: str, default: str | None) -> timedelta | None:
-    value = spec.get(key, default)
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise RuleSpecError(str(exc), key=key) from None
 
 
 def _names(value: Any) -> list[str]:
@@ -253,15 +243,15 @@ def compile_change(spec: Mapping[str, Any]) -> Check:
     baseline_spec = spec.get("baseline")
     if baseline_spec is not None and "offset" in spec:
         raise RuleSpecError("use offset or baseline, not both", key="baseline")
-    offset = _duration(spec, "offset", "1d")
+    offset = spec_duration(spec, "offset", "1d")
     assert offset is not None
     window = end_offset = None
     if baseline_spec is not None:
-        window = _duration(baseline_spec, "window", None)
-        end_offset = _duration(baseline_spec, "end_offset", "0s") or timedelta(0)
+        window = spec_duration(baseline_spec, "window", None)
+        end_offset = spec_duration(baseline_spec, "end_offset", "0s") or timedelta(0)
         if not window:
             raise RuleSpecError("baseline needs a window, e.g. {window: 7d}", key="baseline")
-    tolerance = _duration(spec, "tolerance", None)
+    tolerance = spec_duration(spec, "tolerance", None)
     if tolerance is None:
         tolerance = min(timedelta(minutes=90), offset / 2)
     if baseline_spec is None and tolerance >= offset:
@@ -420,14 +410,14 @@ CHANGE = RuleKind(
 def compile_absence(spec: Mapping[str, Any]) -> Check:
     scope = spec["scope"]
     severity = spec["tiers"][0]["severity"]
-    absent_for = _duration(spec, "absent_for", None)
+    absent_for = spec_duration(spec, "absent_for", None)
     assert absent_for is not None
-    forget_after = _duration(spec, "forget_after", "7d")
+    forget_after = spec_duration(spec, "forget_after", "7d")
     assert forget_after is not None
     if forget_after <= absent_for:
         raise RuleSpecError("forget_after must be longer than absent_for", key="forget_after")
     metric = spec.get("metric")
-    lookback = _duration(spec, "lookback", "1d")
+    lookback = spec_duration(spec, "lookback", "1d")
     assert lookback is not None
     threshold = absent_for.total_seconds()
 
@@ -499,7 +489,7 @@ def compile_event(spec: Mapping[str, Any]) -> Check:
     types = _names(spec.get("types", spec.get("type")))
     severities = set(_names(spec.get("severities")))
     min_rank = severity_rank(spec["min_severity"]) if "min_severity" in spec else -1
-    within = _duration(spec, "within", None)
+    within = spec_duration(spec, "within", None)
     fixed = spec.get("severity")  # none given: each alert takes its events' highest severity
     by_type = dict(spec.get("severity_by_type") or {})
     by_group = dict(spec.get("severity_by_group") or {})
@@ -594,7 +584,7 @@ def compile_correlation(spec: Mapping[str, Any]) -> Check:
     if spec["id"] in _correlation_refs(spec):
         raise RuleSpecError("a correlation cannot reference itself", key="all_of")
     join = _names(spec.get("join")) or ["site_id"]
-    within = _duration(spec, "within", "0s") or timedelta(0)
+    within = spec_duration(spec, "within", "0s") or timedelta(0)
     require = spec.get("require", "condition")
     severity = spec["tiers"][0]["severity"]
 

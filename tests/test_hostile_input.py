@@ -23,20 +23,27 @@ def _refusal(path: Path) -> str:
     return str(caught.value)
 
 
+# The child reports its own peak (VmHWM of its own address space): ru_maxrss of a forked child keeps
+# the parent's high-water mark across exec, so under a full pytest run it measured pytest, not us.
+_MEASURE = """
+import os, sys
+from mistwatch.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))
+    open(os.environ['MISTWATCH_TEST_PEAK'], 'w').write(hwm.split()[1])
+"""
+
+
 def _peak_mb_and_result(*args: str, cwd: Path) -> tuple[float, int, str]:
     """Run the CLI in a child process: (its own peak RSS in MB, exit code, stderr)."""
-    err = cwd / "stderr.txt"
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.chdir(cwd)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
-            os.execv(sys.executable, [sys.executable, "-m", "mistwatch", *args])
-        finally:
-            os._exit(127)
-    _, status, usage = os.wait4(pid, 0)
-    return usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), err.read_text(encoding="utf-8")
+    import subprocess
+
+    peak = cwd / "peak.txt"
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "MISTWATCH_TEST_PEAK": str(peak)})
+    return int(peak.read_text()) / 1024, done.returncode, done.stderr
 
 
 def test_an_alias_bomb_in_the_config_exits_2_naming_the_file_in_little_memory(tmp_path):

@@ -260,6 +260,7 @@ def test_device_stats_status_filter(make_simulator):
 
 def test_device_ids_and_macs_agree_across_endpoints(make_simulator):
     server = make_simulator(sites=12, scenario="degraded")
+    server.org.now = datetime.now(timezone.utc)  # frozen: last_seen must not tick between the two calls
     devices = {d["mac"]: d for d in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)}
     for d in devices.values():
         assert d["id"] == "00000000-0000-0000-1000-" + d["mac"]

@@ -397,15 +397,20 @@ def _supersede(db: Any, n: Notification, log: Sequence[LogEntry], due: dict[str,
 def _record(store: Any, result: NotifyResult, item: OutboxItem, d: Delivery, now: datetime) -> None:
     """Commit one message's outcome, in its own transaction, and add it to ``result``."""
     with store.transaction() as db:
-        if d.ok:
-            outbox.mark_sent(db, item.id, now)
-            result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
-                                             "attempts": item.attempts + 1}))
-            return
-        # a test message reports its failure now instead of lingering for retries
-        permanent = d.permanent or item.kind == "test"
-        failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
-                                    retry_after=getattr(d, "retry_after", None))
+        _mark(db, result, item, d, now)
+
+
+def _mark(db: Any, result: NotifyResult, item: OutboxItem, d: Delivery, now: datetime) -> None:
+    """Mark one message sent or failed (inside the caller's transaction) and add it to ``result``."""
+    if d.ok:
+        outbox.mark_sent(db, item.id, now)
+        result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
+                                         "attempts": item.attempts + 1}))
+        return
+    # a test message reports its failure now instead of lingering for retries
+    permanent = d.permanent or item.kind == "test"
+    failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
+                                retry_after=getattr(d, "retry_after", None))
     (result.permanent_failures if failed.permanent else result.failed).append(failed)
 
 
@@ -544,14 +549,5 @@ def _record_batch(db: Any, batch: Sequence[tuple[OutboxItem, Notification]], del
             now: datetime, result: NotifyResult) -> None:
     """Mark each message of a batch sent or failed (inside the caller's transaction)."""
     for item, n in batch:
-        d = deliveries.get(n.id) or Delivery(n.id, ok=False, error="the notifier returned no result")
-        if d.ok:
-            outbox.mark_sent(db, item.id, now)
-            result.sent.append(OutboxItem(**{**item.__dict__, "status": "sent", "sent_at": now,
-                                             "attempts": item.attempts + 1}))
-            continue
-        # a test message reports its failure now instead of lingering for retries
-        permanent = d.permanent or item.kind == "test"
-        failed = outbox.mark_failed(db, item, now, d.error or "failed", permanent=permanent,
-                                    retry_after=getattr(d, "retry_after", None))
-        (result.permanent_failures if failed.permanent else result.failed).append(failed)
+        missing = Delivery(n.id, ok=False, error="the notifier returned no result")
+        _mark(db, result, item, deliveries.get(n.id) or missing, now)

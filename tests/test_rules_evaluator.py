@@ -100,7 +100,7 @@ class _Windows:
     def __init__(self) -> None:
         self.reads = 0
 
-    def hourly(self, metric, start, end):
+    def hourly(self, metric, start, end, stats=()):
         from mistwatch.store.records import HourlyRollups
 
         self.reads += 1

@@ -96,6 +96,34 @@ def test_hourly_reads_the_hours_starting_in_the_window_only(store):
     assert store.hourly("no.such.metric", T0, T0 + 6 * HOUR).hours == []
 
 
+def test_hourly_reads_only_the_columns_asked_for(store):
+    for minute, value in ((0, 10), (30, 30)):
+        write(store, snapshot(T0 + timedelta(minutes=minute), s1=value))
+    store.roll_up(T0 + HOUR)
+    rollups = store.hourly("site.clients", T0, T0 + HOUR, stats=("means",))
+    assert [list(column) for column in rollups.means] == [[20.0]]
+    assert rollups.mins == rollups.maxs == rollups.counts == []
+
+
+def test_memory_history_fills_the_same_columns_as_the_store(store):
+    memory = MemoryHistory()
+    for minute, value in ((0, 10), (30, 30)):
+        write(store, snapshot(T0 + timedelta(minutes=minute), s1=value))
+        memory.add_snapshot(snapshot(T0 + timedelta(minutes=minute), s1=value))
+    store.roll_up(T0 + HOUR)
+    for source in (store, memory):
+        rollups = source.hourly("site.clients", T0, T0 + HOUR, stats=("maxs", "counts"))
+        assert ([list(c) for c in rollups.maxs], [list(c) for c in rollups.counts]) == ([[30.0]], [[2]])
+        assert rollups.mins == rollups.means == []
+
+
+@pytest.mark.parametrize("source", ["store", "memory"])
+def test_hourly_refuses_a_column_it_does_not_have(store, source):
+    history = store if source == "store" else MemoryHistory()
+    with pytest.raises(ValueError, match="unknown roll-up columns"):
+        history.hourly("site.clients", T0, T0 + HOUR, stats=("medians",))
+
+
 def test_roll_ups_outlive_the_thinning_of_raw_samples_and_expire_after_rollup_days(store):
     for h in range(0, 50 * 24, 6):
         write(store, snapshot(T0 + h * HOUR, s1=h))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -23,7 +23,7 @@ from mistwatch.model import Alert, Entity, Result, Snapshot, identity_of
 from mistwatch.rules.expr import ExpressionError, LimitExceeded, time_limit
 from mistwatch.rules.loader import Matcher
 from mistwatch.rules.variables import template_variables
-from mistwatch.store.records import EntityRecord, HourlyRollups
+from mistwatch.store.records import HOURLY_STATS, EntityRecord, HourlyRollups, hourly_columns
 
 if TYPE_CHECKING:
     from mistwatch.rules.loader import Rule, RuleSet
@@ -43,7 +43,8 @@ class History(Protocol):
     def entities(self, kind: str | None = None, *,
                  seen_before: datetime | None = None) -> list[EntityRecord]: ...
 
-    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups: ...
+    def hourly(self, metric: str, start: datetime, end: datetime,
+               stats: Collection[str] = HOURLY_STATS) -> HourlyRollups: ...
 
     def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]: ...
 
@@ -130,7 +131,7 @@ class _Shared:
         self.records: dict[tuple[str, datetime | None], list[EntityRecord]] = {}
         #: the last window of hourly roll-ups read (at most one: at 10,000 sites one window is tens of
         #: MB, and rules asking for the same one are usually adjacent, the tiers of one metric)
-        self.hourly: dict[tuple[str, datetime, datetime], HourlyRollups] = {}
+        self.hourly: dict[tuple[str, datetime, datetime, frozenset[str]], HourlyRollups] = {}
         self.changes: dict[tuple[str, datetime, datetime], dict[str, int]] = {}
         self.alerts_by_rule: dict[str, dict[str, Alert]] = {}
         for alert in (alerts or {}).values():
@@ -291,18 +292,20 @@ class RuleContext:
             self._shared.records[key] = self._shared.history.entities(kind, seen_before=seen_before)
         return self._shared.records[key]
 
-    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
-        """Hourly roll-ups (min, max, mean, count) of ``metric`` for every entity, for the hours
-        starting in [start, end): one batched query, cached until a rule asks for another
-        window (rules asking for the same one in a row share it; keeping every window read would hold
-        them all until the evaluation ends). Only complete hours are rolled up, so end the window at
-        the current hour's start."""
-        key = (metric, start, end)
+    def hourly(self, metric: str, start: datetime, end: datetime,
+               stats: Collection[str] = HOURLY_STATS) -> HourlyRollups:
+        """Hourly roll-ups of ``metric`` for every entity, for the hours starting in [start, end): the
+        columns named in ``stats`` (``mins``, ``maxs``, ``means``, ``counts``; all by default, ask
+        for fewer: at 10,000 sites each column of a day is ~12 MB). One batched query, cached until
+        a rule asks for another window (rules asking for the same one in a row share it; keeping
+        every window read would hold them all until the evaluation ends). Only complete hours are
+        rolled up, so end the window at the current hour's start."""
+        key = (metric, start, end, frozenset(stats))
         cached = self._shared.hourly.get(key)
         if cached is None:
             self._shared.queries += 1
             self._shared.hourly.clear()  # before reading: never two windows held at once
-            cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end)
+            cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end, stats)
         return cached
 
     def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
@@ -572,9 +575,11 @@ class MemoryHistory:
         return {k: (sum(v for _, v in s) / len(s), len(s))
                 for k, s in self.window(metric, start, end, keys).items()}
 
-    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
+    def hourly(self, metric: str, start: datetime, end: datetime,
+               stats: Collection[str] = HOURLY_STATS) -> HourlyRollups:
         """Roll-ups of the samples, as the store keeps them (complete hours only when ``end`` is the
         current hour's start); kept up to date by ``add``. Rows are every key ever seen for the metric."""
+        wanted = hourly_columns(stats)
         lo, hi = start.timestamp(), end.timestamp()
         buckets = self._rollups.get(metric, {})
         positions = self._positions.setdefault(metric, {})
@@ -590,9 +595,10 @@ class MemoryHistory:
                     array("d", (s[2] / s[3] for s in bucket.values())),
                     array("i", (int(s[3]) for s in bucket.values())))
             result.hours.append(hour)
-            for target, column in zip((result.rows, result.mins, result.maxs, result.means, result.counts),
-                                      built, strict=True):
-                target.append(column)
+            result.rows.append(built[0])
+            for name, column in zip(HOURLY_STATS, built[1:], strict=True):
+                if name in wanted:
+                    getattr(result, name).append(column)
         return result
 
     def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:

@@ -8,7 +8,7 @@ import hashlib
 import json
 import sys
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -53,13 +53,27 @@ class Transition:
     value: float | None
 
 
+#: The columns of :class:`HourlyRollups` a reader can ask for.
+HOURLY_STATS: tuple[str, ...] = ("mins", "maxs", "means", "counts")
+
+
+def hourly_columns(stats: Collection[str]) -> list[str]:
+    """The columns named in ``stats``, in HOURLY_STATS order; ValueError for a name it has not."""
+    unknown = set(stats) - set(HOURLY_STATS)
+    if unknown:
+        raise ValueError(f"unknown roll-up columns {sorted(unknown)} (known: {', '.join(HOURLY_STATS)})")
+    return [name for name in HOURLY_STATS if name in stats]
+
+
 @dataclass(frozen=True)
 class HourlyRollups:
     """Hourly roll-ups of one metric over a window, column by column: hour ``hours[i]`` (epoch seconds
     of the UTC hour's start, oldest first) holds the entities ``rows[i]`` (indexes into ``keys``) with
     their ``mins[i]``, ``maxs[i]``, ``means[i]`` and sample ``counts[i]``, all arrays in that order.
 
-    Plain arrays, so a rule kind can hand them to numpy (``numpy.frombuffer``) without a copy per value."""
+    Plain arrays, so a rule kind can hand them to numpy (``numpy.frombuffer``) without a copy per value.
+    Only the columns asked for (``stats``, see :data:`HOURLY_STATS`) are filled; the others stay empty:
+    at 10,000 sites each column of a day is ~12 MB."""
 
     metric: str
     keys: list[str]

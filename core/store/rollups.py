@@ -16,10 +16,21 @@ consecutive raw samples, for flapping rules).
 from __future__ import annotations
 
 from array import array
+from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import Any
 
-from mistwatch.store.records import _BIG_ENDIAN, _HOUR, HourlyRollups, _epoch, _pack, _unpack
+from mistwatch.errors import MistwatchError
+from mistwatch.store.records import (
+    _BIG_ENDIAN,
+    _HOUR,
+    HOURLY_STATS,
+    HourlyRollups,
+    _epoch,
+    _pack,
+    _unpack,
+    hourly_columns,
+)
 
 #: Roll-ups older than this many days are pruned (``history.rollup_days`` in the config).
 DEFAULT_ROLLUP_DAYS = 42.0
@@ -69,6 +80,7 @@ class RollupMixin:
     _decode: Any
     _metric_id: Any
     _keys_of: Any
+    where: str
 
     def roll_up(self, now: datetime) -> int:
         """Roll up every complete UTC hour before the hour of ``now`` that has raw samples and is newer
@@ -100,23 +112,28 @@ class RollupMixin:
                                "means = excluded.means, counts = excluded.counts", out)
         return len(hours)
 
-    def hourly(self, metric: str, start: datetime, end: datetime) -> HourlyRollups:
-        """The roll-ups of ``metric`` for every entity, hours starting in [start, end), oldest first."""
+    def hourly(self, metric: str, start: datetime, end: datetime,
+               stats: Collection[str] = HOURLY_STATS) -> HourlyRollups:
+        """The roll-ups of ``metric`` for every entity, hours starting in [start, end), oldest first;
+        only the columns named in ``stats`` are read (the others stay empty)."""
+        wanted = hourly_columns(stats)
         with self._errors(f"reading roll-ups of {metric}"):
             metric_id = self._metric_id(metric, create=False)
             if metric_id is None:
                 return HourlyRollups(metric, [])
+            # the table's columns are named as HourlyRollups' (names from HOURLY_STATS, never the caller's)
             rows = self.db.execute(
-                "SELECT hour, entity_ids, mins, maxs, means, counts FROM rollups WHERE metric_id = ? "
-                "AND hour >= ? AND hour < ? ORDER BY hour", (metric_id, _epoch(start), _epoch(end)))
+                f"SELECT hour, entity_ids{''.join(', ' + name for name in wanted)} FROM rollups "
+                "WHERE metric_id = ? AND hour >= ? AND hour < ? ORDER BY hour", (metric_id, _epoch(start), _epoch(end)))
             position: dict[int, int] = {}
             result = HourlyRollups(metric, [])
+            targets = [getattr(result, name) for name in wanted]
             previous_blob, previous_rows = b"", array("i")
             # row by row from the cursor, not fetchall(): at 10,000 sites a week of hours is tens of
             # MB of blobs, which would otherwise be held alongside the arrays decoded from them
-            for hour, ids_blob, mins, maxs, means, counts in rows:
-                ids, mean_values = self._decode(ids_blob, means)
+            for hour, ids_blob, *blobs in rows:
                 if ids_blob != previous_blob:  # most hours hold the same entities as the one before
+                    ids = self._unpack_rollup(metric, "i", ids_blob)
                     for entity_id in ids:
                         if entity_id not in position:
                             position[entity_id] = len(position)
@@ -124,13 +141,21 @@ class RollupMixin:
                     previous_blob = ids_blob
                 result.hours.append(hour)
                 result.rows.append(previous_rows)
-                result.means.append(mean_values)
-                result.mins.append(_unpack("d", mins))
-                result.maxs.append(_unpack("d", maxs))
-                result.counts.append(_unpack("i", counts))
+                for name, target, blob in zip(wanted, targets, blobs, strict=True):
+                    column = self._unpack_rollup(metric, "i" if name == "counts" else "d", blob)
+                    if len(column) != len(previous_rows):
+                        raise MistwatchError(f"{self.where} is damaged: an hourly roll-up of {metric} holds "
+                                             f"{len(previous_rows)} entities but {len(column)} values")
+                    target.append(column)
         names = self._keys_of(position)
         result.keys.extend(name if name is not None else f"#{i}" for name, i in zip(names, position, strict=True))
         return result
+
+    def _unpack_rollup(self, metric: str, typecode: str, blob: bytes) -> array:
+        try:
+            return _unpack(typecode, blob)
+        except (ValueError, TypeError):  # a blob of the wrong length or type
+            raise MistwatchError(f"{self.where} is damaged: an hourly roll-up of {metric} cannot be decoded") from None
 
     def state_changes(self, metric: str, start: datetime, end: datetime) -> dict[str, int]:
         """How many times each entity's ``metric`` changed value between consecutive raw samples in

@@ -19,6 +19,7 @@ from typing import Any
 
 from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
+from mistwatch.memory import release_free_memory
 from mistwatch.model import Attachment, CollectorError, Snapshot
 from mistwatch.notify.pipeline import notify, send_outbox
 from mistwatch.secrets import redact
@@ -81,6 +82,7 @@ class CycleResult:
             self.stage_errors.append(name)
             raise
         finally:
+            release_free_memory()  # what the stage built and dropped, so the next starts from less
             self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
 
     @property

@@ -187,6 +187,12 @@ class _Baseline:
         self.relative = np.zeros(n)
 
 
+#: Rows (entities) of a timezone group whose baselines are computed at once. Every step is per row,
+#: and the relative noise works on an (entities x weeks x 168 hours) cube with several temporaries
+#: of its size: for 10,000 sites in one timezone and five weeks, ~70 MB each; for 1,024 rows ~7 MB.
+_BASELINE_ROWS = 1024
+
+
 def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks: int, daily_days: int,
                noise_floor: float, quiet: bool = False) -> tuple[_Baseline, dict[str, tuple[int, int]]]:
     """Seasonal baselines of ``entities`` from ``rollups``; and per timezone the local (weekday, hour)
@@ -202,7 +208,6 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
     groups: dict[str, list[int]] = {}
     for i, entity in enumerate(entities):
         groups.setdefault(entity.labels.get("timezone") or "", []).append(i)
-    now_ts = now.timestamp()
     for tz_name, members in groups.items():
         zone = _zone(tz_name)
         here = now.astimezone(zone)
@@ -210,57 +215,68 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
         present = [i for i in members if entities[i].key in known]
         if not present or not len(hours):
             continue
-        targets = np.array(present)
-        sub = matrix[targets]
-        slot = _local_hours(zone, hours)[0]
-        hour_of_day = slot % 24
-        have = ~np.isnan(sub)
-        first = np.where(have.any(axis=1), have.argmax(axis=1), len(hours))
-        out.history_hours[targets] = np.where(first < len(hours),
-                                              (now_ts - hours[np.minimum(first, len(hours) - 1)]) / _HOUR, 0)
-        target_slot = here.weekday() * 24 + here.hour
-        weekly = sub[:, slot == target_slot]
-        # the fallback: the same hour on the same kind of day (weekday or weekend) in the last two
-        # weeks, so even the first weeks do not take a quiet Saturday for an outage
-        weekend = (slot // 24) >= 5
-        daily = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
-                    & (hours >= now_ts - daily_days * 86400)]
-        weekly_n = (~np.isnan(weekly)).sum(axis=1)
-        use_weekly = weekly_n >= min_weeks
-        # Three or four weeks make a fragile median: one past outage and one holiday at this weekday
-        # and hour and it is off by half. Until five weeks are stored, the same hour on the days of
-        # the same kind in the last week (its weekdays, or its weekend) joins them.
-        recent = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
-                     & (hours >= now_ts - 7 * 86400)]
-        weekly = np.where((weekly_n < _FULL_WEEKS)[:, None], np.hstack([weekly, recent]),
-                          _pad(weekly, weekly.shape[1] + recent.shape[1]))
-        chosen = np.where(use_weekly[:, None], _pad(weekly, daily.shape[1]), _pad(daily, weekly.shape[1]))
-        n = (~np.isnan(chosen)).sum(axis=1)
-        ok = n >= 1
-        if not ok.any():
-            continue
-        with np.errstate(all="ignore"), _quiet():
-            expected = _nanmedian(chosen, axis=1)
-            low, high = _nanquantile(chosen, 0.25), _nanquantile(chosen, 0.75)
-            mad = _nanmedian(np.abs(chosen - expected[:, None]), axis=1) * _MAD_SCALE
-            relative = np.fmax(_relative_noise(sub, hours, zone), noise_floor)
-        # The entity's usual relative noise (over all its busy hours), at least ``noise_floor``, times
-        # the expected value. Not the spread of this weekday-hour's own four or five values: one past
-        # holiday or outage among them would widen it enough to hide the next outage. Until two weeks
-        # are stored (no relative noise yet), that spread is all there is.
-        sigma = np.where(relative > noise_floor, relative * np.abs(expected), np.fmax(mad, relative * np.abs(expected)))
-        if quiet:  # the same hour on each weekday, the quietest of the seven: what a day off looks like here
-            by_day = np.stack([_nanmedian(_pad(sub[:, slot == d * 24 + here.hour], 1), axis=1)
-                               for d in range(7)], axis=1)
-            with _quiet():
-                out.quiet[targets] = np.nanmin(by_day, axis=1)
-        out.relative[targets] = relative
-        out.expected[targets] = np.where(ok, expected, np.nan)
-        out.low[targets], out.high[targets] = low, high
-        out.sigma[targets] = sigma
-        out.points[targets] = n
-        out.seasonal[targets] = use_weekly
+        for first in range(0, len(present), _BASELINE_ROWS):
+            targets = np.array(present[first:first + _BASELINE_ROWS])
+            _fill_baselines(out, targets, matrix[targets], hours, zone, here, min_weeks=min_weeks,
+                            daily_days=daily_days, noise_floor=noise_floor, quiet=quiet)
     return out, local_now
+
+
+def _fill_baselines(out: _Baseline, targets: Any, sub: Any, hours: Any, zone: Any, here: datetime, *,
+                    min_weeks: int, daily_days: int, noise_floor: float, quiet: bool) -> None:
+    """The baselines of the entities ``targets`` (rows of ``out``), whose hourly means are ``sub``
+    (rows x ``hours``), all in ``zone``, where it is ``here`` now."""
+    import numpy as np
+
+    now_ts = here.timestamp()
+    slot = _local_hours(zone, hours)[0]
+    hour_of_day = slot % 24
+    have = ~np.isnan(sub)
+    first = np.where(have.any(axis=1), have.argmax(axis=1), len(hours))
+    out.history_hours[targets] = np.where(first < len(hours),
+                                          (now_ts - hours[np.minimum(first, len(hours) - 1)]) / _HOUR, 0)
+    target_slot = here.weekday() * 24 + here.hour
+    weekly = sub[:, slot == target_slot]
+    # the fallback: the same hour on the same kind of day (weekday or weekend) in the last two
+    # weeks, so even the first weeks do not take a quiet Saturday for an outage
+    weekend = (slot // 24) >= 5
+    daily = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
+                & (hours >= now_ts - daily_days * 86400)]
+    weekly_n = (~np.isnan(weekly)).sum(axis=1)
+    use_weekly = weekly_n >= min_weeks
+    # Three or four weeks make a fragile median: one past outage and one holiday at this weekday
+    # and hour and it is off by half. Until five weeks are stored, the same hour on the days of
+    # the same kind in the last week (its weekdays, or its weekend) joins them.
+    recent = sub[:, (hour_of_day == here.hour) & (weekend == (here.weekday() >= 5))
+                 & (hours >= now_ts - 7 * 86400)]
+    weekly = np.where((weekly_n < _FULL_WEEKS)[:, None], np.hstack([weekly, recent]),
+                      _pad(weekly, weekly.shape[1] + recent.shape[1]))
+    chosen = np.where(use_weekly[:, None], _pad(weekly, daily.shape[1]), _pad(daily, weekly.shape[1]))
+    n = (~np.isnan(chosen)).sum(axis=1)
+    ok = n >= 1
+    if not ok.any():
+        return
+    with np.errstate(all="ignore"), _quiet():
+        expected = _nanmedian(chosen, axis=1)
+        low, high = _nanquantile(chosen, 0.25), _nanquantile(chosen, 0.75)
+        mad = _nanmedian(np.abs(chosen - expected[:, None]), axis=1) * _MAD_SCALE
+        relative = np.fmax(_relative_noise(sub, hours, zone), noise_floor)
+    # The entity's usual relative noise (over all its busy hours), at least ``noise_floor``, times
+    # the expected value. Not the spread of this weekday-hour's own four or five values: one past
+    # holiday or outage among them would widen it enough to hide the next outage. Until two weeks
+    # are stored (no relative noise yet), that spread is all there is.
+    sigma = np.where(relative > noise_floor, relative * np.abs(expected), np.fmax(mad, relative * np.abs(expected)))
+    if quiet:  # the same hour on each weekday, the quietest of the seven: what a day off looks like here
+        by_day = np.stack([_nanmedian(_pad(sub[:, slot == d * 24 + here.hour], 1), axis=1)
+                           for d in range(7)], axis=1)
+        with _quiet():
+            out.quiet[targets] = np.nanmin(by_day, axis=1)
+    out.relative[targets] = relative
+    out.expected[targets] = np.where(ok, expected, np.nan)
+    out.low[targets], out.high[targets] = low, high
+    out.sigma[targets] = sigma
+    out.points[targets] = n
+    out.seasonal[targets] = use_weekly
 
 
 def _pad(values: Any, width: int) -> Any:
@@ -570,9 +586,9 @@ def _theil_sen(times: Any, values: Any) -> tuple[Any, Any]:
             rows = values[start:start + _THEIL_SEN_ROWS]
             pairs = rows[:, j] - rows[:, i]
             pairs /= dt
-            part = slopes[start:start + _THEIL_SEN_ROWS] = np.nanmedian(pairs, axis=1)
+            part = slopes[start:start + _THEIL_SEN_ROWS] = _nanmedian(pairs, axis=1)
             del pairs
-            intercepts[start:start + _THEIL_SEN_ROWS] = np.nanmedian(rows - part[:, None] * times[None, :], axis=1)
+            intercepts[start:start + _THEIL_SEN_ROWS] = _nanmedian(rows - part[:, None] * times[None, :], axis=1)
     return slopes, intercepts
 
 

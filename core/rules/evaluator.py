@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mistwatch.memory import release_free_memory
 from mistwatch.model import Alert, Entity, Result, Snapshot, identity_of
 from mistwatch.rules.expr import ExpressionError, LimitExceeded, time_limit
 from mistwatch.rules.loader import Matcher
@@ -305,6 +306,7 @@ class RuleContext:
         if cached is None:
             self._shared.queries += 1
             self._shared.hourly.clear()  # before reading: never two windows held at once
+            release_free_memory()
             cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end, stats)
         return cached
 
@@ -494,6 +496,8 @@ def evaluate(ruleset: RuleSet, snapshot: Snapshot, history: History, now: dateti
             shared.unknown_rules.add(rule.id)
         evaluation.findings.extend(findings)
         shared.findings[rule.id] = [f for f in findings if f.active]
+        del results, findings
+        release_free_memory()  # an analytics rule's matrices, before the next rule builds its own
     evaluation.duration_s = time.perf_counter() - started
     return evaluation
 

@@ -236,6 +236,13 @@ def test_device_stats_are_asked_with_the_fields_the_collector_reads_on_every_pag
         assert query["fields"] == ",".join(mistcollector.DEVICE_FIELDS)
 
 
+def test_docs_list_exactly_the_device_fields_sent():
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("### Fields of stats/devices"):]
+    listed = section[section.index("the collector reads):"):section.index("Not `fields=*`")]
+    assert set(re.findall(r"`([a-z_0-9]+)`", listed)) == set(mistcollector.DEVICE_FIELDS)
+
+
 class _ReadRecorder(dict):
     """A stats/devices row that notes each top-level field the collector looks at."""
 

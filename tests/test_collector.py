@@ -655,6 +655,33 @@ def test_a_failed_firmware_update_is_reported_on_a_connected_device(collector, m
     assert failed.metrics["device.connected"] == 1 and failed.labels["fwupdate_status"] == "failed"
 
 
+def test_an_upgrade_in_progress_reports_the_age_of_mists_timestamp():
+    now = NOW.timestamp()
+    row = {"type": "switch", "status": "upgrading", "last_seen": now - 60,
+           "fwupdate": {"status": "inprogress", "progress": 60, "timestamp": now - 5400.5, "will_retry": False}}
+    assert device_metrics(row, now)["device.upgrade_age"] == 5400.5
+
+
+@pytest.mark.parametrize("fwupdate", [
+    {"status": "inprogress", "progress": 40},  # no timestamp: mistwatch's own observation is the fallback
+    {"status": "inprogress", "timestamp": "soon"},
+    {"status": "upgraded", "progress": 100, "timestamp": NOW.timestamp() - 7200},
+    {"status": "scheduled", "timestamp": NOW.timestamp() - 7200},
+])
+def test_an_upgrade_age_is_given_only_for_an_update_in_progress_with_a_timestamp(fwupdate):
+    row = {"type": "ap", "status": "upgrading", "last_seen": NOW.timestamp(), "fwupdate": fwupdate}
+    assert "device.upgrade_age" not in device_metrics(row, NOW.timestamp())
+
+
+@pytest.mark.parametrize(("will_retry", "failed"), [(True, 0.0), (False, 1.0), (None, 1.0)])
+def test_a_failed_update_mist_will_retry_is_not_failed_until_the_retries_end(will_retry, failed):
+    fwupdate = {"status": "failed", "progress": 0, "timestamp": NOW.timestamp() - 600}
+    if will_retry is not None:
+        fwupdate["will_retry"] = will_retry
+    row = {"type": "ap", "status": "connected", "last_seen": NOW.timestamp(), "fwupdate": fwupdate}
+    assert device_metrics(row, NOW.timestamp())["device.fwupdate_failed"] == failed
+
+
 @pytest.mark.parametrize(("row", "state", "connected"), [
     ({"status": "connected", "last_seen": NOW.timestamp() - 30}, "connected", 1.0),
     ({"status": "disconnected", "last_seen": NOW.timestamp() - 900, "uptime": 0}, "gone", 0.0),

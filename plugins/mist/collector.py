@@ -89,6 +89,7 @@ STATUS_GONE = frozenset({"disconnected"})
 STATUS_BUSY = frozenset({"upgrading", "restarting"})
 #: fwupdate.status values (spec enum: inprogress, failed, upgraded, success, scheduled, error).
 FWUPDATE_FAILED = frozenset({"failed", "error"})
+FWUPDATE_IN_PROGRESS = "inprogress"
 #: module_stat part status that means "slot empty", not "failed" (a one-PSU switch has an empty slot).
 PART_ABSENT = frozenset({"absent", "not present", "not-present", "empty", "not installed"})
 #: Endpoints that may be skipped when the hour's budget is short, first skipped first. Device and
@@ -110,7 +111,10 @@ METRICS: dict[str, str] = {
     "device.connected": "1 when connected (or upgrading/restarting and still reporting), 0 when gone; "
                         "absent for an unknown status or a device that never connected",
     "device.upgrading": "1 while Mist reports the device upgrading or restarting (absent otherwise)",
-    "device.fwupdate_failed": "1 when the last firmware update failed (fwupdate.status failed/error), else 0",
+    "device.fwupdate_failed": "1 when the last firmware update failed (fwupdate.status failed/error) and Mist "
+                              "will not retry it (will_retry not true), else 0",
+    "device.upgrade_age": "seconds since Mist timestamped the firmware update in progress (fwupdate.status "
+                          "inprogress with a timestamp); absent otherwise",
     "device.status_unknown": "1 when stats/devices status is a string mistwatch does not know (label status)",
     "device.never_connected": "1 for a claimed device that never connected (no last_seen, no uptime)",
     "device.uptime": "seconds since the device booted (a drop means a reboot)",
@@ -353,7 +357,15 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
         metrics["device.last_seen_age"] = max(0.0, now_ts - last_seen)
     fwupdate = get("fwupdate")
     if isinstance(fwupdate, dict) and type(fwupdate.get("status")) is str:
-        metrics["device.fwupdate_failed"] = 1.0 if fwupdate["status"] in FWUPDATE_FAILED else 0.0
+        fw_status = fwupdate["status"]
+        # A failure Mist will retry is not final: it pages only once Mist gives up (will_retry false).
+        failed = fw_status in FWUPDATE_FAILED and fwupdate.get("will_retry") is not True
+        metrics["device.fwupdate_failed"] = 1.0 if failed else 0.0
+        if fw_status == FWUPDATE_IN_PROGRESS:
+            # Mist's own clock of the upgrade: a restarted (or new) mistwatch need not watch it for an hour.
+            since = epoch(fwupdate.get("timestamp"))
+            if since is not None:
+                metrics["device.upgrade_age"] = max(0.0, now_ts - since)
     if get("type") == "ap":
         cpu = _num(get("cpu_util"))
         used, total = _num(get("mem_used_kb")), _num(get("mem_total_kb"))

@@ -20,7 +20,7 @@ import requests
 from click.testing import CliRunner
 
 from mistwatch.plugins.mist.collector import DEVICE_FIELDS
-from mistwatch.plugins.mist.simdata import DEFAULT_DEVICE_FIELDS
+from mistwatch.plugins.mist.simdata import DEFAULT_DEVICE_FIELDS, device_fields
 from mistwatch.plugins.mist.simulator import SCENARIOS, SimulatedOrg, serve
 
 SHARED_API = Path(__file__).resolve().parents[2] / "shared" / "mist-api"
@@ -292,6 +292,15 @@ def test_org_device_stats_with_fields_star_return_every_field(make_simulator):
     everything = get_json(server, "orgs/{org}/stats/devices", type="all", site_id=site_id, fields="*")
     assert everything == get_json(server, f"sites/{site_id}/stats/devices", type="all")
     assert {"if_stat", "module_stat", "radio_stat", "lldp_stat", "ip_stat"} <= {k for d in everything for k in d}
+
+
+def test_device_texts_are_kept_for_the_last_four_field_sets_asked():
+    org = SimulatedOrg(sites=2, now=DAY1)
+    state = org.state
+    asked = [device_fields(name) for name in ("if_stat", "module_stat", "radio_stat", "cpu_stat", "fwupdate")]
+    texts = [org.device_texts(state, fields) for fields in asked]
+    assert org.device_texts(state, asked[-1]) is texts[-1]  # kept
+    assert org.device_texts(state, asked[0]) is not texts[0]  # the oldest made room for the fifth
 
 
 def test_device_ids_and_macs_agree_across_endpoints(make_simulator):

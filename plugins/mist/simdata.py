@@ -639,8 +639,8 @@ class SimulatedOrg:
         variants = cached[1]
         texts = variants.get(fields)
         if texts is None:
-            while len(variants) >= MAX_FIELD_VARIANTS:
-                variants.pop(next(iter(variants)))  # the oldest field set asked
+            while len(variants) >= MAX_FIELD_VARIANTS:  # the oldest field set asked goes
+                variants.pop(next(iter(variants), None), None)  # (another request may drop it first)
             texts = variants[fields] = [None] * self.device_count
         return texts
 
@@ -972,6 +972,8 @@ class DeviceText:
                                                    "rx_pkts": h % 1000, "tx_pkts": h % 700}})
                 expected = GATEWAY_SLOTS
         self.text, names = _template_text(_kept(out, fields))
+        if fields is None and names != expected:  # render() fills the slots by position
+            raise RuntimeError(f"device template slots {names} differ from {expected}")
         self.pick = _pick(names, expected)  # render() computes the values of every slot, by position
 
     def render(self, now_ts: float, hour: int, site_clients: int) -> str:

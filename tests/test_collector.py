@@ -223,6 +223,68 @@ def test_api_calls_are_counted_and_no_site_level_endpoint_is_used(collector, hea
     assert events[0]["device_type"] == "all"
 
 
+# stats/devices returns "only a subset of the available fields" unless fields= names them (spec tag
+# "Orgs Stats - Devices"); the subset is undocumented, so the collector names every field it reads.
+
+def test_device_stats_are_asked_with_the_fields_the_collector_reads_on_every_page(collector, make_simulator):
+    server = make_simulator(sites=300, devices_per_site=6, now=NOW)  # 1,800 devices: two pages
+    collect(collector, server)
+    pages = [q for _m, p, q in server.requests if p.endswith("/stats/devices")]
+    assert [q["page"] for q in pages] == ["1", "2"]
+    for query in pages:
+        assert query["type"] == "all" and query["limit"] == "1000"
+        assert query["fields"] == ",".join(mistcollector.DEVICE_FIELDS)
+
+
+def test_docs_list_exactly_the_device_fields_sent():
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("### Fields of stats/devices"):]
+    listed = section[section.index("the collector reads):"):section.index("Not `fields=*`")]
+    assert set(re.findall(r"`([a-z_0-9]+)`", listed)) == set(mistcollector.DEVICE_FIELDS)
+
+
+class _ReadRecorder(dict):
+    """A stats/devices row that notes each top-level field the collector looks at."""
+
+    def __init__(self, row: dict, read: set[str]):
+        super().__init__(row)
+        self.read = read
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def test_the_device_fields_asked_are_exactly_the_row_fields_the_collector_reads(make_simulator):
+    read: set[str] = set()
+
+    class RecordingClient(MistClient):
+        def iter_pages(self, path, params=None):
+            for items, done, total in super().iter_pages(path, params):
+                if path.endswith("/stats/devices"):
+                    items = [_ReadRecorder(row, read) for row in items]
+                yield items, done, total
+
+    collector = MistCollector(client_factory=functools.partial(RecordingClient, sleep=no_sleep))
+    # between them these scenarios take every branch of the device code: a WAN link, a PSU and an
+    # upgrade failed, devices down, busy and never connected
+    for scenario in ("degraded", "upgrade-wave", "wan-link-failure"):
+        collect(collector, make_simulator(sites=6, devices_per_site=6, scenario=scenario, now=NOW))
+    assert read <= set(mistcollector.DEVICE_FIELDS)  # nothing read that was not asked for
+    # and nothing asked that is not read: hostname is read only for a device without a name, and the
+    # simulator names every device
+    assert set(mistcollector.DEVICE_FIELDS) - read == {"hostname"}
+    assert list(mistcollector.DEVICE_FIELDS) == sorted(mistcollector.DEVICE_FIELDS)
+
+
 def test_self_is_asked_once_per_token_per_day_and_remembered_across_restarts(healthy):
     state: dict = {}
     collect(MistCollector(), healthy, state=state)
@@ -591,6 +653,33 @@ def test_a_failed_firmware_update_is_reported_on_a_connected_device(collector, m
     snap = collect(collector, server)
     (failed,) = [d for d in by_kind(snap, "device") if d.metrics.get("device.fwupdate_failed")]
     assert failed.metrics["device.connected"] == 1 and failed.labels["fwupdate_status"] == "failed"
+
+
+def test_an_upgrade_in_progress_reports_the_age_of_mists_timestamp():
+    now = NOW.timestamp()
+    row = {"type": "switch", "status": "upgrading", "last_seen": now - 60,
+           "fwupdate": {"status": "inprogress", "progress": 60, "timestamp": now - 5400.5, "will_retry": False}}
+    assert device_metrics(row, now)["device.upgrade_age"] == 5400.5
+
+
+@pytest.mark.parametrize("fwupdate", [
+    {"status": "inprogress", "progress": 40},  # no timestamp: mistwatch's own observation is the fallback
+    {"status": "inprogress", "timestamp": "soon"},
+    {"status": "upgraded", "progress": 100, "timestamp": NOW.timestamp() - 7200},
+    {"status": "scheduled", "timestamp": NOW.timestamp() - 7200},
+])
+def test_an_upgrade_age_is_given_only_for_an_update_in_progress_with_a_timestamp(fwupdate):
+    row = {"type": "ap", "status": "upgrading", "last_seen": NOW.timestamp(), "fwupdate": fwupdate}
+    assert "device.upgrade_age" not in device_metrics(row, NOW.timestamp())
+
+
+@pytest.mark.parametrize(("will_retry", "failed"), [(True, 0.0), (False, 1.0), (None, 1.0)])
+def test_a_failed_update_mist_will_retry_is_not_failed_until_the_retries_end(will_retry, failed):
+    fwupdate = {"status": "failed", "progress": 0, "timestamp": NOW.timestamp() - 600}
+    if will_retry is not None:
+        fwupdate["will_retry"] = will_retry
+    row = {"type": "ap", "status": "connected", "last_seen": NOW.timestamp(), "fwupdate": fwupdate}
+    assert device_metrics(row, NOW.timestamp())["device.fwupdate_failed"] == failed
 
 
 @pytest.mark.parametrize(("row", "state", "connected"), [

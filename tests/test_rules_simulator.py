@@ -122,6 +122,15 @@ def test_an_upgrade_wave_is_not_an_outage_but_a_stuck_upgrade_and_a_failed_one_a
     assert not any(a.rule_id in offline for a in outcome.alerts)
 
 
+def test_a_mistwatch_started_during_a_stuck_upgrade_alerts_it_at_its_first_cycle(simulator, tmp_path):
+    cycle = pack_cycle(simulator, tmp_path)
+    outcome = cycle(DAY1, "upgrade-wave")  # the switch of site 2 has been upgrading for 2 hours (Mist's timestamp)
+    ids = {s.index: s.id for s in simulator.org.sites}
+    (stuck,) = [a for a in outcome.alerts if a.rule_id == "device-upgrade-stuck"]
+    assert stuck.state == "firing" and stuck.labels["site_id"] == ids[2] and stuck.labels["device_type"] == "switch"
+    assert "for 2h" in stuck.summary
+
+
 def test_a_wan_link_failure_alerts_the_link_the_path_the_lossy_path_and_the_bgp_peer(simulator, tmp_path):
     cycle = pack_cycle(simulator, tmp_path)
     for minutes in range(0, 35, 5):

@@ -19,6 +19,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from mistwatch.plugins.mist.collector import DEVICE_FIELDS
+from mistwatch.plugins.mist.simdata import DEFAULT_DEVICE_FIELDS, device_fields
 from mistwatch.plugins.mist.simulator import SCENARIOS, SimulatedOrg, serve
 
 SHARED_API = Path(__file__).resolve().parents[2] / "shared" / "mist-api"
@@ -84,6 +86,9 @@ PAGED = [
     ("/api/v1/orgs/{org_id}/stats/sites", "orgs/{org}/stats/sites", {}),
     ("/api/v1/orgs/{org_id}/stats/devices", "orgs/{org}/stats/devices", {"type": "all"}),
     ("/api/v1/orgs/{org_id}/stats/devices", "orgs/{org}/stats/devices", {}),
+    ("/api/v1/orgs/{org_id}/stats/devices", "orgs/{org}/stats/devices", {"type": "all", "fields": "*"}),
+    ("/api/v1/orgs/{org_id}/stats/devices", "orgs/{org}/stats/devices",
+     {"type": "all", "fields": ",".join(DEVICE_FIELDS)}),
     ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wifi"}),
     ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wired"}),
     ("/api/v1/orgs/{org_id}/insights/sites-sle", "orgs/{org}/insights/sites-sle", {"sle": "wan"}),
@@ -258,10 +263,51 @@ def test_device_stats_status_filter(make_simulator):
     assert len(up) == 72 - 5 and {d["status"] for d in up} == {"connected"}
 
 
+# Org-level stats/devices "only returns a subset of the available fields" unless asked (spec tag text);
+# the subset is undocumented, so the simulator keeps high-level fields only (DEFAULT_DEVICE_FIELDS).
+
+def test_org_device_stats_without_fields_lack_every_nested_or_detail_field(make_simulator):
+    server = make_simulator(sites=6, now=DAY1, scenario="wan-link-failure")
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    assert {d["type"] for d in devices} == {"ap", "switch", "gateway"}
+    for device in devices:
+        assert set(device) <= DEFAULT_DEVICE_FIELDS
+        assert not {"if_stat", "module_stat", "radio_stat", "cpu_stat", "fwupdate"} & set(device)
+        assert {"id", "mac", "type", "status", "last_seen", "uptime"} <= set(device)
+
+
+def test_org_device_stats_with_fields_add_exactly_the_fields_named(make_simulator):
+    server = make_simulator(sites=6, now=DAY1, scenario="degraded")
+    named = {"if_stat", "module_stat", "radio_stat", "cpu_stat", "spu_stat", "port_stat"}
+    full = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000, fields="*")
+    asked = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000, fields=",".join(sorted(named)))
+    # the same rows cut to the default subset plus the fields named, clock-dependent values included
+    assert asked == [{k: v for k, v in d.items() if k in DEFAULT_DEVICE_FIELDS | named} for d in full]
+    assert {k for d in asked for k in d} >= named
+
+
+def test_org_device_stats_with_fields_star_return_every_field(make_simulator):
+    server = make_simulator(sites=6, now=DAY1)
+    site_id = server.org.site_ids()[1]
+    everything = get_json(server, "orgs/{org}/stats/devices", type="all", site_id=site_id, fields="*")
+    assert everything == get_json(server, f"sites/{site_id}/stats/devices", type="all")
+    assert {"if_stat", "module_stat", "radio_stat", "lldp_stat", "ip_stat"} <= {k for d in everything for k in d}
+
+
+def test_device_texts_are_kept_for_the_last_four_field_sets_asked():
+    org = SimulatedOrg(sites=2, now=DAY1)
+    state = org.state
+    asked = [device_fields(name) for name in ("if_stat", "module_stat", "radio_stat", "cpu_stat", "fwupdate")]
+    texts = [org.device_texts(state, fields) for fields in asked]
+    assert org.device_texts(state, asked[-1]) is texts[-1]  # kept
+    assert org.device_texts(state, asked[0]) is not texts[0]  # the oldest made room for the fifth
+
+
 def test_device_ids_and_macs_agree_across_endpoints(make_simulator):
     server = make_simulator(sites=12, scenario="degraded")
     server.org.now = datetime.now(timezone.utc)  # frozen: last_seen must not tick between the two calls
-    devices = {d["mac"]: d for d in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)}
+    devices = {d["mac"]: d for d in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000,
+                                             fields="*")}
     for d in devices.values():
         assert d["id"] == "00000000-0000-0000-1000-" + d["mac"]
     events = get_json(server, "orgs/{org}/devices/events/search", device_type="all", duration="1h")["results"]
@@ -271,7 +317,7 @@ def test_device_ids_and_macs_agree_across_endpoints(make_simulator):
     site_id = server.org.site_ids()[1]
     drill = get_json(server, f"sites/{site_id}/stats/devices", type="all")
     assert drill == [d for d in devices.values() if d["site_id"] == site_id]
-    assert get_json(server, "orgs/{org}/stats/devices", mac=drill[0]["mac"]) == [drill[0]]
+    assert get_json(server, "orgs/{org}/stats/devices", mac=drill[0]["mac"], fields="*") == [drill[0]]
 
 
 def test_site_stats_counts_agree_with_device_stats(make_simulator):
@@ -414,7 +460,7 @@ def test_calls_are_counted_by_path_without_query(simulator):
 # --- scenarios ----------------------------------------------------------------------------------------
 
 def per_site_view(server) -> dict[str, dict]:
-    """Everything the collector reads, keyed by site id (one full pass over every endpoint)."""
+    """Everything the simulator serves, keyed by site id (one full pass over every endpoint)."""
     view: dict[str, dict] = {sid: {"devices": [], "alarms": [], "events": []} for sid in server.org.site_ids()}
     for site in get_json(server, "orgs/{org}/stats/sites"):
         view[site["id"]]["stats"] = site
@@ -424,7 +470,7 @@ def per_site_view(server) -> dict[str, dict]:
     for path in ("stats/vpn_peers/search", "stats/bgp_peers/search"):
         for row in get_json(server, f"orgs/{{org}}/{path}", limit=1000)["results"]:
             view[row["site_id"]].setdefault(path, []).append(row)
-    for device in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000):
+    for device in get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000, fields="*"):
         view[device["site_id"]]["devices"].append(device)
     for alarm in get_json(server, "orgs/{org}/alarms/search", duration="2d", limit=1000)["results"]:
         view[alarm["site_id"]]["alarms"].append(alarm)
@@ -715,7 +761,7 @@ def test_the_hourly_budget_answers_429_without_retry_after_once_spent_until_the_
 def test_an_upgrade_wave_reports_mists_status_strings_and_a_never_connected_device(make_simulator):
     server = make_simulator(sites=6, now=DAY1, scenario="upgrade-wave")
     ids = server.org.site_ids()
-    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000, fields="fwupdate")
     by_site = {sid: [d for d in devices if d["site_id"] == sid] for sid in ids}
     assert {d["status"] for d in by_site[ids[1]] if d["type"] == "ap"} == {"upgrading"}
     assert all(d["fwupdate"]["status"] == "inprogress" for d in by_site[ids[1]] if d["type"] == "ap")
@@ -760,7 +806,7 @@ def test_the_normal_part_of_an_upgrade_wave_completes_with_the_new_version_and_t
     ids = server.org.site_ids()
     get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)  # the wave starts being seen
     server.org.now = DAY1 + timedelta(minutes=20)
-    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000)
+    devices = get_json(server, "orgs/{org}/stats/devices", type="all", limit=1000, fields="fwupdate")
     aps = [d for d in devices if d["site_id"] == ids[1] and d["type"] == "ap"]
     assert {(d["status"], d["version"], d["fwupdate"]["status"]) for d in aps} == {
         ("connected", "0.14.29889", "upgraded")}

@@ -1,7 +1,7 @@
 """The built-in Mist collector: org, sites and devices of one Mist org, from org-level endpoints.
 
 The call plan (Mist notes, README section 2.0) keeps a cycle at about ten calls whatever the number
-of sites: ``stats/sites``, ``stats/devices?type=all``, ``insights/sites-sle`` for wifi, wired and wan,
+of sites: ``stats/sites``, ``stats/devices?type=all&fields=...``, ``insights/sites-sle`` for wifi, wired and wan,
 ``alarms/search?status=open``, ``devices/events/search`` since the last poll, and for orgs with
 gateways ``stats/vpn_peers/search`` and ``stats/bgp_peers/search``, each with ``limit=1000`` plus extra
 pages for big orgs. ``/self`` is asked once per token per day (the answer is kept in the store).
@@ -72,12 +72,24 @@ ALARM_SEVERITY = {"critical": "critical", "warn": "major", "info": "info"}
 #: A severity Mist does not document: kept (never dropped) at this level, raw value in ``mist_severity``.
 UNKNOWN_ALARM_SEVERITY = "minor"
 
+#: The stats/devices row fields this module reads, asked for by name (``fields=``) on every page. The
+#: spec (tag "Orgs Stats - Devices"): "By default, the API call only returns a subset of the available
+#: fields. Additional fields can be requested by adding the query parameter `fields=` ..."; which fields
+#: make that subset is not documented, so every field read is named, identity and state ones too.
+#: Not ``fields=*``: that brings what is never read (every AP's client list, LLDP, port and radio
+#: counters), payload and parse time for nothing. tests/test_collector.py checks this list against the
+#: fields the collector reads.
+DEVICE_FIELDS = ("cluster_stat", "config_status", "cpu_stat", "cpu_util", "fwupdate", "hostname", "id",
+                 "if_stat", "is_ha", "last_seen", "mac", "mem_total_kb", "mem_used_kb", "memory_stat",
+                 "model", "module_stat", "name", "num_clients", "power_constrained", "radio_stat", "site_id",
+                 "status", "type", "uptime", "version")
 #: stats/devices ``status`` is a free string: only these mean what they say; any other is "unknown".
 STATUS_CONNECTED = "connected"
 STATUS_GONE = frozenset({"disconnected"})
 STATUS_BUSY = frozenset({"upgrading", "restarting"})
 #: fwupdate.status values (spec enum: inprogress, failed, upgraded, success, scheduled, error).
 FWUPDATE_FAILED = frozenset({"failed", "error"})
+FWUPDATE_IN_PROGRESS = "inprogress"
 #: module_stat part status that means "slot empty", not "failed" (a one-PSU switch has an empty slot).
 PART_ABSENT = frozenset({"absent", "not present", "not-present", "empty", "not installed"})
 #: Endpoints that may be skipped when the hour's budget is short, first skipped first. Device and
@@ -99,7 +111,10 @@ METRICS: dict[str, str] = {
     "device.connected": "1 when connected (or upgrading/restarting and still reporting), 0 when gone; "
                         "absent for an unknown status or a device that never connected",
     "device.upgrading": "1 while Mist reports the device upgrading or restarting (absent otherwise)",
-    "device.fwupdate_failed": "1 when the last firmware update failed (fwupdate.status failed/error), else 0",
+    "device.fwupdate_failed": "1 when the last firmware update failed (fwupdate.status failed/error) and Mist "
+                              "will not retry it (will_retry not true), else 0",
+    "device.upgrade_age": "seconds since Mist timestamped the firmware update in progress (fwupdate.status "
+                          "inprogress with a timestamp); absent otherwise",
     "device.status_unknown": "1 when stats/devices status is a string mistwatch does not know (label status)",
     "device.never_connected": "1 for a claimed device that never connected (no last_seen, no uptime)",
     "device.uptime": "seconds since the device booted (a drop means a reboot)",
@@ -342,7 +357,15 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
         metrics["device.last_seen_age"] = max(0.0, now_ts - last_seen)
     fwupdate = get("fwupdate")
     if isinstance(fwupdate, dict) and type(fwupdate.get("status")) is str:
-        metrics["device.fwupdate_failed"] = 1.0 if fwupdate["status"] in FWUPDATE_FAILED else 0.0
+        fw_status = fwupdate["status"]
+        # A failure Mist will retry is not final: it pages only once Mist gives up (will_retry false).
+        failed = fw_status in FWUPDATE_FAILED and fwupdate.get("will_retry") is not True
+        metrics["device.fwupdate_failed"] = 1.0 if failed else 0.0
+        if fw_status == FWUPDATE_IN_PROGRESS:
+            # Mist's own clock of the upgrade: a restarted (or new) mistwatch need not watch it for an hour.
+            since = epoch(fwupdate.get("timestamp"))
+            if since is not None:
+                metrics["device.upgrade_age"] = max(0.0, now_ts - since)
     if get("type") == "ap":
         cpu = _num(get("cpu_util"))
         used, total = _num(get("mem_used_kb")), _num(get("mem_total_kb"))
@@ -1052,7 +1075,8 @@ class MistCollector:
             entities.append(Entity(f"device:{device_id}", "device", labels, metrics))
 
         ok = self._call(cycle, "stats/devices", {"device"}, ["*"], lambda: self._pages(
-            client.iter_pages(f"{base}/stats/devices", {"type": "all"}), ctx, "devices", handle), client)
+            client.iter_pages(f"{base}/stats/devices", {"type": "all", "fields": ",".join(DEVICE_FIELDS)}),
+            ctx, "devices", handle), client)
         if not ok:
             return []
         cycle.device_counts = counts

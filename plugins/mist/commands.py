@@ -61,17 +61,21 @@ def simulate(port: int, host: str, sites: int, devices_per_site: int, scenario: 
     if backfill is not None or state_dir is not None or truth is not None:
         write_backfill(backfill, state_dir, truth, sites=sites, seed=seed, anomalies=anomalies, until=until)
         return
+    from mistwatch.plugins.mist.collector import DEVICE_FIELDS
     from mistwatch.plugins.mist.simulator import SimulatedOrg, serve
 
+    # device texts built before serving (with the fields the collector asks), so a big org's first poll
+    # is as fast as the next
+    fields = ",".join(DEVICE_FIELDS)
     org = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario, seed=seed)
-    org.prepare()  # device texts built before serving, so a big org's first poll is as fast as the next
+    org.prepare(fields)
     servers: list[Any] = []
     try:
         servers.append(serve(org, host=host, port=port, token=token, hourly_budget=hourly_budget or None))
         for i in range(1, n_orgs):
             other = SimulatedOrg(sites=sites, devices_per_site=devices_per_site, scenario=scenario,
                                  seed=seed + i, org_name=f"Org {i + 1}")
-            other.prepare()
+            other.prepare(fields)
             servers.append(serve(other, host=host, port=port + i if port else 0, token=f"{token}-{i + 1}",
                                  hourly_budget=hourly_budget or None))
     except (ValueError, OSError) as exc:

@@ -148,6 +148,17 @@ BACKGROUND_ALARMS = (("rogue_ap", "security", "warn"), ("infra_dhcp_failure", "i
                      ("infra_arp_failure", "infrastructure", "info"), ("missing_vlan", "marvis", "warn"))
 REF_EPOCH = 1_700_000_000  # created_time of generated objects lies before this
 MAX_CACHED_DEVICES = 200_000  # device texts kept up to this org size (~260 MB); bigger orgs build per request
+#: Field sets of stats/devices whose texts are kept at once (the collector asks one, tests ``*`` too).
+MAX_FIELD_VARIANTS = 4
+#: What org-level stats/devices returns without ``fields``. The spec (tag "Orgs Stats - Devices"): "By
+#: default, the API call only returns a subset of the available fields. Additional fields can be
+#: requested by adding the query parameter `fields=` and the list of fields, or `fields=*` to retrieve
+#: all the available fields." Which fields make that subset is not documented, so the simulator keeps
+#: only the high-level identity and state fields and strips every nested or detail one: a client that
+#: reads a field without asking for it gets nothing here, as it might on a real org.
+DEFAULT_DEVICE_FIELDS = frozenset({
+    "created_time", "hostname", "id", "ip", "last_seen", "mac", "model", "modified_time", "name",
+    "num_clients", "org_id", "serial", "site_id", "status", "type", "uptime", "version"})
 
 
 def mix(*values: int) -> int:
@@ -297,7 +308,7 @@ class SimulatedOrg:
         self._state_lock = threading.Lock()
         # built now: the constructor's scenario starts at the constructor's clock; later ones lazily
         self._state: ScenarioState | None = self._build_state(scenario, None)
-        self._device_texts: tuple[tuple[ScenarioState, float], list] | None = None
+        self._device_texts: tuple[tuple[ScenarioState, float], dict[frozenset[str] | None, list]] | None = None
 
     # --- clock -----------------------------------------------------------------------------------
     @property
@@ -613,28 +624,37 @@ class SimulatedOrg:
             return None
         return site * self.devices_per_site + pos
 
-    def device_texts(self, state: ScenarioState) -> list | None:
-        """Per global device index, its ``DeviceText`` for ``state`` or None until built (lazily, by the
-        request that needs it); None for an org too big to keep them (about 1.3 KB each). A new state or
-        boot reference starts a new list; a request keeps the list of the state it read, so concurrent
-        requests never mix states."""
+    def device_texts(self, state: ScenarioState, fields: frozenset[str] | None = None) -> list | None:
+        """Per global device index, its ``DeviceText`` for ``state`` and the top-level ``fields`` kept
+        (None: all, see :func:`device_fields`), or None until built (lazily, by the request that needs
+        it); None for an org too big to keep them (about 1.3 KB each). A new state or boot reference
+        starts new lists; a request keeps the list of the state it read, so concurrent requests never
+        mix states. A few field sets are kept side by side (a client asks the same one every cycle)."""
         if self.device_count > MAX_CACHED_DEVICES:
             return None
         key = (state, self._boot_ref)
         cached = self._device_texts
         if cached is None or cached[0][0] is not state or cached[0][1] != key[1]:
-            cached = self._device_texts = (key, [None] * self.device_count)
-        return cached[1]
+            cached = self._device_texts = (key, {})
+        variants = cached[1]
+        texts = variants.get(fields)
+        if texts is None:
+            while len(variants) >= MAX_FIELD_VARIANTS:  # the oldest field set asked goes
+                variants.pop(next(iter(variants), None), None)  # (another request may drop it first)
+            texts = variants[fields] = [None] * self.device_count
+        return texts
 
-    def prepare(self) -> None:
+    def prepare(self, fields: str | None = "*") -> None:
         """Build every device's text for the current scenario now (seconds at 10,000 sites) rather than
-        in the first requests; ``mistwatch simulate`` calls this before serving."""
+        in the first requests; ``mistwatch simulate`` calls this before serving, with the ``fields``
+        query value the Mist collector sends."""
         state = self.state
-        texts = self.device_texts(state)
+        kept = device_fields(fields)
+        texts = self.device_texts(state, kept)
         if texts is not None:
             for g in range(self.device_count):
                 if texts[g] is None:
-                    texts[g] = DeviceText(self, g, state)
+                    texts[g] = DeviceText(self, g, state, kept)
 
     def is_connected(self, g: int, state: ScenarioState) -> bool:
         return g not in state.down
@@ -758,6 +778,8 @@ def site_stats_payload(org: SimulatedOrg, site: Site, now_ts: float, state: Scen
 # device's JSON is encoded once per scenario state (``DeviceText``, cached by ``SimulatedOrg.device_texts``)
 # with its clock-dependent numbers (uptime, last_seen, counters, hourly cpu/mem/clients) left as %s slots;
 # a request only formats those numbers in. The output is the same text json.dumps gave for the dict.
+# A text may keep only some top-level fields (``fields=``): its slots are then a subsequence of the
+# kind's, picked by index from the values render() computes.
 
 class _Slot:
     """A clock-dependent value in a device template; json-encoded as a marker that becomes a %s slot."""
@@ -780,6 +802,38 @@ SWITCH_PORT_SLOTS = ("rx_pkts", "tx_pkts", "rx_bytes", "tx_bytes")  # per connec
 GATEWAY_SLOTS = ("uptime", "last_seen", "cpu_stat", "memory", "spu_cpu", "spu_memory", "spu_uptime",
                  "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts")
 _SLOT = {n: _Slot(n) for n in (*AP_SLOTS, *SWITCH_SLOTS, *SWITCH_PORT_SLOTS, *GATEWAY_SLOTS)}
+_PICKS: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple object per distinct pick, shared by devices
+
+
+def device_fields(fields: str | None) -> frozenset[str] | None:
+    """The top-level fields an org-level stats/devices row keeps for the query value ``fields``: the
+    default subset plus the fields named (comma separated); None (all of them) for ``*``."""
+    names = {f.strip() for f in (fields or "").split(",") if f.strip()}
+    if "*" in names:
+        return None
+    return DEFAULT_DEVICE_FIELDS | names
+
+
+def _kept(payload: dict, fields: frozenset[str] | None) -> dict:
+    return payload if fields is None else {k: v for k, v in payload.items() if k in fields}
+
+
+def _pick(names: tuple[str, ...], expected: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Indexes into ``expected`` (the slots render() fills, in order) of a text's slots ``names``; None
+    when they are all of them. Fields are dropped whole, so ``names`` is a subsequence of ``expected``;
+    a name met twice (a switch's ports) has one value, so the first match is the right one."""
+    if names == expected:
+        return None
+    pick, at = [], 0
+    for name in names:
+        while at < len(expected) and expected[at] != name:
+            at += 1
+        if at == len(expected):
+            raise RuntimeError(f"device template slots {names} are not among {expected}")
+        pick.append(at)
+        at += 1
+    found = tuple(pick)
+    return _PICKS.setdefault(found, found)
 
 
 def _template_text(payload: dict) -> tuple[str, tuple[str, ...]]:
@@ -805,10 +859,11 @@ class DeviceText:
     """One device of ``stats/devices`` for one scenario state: JSON text with %s slots (see above) and the
     per-device numbers the slots derive from."""
 
-    __slots__ = ("boot", "cpu0", "g", "kind", "lag", "mem0", "n_up", "ports_up", "rank", "rate", "site",
-                 "static", "text")
+    __slots__ = ("boot", "cpu0", "g", "kind", "lag", "mem0", "n_up", "pick", "ports_up", "rank", "rate",
+                 "site", "static", "text")
 
-    def __init__(self, org: SimulatedOrg, g: int, state: ScenarioState):
+    def __init__(self, org: SimulatedOrg, g: int, state: ScenarioState, fields: frozenset[str] | None = None):
+        """``fields``: the top-level fields kept (None: all; see :func:`device_fields`)."""
         site_i, pos = divmod(g, org.devices_per_site)
         site = org.sites[site_i]
         kind = org.layout[pos]
@@ -828,11 +883,11 @@ class DeviceText:
         if g in state.never:  # claimed into the site, never came up: no last_seen, no uptime
             out.update(status="disconnected", created_time=int(state.anchor) - DAY,
                        modified_time=int(state.anchor) - DAY)
-            self.text = json.dumps(out, separators=(",", ":"))
+            self.text = json.dumps(_kept(out, fields), separators=(",", ":"))
             return
         if down_since is not None:  # a disconnected device keeps only its identity (shape unconfirmed)
             out.update(status="disconnected", last_seen=int(down_since), uptime=0)
-            self.text = json.dumps(out, separators=(",", ":"))
+            self.text = json.dumps(_kept(out, fields), separators=(",", ":"))
             return
         boot = state.boot.get(g)
         if boot is None:
@@ -916,9 +971,10 @@ class DeviceText:
                                                    "rx_bytes": h % 100_000, "tx_bytes": h % 70_000,
                                                    "rx_pkts": h % 1000, "tx_pkts": h % 700}})
                 expected = GATEWAY_SLOTS
-        self.text, names = _template_text(out)
-        if names != expected:  # render() fills slots by position
+        self.text, names = _template_text(_kept(out, fields))
+        if fields is None and names != expected:  # render() fills the slots by position
             raise RuntimeError(f"device template slots {names} differ from {expected}")
+        self.pick = _pick(names, expected)  # render() computes the values of every slot, by position
 
     def render(self, now_ts: float, hour: int, site_clients: int) -> str:
         """The device's JSON at ``now_ts`` (``hour`` = now // 3600; ``site_clients`` of its site, APs only)."""
@@ -929,32 +985,38 @@ class DeviceText:
         jitter = mix(self.g, hour) % 7
         cpu, mem = self.cpu0 + jitter, self.mem0 + jitter
         ur = u * self.rate
+        values: tuple
         if self.kind == "ap":
             share, extra = divmod(site_clients, self.n_up)
             clients = share + (1 if self.rank < extra else 0)
             b24 = clients // 5
-            return self.text % (u, seen, clients, cpu, u * 13, u * 5, 505468 * mem // 100, ur, ur * 2, u * 3,
-                                u * 4, b24, ur // 10, ur // 20, clients - b24, ur, ur // 2, ur, ur * 2, u * 3,
-                                u * 4)
-        if self.kind == "switch":
-            return self.text % ((u, seen, _cpu_stat_text(cpu), mem) + (u * 3, u * 4, ur, ur * 2) * self.ports_up)
-        return self.text % (u, seen, _cpu_stat_text(cpu), mem, cpu // 4, mem, u, ur * 3, ur, u * 5, u * 4)
+            values = (u, seen, clients, cpu, u * 13, u * 5, 505468 * mem // 100, ur, ur * 2, u * 3, u * 4, b24,
+                      ur // 10, ur // 20, clients - b24, ur, ur // 2, ur, ur * 2, u * 3, u * 4)
+        elif self.kind == "switch":
+            values = (u, seen, _cpu_stat_text(cpu), mem) + (u * 3, u * 4, ur, ur * 2) * self.ports_up
+        else:
+            values = (u, seen, _cpu_stat_text(cpu), mem, cpu // 4, mem, u, ur * 3, ur, u * 5, u * 4)
+        if self.pick is not None:  # only some fields kept: their slots' values
+            values = tuple(map(values.__getitem__, self.pick))
+        return self.text % values
 
 
 def _colon_mac(mac: str) -> str:
     return ":".join(mac[i:i + 2] for i in range(0, 12, 2))
 
 
-def device_stats_text(org: SimulatedOrg, devices: Iterable[int], now_ts: float, state: ScenarioState) -> str:
-    """The JSON array of ``stats/devices`` for these global device indexes at ``now_ts``."""
-    texts = org.device_texts(state)
+def device_stats_text(org: SimulatedOrg, devices: Iterable[int], now_ts: float, state: ScenarioState,
+                      fields: frozenset[str] | None = None) -> str:
+    """The JSON array of ``stats/devices`` for these global device indexes at ``now_ts``, each row with
+    the top-level ``fields`` only (None: all; see :func:`device_fields`)."""
+    texts = org.device_texts(state, fields)
     hour = int(now_ts // 3600)
     clients: dict[int, int] = {}  # site index -> clients, for its APs
     parts = []
     for g in devices:
         text = None if texts is None else texts[g]
         if text is None:
-            text = DeviceText(org, g, state)
+            text = DeviceText(org, g, state, fields)
             if texts is not None:
                 texts[g] = text
         n = 0

@@ -95,26 +95,30 @@ def _local_hours(zone: Any, hours: Any) -> tuple[Any, Any]:
     return np.array([p[0] for p in pairs], dtype=int), np.array([p[1] for p in pairs], dtype=int)
 
 
-def _matrix(rollups: Any, keys: list[str], extra: int = 0) -> Any:
-    """The roll-ups' means of ``keys`` as a (keys x hours + ``extra``) float matrix, NaN where a key
-    has no value for an hour (and in the ``extra`` columns). Built straight for the keys asked: a
-    matrix of every key in the roll-ups, then a copy of the rows wanted, was two more of these at
-    10,000 sites (~12 MB each per day of hours)."""
+def _rows_of(rollups: Any, keys: list[str]) -> Any:
+    """For each of ``keys``, its row in ``rollups`` (-1: the roll-ups do not hold it)."""
     import numpy as np
 
-    out = np.full((len(keys), len(rollups.hours) + extra), np.nan)
-    if not keys or not rollups.keys:
-        return out
     row_of = {key: i for i, key in enumerate(rollups.keys)}
+    return np.array([row_of.get(key, -1) for key in keys], dtype=np.intp)
+
+
+def _matrix(rollups: Any, rows: Any, extra: int = 0) -> Any:
+    """The roll-ups' means of the roll-up ``rows`` (from :func:`_rows_of`; -1: none) as a
+    (rows x hours + ``extra``) float matrix, NaN where a row has no value for an hour (and in the
+    ``extra`` columns). The kinds build it a chunk of rows at a time: at 10,000 sites a matrix of
+    every site over a week, or of every device over a day, is ~13 MB more than the roll-ups."""
+    import numpy as np
+
+    out = np.full((len(rows), len(rollups.hours) + extra), np.nan)
+    if not len(rows) or not rollups.keys:
+        return out
     target = np.full(len(rollups.keys), -1, dtype=np.intp)  # roll-up row -> row of ``out`` (-1: not asked)
-    for i, key in enumerate(keys):
-        row = row_of.get(key)
-        if row is not None:
-            target[row] = i
-    del row_of
-    for i, (rows, means) in enumerate(zip(rollups.rows, rollups.means, strict=True)):
-        if len(rows):
-            dest = target[np.frombuffer(rows, dtype=np.int32 if rows.itemsize == 4 else np.int64)]
+    asked = rows >= 0
+    target[rows[asked]] = np.flatnonzero(asked)
+    for i, (ids, means) in enumerate(zip(rollups.rows, rollups.means, strict=True)):
+        if len(ids):
+            dest = target[np.frombuffer(ids, dtype=np.int32 if ids.itemsize == 4 else np.int64)]
             wanted = dest >= 0
             out[dest[wanted], i] = np.frombuffer(means, dtype=np.float64)[wanted]
     return out
@@ -188,9 +192,9 @@ class _Baseline:
 
 
 #: Rows (entities) of a timezone group whose baselines are computed at once. Every step is per row,
-#: and the relative noise works on an (entities x weeks x 168 hours) cube with several temporaries
-#: of its size: for 10,000 sites in one timezone and five weeks, ~70 MB each; for 1,024 rows ~7 MB.
-_BASELINE_ROWS = 1024
+#: and the relative noise works on an (entities x weeks x 168 hours) cube with six temporaries of
+#: its size: for 10,000 sites in one timezone and five weeks, ~70 MB each; for 256 rows ~2 MB.
+_BASELINE_ROWS = 256
 
 
 def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks: int, daily_days: int,
@@ -200,9 +204,8 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
     ``quiet``: also the median at this hour on each entity's quietest weekday (for holidays)."""
     import numpy as np
 
-    matrix = _matrix(rollups, [e.key for e in entities])  # row i: entities[i]
+    rows = _rows_of(rollups, [e.key for e in entities])  # entities[i] is roll-up row rows[i]
     hours = np.asarray(rollups.hours, dtype=np.int64)
-    known = set(rollups.keys)
     out = _Baseline(len(entities))
     local_now: dict[str, tuple[int, int]] = {}
     groups: dict[str, list[int]] = {}
@@ -212,12 +215,12 @@ def _baselines(rollups: Any, entities: list[Entity], now: datetime, *, min_weeks
         zone = _zone(tz_name)
         here = now.astimezone(zone)
         local_now[tz_name] = (here.weekday(), here.hour)
-        present = [i for i in members if entities[i].key in known]
+        present = [i for i in members if rows[i] >= 0]
         if not present or not len(hours):
             continue
         for first in range(0, len(present), _BASELINE_ROWS):
             targets = np.array(present[first:first + _BASELINE_ROWS])
-            _fill_baselines(out, targets, matrix[targets], hours, zone, here, min_weeks=min_weeks,
+            _fill_baselines(out, targets, _matrix(rollups, rows[targets]), hours, zone, here, min_weeks=min_weeks,
                             daily_days=daily_days, noise_floor=noise_floor, quiet=quiet)
     return out, local_now
 
@@ -592,6 +595,29 @@ def _theil_sen(times: Any, values: Any) -> tuple[Any, Any]:
     return slopes, intercepts
 
 
+#: Candidates whose trends are computed at once (a (rows x hours) matrix each; at 60,000 devices a
+#: matrix of all was ~12 MB on top of the roll-ups).
+_FORECAST_ROWS = 4096
+
+
+def _trend(values: Any, times: Any, current: Any) -> tuple[Any, Any, Any]:
+    """Per row of ``values`` (hourly means at ``times``, hours before now, and a last column to take
+    the value now ``current``): the points it has, and the Theil-Sen slope and level now."""
+    import numpy as np
+
+    hours = len(times)
+    counts = (~np.isnan(values[:, :hours])).sum(axis=1) + 1
+    if hours > _MAX_POINTS:  # average consecutive hours down to _MAX_POINTS points
+        edges = np.linspace(0, hours, _MAX_POINTS + 1).astype(int)
+        with _quiet():
+            values = np.stack([np.nanmean(values[:, a:b], axis=1) for a, b in pairwise(edges)] + [current], axis=1)
+        times = np.array([times[a:b].mean() for a, b in pairwise(edges)])
+    else:
+        values[:, hours] = current
+    slopes, intercepts = _theil_sen(np.append(times, 0.0), values)
+    return counts, slopes, intercepts
+
+
 def compile_forecast(spec: Mapping[str, Any]) -> Check:
     import math
 
@@ -639,20 +665,14 @@ def compile_forecast(spec: Mapping[str, Any]) -> Check:
 
         now_h = ctx.now.timestamp() / _HOUR
         times = (np.asarray(rollups.hours, dtype=float) + _HOUR / 2) / _HOUR - now_h  # hours, now = 0
-        hours = len(times)
-        values = _matrix(rollups, [e.key for e in candidates], extra=1)  # the window's hourly means, then now
-        counts = (~np.isnan(values[:, :hours])).sum(axis=1) + 1
+        rows = _rows_of(rollups, [e.key for e in candidates])
         current = np.array([float(e.metrics[metric]) for e in candidates])
-        if hours > _MAX_POINTS:  # average consecutive hours down to _MAX_POINTS points
-            edges = np.linspace(0, hours, _MAX_POINTS + 1).astype(int)
-            with _quiet():
-                values = np.stack([np.nanmean(values[:, a:b], axis=1) for a, b in pairwise(edges)] + [current],
-                                  axis=1)
-            times = np.array([times[a:b].mean() for a, b in pairwise(edges)])
-        else:
-            values[:, hours] = current
-        times = np.append(times, 0.0)
-        slopes, intercepts = _theil_sen(times, values) if len(candidates) else (np.array([]), np.array([]))
+        counts = np.empty(len(candidates), dtype=int)
+        slopes, intercepts = np.empty(len(candidates)), np.empty(len(candidates))
+        for first in range(0, len(candidates), _FORECAST_ROWS):
+            part = slice(first, first + _FORECAST_ROWS)
+            counts[part], slopes[part], intercepts[part] = _trend(_matrix(rollups, rows[part], extra=1), times,
+                                                                   current[part])
         short = 0
         for i, entity in enumerate(candidates):
             slope, level = float(slopes[i]), float(intercepts[i])  # the line's value now (t = 0)

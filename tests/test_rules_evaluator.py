@@ -116,12 +116,35 @@ def _context(history):
     return lambda: RuleContext(SimpleNamespace(id="r"), shared, Evaluation(at=T0))
 
 
-def test_rules_asking_for_the_same_hourly_window_in_a_row_share_one_read():
+def test_a_rule_asking_for_the_same_hourly_window_again_shares_one_read():
     history = _Windows()
-    context = _context(history)
-    first = context().hourly("site.clients", T0 - timedelta(days=7), T0)
-    again = context().hourly("site.clients", T0 - timedelta(days=7), T0)
+    context = _context(history)()
+    first = context.hourly("site.clients", T0 - timedelta(days=7), T0)
+    again = context.hourly("site.clients", T0 - timedelta(days=7), T0)
     assert again is first and history.reads == 1
+
+
+def test_an_evaluation_lets_go_of_a_rules_hourly_window_when_the_rule_is_done():
+    import gc
+    import weakref
+
+    from mistwatch.rules.loader import RuleSet
+
+    held = []
+
+    def reads_a_window(ctx):
+        held.append(weakref.ref(ctx.hourly("site.clients", T0 - timedelta(days=7), T0)))
+        return []
+
+    def checks_it_is_gone(ctx):
+        gc.collect()
+        held.append(held[0]() is None)
+        return []
+
+    rules = [rule for rule in load_rules([REPO / "rules"], builtin_kinds()).rules if rule.enabled][:2]
+    rules[0].check, rules[1].check = reads_a_window, checks_it_is_gone
+    evaluate(RuleSet(rules=rules), Snapshot(taken_at=T0), _Windows(), T0, alerts={})
+    assert held[1] is True
 
 
 def test_an_evaluation_lets_go_of_an_hourly_window_once_a_rule_reads_another():

@@ -130,8 +130,8 @@ class _Shared:
         self.means: dict[tuple[str, datetime, datetime], dict[str, tuple[float, int]]] = {}
         self.starts: dict[str | None, datetime | None] = {}
         self.records: dict[tuple[str, datetime | None], list[EntityRecord]] = {}
-        #: the last window of hourly roll-ups read (at most one: at 10,000 sites one window is tens of
-        #: MB, and rules asking for the same one are usually adjacent, the tiers of one metric)
+        #: the window of hourly roll-ups the rule being evaluated read last (at most one: at 10,000
+        #: sites one window is tens of MB)
         self.hourly: dict[tuple[str, datetime, datetime, frozenset[str]], HourlyRollups] = {}
         self.changes: dict[tuple[str, datetime, datetime], dict[str, int]] = {}
         self.alerts_by_rule: dict[str, dict[str, Alert]] = {}
@@ -297,10 +297,9 @@ class RuleContext:
                stats: Collection[str] = HOURLY_STATS) -> HourlyRollups:
         """Hourly roll-ups of ``metric`` for every entity, for the hours starting in [start, end): the
         columns named in ``stats`` (``mins``, ``maxs``, ``means``, ``counts``; all by default, ask
-        for fewer: at 10,000 sites each column of a day is ~12 MB). One batched query, cached until
-        a rule asks for another window (rules asking for the same one in a row share it; keeping
-        every window read would hold them all until the evaluation ends). Only complete hours are
-        rolled up, so end the window at the current hour's start."""
+        for fewer: at 10,000 sites each column of a day is ~12 MB). One batched query, kept while
+        this rule asks for the same window, dropped when it asks for another or when it is done.
+        Only complete hours are rolled up, so end the window at the current hour's start."""
         key = (metric, start, end, frozenset(stats))
         cached = self._shared.hourly.get(key)
         if cached is None:
@@ -497,6 +496,7 @@ def evaluate(ruleset: RuleSet, snapshot: Snapshot, history: History, now: dateti
         evaluation.findings.extend(findings)
         shared.findings[rule.id] = [f for f in findings if f.active]
         del results, findings
+        shared.hourly.clear()  # a window of roll-ups is tens of MB at 10,000 sites: one rule's, not the next's
         release_free_memory()  # an analytics rule's matrices, before the next rule builds its own
     evaluation.duration_s = time.perf_counter() - started
     return evaluation

@@ -11,7 +11,9 @@ collection over loopback HTTP, the store, and (mode `all`) the rules, the report
 cycles' history at the density ``Store.prune`` keeps (every cycle of the last 48 hours, then one per
 hour), each run holding the snapshot collected from the simulator and its health scores (the oldest
 and newest written through the Store API, those between copied as rows), so the
-measured cycles read real trends, day-over-day baselines and health history.
+measured cycles read real trends, day-over-day baselines and health history. The hourly roll-ups
+are written up to the hour before the last, so the first measured cycle rolls up one hour, as the
+first cycle of every hour does.
 
 ``--store postgresql://...`` (or ``--store auto``: a throwaway cluster started with initdb) runs the
 same cycles on a PostgreSQL store (a fresh schema per measurement), to compare with SQLite:
@@ -95,9 +97,11 @@ def fill(config: str, days: float, now: datetime) -> None:
     pruned = app.store.prune(now, **{k: history[k] for k in ("raw_hours", "hourly_days", "retention_days")
                                      if k in history})
     app.store.kv_set("last_prune", now.timestamp())
-    # and the hourly roll-ups the daemon's cycles would have written as each hour completed:
-    # otherwise the first measured cycle catches up on all of them at once (a one-off of minutes)
-    app.store.roll_up(now)
+    # and the hourly roll-ups the daemon's cycles would have written as each hour completed
+    # (otherwise the first measured cycle catches up on all of them at once, a one-off of minutes),
+    # but the last hour's: the first cycle of each hour rolls up the hour before, which the first
+    # measured cycle then does (at 10,000 sites, four cycles of samples, ~60 MB of blobs)
+    app.store.roll_up(now - timedelta(hours=1))
     close_app(app)
     print(json.dumps({"runs": len(times), "pruned_samples": pruned["samples"]}))
 

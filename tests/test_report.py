@@ -12,7 +12,7 @@ import pytest
 from fixtures_reports import T0, alert, synthetic_org
 
 from mistwatch.model import CollectorError
-from mistwatch.report.build import build_report, render_html, write_reports
+from mistwatch.report.build import build_report, render_html, report_json, write_reports
 from mistwatch.report.health import compute_health, health_metrics
 from mistwatch.store.database import Store
 
@@ -50,7 +50,7 @@ def test_the_report_validates_against_the_shipped_schema(store):
                          metrics=frozenset({"sle.wan.*"}))
     report, _ = cycle(store, 1, alerts=[crit, alert("ap_hot", "minor", "s0001", "Site 0001", state="pending")],
                       errors=[err])
-    jsonschema.Draft202012Validator(schema()).validate(json.loads(json.dumps(report)))
+    jsonschema.Draft202012Validator(schema()).validate(json.loads(report_json(report)))
     assert report["schema_version"].startswith("1.")
     assert report["run"]["collector_errors"] == [{"collector": "mist", "endpoint": "insights/sites-sle",
                                                   "message": "HTTP 503"}]
@@ -141,7 +141,7 @@ def test_html_puts_the_executive_summary_before_the_site_sections(store):
 def test_write_reports_writes_latest_and_a_dated_copy(store, tmp_path):
     report, now = cycle(store, 0)
     paths = write_reports(report, tmp_path / "reports", now)
-    assert json.loads(paths.json.read_text(encoding="utf-8")) == json.loads(json.dumps(report))
+    assert json.loads(paths.json.read_text(encoding="utf-8")) == json.loads(report_json(report))
     assert paths.html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert paths.history_json.name == "report-2026-11-20.json"
     assert paths.history_html.read_bytes() == paths.html.read_bytes()
@@ -177,7 +177,7 @@ def test_a_secret_in_a_collector_error_never_reaches_the_report(store):
     token = register("tok-REPORT-abcdef123456")
     err = CollectorError("mist", "stats/sites", f"HTTP 401 for token {token}")
     report, _ = cycle(store, 0, errors=[err])
-    assert "tok-REPORT" not in json.dumps(report) + render_html(report)
+    assert "tok-REPORT" not in report_json(report) + render_html(report)
 
 
 def test_past_values_feed_a_console_sparkline(store):
@@ -327,7 +327,7 @@ def test_upgrading_and_never_connected_devices_cost_no_health_and_the_report_lis
     health = compute_health(snap, [])
     run = {"started_at": now, "duration_s": 0.5, "api_calls": snap.api_calls, "errors": [], "mode": "all"}
     report = build_report(store, snap, health, [], [], run, now)
-    jsonschema.Draft202012Validator(schema()).validate(json.loads(json.dumps(report)))
+    jsonschema.Draft202012Validator(schema()).validate(json.loads(report_json(report)))
     sites = {s["id"]: s for s in report["sites"]}
     ids = server.org.site_ids()
     for sid in ids[1:4]:  # upgrading APs, a stuck switch, a restarting AP, a failed upgrade, a new AP

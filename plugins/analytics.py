@@ -460,7 +460,8 @@ def compile_anomaly(spec: Mapping[str, Any]) -> Check:
         candidates = [e for e in candidates if not _unknown(ctx, e, metric, False)]
         end = _hour_start(ctx.now)
         rollups = ctx.hourly(metric, end - history, end, stats=("means",))
-        if not rollups.hours:  # no hour of history in the window (a new store): nobody has a baseline, and
+        if not rollups.hours or ctx.now.timestamp() - rollups.hours[0] < min_history.total_seconds():
+            # less history in the window than min_history (a new store): nobody has a baseline, and
             # saying so needs no numpy (~13 MB a process keeps once imported)
             if candidates:
                 short_note(ctx, len(candidates))
@@ -655,8 +656,8 @@ def compile_forecast(spec: Mapping[str, Any]) -> Check:
         candidates = [e for e in candidates if not _unknown(ctx, e, metric, False)]
         end = _hour_start(ctx.now)
         rollups = ctx.hourly(metric, ctx.now - window, end, stats=("means",))
-        if not rollups.hours:  # no hour of history in the window (a new store): the value now is one point,
-            # fewer than min_samples (>= 2) for anyone; said without numpy (~13 MB once imported)
+        if len(rollups.hours) + 1 < min_samples:  # too few hours in the window (a new store) for anyone
+            # to have min_samples points with the value now; said without numpy (~13 MB once imported)
             if candidates:
                 short_note(ctx, len(candidates))
             yield from _inactive(ctx, metric, all_unknown, done)

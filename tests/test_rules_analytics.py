@@ -499,8 +499,10 @@ def test_forecast_slopes_of_6000_devices_never_hold_every_pairwise_slope_at_once
     assert peak < 20e6
 
 
-def test_anomaly_and_forecast_without_any_history_note_it_without_loading_numpy(tmp_path):
-    # in a process of its own: numpy stays loaded once any test here has used it
+@pytest.mark.parametrize("hours", [0, 2])
+def test_anomaly_and_forecast_with_too_little_history_note_it_without_loading_numpy(tmp_path, hours):
+    # in a process of its own: numpy stays loaded once any test here has used it. Two hours of
+    # history are fewer than the forecast's min_samples (6) and the anomaly's min_history (1d).
     import subprocess
     import sys
     from pathlib import Path
@@ -509,6 +511,7 @@ def test_anomaly_and_forecast_without_any_history_note_it_without_loading_numpy(
         (tmp_path / name).write_text(textwrap.dedent(text), encoding="utf-8")
     script = textwrap.dedent(f"""
         import sys
+        from datetime import timedelta
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from fixtures_rules import Cycles, device
@@ -519,8 +522,10 @@ def test_anomaly_and_forecast_without_any_history_note_it_without_loading_numpy(
 
         rules = load_rules([Path({str(tmp_path)!r}) / "anomaly.yaml", Path({str(tmp_path)!r}) / "forecast.yaml"],
                            {{**builtin_kinds(), **analytics_kinds()}})
-        cycles = Cycles(rules, start=NOW)
-        print(cycles.run([site_tz(site__clients=0), device(device__memory=99)]))
+        cycles = Cycles(rules, start=NOW - timedelta(hours={hours}))
+        for _ in range({hours}):
+            cycles.step([site_tz(site__clients=10), device(device__memory=50)], minutes=60)
+        print(cycles.run([site_tz(site__clients=0), device(device__memory=99)], at=NOW))
         print("numpy" in sys.modules)
         print(*cycles.notes(), sep="\\n")
     """)

@@ -13,6 +13,10 @@ from typing import Any
 
 from mistwatch import Collector, hookimpl
 
+#: The simulated org's scenarios (``plugins/mist/simdata.py``), here so that ``mistwatch simulate``
+#: can list them without importing the simulator's data (~6 MB) into every process that loads plugins.
+SCENARIOS: tuple[str, ...] = ("healthy", "degraded", "recovered", "upgrade-wave", "wan-link-failure")
+
 
 @hookimpl
 def mistwatch_collectors() -> Iterator[Collector]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from mistwatch.plugins.mist.simdata import SCENARIOS
+from mistwatch.plugins.mist import SCENARIOS
 
 
 @click.command("simulate")

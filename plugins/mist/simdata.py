@@ -57,7 +57,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-SCENARIOS: tuple[str, ...] = ("healthy", "degraded", "recovered", "upgrade-wave", "wan-link-failure")
+from mistwatch.plugins.mist import SCENARIOS
 
 _M64 = (1 << 64) - 1
 DAY = 86400

@@ -753,6 +753,37 @@ def test_chassis_parts_and_radios_are_read_from_device_rows():
     assert metrics["device.power_constrained"] == 1
 
 
+def _ha_gateway(now: float) -> dict:
+    ok_chassis = [{"psus": [{"name": "Power Supply 0", "status": "ok"}], "fans": [{"name": "Fan 0", "status": "ok"}],
+                   "temperatures": [{"name": "CPU", "status": "ok", "celsius": 45}]}]
+    return {"type": "gateway", "status": "connected", "last_seen": now, "is_ha": True, "node_name": "node0",
+            "module_stat": ok_chassis,
+            "module2_stat": [{"psus": [{"name": "Power Supply 0", "status": "failed"}],
+                              "temperatures": [{"name": "CPU", "status": "ok", "celsius": 58}]}],
+            "if_stat": {"ge-0/0/0.0": {"port_usage": "wan", "wan_name": "wan1", "up": True}},
+            "if2_stat": {"ge-5/0/0.0": {"port_usage": "wan", "wan_name": "wan1", "up": False}}}
+
+
+def test_the_second_node_of_an_ha_gateway_counts_in_chassis_health_and_wan_links():
+    now = NOW.timestamp()
+    metrics = device_metrics(_ha_gateway(now), now)
+    assert metrics["device.ha"] == 1
+    assert (metrics["device.psus"], metrics["device.psus_failed"], metrics["device.temperature_max"]) == (2, 1, 58)
+    assert (metrics["device.wan_links"], metrics["device.wan_links_down"]) == (2, 1)
+
+
+def test_the_labels_name_the_second_node_of_an_ha_gateway():
+    row = _ha_gateway(NOW.timestamp())
+    assert mistcollector.chassis_faults(mistcollector.device_modules(row)) == "node1 Power Supply 0 failed"
+    assert [n for n, up in mistcollector.gateway_wan_links(row) if not up] == ["node1 wan1"]
+
+
+def test_the_simulated_hq_gateway_is_an_ha_cluster_whose_second_node_counts(collector, make_simulator):
+    snap = collect(collector, make_simulator(sites=3, now=NOW))
+    (hq,) = [e for e in snap.entities if e.kind == "device" and e.metrics.get("device.ha") == 1]
+    assert (hq.metrics["device.psus"], hq.metrics["device.wan_links"], hq.metrics["device.wan_links_up"]) == (4, 3, 3)
+
+
 def test_sle_v1_and_current_names_map_to_one_metric_and_the_current_one_wins():
     row = {"site_id": "s", "num_gateways": 1, "num_clients": 40, "wan-link-health": 0.9,
            "wan-link-health-v2": 0.7, "application-health": 0.95, "gateway-bandwidth": 0.99, "new-thing-v3": 0.5}

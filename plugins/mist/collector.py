@@ -80,9 +80,9 @@ UNKNOWN_ALARM_SEVERITY = "minor"
 #: counters), payload and parse time for nothing. tests/test_collector.py checks this list against the
 #: fields the collector reads.
 DEVICE_FIELDS = ("cluster_stat", "config_status", "cpu_stat", "cpu_util", "fwupdate", "hostname", "id",
-                 "if_stat", "is_ha", "last_seen", "mac", "mem_total_kb", "mem_used_kb", "memory_stat",
-                 "model", "module_stat", "name", "num_clients", "power_constrained", "radio_stat", "site_id",
-                 "status", "type", "uptime", "version")
+                 "if2_stat", "if_stat", "is_ha", "last_seen", "mac", "mem_total_kb", "mem_used_kb", "memory_stat",
+                 "model", "module2_stat", "module_stat", "name", "num_clients", "power_constrained", "radio_stat",
+                 "site_id", "status", "type", "uptime", "version")
 #: stats/devices ``status`` is a free string: only these mean what they say; any other is "unknown".
 STATUS_CONNECTED = "connected"
 STATUS_GONE = frozenset({"disconnected"})
@@ -387,21 +387,19 @@ def device_metrics(row: Mapping[str, Any], now_ts: float, state: str | None = No
         if type(config_status) is str and config_status:
             lowered = config_status.lower()
             metrics["device.config_failed"] = 1.0 if ("fail" in lowered or "error" in lowered) else 0.0
-        modules = get("module_stat")
-        if isinstance(modules, list):
+        modules = device_modules(row)
+        if modules is not None:
             _chassis_metrics(modules, metrics)
         if get("type") == "gateway":
             is_ha = get("is_ha")
             if type(is_ha) is bool:
                 metrics["device.ha"] = 1.0 if is_ha else 0.0
-            if_stat = get("if_stat")
-            if isinstance(if_stat, dict):
-                links = wan_links(if_stat)
-                if links:
-                    up = sum(1 for _, is_up in links if is_up)
-                    metrics["device.wan_links"] = _count(len(links))
-                    metrics["device.wan_links_up"] = _count(up)
-                    metrics["device.wan_links_down"] = _count(len(links) - up)
+            links = gateway_wan_links(row)
+            if links is not None and links:
+                up = sum(1 for _, is_up in links if is_up)
+                metrics["device.wan_links"] = _count(len(links))
+                metrics["device.wan_links_up"] = _count(up)
+                metrics["device.wan_links_down"] = _count(len(links) - up)
     if cpu is not None:
         metrics["device.cpu"] = cpu
     if memory is not None:
@@ -461,6 +459,32 @@ def chassis_faults(modules: Any) -> str:
               for name, status, _ in _parts(modules, kind)
               if status != "ok" and status not in PART_ABSENT and (status or kind != "temperatures")]
     return ", ".join(faults)[:300]
+
+
+def device_modules(row: Mapping[str, Any]) -> list | None:
+    """The chassis modules of a switch or gateway: ``module_stat``, and for the second node of an HA
+    gateway cluster ``module2_stat`` (spec ``stats_gateway``: node1's stats come as ``*2_stat``), its
+    items' part names prefixed ``node1``. None when the row has neither."""
+    modules, second = row.get("module_stat"), row.get("module2_stat")
+    if not isinstance(second, list):
+        return modules if isinstance(modules, list) else None
+    node1 = [{**module, **{kind: [{**item, "name": f"node1 {item.get('name') or kind}"}
+                                  for item in module[kind] if isinstance(item, dict)]
+                           for kind in ("psus", "fans", "temperatures") if isinstance(module.get(kind), list)}}
+             for module in second if isinstance(module, dict)]
+    return (modules if isinstance(modules, list) else []) + node1
+
+
+def gateway_wan_links(row: Mapping[str, Any]) -> list[tuple[str, bool]] | None:
+    """(WAN name, up) of a gateway's WAN ports, the HA cluster's second node's (``if2_stat``) named
+    ``node1 <name>``; None when the row has no interface stats."""
+    if_stat, second = row.get("if_stat"), row.get("if2_stat")
+    if not isinstance(if_stat, dict) and not isinstance(second, dict):
+        return None
+    links = wan_links(if_stat) if isinstance(if_stat, dict) else []
+    if isinstance(second, dict):
+        links += [(f"node1 {name}", up) for name, up in wan_links(second)]
+    return links
 
 
 def wan_links(if_stat: Mapping[str, Any]) -> list[tuple[str, bool]]:
@@ -1053,8 +1077,9 @@ class MistCollector:
             state = device_state(row, now_ts)
             metrics = device_metrics(row, now_ts, state)
             if metrics.get("device.wan_links_down"):
-                labels["wan_links_down"] = ", ".join(n for n, up in wan_links(get("if_stat")) if not up)[:300]
-            faults = chassis_faults(get("module_stat")) if "module_stat" in row else ""
+                labels["wan_links_down"] = ", ".join(n for n, up in gateway_wan_links(row) or () if not up)[:300]
+            faults = chassis_faults(device_modules(row)) if metrics.get("device.psus_failed") or metrics.get(
+                "device.fans_failed") or metrics.get("device.temperatures_alarm") else ""
             if faults:
                 labels["chassis_faults"] = faults
             cluster = get("cluster_stat")

@@ -970,6 +970,14 @@ class DeviceText:
                                                    "wan_type": "lte", "up": "wan2" not in state.wan_down.get(g, ()),
                                                    "rx_bytes": h % 100_000, "tx_bytes": h % 70_000,
                                                    "rx_pkts": h % 1000, "tx_pkts": h % 700}})
+                if site_i == 0:  # the HQ's gateway is an SRX chassis cluster: node1's stats as *2_stat
+                    out.update(is_ha=True, node_name="node0", module2_stat=[
+                        {**out["module_stat"][0], "serial": f"CV0220{h % 10_000_000:07d}",
+                         "psus": [{"name": "Power Supply 0", "status": "ok"},
+                                  {"name": "Power Supply 1", "status": "ok"}]}],
+                        if2_stat={"ge-5/0/0.0": {"port_id": "ge-5/0/0", "port_usage": "wan", "wan_name": "wan1",
+                                                 "wan_type": "broadband", "up": True, "rx_bytes": h % 90_000,
+                                                 "tx_bytes": h % 60_000, "rx_pkts": h % 900, "tx_pkts": h % 600}})
                 expected = GATEWAY_SLOTS
         self.text, names = _template_text(_kept(out, fields))
         if fields is None and names != expected:  # render() fills the slots by position

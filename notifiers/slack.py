@@ -68,6 +68,9 @@ def payload(n: Notification) -> dict[str, Any]:
             lines.append(f"*{label}:* {escape(r.value)}{ref}")
         if r.since:
             lines.append(f"*Since:* {escape(r.since)}" + (f", {escape(r.duration)}" if r.duration else ""))
+        if r.causes:  # a correlation's: each cause linked to its portal page where it has one
+            lines.append("*Causes:* " + ", ".join(f"<{escape(link)}|{escape(rule)}>" if link else escape(rule)
+                                                  for rule, link in r.causes))
         if r.recommendation and r.state == "firing":
             lines.append(f"_{escape(r.recommendation)}_")
         if r.link:

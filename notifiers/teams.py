@@ -60,6 +60,8 @@ def card(n: Notification) -> dict[str, Any]:
                           "value": r.value + (f" ({r.reference})" if r.reference else "")})
         if r.since:
             facts.append({"title": "Since", "value": r.since + (f", {r.duration}" if r.duration else "")})
+        if r.causes:  # a correlation's (the card links the alert itself, not each cause)
+            facts.append({"title": "Causes", "value": ", ".join(rule for rule, _link in r.causes)})
         if r.recommendation and r.state == "firing":
             facts.append({"title": "Recommendation", "value": r.recommendation})
         container: dict[str, Any] = {"type": "Container", "style": _STYLE.get(state, "default"), "items": [

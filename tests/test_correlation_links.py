@@ -90,3 +90,29 @@ def test_without_a_portal_page_the_email_names_the_causes_as_text(notify_env, sm
     (message,) = smtp_sink.messages
     html = _html(message)
     assert "Causes: site-devices-down, wifi-coverage-drop" in html
+
+
+def _correlation_notification(**labels: str):
+    from mistwatch.notify.pipeline import build_notification
+
+    return build_notification("n", "chat", [correlation_mail(**labels)], [], {}, "g", MAIL_T0)
+
+
+def test_slack_names_each_cause_linked_to_the_sites_portal_page():
+    from mistwatch.notifiers import slack
+
+    text = json.dumps(slack.payload(_correlation_notification(portal_url=PORTAL)))
+    assert f"*Causes:* <{PORTAL}|site-devices-down>, <{PORTAL}|wifi-coverage-drop>" in text
+
+
+def test_slack_names_the_causes_as_text_without_a_portal_page():
+    from mistwatch.notifiers import slack
+
+    assert "*Causes:* site-devices-down, wifi-coverage-drop" in json.dumps(slack.payload(_correlation_notification()))
+
+
+def test_teams_lists_the_causes_as_a_fact():
+    from mistwatch.notifiers import teams
+
+    facts = teams.card(_correlation_notification())["body"][1]["items"][1]["facts"]
+    assert {"title": "Causes", "value": "site-devices-down, wifi-coverage-drop"} in facts

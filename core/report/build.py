@@ -756,9 +756,10 @@ _JSON_PIECE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _json_chunks(report: dict[str, Any]) -> Iterator[bytes]:
-    """``json.dumps(report, ensure_ascii=False, separators=(",", ":"))`` in pieces, UTF-8 encoded:
-    top-level lists (the sites and devices of a big org) one item at a time, so the whole document
-    (tens of MB at 10,000 sites) is never in memory at once, yet every piece uses the C encoder."""
+    """The report as JSON (``ensure_ascii=False``, compact) in pieces, UTF-8 encoded: top-level lists
+    (the sites and devices of a big org) one item at a time, so the whole document (tens of MB at
+    10,000 sites) is never in memory at once, yet every piece uses the C encoder; a :class:`Records`
+    row goes out as the object of its fields."""
     for n, (key, value) in enumerate(report.items()):
         head = ("{" if n == 0 else ",") + _JSON_PIECE(key) + ":"
         if isinstance(value, list) and value:

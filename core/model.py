@@ -6,10 +6,11 @@ Everything here is data, not behaviour: no I/O, no plugin calls. Times are timez
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+import weakref
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, overload
 
 #: mistwatch's alert severities, lowest first. Index order is severity order. (Collectors map their
 #: source's levels onto these; the Mist plugin documents its table in docs/metrics.md.)
@@ -22,6 +23,127 @@ IDENTITY_LABELS: tuple[str, ...] = ("org_id", "site_id", "device_id", "peer_id")
 def severity_rank(severity: str) -> int:
     """0 for info up to 3 for critical; unknown names rank lowest."""
     return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+_V = TypeVar("_V")
+_D = TypeVar("_D")
+
+
+class _Layout(dict):
+    """A key -> position index shared by every FrozenMap with the same keys in the same order
+    (a dict subclass only so the layout cache can hold it weakly)."""
+
+    __slots__ = ("__weakref__",)
+
+
+#: Key tuple -> its layout. Weak: a layout no live FrozenMap uses goes away, so the cache cannot grow
+#: beyond the layouts in use (a cycle's 100,000 entities have a few hundred).
+_LAYOUTS: weakref.WeakValueDictionary[tuple[str, ...], _Layout] = weakref.WeakValueDictionary()
+
+
+class FrozenMap(Mapping[str, _V]):
+    """An immutable mapping for many small maps that share a few key layouts (entity labels and
+    metrics): the keys live once per layout in a shared index, each map holds only its values.
+
+    ``FrozenMap(data)`` copies ``data`` (any mapping); it iterates in ``data``'s order and compares
+    equal to a dict with the same items. It is not a dict: ``json.dumps`` needs ``dict(m)``.
+
+    Size (CPython 3.11, ``sys.getsizeof`` of the map plus its values tuple, keys and values shared):
+    10 labels take 168 bytes instead of a dict's 272, 15 metrics 208 bytes instead of 464.
+    """
+
+    __slots__ = ("_index", "_values")
+
+    _index: dict[str, int]
+    _values: tuple[_V, ...]
+
+    def __init__(self, data: Mapping[str, _V] | None = None) -> None:
+        if data is None:
+            data = {}
+        keys = tuple(data)
+        layout = _LAYOUTS.get(keys)
+        if layout is None:
+            layout = _LAYOUTS[keys] = _Layout(zip(keys, range(len(keys)), strict=True))
+        object.__setattr__(self, "_index", layout)
+        # dict.values() is in key order; any other mapping is read key by key, in that same order
+        values = data.values() if type(data) is dict else map(data.__getitem__, keys)
+        object.__setattr__(self, "_values", tuple(values))
+
+    def __getitem__(self, key: str) -> _V:
+        return self._values[self._index[key]]
+
+    @overload
+    def get(self, key: str) -> _V | None: ...
+    @overload
+    def get(self, key: str, default: _D) -> _V | _D: ...
+
+    def get(self, key: str, default: Any = None) -> Any:
+        position = self._index.get(key)
+        return default if position is None else self._values[position]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self):  # type: ignore[override]  # the shared index's own (read-only) view: a set
+        return self._index.keys()
+
+    def values(self) -> ValuesView[_V]:
+        return _Values(self)
+
+    def items(self) -> ItemsView[str, _V]:
+        return _Items(self)
+
+    def __eq__(self, other: object) -> bool:
+        kind = type(other)
+        if kind is FrozenMap:
+            if other._index is self._index:  # type: ignore[attr-defined]
+                return self._values == other._values  # type: ignore[attr-defined]
+        elif kind is not dict and not isinstance(other, Mapping):  # (isinstance on an ABC is slow)
+            return NotImplemented
+        if len(self) != len(other) or self._index.keys() != other.keys():
+            return False
+        return self._values == tuple(map(other.__getitem__, self._index))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a dict, so unhashable like one
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("FrozenMap is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise TypeError("FrozenMap is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (self._dict(),))
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def _dict(self) -> dict[str, _V]:
+        return dict(zip(self._index, self._values, strict=True))
+
+
+class _Values(ValuesView):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._mapping._values)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._mapping._values
+
+
+class _Items(ItemsView):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        mapping = self._mapping
+        return zip(mapping._index, mapping._values, strict=True)
 
 
 @dataclass(frozen=True, slots=True)

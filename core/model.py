@@ -172,7 +172,10 @@ class Entity:
     """One monitored thing (the org, a site, a device, or what a plugin adds) at one point in time.
 
     ``key`` is stable across runs: ``"org:<org_id>"``, ``"site:<site_id>"``, ``"device:<device_id>"``.
-    ``metrics`` hold numbers only (booleans as 1.0/0.0). ``unknown`` lists metric-name patterns
+    ``metrics`` hold numbers only (booleans as 1.0/0.0). ``labels`` and ``metrics`` are any mapping: a
+    dict, or a :class:`FrozenMap` (what the Mist collector gives, as 100,000 dicts would weigh ~40 MB
+    more). Read them as mappings; to change one, make a new one (``{**entity.labels, "x": "y"}``);
+    ``dict(...)`` them before ``json.dumps``. ``unknown`` lists metric-name patterns
     (``fnmatch``, ``"*"`` for all) whose source failed this cycle: they are neither up nor down.
     """
 

@@ -41,7 +41,7 @@ class FrozenMap(Mapping[str, _V]):
     metrics): the keys live once per layout in a shared index, each map holds only its values.
 
     ``FrozenMap(data)`` copies ``data`` (any mapping); it iterates in ``data``'s order and compares
-    equal to a dict with the same items. It is not a dict: ``json.dumps`` needs ``dict(m)``.
+    equal to a dict with the same items. It is not a dict: ``json.dumps`` needs ``m.copy()`` (a dict).
 
     Size (CPython 3.11, ``sys.getsizeof`` of the map plus its values tuple, keys and values shared):
     10 labels take 168 bytes instead of a dict's 272, 15 metrics 208 bytes instead of 464.
@@ -52,13 +52,15 @@ class FrozenMap(Mapping[str, _V]):
     _index: dict[str, int]
     _values: tuple[_V, ...]
 
-    def __init__(self, data: Mapping[str, _V] | None = None) -> None:
+    # __new__, not __init__: calling __init__ again on a made map would change it
+    def __new__(cls, data: Mapping[str, _V] | None = None) -> FrozenMap[_V]:
+        self = _new(cls)
         if data is None:
             data = {}
         elif type(data) is FrozenMap:  # nothing to copy: both are immutable
             _set_index(self, data._index)
             _set_values(self, data._values)
-            return
+            return self
         keys = tuple(data)
         layout = _LAYOUTS.get(keys)
         if layout is None:
@@ -68,6 +70,7 @@ class FrozenMap(Mapping[str, _V]):
         _set_index(self, layout)
         # dict.values() is in key order; any other mapping is read key by key, in that same order
         _set_values(self, tuple(data.values() if type(data) is dict else map(data.__getitem__, keys)))
+        return self
 
     def __getitem__(self, key: str) -> _V:
         return self._values[self._index[key]]
@@ -146,6 +149,7 @@ class FrozenMap(Mapping[str, _V]):
 
 
 # The slots' own setters: FrozenMap.__setattr__ refuses every write, and these are the cheapest way past it.
+_new = object.__new__
 _set_index = FrozenMap._index.__set__  # type: ignore[attr-defined]
 _set_values = FrozenMap._values.__set__  # type: ignore[attr-defined]
 

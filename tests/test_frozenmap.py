@@ -69,6 +69,12 @@ def test_its_storage_cannot_be_rebound():
         frozen._values = ("x",) * len(LABELS)  # type: ignore[misc]
 
 
+def test_calling_init_again_does_not_change_it():
+    frozen = FrozenMap(LABELS)
+    frozen.__init__({"site_name": "elsewhere"})  # type: ignore[misc]
+    assert frozen == LABELS
+
+
 def test_has_no_mutating_dict_methods():
     frozen = FrozenMap(LABELS)
     assert not any(hasattr(frozen, name) for name in ("update", "pop", "setdefault", "clear", "popitem"))

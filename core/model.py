@@ -31,7 +31,7 @@ _D = TypeVar("_D")
 #: Key tuple -> its layout (key -> position), shared by every FrozenMap with those keys in that order.
 #: A plain dict, as a weak one costs several times more per map made; bounded instead: past
 #: _MAX_LAYOUTS layouts it starts over (maps keep theirs, only new maps stop sharing with old ones).
-#: A Mist cycle at 10,000 sites has about a hundred.
+#: A Mist cycle at 10,000 sites (the simulator's org) has 13.
 _LAYOUTS: dict[tuple[str, ...], dict[str, int]] = {}
 _MAX_LAYOUTS = 4096
 
@@ -44,7 +44,9 @@ class FrozenMap(Mapping[str, _V]):
     equal to a dict with the same items. It is not a dict: ``json.dumps`` needs ``m.copy()`` (a dict).
 
     Size (CPython 3.11, ``sys.getsizeof`` of the map plus its values tuple, keys and values shared):
-    10 labels take 168 bytes instead of a dict's 272, 15 metrics 208 bytes instead of 464.
+    10 labels take 168 bytes instead of a dict's 272, 15 metrics 208 bytes instead of 464. The
+    labels and metrics of a Mist cycle at 10,000 sites (100,000 entities): 34.4 MB instead of 62.1 MB.
+    Reads cost a Python call (``get`` ~75 ns against a dict's ~30 ns); making one ~0.6 us.
     """
 
     __slots__ = ("_index", "_values")
@@ -168,8 +170,8 @@ class Entity:
 
     ``key`` is stable across runs: ``"org:<org_id>"``, ``"site:<site_id>"``, ``"device:<device_id>"``.
     ``metrics`` hold numbers only (booleans as 1.0/0.0). ``labels`` and ``metrics`` are any mapping: a
-    dict, or a :class:`FrozenMap` (what the Mist collector gives, as 100,000 dicts would weigh ~40 MB
-    more). Read them as mappings; to change one, make a new one (``{**entity.labels, "x": "y"}``);
+    dict, or a :class:`FrozenMap` (what the Mist collector gives: 28 MB less than dicts at 10,000
+    sites). Read them as mappings; to change one, make a new one (``{**entity.labels, "x": "y"}``);
     ``dict(...)`` them before ``json.dumps``. ``unknown`` lists metric-name patterns
     (``fnmatch``, ``"*"`` for all) whose source failed this cycle: they are neither up nor down.
     """

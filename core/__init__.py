@@ -5,7 +5,8 @@ and descriptors), ``mistwatch.model`` (the dataclasses passed between stages), `
 (showing a notification to people) and ``mistwatch.sanitize`` (escaping and capping data from Mist
 for each channel: terminal, Slack, Teams, HTML). Built-in plugins use nothing else, as a third-party plugin would.
 
-- Plugins: ``hookimpl``, ``Collector``, ``Notifier``, ``RuleKind``, ``CollectContext`` and the model.
+- Plugins: ``hookimpl``, ``Collector``, ``Notifier``, ``RuleKind``, ``CollectContext`` and the model
+  (``FrozenMap``: compact read-only labels and metrics for many entities).
 - Rule kinds: ``Result``, ``RuleContext``, ``RuleSpecError``, ``duration_schema``, ``spec_duration``, ``identity_of``.
 - Embedding and commands (``mistwatch_commands``): ``open_app``, ``run_cycle``, ``close_app``,
   ``show_result``, ``result_json``, ``setup_console_logging``; ``Store`` (``Store.open(state_dir)``:
@@ -37,6 +38,7 @@ from mistwatch.model import (
     Delivery,
     Entity,
     Event,
+    FrozenMap,
     Notification,
     Result,
     Snapshot,
@@ -77,6 +79,7 @@ __all__ = [
     "Delivery",
     "Entity",
     "Event",
+    "FrozenMap",
     "Notification",
     "Notifier",
     "RuleKind",

@@ -254,7 +254,7 @@ class MistwatchSpec:
                 snap = Snapshot(taken_at=ctx.now)
                 snap.entities.append(Entity(
                     key="site:lab", kind="site", labels={"site_id": "lab", "site_name": "Lab"},
-                    metrics={"lab.temperature": 21.5}))
+                    metrics={"lab.temperature": 21.5}))  # dicts, or FrozenMap(...) for many entities
                 return snap
 
             @hookimpl

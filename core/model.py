@@ -6,10 +6,10 @@ Everything here is data, not behaviour: no I/O, no plugin calls. Times are timez
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import ItemsView, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, overload
 
 #: mistwatch's alert severities, lowest first. Index order is severity order. (Collectors map their
 #: source's levels onto these; the Mist plugin documents its table in docs/metrics.md.)
@@ -24,12 +24,156 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else -1
 
 
+_V = TypeVar("_V")
+_D = TypeVar("_D")
+
+
+#: Key tuple -> its layout (key -> position), shared by every FrozenMap with those keys in that order.
+#: A plain dict, as a weak one costs several times more per map made; bounded instead: past
+#: _MAX_LAYOUTS layouts it starts over (maps keep theirs, only new maps stop sharing with old ones).
+#: A Mist cycle at 10,000 sites (the simulator's org) has 13.
+_LAYOUTS: dict[tuple[str, ...], dict[str, int]] = {}
+_MAX_LAYOUTS = 4096
+
+
+class FrozenMap(Mapping[str, _V]):
+    """An immutable mapping for many small maps that share a few key layouts (entity labels and
+    metrics): the keys live once per layout in a shared index, each map holds only its values.
+
+    ``FrozenMap(data)`` copies ``data`` (any mapping); it iterates in ``data``'s order and compares
+    equal to a dict with the same items. It is not a dict: ``json.dumps`` needs ``m.copy()`` (a dict).
+
+    Size (CPython 3.11, ``sys.getsizeof`` of the map plus its values tuple, keys and values shared):
+    10 labels take 168 bytes instead of a dict's 272, 15 metrics 208 bytes instead of 464. The
+    labels and metrics of a Mist cycle at 10,000 sites (100,000 entities): 34.4 MB instead of 62.1 MB.
+    Reads cost a Python call (``get`` ~65 ns against a dict's ~27 ns); making one ~0.7 us
+    (``bench/frozenmap.py``).
+    """
+
+    __slots__ = ("_index", "_values")
+
+    _index: dict[str, int]
+    _values: tuple[_V, ...]
+
+    # __new__, not __init__: calling __init__ again on a made map would change it
+    def __new__(cls, data: Mapping[str, _V] | None = None) -> FrozenMap[_V]:
+        self = _new(cls)
+        if data is None:
+            data = {}
+        elif type(data) is FrozenMap:  # nothing to copy: both are immutable
+            _set_index(self, data._index)
+            _set_values(self, data._values)
+            return self
+        keys = tuple(data)
+        layout = _LAYOUTS.get(keys)
+        if layout is None:
+            if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                _LAYOUTS.clear()
+            layout = _LAYOUTS[keys] = dict(zip(keys, range(len(keys)), strict=True))
+        _set_index(self, layout)
+        # dict.values() is in key order; any other mapping is read key by key, in that same order
+        _set_values(self, tuple(data.values() if type(data) is dict else map(data.__getitem__, keys)))
+        return self
+
+    def __getitem__(self, key: str) -> _V:
+        return self._values[self._index[key]]
+
+    @overload
+    def get(self, key: str) -> _V | None: ...
+    @overload
+    def get(self, key: str, default: _D) -> _V | _D: ...
+
+    def get(self, key: str, default: Any = None) -> Any:
+        position = self._index.get(key)
+        return default if position is None else self._values[position]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self):  # type: ignore[override]  # the shared index's own (read-only) view: a set
+        return self._index.keys()
+
+    def values(self) -> tuple[_V, ...]:  # type: ignore[override]
+        # the values themselves: a read-only sequence, cheaper than a view object (join, sum, in)
+        return self._values
+
+    def items(self) -> ItemsView[str, _V]:
+        return _Items(self)
+
+    def copy(self) -> dict[str, _V]:
+        """A dict with the same items, to change or to hand to ``json.dumps`` (faster than ``dict(m)``)."""
+        return dict(zip(self._index, self._values, strict=True))
+
+    def __or__(self, other: Mapping[str, _V]) -> dict[str, _V]:
+        """``m | {...}``: a new dict, as ``dict | dict`` gives."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other: Mapping[str, _V]) -> dict[str, _V]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = dict(other)
+        merged.update(zip(self._index, self._values, strict=True))
+        return merged
+
+    def __eq__(self, other: object) -> bool:
+        kind = type(other)
+        if kind is FrozenMap:
+            if other._index is self._index:  # type: ignore[attr-defined]
+                return self._values == other._values  # type: ignore[attr-defined]
+        elif kind is not dict and not isinstance(other, Mapping):  # (isinstance on an ABC is slow)
+            return NotImplemented
+        if len(self) != len(other) or self._index.keys() != other.keys():
+            return False
+        return self._values == tuple(map(other.__getitem__, self._index))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a dict, so unhashable like one
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("FrozenMap is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise TypeError("FrozenMap is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (self.copy(),))
+
+    def __repr__(self) -> str:
+        return repr(self.copy())
+
+
+# The slots' own setters: FrozenMap.__setattr__ refuses every write, and these are the cheapest way past it.
+_new = object.__new__
+_set_index = FrozenMap._index.__set__  # type: ignore[attr-defined]
+_set_values = FrozenMap._values.__set__  # type: ignore[attr-defined]
+
+
+class _Items(ItemsView):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        mapping = self._mapping
+        return zip(mapping._index, mapping._values, strict=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Entity:
     """One monitored thing (the org, a site, a device, or what a plugin adds) at one point in time.
 
     ``key`` is stable across runs: ``"org:<org_id>"``, ``"site:<site_id>"``, ``"device:<device_id>"``.
-    ``metrics`` hold numbers only (booleans as 1.0/0.0). ``unknown`` lists metric-name patterns
+    ``metrics`` hold numbers only (booleans as 1.0/0.0). ``labels`` and ``metrics`` are any mapping: a
+    dict, or a :class:`FrozenMap` (what the Mist collector gives: 28 MB less than dicts at 10,000
+    sites). Read them as mappings; to change one, make a new one (``{**entity.labels, "x": "y"}``);
+    ``dict(...)`` them before ``json.dumps``. ``unknown`` lists metric-name patterns
     (``fnmatch``, ``"*"`` for all) whose source failed this cycle: they are neither up nor down.
     """
 

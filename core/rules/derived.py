@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mistwatch.model import Entity, Snapshot
+from mistwatch.model import Entity, FrozenMap, Snapshot
 from mistwatch.rules.expr import Expression, ExpressionError
 
 
@@ -66,4 +66,5 @@ def derive(metrics: Sequence[DerivedMetric], snapshot: Snapshot) -> None:
             if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
                 values[metric.name] = float(value)
         if len(values) != len(entity.metrics) or len(unknown) != len(entity.unknown):
-            snapshot.entities[index] = Entity(entity.key, entity.kind, entity.labels, values, frozenset(unknown))
+            snapshot.entities[index] = Entity(entity.key, entity.kind, entity.labels, FrozenMap(values),
+                                              frozenset(unknown))

@@ -6,7 +6,7 @@ Both are Jinja2 (``SandboxedEnvironment``), never ``eval``. On top of Jinja's sa
   attribute form (``x.__class__``) and in item form (``x['__class__']``);
 - attribute access at run time is limited to a short allow-list of read-only methods
   (``labels.get``, ``name.lower`` ...); any other real attribute raises a ``SecurityError``.
-  ``labels.site_name`` still works: on a dict Jinja falls back to the item ``site_name``;
+  ``labels.site_name`` still works: on a mapping Jinja falls back to the item ``site_name``;
 - the Jinja globals (``range``, ``cycler``, ``joiner``, ``lipsum``, ``namespace``, ``dict``) are
   removed; templates see only the variables the evaluator gives them;
 - templates use ``StrictUndefined``: a misspelt variable is an error (found by ``rules check``),
@@ -41,7 +41,7 @@ from mistwatch.durations import format_duration
 
 #: The only attributes (methods) an expression or template may touch, by type.
 _ALLOWED_ATTRIBUTES: dict[type, frozenset[str]] = {
-    dict: frozenset({"get", "keys", "values", "items"}),
+    Mapping: frozenset({"get", "keys", "values", "items"}),  # dicts and FrozenMap labels/metrics
     str: frozenset({"lower", "upper", "title", "capitalize", "strip", "lstrip", "rstrip",
                     "startswith", "endswith", "replace", "split", "join"}),
 }
@@ -97,13 +97,13 @@ def _weight(value: Any, memo: dict[int, int] | None = None) -> int:
         return 1
     if isinstance(value, int):
         return value.bit_length() // 3 + 1
-    if isinstance(value, (list, tuple, dict, set, frozenset)):
+    if isinstance(value, (list, tuple, set, frozenset, Mapping)):
         memo = {} if memo is None else memo
         known = memo.get(id(value))
         if known is not None:
             return known
         memo[id(value)] = 1  # a cycle counts once
-        items = value.items() if isinstance(value, dict) else ((v, None) for v in value)
+        items = value.items() if isinstance(value, Mapping) else ((v, None) for v in value)
         total = len(value) + 1
         for first, second in items:
             total += _weight(first, memo) + (_weight(second, memo) if second is not None else 0)
@@ -119,7 +119,7 @@ def _checked(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         if value.bit_length() > MAX_INT_BITS:
             raise LimitExceeded(f"an integer over {MAX_INT_BITS} bits is too large")
-    elif isinstance(value, (str, list, tuple, dict, set)) and _weight(value) > MAX_SIZE:
+    elif isinstance(value, (str, list, tuple, set, Mapping)) and _weight(value) > MAX_SIZE:
         raise LimitExceeded(f"a {type(value).__name__} over {MAX_SIZE:,} characters or items is too large")
     return value
 
@@ -343,7 +343,7 @@ class _Missing(LookupError):
 
 def _get_attr(obj: Any, attr: str) -> Any:
     if isinstance(obj, Mapping):  # like Jinja: an allowed method first, then the item
-        if attr in _ALLOWED_ATTRIBUTES[dict]:
+        if attr in _ALLOWED_ATTRIBUTES[Mapping]:
             return getattr(obj, attr)
         try:
             return obj[attr]

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext, Collector
-from mistwatch.model import CollectorError, Entity, Event, Snapshot
+from mistwatch.model import CollectorError, Entity, Event, FrozenMap, Snapshot
 
 NAME = "mist"
 #: Guards the per-token records of the collector state, which the org threads share.
@@ -866,33 +866,37 @@ class MistCollector:
 
         # Parsing 60k devices allocates millions of small objects, none of them cyclic garbage: pausing
         # the cyclic GC for the cycle saves about a fifth of the CPU. Reference counting still frees.
+        # The pause lasts until the site entities are made: their 40,000 frozen maps and tuples are
+        # GC-tracked (dicts of strings and floats are not), and would otherwise trigger ~60 collections.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._collect_sites(client, cycle, base, ctx, key, settings)
-            devices = self._collect_devices(client, cycle, base, ctx)
-            for sle in SLE_KINDS:
-                self._collect_sle(client, cycle, base, ctx, sle)
-            alarm_events = self._collect_alarms(client, cycle, base, ctx)
-            device_events, event_cursor = self._collect_device_events(client, cycle, base, ctx)
-            peers = self._collect_peers(client, cycle, base, ctx)
-        except CollectionFailed:
-            entry.pop("self_checked_at", None)  # a refused token is checked again next cycle
-            raise
+            try:
+                self._collect_sites(client, cycle, base, ctx, key, settings)
+                devices = self._collect_devices(client, cycle, base, ctx)
+                for sle in SLE_KINDS:
+                    self._collect_sle(client, cycle, base, ctx, sle)
+                alarm_events = self._collect_alarms(client, cycle, base, ctx)
+                device_events, event_cursor = self._collect_device_events(client, cycle, base, ctx)
+                peers = self._collect_peers(client, cycle, base, ctx)
+            except CollectionFailed:
+                entry.pop("self_checked_at", None)  # a refused token is checked again next cycle
+                raise
+            finally:
+                entry["last_cycle_at"] = now_ts
+            if cycle.failed and cycle.failed == cycle.attempted:
+                if cycle.refused and len(cycle.refused) == cycle.failed:
+                    raise CollectionFailed(f"the Mist API token has no rights on org {org_id}: {cycle.refused[0]}")
+                raise CollectionFailed(f"every Mist API call failed; first: {cycle.errors[0].message}")
+            self._apply_device_counts(cycle)
+            snap.entities.append(self._org_entity(cycle, org_id, org_name))
+            snap.entities.extend(self._site_entities(cycle))
         finally:
             if gc_was_enabled:
                 gc.enable()
-            entry["last_cycle_at"] = now_ts
-        if cycle.failed and cycle.failed == cycle.attempted:
-            if cycle.refused and len(cycle.refused) == cycle.failed:
-                raise CollectionFailed(f"the Mist API token has no rights on org {org_id}: {cycle.refused[0]}")
-            raise CollectionFailed(f"every Mist API call failed; first: {cycle.errors[0].message}")
         if not cycle.skip and not cycle.stop_reason:
             entry["last_calls"] = dict(cycle.calls)
 
-        self._apply_device_counts(cycle)
-        snap.entities.append(self._org_entity(cycle, org_id, org_name))
-        snap.entities.extend(self._site_entities(cycle))
         snap.entities.extend(devices)
         snap.entities.extend(peers)
         snap.events.extend(alarm_events)
@@ -1070,7 +1074,6 @@ class MistCollector:
                     labels[label] = names[value[:64]]
             if mac is not None:
                 labels["mac"] = mac
-                by_mac[mac] = labels
             device_type = get("type")
             if device_type == "gateway":
                 gateways += 1
@@ -1097,7 +1100,11 @@ class MistCollector:
             if cycle.portal and page and site_id is not None:
                 # ids come from Mist: quoted, so a hostile one cannot bend the link
                 labels["portal_url"] = f"{cycle.portal}#!{page}/detail/{quote(device_id)}/{quote(site_id)}"
-            entities.append(Entity(f"device:{device_id}", "device", labels, metrics))
+            # frozen: 60,000 devices' labels and metrics as compact read-only maps (see FrozenMap)
+            frozen = FrozenMap(labels)
+            if mac is not None:
+                by_mac[mac] = frozen
+            entities.append(Entity(f"device:{device_id}", "device", frozen, FrozenMap(metrics)))
 
         ok = self._call(cycle, "stats/devices", {"device"}, ["*"], lambda: self._pages(
             client.iter_pages(f"{base}/stats/devices", {"type": "all", "fields": ",".join(DEVICE_FIELDS)}),
@@ -1246,8 +1253,8 @@ class MistCollector:
             if cycle.portal:
                 site = quote(site_id)
                 labels = {**labels, "portal_url": f"{cycle.portal}#!dashboard/insights/site/{site}/today/{site}"}
-            yield Entity(key=f"site:{site_id}", kind="site", labels=labels,
-                         metrics=cycle.share(cycle.site_metrics.get(site_id, {})))
+            yield Entity(key=f"site:{site_id}", kind="site", labels=FrozenMap(labels),
+                         metrics=FrozenMap(cycle.share(cycle.site_metrics.get(site_id, {}))))
 
     @staticmethod
     def _org_entity(cycle: _Cycle, org_id: str, org_name: str) -> Entity:
@@ -1266,7 +1273,7 @@ class MistCollector:
         labels = {"org_id": org_id, "org_name": org_name}
         if cycle.portal:
             labels["portal_url"] = cycle.portal
-        return Entity(key=f"org:{org_id}", kind="org", labels=labels, metrics=metrics)
+        return Entity(key=f"org:{org_id}", kind="org", labels=FrozenMap(labels), metrics=FrozenMap(metrics))
 
 
 def _count_device(counts: dict[str, float], device_type: str, state: str, metrics: Mapping[str, float]) -> None:
@@ -1367,7 +1374,6 @@ def _peer_labels(row: Mapping[str, Any], cycle: _Cycle, peer_id: str) -> dict[st
     if mac is None:
         return None
     device = cycle.devices_by_mac.get(mac)
-    # Few labels: 30,000 peers at 10,000 sites, and a dict of up to 10 keys is half the size of 11 or more.
     labels: dict[str, str] = {"org_id": cycle.org_id}
     site_id = _text(row.get("site_id"))
     if site_id is not None:
@@ -1409,7 +1415,7 @@ def vpn_peer_entity(row: Mapping[str, Any], cycle: _Cycle) -> Entity | None:
         if value is not None:
             metrics[name] = value
     key = f"vpn_peer:{labels['device_id']}:{labels['peer_id']}"
-    return Entity(key, "vpn_peer", labels, cycle.share(metrics))
+    return Entity(key, "vpn_peer", FrozenMap(labels), FrozenMap(cycle.share(metrics)))
 
 
 def bgp_peer_entity(row: Mapping[str, Any], cycle: _Cycle) -> Entity | None:
@@ -1436,7 +1442,7 @@ def bgp_peer_entity(row: Mapping[str, Any], cycle: _Cycle) -> Entity | None:
     routes = _num(row.get("rx_routes"))
     if routes is not None:
         metrics["bgp_peer.rx_routes"] = routes
-    return Entity(f"bgp_peer:{labels['device_id']}:{peer_id}", "bgp_peer", labels, metrics)
+    return Entity(f"bgp_peer:{labels['device_id']}:{peer_id}", "bgp_peer", FrozenMap(labels), FrozenMap(metrics))
 
 
 def _list(value: Any) -> list:

@@ -24,7 +24,7 @@ from typing import Any
 
 from mistwatch.errors import CollectionFailed
 from mistwatch.hookspecs import CollectContext
-from mistwatch.model import CollectorError, Entity, Snapshot
+from mistwatch.model import CollectorError, Entity, FrozenMap, Snapshot
 
 log = logging.getLogger("mistwatch.plugins.mist.orgs")
 #: At most this many orgs are collected at once (each is mostly waiting on the network).
@@ -176,13 +176,15 @@ def _per_org_budget(budgets: Mapping[str, Any], org_id: str, label: str) -> dict
 
 
 def _named(items: list[Any], name: str) -> list[Any]:
-    """Entities or events with ``org_name`` in their labels. The collector's label dicts are its
-    own (sites share one per site), so they are updated in place; anything else is copied."""
+    """Entities or events with ``org_name`` in their labels. The collector's label dicts (events')
+    are its own, so they are updated in place; frozen labels (entities') are copied and frozen again."""
     out = []
     for item in items:
         if isinstance(item.labels, dict):
             item.labels["org_name"] = name
             out.append(item)
+        elif isinstance(item.labels, FrozenMap):
+            out.append(replace(item, labels=FrozenMap({**item.labels, "org_name": name})))
         else:
             out.append(replace(item, labels={**item.labels, "org_name": name}))
     return out

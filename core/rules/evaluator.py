@@ -305,7 +305,6 @@ class RuleContext:
         if cached is None:
             self._shared.queries += 1
             self._shared.hourly.clear()  # before reading: never two windows held at once
-            release_free_memory()
             cached = self._shared.hourly[key] = self._shared.history.hourly(metric, start, end, stats)
         return cached
 

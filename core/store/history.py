@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mistwatch.errors import MistwatchError
-from mistwatch.model import Entity, Snapshot
+from mistwatch.model import Snapshot
 from mistwatch.store.records import (
     _BIG_ENDIAN,
     EntityRecord,
@@ -64,10 +64,16 @@ class HistoryMixin:
         with self._errors("reading entities"):
             ids = self._load_entity_ids()
         digests = self._digests
-        found = self._sort_entities(snapshot.entities, ids, digests)
+        found = self._split_entities(((e.key, e.kind, e.labels) for e in snapshot.entities), ids, digests)
         unique = found is not None
-        if found is None:  # a key twice (two collectors): labels merged first, each entity upserted once
-            found = self._merged_entities(snapshot.entities, ids, digests)
+        if found is None:  # a key twice (two collectors): labels merged (a later value wins), kind the first's
+            merged: dict[str, tuple[str, Mapping[str, str]]] = {}
+            for entity in snapshot.entities:
+                before = merged.get(entity.key)
+                merged[entity.key] = ((entity.kind, entity.labels) if before is None
+                                      else (before[0], {**before[1], **entity.labels}))
+            found = self._split_entities(((key, kind, lab) for key, (kind, lab) in merged.items()), ids, digests)
+            assert found is not None  # every key once now
         unchanged, to_write = found
         new_digests = {key: _labels_digest(kind, lab) for key, (kind, lab) in to_write.items()}
         # A generator, so the JSON of 70,000 entities (first run) is never all in memory at once.
@@ -84,48 +90,27 @@ class HistoryMixin:
                 digests[ids[key]] = _digest_code(digest)
 
     @staticmethod
-    def _sort_entities(entities: list[Entity], ids: Mapping[str, int], digests: array
-                       ) -> tuple[array, dict[str, tuple[str, Mapping[str, str]]]] | None:
-        """(ids of the entities the store knows with the same labels, {key: (kind, labels)} of the
-        others), or None when a key comes twice. Known entities are checked off by id, a byte each:
-        at 10,000 sites a dict or set of every key would be ~5 MB more at the cycle's peak."""
+    def _split_entities(entities: Iterable[tuple[str, str, Mapping[str, str]]], ids: Mapping[str, int],
+                        digests: array) -> tuple[array, dict[str, tuple[str, Mapping[str, str]]]] | None:
+        """For ``(key, kind, labels)`` items: the ids of the entities the store knows with the same
+        labels, and ``{key: (kind, labels)}`` of the others; None when a key comes twice. Known
+        entities are checked off by id, a byte each: at 10,000 sites a dict or set of every key
+        would be ~5 MB more at the cycle's peak."""
         checked = bytearray(len(digests))
         unchanged = array("q")
         to_write: dict[str, tuple[str, Mapping[str, str]]] = {}
-        for entity in entities:
-            key = entity.key
+        for key, kind, labels in entities:
             entity_id = ids.get(key)
             if entity_id is None:
                 if key in to_write:
                     return None
-                to_write[key] = (entity.kind, entity.labels)
+                to_write[key] = (kind, labels)
                 continue
             if checked[entity_id]:
                 return None
             checked[entity_id] = 1
             known = digests[entity_id]
-            if known != 0 and known == _digest_code(_labels_digest(entity.kind, entity.labels)):
-                unchanged.append(entity_id)
-            else:
-                to_write[key] = (entity.kind, entity.labels)
-        return unchanged, to_write
-
-    @staticmethod
-    def _merged_entities(entities: list[Entity], ids: Mapping[str, int], digests: array
-                         ) -> tuple[array, dict[str, tuple[str, Mapping[str, str]]]]:
-        """As :meth:`_sort_entities`, for a snapshot holding a key more than once: its labels merged
-        (a later value wins), its kind the first one's."""
-        merged: dict[str, tuple[str, Mapping[str, str]]] = {}
-        for entity in entities:
-            before = merged.get(entity.key)
-            merged[entity.key] = ((entity.kind, entity.labels) if before is None
-                                  else (before[0], {**before[1], **entity.labels}))
-        unchanged = array("q")
-        to_write = {}
-        for key, (kind, labels) in merged.items():
-            entity_id = ids.get(key)
-            if entity_id is not None and digests[entity_id] != 0 \
-                    and digests[entity_id] == _digest_code(_labels_digest(kind, labels)):
+            if known != 0 and known == _digest_code(_labels_digest(kind, labels)):
                 unchanged.append(entity_id)
             else:
                 to_write[key] = (kind, labels)

@@ -8,20 +8,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from mistwatch.cli import main
+from fixtures_cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 UNTIL = "2026-11-27T00:00:00Z"  # a Friday
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = int(main(args) or 0)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import textwrap
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from fixtures_cli import run_cli
 
-from mistwatch.cli import main
 from mistwatch.model import Alert, Entity, Snapshot
 from mistwatch.store.database import Store
 
@@ -30,13 +30,6 @@ rules:
 """
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = int(main(args) or 0)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -7,22 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
+from fixtures_cli import run_cli
 from fixtures_rules import REPO
 
-from mistwatch.cli import main
 from mistwatch.plugins.rulekinds import builtin_kinds
 from mistwatch.rules.schema import file_schema
 
 GOOD = "id: ok\nkind: threshold\nmetric: device.cpu\nscope: device\nabove: 90\n"
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = int(main(args) or 0)  # click returns ctx.exit codes in non-standalone mode
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # (file text, expected line, expected fragment of the message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from fixtures_cli import run_cli
 from fixtures_notify import T0, make_alert
 
 from mistwatch.model import Entity, Snapshot
@@ -13,18 +14,6 @@ from mistwatch.notify import outbox
 from mistwatch.notify.pipeline import sample_notification
 from mistwatch.store.database import Store
 from mistwatch.store.records import Transition
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    from mistwatch.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _installation(target) -> dict:
@@ -48,7 +37,7 @@ def _installation(target) -> dict:
 
 def test_store_copy_moves_history_alerts_silences_and_the_outbox_to_postgresql(tmp_path, pg_url, capsys):
     made = _installation(tmp_path / "var")
-    code, out, err = run_cli(capsys, "store", "copy", "--from", f"sqlite:{tmp_path / 'var'}", "--to", pg_url)
+    code, out, err = run_cli(["store", "copy", "--from", f"sqlite:{tmp_path / 'var'}", "--to", pg_url], capsys)
     assert (code, err) == (0, "")
     assert "samples" in out and "outbox" in out
     with Store.open(pg_url) as pg:
@@ -65,7 +54,7 @@ def test_store_copy_moves_history_alerts_silences_and_the_outbox_to_postgresql(t
 
 def test_store_copy_back_from_postgresql_to_sqlite_keeps_everything(tmp_path, pg_url, capsys):
     made = _installation(pg_url)
-    code, _, err = run_cli(capsys, "store", "copy", "--from", pg_url, "--to", f"sqlite:{tmp_path / 'back'}")
+    code, _, err = run_cli(["store", "copy", "--from", pg_url, "--to", f"sqlite:{tmp_path / 'back'}"], capsys)
     assert (code, err) == (0, "")
     with Store.open(tmp_path / "back") as s:
         assert s.values_at("site.clients", T0) == {"site:s1": 12.0}
@@ -76,23 +65,23 @@ def test_store_copy_back_from_postgresql_to_sqlite_keeps_everything(tmp_path, pg
 def test_store_copy_refuses_a_destination_that_is_not_empty(tmp_path, pg_url, capsys):
     _installation(tmp_path / "var")
     _installation(pg_url)
-    code, _, err = run_cli(capsys, "store", "copy", "--from", str(tmp_path / "var"), "--to", pg_url)
+    code, _, err = run_cli(["store", "copy", "--from", str(tmp_path / "var"), "--to", pg_url], capsys)
     assert code == 1
     assert "is not empty" in err and len(err.strip().splitlines()) == 1
 
 
 def test_store_copy_from_a_folder_without_a_state_database_is_a_usage_error(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "store", "copy", "--from", f"sqlite:{tmp_path / 'none'}",
-                           "--to", f"sqlite:{tmp_path / 'new'}")
+    code, _, err = run_cli(["store", "copy", "--from", f"sqlite:{tmp_path / 'none'}",
+                           "--to", f"sqlite:{tmp_path / 'new'}"], capsys)
     assert code == 2
     assert err.strip() == f"mistwatch: --from: no state database mistwatch.db in {tmp_path / 'none'}"
     assert not (tmp_path / "new").exists()
 
 
 def test_store_migrate_applies_the_schema_and_says_which_versions(pg_url, capsys):
-    code, out, _ = run_cli(capsys, "store", "migrate", "--store", pg_url)
+    code, out, _ = run_cli(["store", "migrate", "--store", pg_url], capsys)
     assert code == 0 and "applied now: 1, 10" in out
-    code, out, _ = run_cli(capsys, "store", "migrate", "--store", pg_url)
+    code, out, _ = run_cli(["store", "migrate", "--store", pg_url], capsys)
     assert code == 0 and "applied now: none (up to date)" in out
 
 
@@ -100,7 +89,7 @@ def test_store_copy_waits_for_no_daemon_it_refuses_while_one_is_active(tmp_path,
     _installation(pg_url)
     with Store.open(pg_url) as daemon_store:
         assert daemon_store.try_become_active()
-        code, _, err = run_cli(capsys, "store", "copy", "--from", pg_url, "--to", str(tmp_path / "copy"))
+        code, _, err = run_cli(["store", "copy", "--from", pg_url, "--to", str(tmp_path / "copy")], capsys)
     assert code == 1 and "daemon is active" in err
 
 
@@ -233,6 +222,6 @@ def test_config_check_names_the_store_without_its_password(tmp_path, capsys):
     path = tmp_path / "config.yaml"
     path.write_text("collectors: []\nrules: [rules/]\nstore: {url: 'postgresql://mw:pw-s3cret@db:5432/mw'}\n",
                     encoding="utf-8")
-    code, out, _ = run_cli(capsys, "config", "check", "--config", str(path))
+    code, out, _ = run_cli(["config", "check", "--config", str(path)], capsys)
     assert code == 0
     assert "PostgreSQL postgresql://mw@db:5432/mw" in out and "pw-s3cret" not in out

@@ -282,13 +282,7 @@ def mark_superseded(alerts: Sequence[Alert], ruleset: RuleSet) -> None:
     and listings say why."""
     replaced = superseded(alerts, ruleset)
     for alert in alerts:
-        source = replaced.get(alert.key)
-        if source is None:
-            alert.annotations.pop("superseded_by", None)
-            alert.annotations.pop("superseded_by_rule", None)
-        else:
-            alert.annotations["superseded_by"] = source.key
-            alert.annotations["superseded_by_rule"] = source.rule_id
+        _mark(alert, "superseded_by", replaced.get(alert.key))
 
 
 def mark_inhibited(alerts: Sequence[Alert], by: Mapping[str, Alert]) -> None:
@@ -297,13 +291,17 @@ def mark_inhibited(alerts: Sequence[Alert], by: Mapping[str, Alert]) -> None:
     listings say why it sent nothing. ``by`` is {muted alert key: the alert muting it}, computed by
     the notification settings (which this stage may not import: the engine passes it in)."""
     for alert in alerts:
-        source = by.get(alert.key) if alert.state == "firing" else None
-        if source is None:
-            alert.annotations.pop("inhibited_by", None)
-            alert.annotations.pop("inhibited_by_rule", None)
-        else:
-            alert.annotations["inhibited_by"] = source.key
-            alert.annotations["inhibited_by_rule"] = source.rule_id
+        _mark(alert, "inhibited_by", by.get(alert.key) if alert.state == "firing" else None)
+
+
+def _mark(alert: Alert, name: str, source: Alert | None) -> None:
+    """``annotations[name]``: the key of ``source``, and ``[name + "_rule"]`` its rule; neither without one."""
+    if source is None:
+        alert.annotations.pop(name, None)
+        alert.annotations.pop(f"{name}_rule", None)
+    else:
+        alert.annotations[name] = source.key
+        alert.annotations[f"{name}_rule"] = source.rule_id
 
 
 #: An alert that fired at about this local time of day (within RECURRING_WITHIN) on at least
